@@ -1,0 +1,29 @@
+//! Everything the Vantage scheduler, agent and simulator must agree on.
+//!
+//! * [`score`] — the weighted QoE formula of DESIGN §5: normalisation ranges,
+//!   weights, eligibility and an explanation of every term.
+//! * [`estimate`] — EWMA, windowed percentiles, loss and RFC 3550 jitter.
+//! * [`frame`] — length-delimited protobuf framing with a size limit.
+//! * [`place`] — coordinates, great-circle distance and the RTT-from-distance model.
+//! * [`stream`] — stream keys (`app/stream`) and patterns (`live/*`).
+//! * [`auth`] — enrollment tokens and per-node credentials.
+//! * [`tls`] — development CA, certificate loading and peer identities.
+//! * [`backoff`] — jittered exponential backoff with a cap.
+//! * [`close`] — QUIC application error codes of the telemetry connection.
+//! * [`validate`] — range checks of reported values.
+//! * [`clock`] — wall-clock milliseconds, the only clock pure code is given.
+//!
+//! Pure code here never reads the clock itself: callers pass `now`.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backoff;
+pub mod clock;
+pub mod close;
+pub mod estimate;
+pub mod frame;
+pub mod place;
+pub mod score;
+pub mod stream;
+pub mod tls;
+pub mod validate;
