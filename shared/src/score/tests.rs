@@ -35,8 +35,10 @@ fn defaults_and_breakdown_add_up() {
 
 #[test]
 fn invalid_weights_are_refused() {
-    let mut w = Weights::default();
-    w.loss = -0.1;
+    let mut w = Weights {
+        loss: -0.1,
+        ..Weights::default()
+    };
     assert_eq!(w.validate(), Err(WeightsError::OutOfRange("loss", -0.1)));
     w.loss = f64::NAN;
     assert!(w.validate().is_err());
