@@ -341,12 +341,10 @@ impl Stability {
 /// hash of `(id, salt)` so different consumers (salts) prefer different
 /// near-equal candidates instead of herding onto one. Ties beyond the band
 /// break by id. Pure and deterministic.
-pub fn rank_with_spreading<'a, T>(
-    candidates: &mut [T],
-    key: impl Fn(&T) -> (&'a str, f64),
-    near_equal: f64,
-    salt: &str,
-) {
+pub fn rank_with_spreading<T, F>(candidates: &mut [T], key: F, near_equal: f64, salt: &str)
+where
+    F: Fn(&T) -> (&str, f64),
+{
     candidates.sort_by(|a, b| {
         let (ia, sa) = key(a);
         let (ib, sb) = key(b);

@@ -1,0 +1,365 @@
+//! The running scheduler: every component in one place, and the two loops
+//! that own time — liveness (up → suspect → down) and planning.
+//!
+//! Planning runs on a short period and immediately (debounced by 10 ms) when
+//! triggered by a node going down, an alert, a drain, a new node or a weight
+//! change.
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::{Metrics, StateLabel};
+use crate::planner::{self, PlanInput};
+use crate::publish::{Published, Publisher};
+use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
+use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use vantage_shared::clock::now_ms;
+use vantage_shared::place::Coord;
+use vantage_shared::score::Weights;
+
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub auth: Auth,
+    pub publisher: Publisher,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub prometheus: prometheus_client::registry::Registry,
+    pub shutdown: CancellationToken,
+    weights: RwLock<WeightSet>,
+    replan: Notify,
+    report_interval_ms: AtomicU32,
+    previous: Mutex<BTreeMap<(String, String), String>>,
+    ready: AtomicBool,
+}
+
+/// Partial weights for `PUT /v1/weights`: missing keys keep their value.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsPatch {
+    pub latency: Option<f64>,
+    pub loss: Option<f64>,
+    pub buffer: Option<f64>,
+    pub load: Option<f64>,
+    pub distance: Option<f64>,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsUpdateError {
+    #[error("no weights given")]
+    Empty,
+    #[error("{0}")]
+    Invalid(#[from] vantage_shared::score::WeightsError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl WeightsPatch {
+    pub fn is_empty(&self) -> bool {
+        self.latency.is_none()
+            && self.loss.is_none()
+            && self.buffer.is_none()
+            && self.load.is_none()
+            && self.distance.is_none()
+    }
+
+    pub fn apply(&self, w: Weights) -> Weights {
+        Weights {
+            latency: self.latency.unwrap_or(w.latency),
+            loss: self.loss.unwrap_or(w.loss),
+            buffer: self.buffer.unwrap_or(w.buffer),
+            load: self.load.unwrap_or(w.load),
+            distance: self.distance.unwrap_or(w.distance),
+        }
+    }
+}
+
+impl App {
+    /// Loads persisted state (weights, nodes, route versions) from the store.
+    pub async fn new(
+        config: Config,
+        store: Store,
+        auth_mode: crate::auth::Mode,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut prometheus = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut prometheus);
+        let now = now_ms();
+        let weights = match store.latest_weights().await? {
+            Some(ws) => match config.file_weights {
+                Some(fw) if fw != ws.weights => {
+                    info!(
+                        version = ws.version + 1,
+                        "weights in the config file differ from the stored ones; recording them"
+                    );
+                    store
+                        .insert_weights(&fw, "config-file", "from config file", now)
+                        .await?
+                }
+                _ => ws,
+            },
+            None => {
+                let w = config.file_weights.unwrap_or_default();
+                store
+                    .insert_weights(&w, "default", "initial weights", now)
+                    .await?
+            }
+        };
+        metrics.weights_version.set(weights.version as i64);
+        let registry = Arc::new(Registry::new());
+        for rec in store.load_nodes().await? {
+            let mut e = NodeEntry::new(
+                rec.id.clone(),
+                NodeInfo {
+                    region: rec.region,
+                    coord: Coord::new(rec.lat, rec.lon),
+                    capacity_mbps: rec.capacity_mbps,
+                    public_url: rec.public_url,
+                    probe_addr: rec.probe_addr,
+                    agent_version: String::new(),
+                    static_origins: BTreeMap::new(),
+                },
+                rec.enrolled_at_ms,
+            );
+            e.credential_hash = rec.credential_hash;
+            e.draining = rec.drained;
+            registry.insert(e);
+        }
+        let publisher = Publisher::new(store.clone(), store.route_heads().await?);
+        let report_interval_ms = AtomicU32::new(config.report_interval_ms);
+        info!(
+            nodes = registry.len(),
+            weights_version = weights.version,
+            "state loaded"
+        );
+        Ok(Arc::new(Self {
+            auth: crate::auth::Auth::new(auth_mode, registry.clone()),
+            registry,
+            publisher,
+            store,
+            metrics,
+            prometheus,
+            shutdown,
+            weights: RwLock::new(weights),
+            replan: Notify::new(),
+            report_interval_ms,
+            previous: Mutex::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+            config,
+        }))
+    }
+
+    pub fn report_interval_ms(&self) -> u32 {
+        self.report_interval_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn weights(&self) -> WeightSet {
+        self.weights
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+
+    /// Applies a weight change: validated, persisted, then in force and replanned.
+    pub async fn update_weights(
+        &self,
+        patch: WeightsPatch,
+        actor: &str,
+    ) -> Result<WeightSet, WeightsUpdateError> {
+        if patch.is_empty() {
+            return Err(WeightsUpdateError::Empty);
+        }
+        let next = patch.apply(self.weights().weights);
+        next.validate()?;
+        let ws = self
+            .store
+            .insert_weights(
+                &next,
+                actor,
+                patch.comment.as_deref().unwrap_or(""),
+                now_ms(),
+            )
+            .await?;
+        *self.weights.write().unwrap_or_else(|e| e.into_inner()) = ws.clone();
+        self.metrics.weights_version.set(ws.version as i64);
+        self.metrics.weight_changes.inc();
+        self.event("", "weights", &format!("version {} by {actor}", ws.version));
+        info!(version = ws.version, ?next, actor, "weights changed");
+        self.trigger_replan();
+        Ok(ws)
+    }
+
+    /// Records an operator-visible event (store, batched) and logs it.
+    pub fn event(&self, node_id: &str, kind: &str, detail: &str) {
+        debug!(node_id, kind, detail, "event");
+        self.store.record(WriteOp::Event(EventRecord {
+            at_ms: now_ms(),
+            node_id: node_id.to_owned(),
+            kind: kind.to_owned(),
+            detail: detail.to_owned(),
+        }));
+    }
+
+    pub fn trigger_replan(&self) {
+        self.replan.notify_one();
+    }
+
+    /// Marks a node draining (API or agent) and replans.
+    pub fn drain(&self, node_id: &str, by: &str) -> Option<NodeState> {
+        let now = now_ms();
+        let state = self.registry.update(node_id, |e| {
+            e.draining = true;
+            if e.state != NodeState::Down {
+                e.state = NodeState::Draining;
+                e.state_since_ms = now;
+            }
+            e.state
+        })?;
+        self.persist_node(node_id);
+        self.event(node_id, "drain", by);
+        self.trigger_replan();
+        Some(state)
+    }
+
+    /// Queues the node's current facts for the store.
+    pub fn persist_node(&self, node_id: &str) {
+        if let Some(rec) = self.registry.with(node_id, crate::ingest::node_record) {
+            self.store.record(WriteOp::NodeInfo(rec));
+        }
+    }
+
+    /// Plans once and publishes every node's table. Returns how many tables
+    /// got a new version.
+    pub fn plan_once(&self) -> usize {
+        let started = Instant::now();
+        let now = now_ms();
+        let ws = self.weights();
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let input = PlanInput {
+            now_ms: now,
+            weights: ws.weights,
+            weights_version: ws.version,
+            ranges: self.config.ranges,
+            stability: self.config.stability,
+            limits: self.config.limits,
+            report_interval_ms: self.report_interval_ms(),
+            table_ttl_s: self.config.table_ttl_s,
+            nodes: self.registry.views(),
+            previous,
+        };
+        let plan = planner::plan(&input);
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = plan.primaries;
+        let mut changed = 0;
+        for (_, table) in plan.tables {
+            if let Published::NewVersion(v) = self.publisher.publish(table.clone(), now) {
+                changed += 1;
+                debug!(node_id = table.node_id, version = v, "new route table");
+            }
+        }
+        self.metrics.plans.inc();
+        self.metrics
+            .plan_duration
+            .observe(started.elapsed().as_secs_f64());
+        changed
+    }
+
+    /// The planning loop: periodic, and immediate on triggers.
+    pub async fn run_planner(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(u64::from(
+            self.config.replan_interval_ms,
+        )));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.replan.notified() => {
+                    // Debounce a burst of triggers into one plan.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            let app = self.clone();
+            match tokio::task::spawn_blocking(move || app.plan_once()).await {
+                Ok(changed) if changed > 0 => debug!(changed, "plan published"),
+                Ok(_) => {}
+                Err(e) => warn!("planning task failed: {e}"),
+            }
+        }
+    }
+
+    /// The liveness loop: re-evaluates node states every 50 ms.
+    pub async fn run_liveness(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = self.store.write_stats();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_ms();
+            let changes = self
+                .registry
+                .tick(now, i64::from(self.report_interval_ms()));
+            let mut replan = false;
+            for (id, from, to) in changes {
+                info!(
+                    node_id = id,
+                    from = from.label(),
+                    to = to.label(),
+                    "node state changed"
+                );
+                self.metrics
+                    .node_transitions
+                    .get_or_create(&StateLabel {
+                        state: to.label().to_owned(),
+                    })
+                    .inc();
+                self.event(&id, to.label(), &format!("from {}", from.label()));
+                replan |= matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining);
+            }
+            if replan {
+                self.trigger_replan();
+            }
+            for (state, n) in self.registry.state_counts() {
+                self.metrics
+                    .nodes
+                    .get_or_create(&StateLabel {
+                        state: state.to_owned(),
+                    })
+                    .set(n);
+            }
+            let stats = self.store.write_stats();
+            self.metrics
+                .store_ops
+                .inc_by(stats.ops_written.saturating_sub(last_stats.ops_written));
+            self.metrics
+                .store_batches
+                .inc_by(stats.batches.saturating_sub(last_stats.batches));
+            self.metrics
+                .store_dropped
+                .inc_by(stats.ops_dropped.saturating_sub(last_stats.ops_dropped));
+            last_stats = stats;
+        }
+    }
+}

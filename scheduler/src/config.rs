@@ -1,0 +1,435 @@
+//! Scheduler configuration: one TOML file (`--config`), overridden by
+//! `VANTAGE_*` environment variables and flags (flag > env > file > default).
+//! Unknown keys are errors. `deploy/config/scheduler.toml` documents every
+//! key and a test parses it with this loader.
+
+use crate::planner::Limits;
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use vantage_shared::score::{Ranges, Stability, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Command-line flags (each also readable from a `VANTAGE_*` variable).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "vantage-scheduler",
+    version,
+    about = "Vantage control plane: ingests agent telemetry over QUIC, scores nodes, pushes route tables over gRPC"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "VANTAGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Development mode: create a CA, a server certificate and an enrollment
+    /// token under <data-dir>/dev/, and allow API changes without a token.
+    #[arg(long, env = "VANTAGE_DEV")]
+    pub dev: bool,
+    /// State directory (SQLite database, dev PKI). Default ./vantage-data
+    #[arg(long, env = "VANTAGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC telemetry listener. Default 0.0.0.0:7400
+    #[arg(long, env = "VANTAGE_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+    /// gRPC route listener. Default 0.0.0.0:7401
+    #[arg(long, env = "VANTAGE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// HTTP API, dashboard and metrics listener. Default 0.0.0.0:7480
+    #[arg(long, env = "VANTAGE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Database URL: sqlite://PATH or postgres://... Default SQLite in the data dir.
+    #[arg(long, env = "VANTAGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Token required by mutating API calls (`authorization: Bearer T`).
+    #[arg(long, env = "VANTAGE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Agent report interval in milliseconds. Default 1000
+    #[arg(long, env = "VANTAGE_REPORT_INTERVAL_MS")]
+    pub report_interval_ms: Option<u32>,
+    /// Periodic replan interval in milliseconds. Default 1000
+    #[arg(long, env = "VANTAGE_REPLAN_INTERVAL_MS")]
+    pub replan_interval_ms: Option<u32>,
+    /// Server certificate chain (PEM). Required outside --dev.
+    #[arg(long, env = "VANTAGE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "VANTAGE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA for agent client certificates: enables mTLS (CN = node id).
+    #[arg(long, env = "VANTAGE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Enrollment token agents present on first contact (token mode).
+    #[arg(long, env = "VANTAGE_ENROLLMENT_TOKEN")]
+    pub enrollment_token: Option<String>,
+    /// File holding the enrollment token.
+    #[arg(long, env = "VANTAGE_ENROLLMENT_TOKEN_FILE")]
+    pub enrollment_token_file: Option<PathBuf>,
+    /// Extra DNS names / IPs for the --dev server certificate (repeatable).
+    #[arg(
+        long = "server-name",
+        env = "VANTAGE_SERVER_NAMES",
+        value_delimiter = ','
+    )]
+    pub server_names: Vec<String>,
+    /// Identifier of this scheduler replica. Default: host name.
+    #[arg(long, env = "VANTAGE_SCHEDULER_ID")]
+    pub scheduler_id: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "VANTAGE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The TOML file. Every key optional; see `deploy/config/scheduler.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub dev: Option<bool>,
+    pub data_dir: Option<PathBuf>,
+    pub quic_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub report_interval_ms: Option<u32>,
+    pub replan_interval_ms: Option<u32>,
+    pub table_ttl_s: Option<u32>,
+    pub max_frame_bytes: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub enrollment_token: Option<String>,
+    pub enrollment_token_file: Option<PathBuf>,
+    pub server_names: Option<Vec<String>>,
+    pub scheduler_id: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// Initial / file-managed weights (a change becomes a new weight version).
+    pub weights: Option<Weights>,
+    pub ranges: Option<Ranges>,
+    pub stability: Option<Stability>,
+    pub planner: Option<Limits>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// TLS settings after resolution.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// Generate / reuse the development PKI under `<data-dir>/dev`.
+    Dev,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    },
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dev: bool,
+    pub data_dir: PathBuf,
+    pub quic_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub report_interval_ms: u32,
+    pub replan_interval_ms: u32,
+    pub table_ttl_s: u32,
+    pub max_frame_bytes: usize,
+    pub tls: TlsSource,
+    pub enrollment_token: Option<String>,
+    pub server_names: Vec<String>,
+    pub scheduler_id: String,
+    pub log_format: LogFormat,
+    pub file_weights: Option<Weights>,
+    pub ranges: Ranges,
+    pub stability: Stability,
+    pub limits: Limits,
+    pub config_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Flags and environment from the process, then the file, then defaults.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli, file)
+    }
+
+    pub fn resolve(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let dev = cli.dev || file.dev.unwrap_or(false);
+        let data_dir = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./vantage-data"));
+        let addr = |s: &str| -> SocketAddr {
+            // Infallible: constant literals below.
+            s.parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        let tls_cert = cli.tls_cert.or(file.tls_cert);
+        let tls_key = cli.tls_key.or(file.tls_key);
+        let client_ca = cli.client_ca.or(file.client_ca);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert,
+                key,
+                client_ca,
+            },
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
+            }
+            (None, None) if dev => {
+                if client_ca.is_some() {
+                    return Err(invalid(
+                        "client_ca",
+                        "mTLS needs tls_cert/tls_key from the same operator CA; --dev uses its own CA",
+                    ));
+                }
+                TlsSource::Dev
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "a server certificate is required (tls_cert + tls_key); use --dev for a development CA",
+                ));
+            }
+        };
+        let token_file = cli.enrollment_token_file.or(file.enrollment_token_file);
+        let mut enrollment_token = cli.enrollment_token.or(file.enrollment_token);
+        if let Some(path) = token_file {
+            let t = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            enrollment_token = Some(t.trim().to_owned());
+        }
+        let cfg = Config {
+            dev,
+            quic_listen: cli
+                .quic_listen
+                .or(file.quic_listen)
+                .unwrap_or_else(|| addr("0.0.0.0:7400")),
+            grpc_listen: cli
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| addr("0.0.0.0:7401")),
+            http_listen: cli
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| addr("0.0.0.0:7480")),
+            database_url: cli.database_url.or(file.database_url),
+            admin_token: cli.admin_token.or(file.admin_token),
+            report_interval_ms: cli
+                .report_interval_ms
+                .or(file.report_interval_ms)
+                .unwrap_or(1000),
+            replan_interval_ms: cli
+                .replan_interval_ms
+                .or(file.replan_interval_ms)
+                .unwrap_or(1000),
+            table_ttl_s: file.table_ttl_s.unwrap_or(24 * 3600),
+            max_frame_bytes: file
+                .max_frame_bytes
+                .unwrap_or(vantage_shared::frame::DEFAULT_MAX_FRAME),
+            tls,
+            enrollment_token,
+            server_names: if cli.server_names.is_empty() {
+                file.server_names.unwrap_or_default()
+            } else {
+                cli.server_names
+            },
+            scheduler_id: cli
+                .scheduler_id
+                .or(file.scheduler_id)
+                .unwrap_or_else(default_scheduler_id),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            file_weights: file.weights,
+            ranges: file.ranges.unwrap_or_default(),
+            stability: file.stability.unwrap_or_default(),
+            limits: file.planner.unwrap_or_default(),
+            config_path: cli.config,
+            data_dir,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(100..=60_000).contains(&self.report_interval_ms) {
+            return Err(invalid(
+                "report_interval_ms",
+                format!("{} is outside 100..=60000", self.report_interval_ms),
+            ));
+        }
+        if !(50..=60_000).contains(&self.replan_interval_ms) {
+            return Err(invalid(
+                "replan_interval_ms",
+                format!("{} is outside 50..=60000", self.replan_interval_ms),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return Err(invalid("max_frame_bytes", "must be 1 KiB ..= 16 MiB"));
+        }
+        if self.table_ttl_s == 0 {
+            return Err(invalid("table_ttl_s", "must be > 0"));
+        }
+        if let Some(w) = &self.file_weights {
+            w.validate()
+                .map_err(|e| invalid("weights", e.to_string()))?;
+        }
+        self.ranges
+            .validate()
+            .map_err(|e| invalid("ranges", e.to_string()))?;
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if let Some(t) = &self.enrollment_token
+            && t.len() < 16
+        {
+            return Err(invalid(
+                "enrollment_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if !self.dev
+            && matches!(
+                self.tls,
+                TlsSource::Files {
+                    client_ca: None,
+                    ..
+                }
+            )
+            && self.enrollment_token.is_none()
+        {
+            return Err(invalid(
+                "enrollment_token",
+                "token mode needs an enrollment token (or set client_ca for mTLS)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_scheduler_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "scheduler".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_cli() -> Cli {
+        Cli {
+            dev: true,
+            ..Cli::default()
+        }
+    }
+
+    #[test]
+    fn defaults_in_dev() {
+        let c = Config::resolve(dev_cli(), FileConfig::default()).unwrap();
+        assert_eq!(c.quic_listen.port(), 7400);
+        assert_eq!(c.grpc_listen.port(), 7401);
+        assert_eq!(c.http_listen.port(), 7480);
+        assert_eq!(c.report_interval_ms, 1000);
+        assert!(matches!(c.tls, TlsSource::Dev));
+    }
+
+    #[test]
+    fn flag_beats_file() {
+        let file = FileConfig::parse("report_interval_ms = 500\nhttp_listen = \"127.0.0.1:9000\"")
+            .unwrap();
+        let cli = Cli {
+            report_interval_ms: Some(250),
+            ..dev_cli()
+        };
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.report_interval_ms, 250);
+        assert_eq!(c.http_listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let err = FileConfig::parse("report_intervall_ms = 5").unwrap_err();
+        assert!(err.contains("report_intervall_ms"), "{err}");
+        let err = FileConfig::parse("[weights]\nlatency = 1\nfoo = 2").unwrap_err();
+        assert!(err.contains("foo"), "{err}");
+        let file = FileConfig::parse("report_interval_ms = 5").unwrap();
+        let err = Config::resolve(dev_cli(), file).unwrap_err();
+        assert!(err.to_string().contains("report_interval_ms"), "{err}");
+        let err = Config::resolve(Cli::default(), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--dev"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/scheduler.toml");
+        let file = FileConfig::load(&path).unwrap();
+        // The example sets production TLS paths; resolve in dev to validate the rest.
+        let mut file2 = file.clone();
+        file2.tls_cert = None;
+        file2.tls_key = None;
+        file2.client_ca = None;
+        file2.enrollment_token_file = None;
+        Config::resolve(dev_cli(), file2).unwrap();
+        assert!(file.weights.is_some() && file.ranges.is_some() && file.planner.is_some());
+    }
+}

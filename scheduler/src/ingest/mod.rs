@@ -1,0 +1,104 @@
+//! Telemetry ingest over QUIC (DESIGN §3).
+//!
+//! One task per connection ([`session`]): control-stream handshake
+//! (Hello → Welcome or a typed rejection), then reports and alerts on one
+//! unidirectional stream, applied to the [`crate::registry`]. Any bad input
+//! closes only that connection, with the [`CloseCode`] that names the
+//! problem, a log line and a `telemetry_rejected{reason}` count.
+
+mod session;
+
+use crate::app::App;
+use crate::registry::NodeEntry;
+use crate::store::NodeRecord;
+use quinn::crypto::rustls::QuicServerConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{Instrument, info, info_span, warn};
+use vantage_shared::close::CloseCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("QUIC TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}/udp: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the QUIC endpoint (bound, not yet accepting).
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::Endpoint, IngestError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| IngestError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(2u32.into())
+        .max_concurrent_uni_streams(2u32.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(10))
+                .map_err(|e| IngestError::Tls(e.to_string()))?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(2)));
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).map_err(|source| IngestError::Bind { addr, source })
+}
+
+/// Accepts connections until shutdown; each gets its own task.
+pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
+    info!(addr = ?endpoint.local_addr().ok(), "telemetry (QUIC) listening");
+    loop {
+        let incoming = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let remote = incoming.remote_address();
+        let app = app.clone();
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        app.metrics.telemetry_connections.inc();
+                        session::run(app, conn).await;
+                    }
+                    Err(e) => {
+                        app.metrics.rejected("handshake");
+                        warn!("QUIC handshake failed: {e}");
+                    }
+                }
+            }
+            .instrument(info_span!("telemetry", %remote, node_id = tracing::field::Empty)),
+        );
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(CloseCode::ShuttingDown.code()),
+        b"scheduler shutting down",
+    );
+    // Let close frames go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// What the store keeps of a node.
+pub fn node_record(e: &NodeEntry) -> NodeRecord {
+    NodeRecord {
+        id: e.id.clone(),
+        region: e.info.region.clone(),
+        lat: e.info.coord.map(|c| c.lat).unwrap_or(0.0),
+        lon: e.info.coord.map(|c| c.lon).unwrap_or(0.0),
+        capacity_mbps: e.info.capacity_mbps,
+        public_url: e.info.public_url.clone(),
+        probe_addr: e.info.probe_addr.clone(),
+        credential_hash: e.credential_hash.clone(),
+        enrolled_at_ms: e.enrolled_at_ms,
+        last_seen_ms: e.last_report_ms.unwrap_or(e.enrolled_at_ms),
+        drained: e.draining,
+    }
+}

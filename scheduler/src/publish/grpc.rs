@@ -1,0 +1,205 @@
+//! The `vantage.v1.RouteDiscovery` service: one bidirectional stream per
+//! agent, xDS-style (see `proto/vantage/v1/routes.proto`).
+
+use crate::app::App;
+use rand::RngCore;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use vantage_proto::v1::route_discovery_server::RouteDiscovery;
+use vantage_proto::v1::{RouteRequest, RouteTable};
+use vantage_shared::clock::now_ms;
+use vantage_shared::tls::peer_node_id;
+
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct RouteService {
+    app: Arc<App>,
+}
+
+impl RouteService {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+
+    fn refuse(&self, reason: &str, status: Status) -> Status {
+        self.app
+            .metrics
+            .routes_rejected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        status
+    }
+}
+
+type TableStream = Pin<Box<dyn Stream<Item = Result<RouteTable, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RouteDiscovery for RouteService {
+    type StreamRoutesStream = TableStream;
+
+    async fn stream_routes(
+        &self,
+        request: Request<Streaming<RouteRequest>>,
+    ) -> Result<Response<TableStream>, Status> {
+        let peer_cn = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(peer_node_id));
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.strip_prefix("Bearer "))
+            .map(|s| s.trim().to_owned());
+        let remote = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(self.refuse(
+                    "timeout",
+                    Status::deadline_exceeded("no RouteRequest within 10 s"),
+                ));
+            }
+            Ok(Err(e)) => return Err(self.refuse("protocol", e)),
+            Ok(Ok(None)) => {
+                return Err(self.refuse(
+                    "protocol",
+                    Status::invalid_argument("stream closed before the first RouteRequest"),
+                ));
+            }
+            Ok(Ok(Some(r))) => r,
+        };
+        let node_id = first.node_id.clone();
+        if let Err(refusal) =
+            self.app
+                .auth
+                .check_subscriber(&node_id, bearer.as_deref(), peer_cn.as_deref())
+        {
+            warn!(%remote, node_id, reason = ?refusal.reason, "route subscription refused: {refusal}");
+            let status = match refusal.reason {
+                vantage_proto::v1::RejectReason::IdentityMismatch => {
+                    Status::permission_denied(refusal.detail)
+                }
+                _ => Status::unauthenticated(refusal.detail),
+            };
+            return Err(self.refuse(reject_label(refusal.reason), status));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let app = self.app.clone();
+        let span = info_span!("routes", node_id = %node_id, %remote);
+        tokio::spawn(
+            async move {
+                info!(held = first.version_info, "route stream open");
+                app.metrics.route_subscribers.inc();
+                serve(&app, &node_id, first.version_info, inbound, tx).await;
+                app.metrics.route_subscribers.dec();
+                info!("route stream closed");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn reject_label(r: vantage_proto::v1::RejectReason) -> &'static str {
+    vantage_shared::close::CloseCode::from_reject(r).label()
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 8];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Sends the node's table whenever it changes to a version the agent does
+/// not hold and that is not parked, and records ACKs and NACKs.
+async fn serve(
+    app: &App,
+    node_id: &str,
+    held: u64,
+    mut inbound: Streaming<RouteRequest>,
+    tx: mpsc::Sender<Result<RouteTable, Status>>,
+) {
+    let channel = app.publisher.channel(node_id);
+    let mut watch = channel.subscribe();
+    let mut last_sent = held;
+    let mut pending: Option<(String, u64)> = None;
+    loop {
+        let current = watch.borrow_and_update().clone();
+        if let Some(table) = current
+            && table.version != last_sent
+            && !channel.is_parked(table.version)
+        {
+            let mut t = (*table).clone();
+            t.nonce = nonce();
+            app.publisher.set_nonce(node_id, &t.nonce);
+            pending = Some((t.nonce.clone(), t.version));
+            last_sent = t.version;
+            debug!(version = t.version, "sending route table");
+            if tx.send(Ok(t)).await.is_err() {
+                return;
+            }
+            app.metrics.route_pushes.inc();
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("scheduler shutting down"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    if !req.node_id.is_empty() && req.node_id != node_id {
+                        let _ = tx.send(Err(Status::permission_denied(
+                            "node_id changed within a stream",
+                        ))).await;
+                        return;
+                    }
+                    let Some((nonce, version)) = pending.clone() else { continue };
+                    if req.response_nonce != nonce {
+                        debug!(nonce = req.response_nonce, "stale nonce ignored");
+                        continue;
+                    }
+                    pending = None;
+                    let now = now_ms();
+                    match req.error_detail {
+                        Some(err) => {
+                            warn!(version, code = err.code, detail = err.message, "route table NACKed");
+                            app.metrics.route_nacks.inc();
+                            app.publisher.nack(node_id, version, &err.message, now);
+                            app.event(node_id, "route_nack", &format!("v{version}: {}", err.message));
+                        }
+                        None => {
+                            if req.version_info == version {
+                                app.metrics.route_acks.inc();
+                                app.publisher.ack(node_id, version, now);
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    debug!(%status, "route stream error");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Publishing route tables: one `watch` channel per node and the xDS
+//! bookkeeping around it.
+//!
+//! * A new plan for a node is hashed (without version, nonce and time); an
+//!   identical table keeps its version, a different one gets `version + 1`.
+//!   Versions are per node, monotonic and persisted (`route_versions`), so a
+//!   restarted scheduler continues where it stopped and an agent that
+//!   reconnects holding the current version is sent nothing.
+//! * A NACKed version is parked: it is never sent again; the next different
+//!   table gets a new version.
+//! * [`grpc`] serves the `RouteDiscovery` stream on top of this.
+
+pub mod grpc;
+
+use crate::store::{RouteHead, Store, WriteOp};
+use dashmap::DashMap;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use vantage_proto::v1::RouteTable;
+
+/// Publication state of one node.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub version: u64,
+    pub hash: String,
+    pub acked_version: u64,
+    pub acked_at_ms: Option<i64>,
+    pub nacked: Option<Nack>,
+    pub last_nonce: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Nack {
+    pub version: u64,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    tx: watch::Sender<Option<Arc<RouteTable>>>,
+    status: Mutex<Status>,
+}
+
+impl Channel {
+    fn new(status: Status) -> Self {
+        Self {
+            tx: watch::Sender::new(None),
+            status: Mutex::new(status),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<RouteTable>>> {
+        self.tx.subscribe()
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().clone()
+    }
+
+    pub fn current(&self) -> Option<Arc<RouteTable>> {
+        self.tx.borrow().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        // A poisoned lock only means another task panicked mid-update of
+        // plain data; the data is still usable.
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_parked(&self, version: u64) -> bool {
+        self.lock()
+            .nacked
+            .as_ref()
+            .is_some_and(|n| n.version == version)
+    }
+}
+
+/// Hash of a table's content (everything but version, nonce and time).
+pub fn content_hash(table: &RouteTable) -> String {
+    let mut t = table.clone();
+    t.version = 0;
+    t.nonce.clear();
+    t.generated_at_ms = 0;
+    hex::encode(Sha256::digest(t.encode_to_vec()))
+}
+
+#[derive(Debug)]
+pub struct Publisher {
+    channels: DashMap<String, Arc<Channel>>,
+    store: Store,
+}
+
+/// Outcome of [`Publisher::publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Unchanged,
+    /// Same content as before the restart: published under the stored version.
+    Restored(u64),
+    NewVersion(u64),
+}
+
+impl Publisher {
+    /// Starts from the versions the store remembers.
+    pub fn new(store: Store, heads: Vec<RouteHead>) -> Self {
+        let channels = DashMap::new();
+        for h in heads {
+            channels.insert(
+                h.node_id,
+                Arc::new(Channel::new(Status {
+                    version: h.version,
+                    hash: h.hash,
+                    acked_version: h.acked_version,
+                    ..Status::default()
+                })),
+            );
+        }
+        Self { channels, store }
+    }
+
+    pub fn channel(&self, node_id: &str) -> Arc<Channel> {
+        self.channels
+            .entry(node_id.to_owned())
+            .or_insert_with(|| Arc::new(Channel::new(Status::default())))
+            .clone()
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<Arc<Channel>> {
+        self.channels.get(node_id).map(|c| c.clone())
+    }
+
+    /// Offers a freshly planned table for a node.
+    pub fn publish(&self, mut table: RouteTable, now_ms: i64) -> Published {
+        let ch = self.channel(&table.node_id);
+        let hash = content_hash(&table);
+        let mut st = ch.lock();
+        let have_table = ch.tx.borrow().is_some();
+        let outcome = if st.hash == hash {
+            if have_table {
+                return Published::Unchanged;
+            }
+            Published::Restored(st.version)
+        } else {
+            st.version += 1;
+            st.hash = hash.clone();
+            Published::NewVersion(st.version)
+        };
+        table.version = st.version;
+        table.generated_at_ms = now_ms;
+        if let Published::NewVersion(v) = outcome {
+            self.store.record(WriteOp::RouteVersion {
+                node_id: table.node_id.clone(),
+                version: v,
+                hash,
+                created_at_ms: now_ms,
+            });
+        }
+        drop(st);
+        ch.tx.send_replace(Some(Arc::new(table)));
+        outcome
+    }
+
+    /// Records an ACK of `version` (sent with `nonce`). Returns false if stale.
+    pub fn ack(&self, node_id: &str, version: u64, now_ms: i64) -> bool {
+        let ch = self.channel(node_id);
+        let mut st = ch.lock();
+        if version < st.acked_version || version > st.version {
+            return false;
+        }
+        st.acked_version = version;
+        st.acked_at_ms = Some(now_ms);
+        drop(st);
+        self.store.record(WriteOp::RouteAck {
+            node_id: node_id.to_owned(),
+            version,
+            at_ms: now_ms,
+        });
+        true
+    }
+
+    /// Parks a NACKed version.
+    pub fn nack(&self, node_id: &str, version: u64, detail: &str, now_ms: i64) {
+        let ch = self.channel(node_id);
+        ch.lock().nacked = Some(Nack {
+            version,
+            detail: detail.to_owned(),
+            at_ms: now_ms,
+        });
+        self.store.record(WriteOp::RouteNack {
+            node_id: node_id.to_owned(),
+            version,
+            at_ms: now_ms,
+            detail: detail.to_owned(),
+        });
+    }
+
+    pub fn set_nonce(&self, node_id: &str, nonce: &str) {
+        self.channel(node_id).lock().last_nonce = nonce.to_owned();
+    }
+}
+
+/// JSON rendering of a table for the API and dashboard.
+pub fn table_json(t: &RouteTable) -> serde_json::Value {
+    use serde_json::json;
+    use vantage_proto::v1::{ProbeReason, UpstreamKind};
+    let kind = |k: i32| {
+        UpstreamKind::try_from(k)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("UPSTREAM_KIND_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default()
+    };
+    let reason = |r: i32| {
+        ProbeReason::try_from(r)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("PROBE_REASON_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default()
+    };
+    json!({
+        "node_id": t.node_id,
+        "version": t.version,
+        "generated_at_ms": t.generated_at_ms,
+        "ttl_s": t.ttl_s,
+        "report_interval_ms": t.report_interval_ms,
+        "weights_version": t.weights_version,
+        "streams": t.streams.iter().map(|s| json!({
+            "stream": s.stream,
+            "upstreams": s.upstreams.iter().map(|u| json!({
+                "kind": kind(u.kind), "node_id": u.node_id, "url": u.url, "score": u.score, "hops": u.hops,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "probe_targets": t.probe_targets.iter().map(|p| json!({
+            "node_id": p.node_id, "addr": p.addr, "reason": reason(p.reason),
+        })).collect::<Vec<_>>(),
+        "redirects": t.redirects.iter().map(|r| json!({
+            "group": r.group,
+            "edges": r.edges.iter().map(|e| json!({"node_id": e.node_id, "url": e.url, "score": e.score})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,397 @@
+//! In-memory node state: what every agent said in its Hello and last reports.
+//!
+//! Hot path: one `DashMap` entry per node, updated by that node's ingest
+//! task on every report; the planner, the API and the liveness check read
+//! snapshots. Nothing here touches the database; `store` gets batched
+//! writes from the callers.
+
+use crate::planner::{Health, NodeView, PathStat};
+use dashmap::DashMap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use vantage_proto::v1::{
+    ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
+};
+use vantage_shared::estimate::Ewma;
+use vantage_shared::place::Coord;
+use vantage_shared::stream::{StreamKey, StreamPattern};
+
+/// Liveness state shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Up,
+    Suspect,
+    Down,
+    Draining,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 4] = [
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Draining,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// Static facts about a node, from its Hello (or the store at startup).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfo {
+    pub region: String,
+    pub coord: Option<Coord>,
+    pub capacity_mbps: f64,
+    pub public_url: String,
+    pub probe_addr: String,
+    pub agent_version: String,
+    pub static_origins: BTreeMap<StreamPattern, String>,
+}
+
+/// Live session of a connected agent.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub started_ms: i64,
+    pub remote: String,
+    /// Closing this drops the agent (used when a newer session supersedes it).
+    pub connection: Option<quinn::Connection>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    pub id: String,
+    pub info: NodeInfo,
+    pub credential_hash: Option<String>,
+    pub state: NodeState,
+    /// Operator or agent asked to drain; survives reconnects.
+    pub draining: bool,
+    pub session: Option<Session>,
+    pub enrolled_at_ms: i64,
+    /// Scheduler clock when the last report arrived.
+    pub last_report_ms: Option<i64>,
+    /// Scheduler clock when this state began (for "down since").
+    pub state_since_ms: i64,
+    pub reports: u64,
+    pub last_seq: u64,
+    pub load: Option<Load>,
+    pub utilisation_ewma: Ewma,
+    pub paths: BTreeMap<String, PathMeasurement>,
+    pub streams: Vec<StreamState>,
+    pub groups: Vec<GroupQoe>,
+    pub control_path: Option<ControlPath>,
+    pub route_version_in_use: u64,
+    pub alerts: u64,
+}
+
+impl NodeEntry {
+    pub fn new(id: String, info: NodeInfo, now_ms: i64) -> Self {
+        Self {
+            id,
+            info,
+            credential_hash: None,
+            state: NodeState::Down,
+            draining: false,
+            session: None,
+            enrolled_at_ms: now_ms,
+            last_report_ms: None,
+            state_since_ms: now_ms,
+            reports: 0,
+            last_seq: 0,
+            load: None,
+            utilisation_ewma: Ewma::new(0.3),
+            paths: BTreeMap::new(),
+            streams: Vec::new(),
+            groups: Vec::new(),
+            control_path: None,
+            route_version_in_use: 0,
+            alerts: 0,
+        }
+    }
+
+    pub fn utilisation(&self) -> f64 {
+        match &self.load {
+            Some(l) if self.info.capacity_mbps > 0.0 => l.egress_mbps / self.info.capacity_mbps,
+            _ => 0.0,
+        }
+    }
+
+    /// Applies a validated report.
+    pub fn apply_report(&mut self, r: Report, now_ms: i64) {
+        self.reports += 1;
+        self.last_seq = r.seq;
+        self.last_report_ms = Some(now_ms);
+        self.route_version_in_use = r.route_version;
+        if let Some(l) = r.load {
+            self.load = Some(l);
+            let u = self.utilisation();
+            self.utilisation_ewma.observe(u);
+        }
+        self.paths = r
+            .paths
+            .into_iter()
+            .map(|p| (p.target_node_id.clone(), p))
+            .collect();
+        self.streams = r.streams;
+        self.groups = r.groups;
+        if r.control_path.is_some() {
+            self.control_path = r.control_path;
+        }
+    }
+
+    /// The state this node should be in at `now_ms` given the report
+    /// interval: suspect after 2 missed intervals, down after 3.
+    pub fn evaluate(&self, now_ms: i64, interval_ms: i64) -> NodeState {
+        let age = match self.last_report_ms {
+            Some(t) => now_ms - t,
+            None => return NodeState::Down,
+        };
+        if self.session.is_none() && self.state == NodeState::Down {
+            return NodeState::Down;
+        }
+        if age > 3 * interval_ms {
+            NodeState::Down
+        } else if self.draining {
+            NodeState::Draining
+        } else if age > 2 * interval_ms {
+            NodeState::Suspect
+        } else {
+            NodeState::Up
+        }
+    }
+
+    /// What the planner sees of this node.
+    pub fn view(&self) -> NodeView {
+        let health = match self.state {
+            NodeState::Up => Health::Up,
+            NodeState::Suspect => Health::Suspect,
+            NodeState::Down => Health::Down,
+            NodeState::Draining => Health::Draining,
+        };
+        let buffers: Vec<f64> = self
+            .streams
+            .iter()
+            .map(|s| s.gop_cache_ms)
+            .filter(|b| b.is_finite())
+            .collect();
+        let buffer_ms =
+            (!buffers.is_empty()).then(|| buffers.iter().sum::<f64>() / buffers.len() as f64);
+        let published = self
+            .streams
+            .iter()
+            .filter(|s| s.role == StreamRole::Origin as i32)
+            .filter_map(|s| StreamKey::parse(&s.key).ok().map(|k| (k, s.bitrate_kbps)))
+            .collect();
+        NodeView {
+            id: self.id.clone(),
+            health,
+            coord: self.info.coord,
+            capacity_mbps: self.info.capacity_mbps,
+            egress_mbps: self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0),
+            buffer_ms,
+            public_url: self.info.public_url.clone(),
+            probe_addr: self.info.probe_addr.clone(),
+            paths: self
+                .paths
+                .iter()
+                .map(|(k, p)| {
+                    (
+                        k.clone(),
+                        PathStat {
+                            rtt_ms: if p.rtt_p50_ms > 0.0 {
+                                p.rtt_p50_ms
+                            } else {
+                                p.rtt_ewma_ms
+                            },
+                            loss: p.loss,
+                            samples: p.samples,
+                        },
+                    )
+                })
+                .collect(),
+            published,
+            static_origins: self.info.static_origins.clone(),
+        }
+    }
+}
+
+/// All nodes, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    nodes: DashMap<String, NodeEntry>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&self, entry: NodeEntry) {
+        self.nodes.insert(entry.id.clone(), entry);
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    /// Runs `f` on a node's entry, if it exists.
+    pub fn with<R>(&self, id: &str, f: impl FnOnce(&NodeEntry) -> R) -> Option<R> {
+        self.nodes.get(id).map(|e| f(&e))
+    }
+
+    /// Runs `f` on a node's entry mutably, if it exists.
+    pub fn update<R>(&self, id: &str, f: impl FnOnce(&mut NodeEntry) -> R) -> Option<R> {
+        self.nodes.get_mut(id).map(|mut e| f(&mut e))
+    }
+
+    /// Inserts with `make` when missing, then runs `f`.
+    pub fn upsert<R>(
+        &self,
+        id: &str,
+        make: impl FnOnce() -> NodeEntry,
+        f: impl FnOnce(&mut NodeEntry) -> R,
+    ) -> R {
+        let mut e = self.nodes.entry(id.to_owned()).or_insert_with(make);
+        f(&mut e)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Planner views of every node, sorted by id.
+    pub fn views(&self) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.view()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Clones of every entry, sorted by id (API, dashboard).
+    pub fn entries(&self) -> Vec<NodeEntry> {
+        let mut v: Vec<NodeEntry> = self.nodes.iter().map(|e| e.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Re-evaluates every node's state. Returns the transitions
+    /// `(id, from, to)`.
+    pub fn tick(&self, now_ms: i64, interval_ms: i64) -> Vec<(String, NodeState, NodeState)> {
+        let mut changes = Vec::new();
+        for mut e in self.nodes.iter_mut() {
+            let next = e.evaluate(now_ms, interval_ms);
+            if next != e.state {
+                changes.push((e.id.clone(), e.state, next));
+                e.state = next;
+                e.state_since_ms = now_ms;
+            }
+        }
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
+    }
+
+    /// Count of nodes per state.
+    pub fn state_counts(&self) -> BTreeMap<&'static str, i64> {
+        let mut m: BTreeMap<&'static str, i64> =
+            NodeState::ALL.iter().map(|s| (s.label(), 0)).collect();
+        for e in self.nodes.iter() {
+            *m.entry(e.state.label()).or_default() += 1;
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            region: "eu".into(),
+            coord: Coord::new(48.0, 2.0),
+            capacity_mbps: 100.0,
+            public_url: "http://a:8080".into(),
+            probe_addr: "a:7402".into(),
+            agent_version: "0".into(),
+            static_origins: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn up_suspect_down_by_missed_intervals() {
+        let reg = Registry::new();
+        let mut e = NodeEntry::new("a".into(), info(), 0);
+        e.session = Some(Session {
+            id: "s".into(),
+            started_ms: 0,
+            remote: "x".into(),
+            connection: None,
+        });
+        reg.insert(e);
+        reg.update("a", |e| e.apply_report(Report::default(), 1_000));
+        assert_eq!(
+            reg.tick(1_500, 1_000),
+            vec![("a".into(), NodeState::Down, NodeState::Up)]
+        );
+        assert!(reg.tick(3_000, 1_000).is_empty());
+        assert_eq!(reg.tick(3_001, 1_000)[0].2, NodeState::Suspect);
+        assert_eq!(reg.tick(4_001, 1_000)[0].2, NodeState::Down);
+        reg.update("a", |e| {
+            e.draining = true;
+            e.apply_report(Report::default(), 5_000);
+        });
+        assert_eq!(reg.tick(5_100, 1_000)[0].2, NodeState::Draining);
+        assert_eq!(reg.state_counts()["draining"], 1);
+    }
+
+    #[test]
+    fn view_exposes_published_streams_and_utilisation() {
+        let mut e = NodeEntry::new("a".into(), info(), 0);
+        e.apply_report(
+            Report {
+                load: Some(Load {
+                    egress_mbps: 50.0,
+                    ..Default::default()
+                }),
+                streams: vec![
+                    StreamState {
+                        key: "live/x".into(),
+                        role: StreamRole::Origin as i32,
+                        bitrate_kbps: 2000.0,
+                        gop_cache_ms: 2000.0,
+                        ..Default::default()
+                    },
+                    StreamState {
+                        key: "live/y".into(),
+                        role: StreamRole::Relay as i32,
+                        gop_cache_ms: 1000.0,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+            10,
+        );
+        let v = e.view();
+        assert_eq!(v.utilisation(), 0.5);
+        assert_eq!(v.published.len(), 1);
+        assert_eq!(v.buffer_ms, Some(1500.0));
+    }
+}

@@ -1,0 +1,315 @@
+//! Starting and stopping the scheduler: TLS material, store, listeners,
+//! background loops, and an orderly shutdown.
+
+use crate::app::App;
+use crate::auth::Mode;
+use crate::config::{Config, TlsSource};
+use crate::publish::grpc::RouteService;
+use crate::store::{Store, StoreError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::{info, warn};
+use vantage_proto::v1::route_discovery_server::RouteDiscoveryServer;
+use vantage_shared::tls::{self, ClientAuth, DevPki, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
+    #[error("cannot listen on {addr}/tcp ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Server certificate, key and client-auth policy, loaded.
+struct TlsMaterial {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+    mode: Mode,
+}
+
+fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
+    match &config.tls {
+        TlsSource::Dev => {
+            let dir = config.data_dir.join("dev");
+            let pki = DevPki::ensure(&dir, &config.server_names)?;
+            let token_path = dir.join("enroll.token");
+            let token = match &config.enrollment_token {
+                Some(t) => {
+                    tls::write_private(&token_path, t.as_bytes())?;
+                    t.clone()
+                }
+                None => match std::fs::read_to_string(&token_path) {
+                    Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
+                    _ => {
+                        let t = vantage_shared::auth::random_secret();
+                        tls::write_private(&token_path, t.as_bytes())?;
+                        t
+                    }
+                },
+            };
+            info!(
+                ca = %pki.ca_cert.display(),
+                token_file = %token_path.display(),
+                "development mode: agents join with --ca {} --token-file {}",
+                pki.ca_cert.display(),
+                token_path.display()
+            );
+            println!("vantage-scheduler --dev: enrollment token {token}");
+            println!(
+                "  agents: vantage-agent --node-id NAME --scheduler HOST:{} --ca {} --token-file {}",
+                config.quic_listen.port(),
+                pki.ca_cert.display(),
+                token_path.display()
+            );
+            Ok(TlsMaterial {
+                cert_pem: std::fs::read(&pki.server_cert).map_err(io_err(&pki.server_cert))?,
+                key_pem: std::fs::read(&pki.server_key).map_err(io_err(&pki.server_key))?,
+                client_ca_pem: None,
+                mode: Mode::Token {
+                    enrollment_token: token,
+                },
+            })
+        }
+        TlsSource::Files {
+            cert,
+            key,
+            client_ca,
+        } => {
+            let client_ca_pem = match client_ca {
+                Some(p) => Some(std::fs::read(p).map_err(io_err(p))?),
+                None => None,
+            };
+            let mode = match client_ca {
+                Some(_) => Mode::Mtls,
+                None => Mode::Token {
+                    enrollment_token: config.enrollment_token.clone().unwrap_or_default(),
+                },
+            };
+            Ok(TlsMaterial {
+                cert_pem: std::fs::read(cert).map_err(io_err(cert))?,
+                key_pem: std::fs::read(key).map_err(io_err(key))?,
+                client_ca_pem,
+                mode,
+            })
+        }
+    }
+}
+
+fn rustls_config(m: &TlsMaterial, config: &Config) -> Result<rustls::ServerConfig, StartError> {
+    let (cert, key) = match &config.tls {
+        TlsSource::Dev => {
+            let dir = config.data_dir.join("dev");
+            (dir.join("server.pem"), dir.join("server.key"))
+        }
+        TlsSource::Files { cert, key, .. } => (cert.clone(), key.clone()),
+    };
+    let client_auth = match &config.tls {
+        TlsSource::Files {
+            client_ca: Some(ca),
+            ..
+        } => ClientAuth::Required(Arc::new(tls::load_roots(ca)?)),
+        _ => ClientAuth::None,
+    };
+    let _ = m;
+    Ok(tls::server_config(
+        tls::load_certs(&cert)?,
+        tls::load_key(&key)?,
+        &client_auth,
+        &[vantage_proto::TELEMETRY_ALPN],
+    )?)
+}
+
+/// Addresses actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub quic: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Runs the scheduler until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
+    let material = tls_material(&config)?;
+    let quic_tls = rustls_config(&material, &config)?;
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&config.data_dir.join("vantage.db")));
+    let store = Store::open(&url).await?;
+    info!(backend = store.backend().as_str(), "store open");
+    let app = App::new(
+        config.clone(),
+        store.clone(),
+        material.mode.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let endpoint = crate::ingest::endpoint(config.quic_listen, quic_tls)?;
+    let grpc_listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "gRPC",
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
+    let bound = Bound {
+        quic: endpoint.local_addr().map_err(|source| StartError::Bind {
+            what: "QUIC",
+            addr: config.quic_listen,
+            source,
+        })?,
+        grpc: grpc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "gRPC",
+                addr: config.grpc_listen,
+                source,
+            })?,
+        http: http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "HTTP",
+                addr: config.http_listen,
+                source,
+            })?,
+    };
+
+    // First plan before accepting anyone, so tables exist for known nodes.
+    app.plan_once();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::ingest::serve(app.clone(), endpoint));
+    tasks.spawn(app.clone().run_planner());
+    tasks.spawn(app.clone().run_liveness());
+    let grpc = grpc_server(app.clone(), &material, grpc_listener).await?;
+    tasks.spawn(grpc);
+    let router = crate::api::router(app.clone());
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            warn!("HTTP server stopped: {e}");
+        }
+    });
+    app.set_ready();
+    info!(
+        quic = %bound.quic, grpc = %bound.grpc, http = %bound.http,
+        scheduler_id = app.config.scheduler_id,
+        "vantage-scheduler ready"
+    );
+    println!(
+        "vantage-scheduler ready: telemetry quic://{} routes grpc://{} api http://{}",
+        bound.quic, bound.grpc, bound.http
+    );
+
+    shutdown.cancelled().await;
+    info!("shutting down");
+    let grace = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut grace => {
+                warn!("tasks still running after the grace period; stopping them");
+                tasks.abort_all();
+                break;
+            }
+            next = tasks.join_next() => if next.is_none() { break },
+        }
+    }
+    if let Err(e) = store.close().await {
+        warn!("store did not close cleanly: {e}");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn grpc_server(
+    app: Arc<App>,
+    m: &TlsMaterial,
+    listener: TcpListener,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, StartError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<RouteDiscoveryServer<RouteService>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vantage_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Grpc(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vantage_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Grpc(e.to_string()))?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
+    if let Some(ca) = &m.client_ca_pem {
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| StartError::Grpc(e.to_string()))?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RouteDiscoveryServer::new(RouteService::new(app.clone())));
+    let shutdown = app.shutdown.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Ok(async move {
+        info!("routes (gRPC) listening");
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.cancelled().await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            })
+            .await
+        {
+            warn!("gRPC server stopped: {e}");
+        }
+    })
+}
