@@ -205,6 +205,41 @@ impl App {
         Ok(ws)
     }
 
+    /// Re-reads `[weights]` from the config file (SIGHUP) and, when they
+    /// differ from the weights in force, records them as a new version.
+    pub async fn reload_file_weights(&self) {
+        let Some(path) = &self.config.config_path else {
+            info!("SIGHUP: no config file to reload");
+            return;
+        };
+        let file = match crate::config::FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("SIGHUP: config not reloaded: {e}");
+                return;
+            }
+        };
+        let Some(w) = file.weights else {
+            info!("SIGHUP: config file has no [weights]");
+            return;
+        };
+        if w == self.weights().weights {
+            info!("SIGHUP: weights unchanged");
+            return;
+        }
+        let patch = WeightsPatch {
+            latency: Some(w.latency),
+            loss: Some(w.loss),
+            buffer: Some(w.buffer),
+            load: Some(w.load),
+            distance: Some(w.distance),
+            comment: Some(format!("reloaded from {}", path.display())),
+        };
+        if let Err(e) = self.update_weights(patch, "config-file").await {
+            warn!("SIGHUP: weights from the config file refused: {e}");
+        }
+    }
+
     /// Records an operator-visible event (store, batched) and logs it.
     pub fn event(&self, node_id: &str, kind: &str, detail: &str) {
         debug!(node_id, kind, detail, "event");

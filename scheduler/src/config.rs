@@ -97,6 +97,81 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "VANTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Offline helper commands (the daemon runs when none is given).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Certificate helpers for production mTLS (see docs/tls.md).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CertsCommand {
+    /// Create a new CA (ca.pem, ca.key) in DIR.
+    InitCa {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Vantage CA")]
+        name: String,
+    },
+    /// Issue the scheduler's server certificate (server.pem, server.key).
+    Server {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// DNS name or IP address the agents use (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an agent client certificate whose CN is the node id (<ID>.pem, <ID>.key).
+    Agent {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        node_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl CertsCommand {
+    /// Runs the command; returns the files written.
+    pub fn run(&self) -> Result<Vec<PathBuf>, vantage_shared::tls::TlsError> {
+        use vantage_shared::tls;
+        Ok(match self {
+            CertsCommand::InitCa { out, name } => {
+                let (c, k) = tls::create_ca(out, name)?;
+                vec![c, k]
+            }
+            CertsCommand::Server { ca_dir, names, out } => {
+                let (c, k) = tls::issue_server_from_files(
+                    &ca_dir.join("ca.pem"),
+                    &ca_dir.join("ca.key"),
+                    names.clone(),
+                    out,
+                )?;
+                vec![c, k]
+            }
+            CertsCommand::Agent {
+                ca_dir,
+                node_id,
+                out,
+            } => {
+                let (c, k) = tls::issue_client_from_files(
+                    &ca_dir.join("ca.pem"),
+                    &ca_dir.join("ca.key"),
+                    node_id,
+                    out,
+                )?;
+                vec![c, k]
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

@@ -3,10 +3,30 @@
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use vantage_scheduler::config::{Cli, Config, LogFormat};
+use vantage_scheduler::config::{CertsCommand, Cli, Command, Config, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Certs(cmd)) = &cli.command {
+        if let CertsCommand::Agent { node_id, .. } = cmd
+            && !vantage_shared::auth::valid_node_id(node_id)
+        {
+            eprintln!("vantage-scheduler: invalid node id {node_id:?}");
+            return std::process::ExitCode::from(2);
+        }
+        return match cmd.run() {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vantage-scheduler certs: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -90,6 +90,55 @@ pub struct NodeEntry {
     pub control_path: Option<ControlPath>,
     pub route_version_in_use: u64,
     pub alerts: u64,
+    /// Aggregate of the current minute, flushed to the store as a roll-up.
+    pub rollup: RollupAcc,
+}
+
+/// Per-minute aggregate of a node's reports (DESIGN §9 roll-ups).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RollupAcc {
+    pub minute_ms: i64,
+    pub reports: u32,
+    pub cpu_sum: f64,
+    pub utilisation_sum: f64,
+    pub egress_sum: f64,
+    pub viewers_max: u32,
+}
+
+impl RollupAcc {
+    /// Adds a report at `now_ms`; returns the finished previous minute when
+    /// this report starts a new one.
+    pub fn add(
+        &mut self,
+        now_ms: i64,
+        cpu: f64,
+        util: f64,
+        egress: f64,
+        viewers: u32,
+    ) -> Option<RollupAcc> {
+        let minute = now_ms - now_ms.rem_euclid(60_000);
+        let done = (self.reports > 0 && minute != self.minute_ms).then(|| std::mem::take(self));
+        self.minute_ms = minute;
+        self.reports += 1;
+        self.cpu_sum += cpu;
+        self.utilisation_sum += util;
+        self.egress_sum += egress;
+        self.viewers_max = self.viewers_max.max(viewers);
+        done
+    }
+
+    pub fn to_store(&self, node_id: &str) -> crate::store::Rollup {
+        let n = f64::from(self.reports.max(1));
+        crate::store::Rollup {
+            node_id: node_id.to_owned(),
+            minute_ms: self.minute_ms,
+            reports: self.reports,
+            cpu_avg: self.cpu_sum / n,
+            utilisation_avg: self.utilisation_sum / n,
+            egress_mbps_avg: self.egress_sum / n,
+            viewers_max: self.viewers_max,
+        }
+    }
 }
 
 impl NodeEntry {
@@ -114,6 +163,7 @@ impl NodeEntry {
             control_path: None,
             route_version_in_use: 0,
             alerts: 0,
+            rollup: RollupAcc::default(),
         }
     }
 
@@ -124,8 +174,9 @@ impl NodeEntry {
         }
     }
 
-    /// Applies a validated report.
-    pub fn apply_report(&mut self, r: Report, now_ms: i64) {
+    /// Applies a validated report. Returns a finished per-minute roll-up
+    /// when this report starts a new minute.
+    pub fn apply_report(&mut self, r: Report, now_ms: i64) -> Option<RollupAcc> {
         self.reports += 1;
         self.last_seq = r.seq;
         self.last_report_ms = Some(now_ms);
@@ -145,6 +196,13 @@ impl NodeEntry {
         if r.control_path.is_some() {
             self.control_path = r.control_path;
         }
+        let (cpu, egress, viewers) = self
+            .load
+            .as_ref()
+            .map(|l| (l.cpu, l.egress_mbps, l.viewers))
+            .unwrap_or_default();
+        let util = self.utilisation();
+        self.rollup.add(now_ms, cpu, util, egress, viewers)
     }
 
     /// The state this node should be in at `now_ms` given the report
@@ -345,7 +403,9 @@ mod tests {
             connection: None,
         });
         reg.insert(e);
-        reg.update("a", |e| e.apply_report(Report::default(), 1_000));
+        reg.update("a", |e| {
+            e.apply_report(Report::default(), 1_000);
+        });
         assert_eq!(
             reg.tick(1_500, 1_000),
             vec![("a".into(), NodeState::Down, NodeState::Up)]
@@ -359,6 +419,18 @@ mod tests {
         });
         assert_eq!(reg.tick(5_100, 1_000)[0].2, NodeState::Draining);
         assert_eq!(reg.state_counts()["draining"], 1);
+    }
+
+    #[test]
+    fn rollups_close_at_minute_boundaries() {
+        let mut acc = RollupAcc::default();
+        assert!(acc.add(60_000, 0.5, 0.1, 10.0, 3).is_none());
+        assert!(acc.add(119_999, 0.7, 0.3, 30.0, 5).is_none());
+        let done = acc.add(120_000, 0.1, 0.1, 1.0, 1).unwrap();
+        let r = done.to_store("a");
+        assert_eq!((r.minute_ms, r.reports, r.viewers_max), (60_000, 2, 5));
+        assert!((r.cpu_avg - 0.6).abs() < 1e-9 && (r.egress_mbps_avg - 20.0).abs() < 1e-9);
+        assert_eq!(acc.reports, 1);
     }
 
     #[test]

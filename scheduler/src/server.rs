@@ -229,6 +229,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             warn!("HTTP server stopped: {e}");
         }
     });
+    let reload = app.clone();
+    tasks.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = reload.shutdown.cancelled() => return,
+                s = hup.recv() => match s {
+                    Some(()) => reload.reload_file_weights().await,
+                    None => return,
+                },
+            }
+        }
+    });
     app.set_ready();
     info!(
         quic = %bound.quic, grpc = %bound.grpc, http = %bound.http,

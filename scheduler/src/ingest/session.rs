@@ -333,7 +333,19 @@ fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Resu
         Some(telemetry_frame::Kind::Report(r)) => {
             validate::report(&r).map_err(|e| closed(CloseCode::InvalidValue, e.to_string()))?;
             let now = now_ms();
-            app.registry.update(node_id, |e| e.apply_report(r, now));
+            let finished = app
+                .registry
+                .update(node_id, |e| e.apply_report(r, now))
+                .flatten();
+            if let Some(minute) = finished {
+                // Once a minute per node: the roll-up and the last-seen time.
+                app.store
+                    .record(crate::store::WriteOp::Rollup(minute.to_store(node_id)));
+                app.store.record(crate::store::WriteOp::NodeSeen {
+                    node_id: node_id.to_owned(),
+                    at_ms: now,
+                });
+            }
             app.metrics.reports.inc();
             app.metrics.report_bytes.inc_by(len as u64);
             Ok(())
