@@ -1,0 +1,142 @@
+//! Admin HTTP server (default `127.0.0.1:8081`): `/healthz`, `/readyz`
+//! (200 iff a route table is held, from the scheduler or from disk),
+//! `/metrics` and `/v1/status`.
+
+use crate::routes::{RoutesStatus, TableReceiver};
+use crate::telemetry::{TelemetrySnapshot, TelemetryStatus};
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub node_id: String,
+    pub telemetry: Arc<TelemetryStatus>,
+    pub routes: Arc<RoutesStatus>,
+    pub tables: TableReceiver,
+    pub registry: Arc<Registry>,
+}
+
+/// `/v1/status` body.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node_id: String,
+    pub telemetry: TelemetrySnapshot,
+    pub routes: RoutesView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoutesView {
+    pub version: u64,
+    pub nonce: String,
+    /// "scheduler", "disk" or "none".
+    pub source: &'static str,
+    pub applied_at_ms: Option<i64>,
+    pub acked: bool,
+    pub streams: usize,
+    pub probe_targets: usize,
+    pub subscribed: bool,
+}
+
+impl AdminState {
+    pub fn status(&self) -> Status {
+        let table = self.tables.borrow().clone();
+        let routes = match table {
+            Some(t) => RoutesView {
+                version: t.version(),
+                nonce: t.table.nonce.clone(),
+                source: match t.source {
+                    crate::routes::TableSource::Scheduler => "scheduler",
+                    crate::routes::TableSource::Disk => "disk",
+                },
+                applied_at_ms: Some(t.applied_at_ms),
+                acked: self.routes.acked(),
+                streams: t.table.streams.len(),
+                probe_targets: t.table.probe_targets.len(),
+                subscribed: self.routes.subscribed(),
+            },
+            None => RoutesView {
+                version: 0,
+                nonce: String::new(),
+                source: "none",
+                applied_at_ms: None,
+                acked: false,
+                streams: 0,
+                probe_targets: 0,
+                subscribed: self.routes.subscribed(),
+            },
+        };
+        Status {
+            node_id: self.node_id.clone(),
+            telemetry: self.telemetry.snapshot(),
+            routes,
+        }
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+/// Serves until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.tables.borrow().is_some() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "no route table yet"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    match crate::metrics::encode(&s.registry) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": "metrics encoding failed"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Status> {
+    Json(s.status())
+}

@@ -1,0 +1,487 @@
+//! Agent configuration: one TOML file (`--config`), `VANTAGE_*` environment
+//! variables and command-line flags, merged with the precedence
+//! flag > env > file > default, then [`Settings::validate`]d into a
+//! [`Config`].
+//!
+//! Every setting has the same name in all three places: the flag
+//! `--probe-advertise`, the variable `VANTAGE_PROBE_ADVERTISE` and the file
+//! key `probe-advertise`. Unknown file keys are errors that name the key.
+//! `deploy/config/agent.toml` documents every key; a test below keeps it in
+//! sync with [`Settings`].
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use vantage_proto::v1::StaticOrigin;
+use vantage_shared::auth::valid_node_id;
+use vantage_shared::place::Coord;
+use vantage_shared::stream::StreamPattern;
+
+mod values;
+use values::hostname;
+pub use values::{ClientCert, HostPort, TokenSource, parse_http_url};
+
+/// Default QUIC telemetry address of the scheduler.
+pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7400";
+/// Default gRPC port of the scheduler (same host as `--scheduler`).
+pub const DEFAULT_ROUTES_PORT: u16 = 7401;
+pub const DEFAULT_DATA_DIR: &str = "./vantage-agent-data";
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+pub const DEFAULT_PROBE_LISTEN: &str = "0.0.0.0:7402";
+pub const DEFAULT_CAPACITY_MBPS: f64 = 1000.0;
+/// Prefix of the environment variables (`VANTAGE_NODE_ID`, ...).
+pub const ENV_PREFIX: &str = "VANTAGE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Command-line parsing failed or help/version was asked for; the
+    /// binary lets clap print it and exit.
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Raw settings as given by one source (flags, environment or file). Every
+/// field is optional; [`Settings::or`] layers sources and
+/// [`Settings::validate`] applies defaults and checks the result.
+#[derive(Debug, Clone, Default, PartialEq, Parser, Deserialize)]
+#[command(
+    name = "vantage-agent",
+    version,
+    about = "Vantage edge agent: reports telemetry to the scheduler and applies its route tables",
+    after_help = "Every flag can also be given as an environment variable VANTAGE_<FLAG> \
+                  (e.g. VANTAGE_NODE_ID; VANTAGE_ORIGIN takes a comma-separated list) or as a key \
+                  of the --config file (e.g. node-id = \"edge-1\"). Precedence: flag > env > file > default."
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Node id (1–64 of [A-Za-z0-9._-], starting alphanumeric). Required.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Scheduler QUIC telemetry address [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub scheduler: Option<String>,
+
+    /// Scheduler gRPC route URL [default: https://SCHEDULER-HOST:7401].
+    #[arg(long, value_name = "URL")]
+    pub routes: Option<String>,
+
+    /// CA certificate (PEM) the scheduler's certificate chains to. Required.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Enrollment token (token mode).
+    #[arg(long, value_name = "T")]
+    pub token: Option<String>,
+
+    /// File holding the enrollment token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mTLS; its subject CN must be the node id.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Directory for the node credential and the last route table
+    /// [default: ./vantage-agent-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Media HTTP listen address [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Admin HTTP listen address [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// UDP probe listen address [default: 0.0.0.0:7402].
+    #[arg(long, value_name = "ADDR")]
+    pub probe_listen: Option<SocketAddr>,
+
+    /// Address peers should probe [default: --probe-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe_advertise: Option<String>,
+
+    /// Region label [default: ""].
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+
+    /// Latitude in degrees (with --lon).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub lat: Option<f64>,
+
+    /// Longitude in degrees (with --lat).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub lon: Option<f64>,
+
+    /// Egress capacity in Mbit/s [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub capacity_mbps: Option<f64>,
+
+    /// URL viewers are redirected to [default: http://HOSTNAME:HTTP-LISTEN-PORT].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Static origin for streams the scheduler has not placed (repeatable).
+    #[arg(long = "origin", value_name = "PATTERN=URL")]
+    #[serde(default)]
+    pub origin: Vec<String>,
+
+    /// Log format [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Settings {
+    /// Layers `self` over `lower`: every field set here wins.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            config: self.config.or(lower.config),
+            node_id: self.node_id.or(lower.node_id),
+            scheduler: self.scheduler.or(lower.scheduler),
+            routes: self.routes.or(lower.routes),
+            ca: self.ca.or(lower.ca),
+            token: self.token.or(lower.token),
+            token_file: self.token_file.or(lower.token_file),
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            data_dir: self.data_dir.or(lower.data_dir),
+            http_listen: self.http_listen.or(lower.http_listen),
+            admin_listen: self.admin_listen.or(lower.admin_listen),
+            probe_listen: self.probe_listen.or(lower.probe_listen),
+            probe_advertise: self.probe_advertise.or(lower.probe_advertise),
+            region: self.region.or(lower.region),
+            lat: self.lat.or(lower.lat),
+            lon: self.lon.or(lower.lon),
+            capacity_mbps: self.capacity_mbps.or(lower.capacity_mbps),
+            public_url: self.public_url.or(lower.public_url),
+            origin: if self.origin.is_empty() {
+                lower.origin
+            } else {
+                self.origin
+            },
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+
+    /// Settings from `VANTAGE_*` variables. Each variable is parsed like its
+    /// flag, so errors name the variable. Unrelated variables are ignored.
+    pub fn from_env<I>(vars: I) -> Result<Settings, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let flags: Vec<String> = Settings::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        let mut out = Settings::default();
+        for (var, value) in vars {
+            let Some(name) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let flag = name.to_ascii_lowercase().replace('_', "-");
+            if !flags.contains(&flag) {
+                continue;
+            }
+            let values: Vec<&str> = if flag == "origin" {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            } else {
+                vec![value.as_str()]
+            };
+            let mut argv = vec!["vantage-agent".to_owned()];
+            argv.extend(values.iter().map(|v| format!("--{flag}={v}")));
+            let one = Settings::try_parse_from(argv).map_err(|e| ConfigError::Env {
+                var: var.clone(),
+                message: first_line(&e.to_string()),
+            })?;
+            out = one.or(out);
+        }
+        Ok(out)
+    }
+
+    /// Settings from a TOML document; unknown keys are errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::File {
+                path: path.to_owned(),
+                message: match line {
+                    Some(l) => format!("line {l}: {}", e.message().trim()),
+                    None => e.message().trim().to_owned(),
+                },
+            }
+        })
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let node_id = self.node_id.unwrap_or_default();
+        if node_id.is_empty() {
+            return Err(invalid(
+                "node id is required (--node-id, VANTAGE_NODE_ID or node-id in the config file)",
+            ));
+        }
+        if !valid_node_id(&node_id) {
+            return Err(invalid(format!(
+                "node id {node_id:?} is invalid: 1-64 characters of [A-Za-z0-9._-], starting alphanumeric"
+            )));
+        }
+
+        let scheduler_raw = self
+            .scheduler
+            .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned());
+        let scheduler = HostPort::parse(&scheduler_raw)
+            .ok_or_else(|| invalid(format!("--scheduler {scheduler_raw:?} is not HOST:PORT")))?;
+
+        let routes = self.routes.unwrap_or_else(|| {
+            format!(
+                "https://{}:{DEFAULT_ROUTES_PORT}",
+                scheduler.authority_host()
+            )
+        });
+        let routes_host = match parse_http_url(&routes) {
+            Some(("https", host)) => host,
+            Some(_) => {
+                return Err(invalid(format!(
+                    "--routes {routes:?} must be an https:// URL (route tables are served over TLS)"
+                )));
+            }
+            None => return Err(invalid(format!("--routes {routes:?} is not a valid URL"))),
+        };
+
+        let ca = self.ca.ok_or_else(|| {
+            invalid(
+                "--ca is required: the CA certificate (PEM) the scheduler's certificate chains to",
+            )
+        })?;
+
+        let token = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give either --token or --token-file, not both"));
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return Err(invalid("--token is empty"));
+            }
+            (Some(t), None) => Some(TokenSource::Inline(t.trim().to_owned())),
+            (None, Some(f)) => Some(TokenSource::File(f)),
+            (None, None) => None,
+        };
+        let client_cert = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some(ClientCert { cert: c, key: k }),
+            (Some(_), None) => return Err(invalid("--cert requires --key")),
+            (None, Some(_)) => return Err(invalid("--key requires --cert")),
+            (None, None) => None,
+        };
+
+        let http_listen = self
+            .http_listen
+            .unwrap_or_else(|| default_addr(DEFAULT_HTTP_LISTEN));
+        let admin_listen = self
+            .admin_listen
+            .unwrap_or_else(|| default_addr(DEFAULT_ADMIN_LISTEN));
+        let probe_listen = self
+            .probe_listen
+            .unwrap_or_else(|| default_addr(DEFAULT_PROBE_LISTEN));
+        let probe_advertise = self
+            .probe_advertise
+            .unwrap_or_else(|| probe_listen.to_string());
+        if HostPort::parse(&probe_advertise).is_none() {
+            return Err(invalid(format!(
+                "--probe-advertise {probe_advertise:?} is not HOST:PORT"
+            )));
+        }
+
+        let coord = match (self.lat, self.lon) {
+            (Some(lat), Some(lon)) => Some(Coord::new(lat, lon).ok_or_else(|| {
+                invalid(format!(
+                    "coordinates lat={lat} lon={lon} are out of range (|lat| <= 90, |lon| <= 180)"
+                ))
+            })?),
+            (None, None) => None,
+            _ => return Err(invalid("--lat and --lon must be given together")),
+        };
+
+        let capacity_mbps = self.capacity_mbps.unwrap_or(DEFAULT_CAPACITY_MBPS);
+        if !(capacity_mbps.is_finite() && capacity_mbps > 0.0) {
+            return Err(invalid(format!(
+                "--capacity-mbps {capacity_mbps} must be a positive number"
+            )));
+        }
+
+        let public_url = self
+            .public_url
+            .unwrap_or_else(|| format!("http://{}:{}", hostname(), http_listen.port()));
+        if parse_http_url(&public_url).is_none() {
+            return Err(invalid(format!(
+                "--public-url {public_url:?} is not an http(s) URL"
+            )));
+        }
+
+        let mut origins = Vec::with_capacity(self.origin.len());
+        for o in &self.origin {
+            origins.push(parse_origin(o)?);
+        }
+
+        Ok(Config {
+            node_id,
+            scheduler,
+            routes,
+            routes_host,
+            ca,
+            token,
+            client_cert,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            http_listen,
+            admin_listen,
+            probe_listen,
+            probe_advertise,
+            region: self.region.unwrap_or_default(),
+            coord,
+            capacity_mbps,
+            public_url,
+            origins,
+            log_format: self.log_format.unwrap_or_default(),
+        })
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default().trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+fn default_addr(s: &str) -> SocketAddr {
+    // The defaults are literal socket addresses; the fallback is never taken.
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn parse_origin(s: &str) -> Result<StaticOrigin, ConfigError> {
+    let (pattern, url) = s
+        .split_once('=')
+        .ok_or_else(|| invalid(format!("--origin {s:?} must be PATTERN=URL")))?;
+    let pattern = StreamPattern::parse(pattern.trim())
+        .map_err(|e| invalid(format!("--origin {s:?}: {e}")))?;
+    let url = url.trim();
+    if parse_http_url(url).is_none() {
+        return Err(invalid(format!(
+            "--origin {s:?}: {url:?} is not an http(s) URL"
+        )));
+    }
+    Ok(StaticOrigin {
+        pattern: pattern.to_string(),
+        url: url.to_owned(),
+    })
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub scheduler: HostPort,
+    /// gRPC URL of the route service (https).
+    pub routes: String,
+    /// TLS name checked on the route service's certificate.
+    pub routes_host: String,
+    pub ca: PathBuf,
+    pub token: Option<TokenSource>,
+    pub client_cert: Option<ClientCert>,
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub probe_listen: SocketAddr,
+    pub probe_advertise: String,
+    pub region: String,
+    /// `None` when no coordinates were configured (sent as 0, 0).
+    pub coord: Option<Coord>,
+    pub capacity_mbps: f64,
+    pub public_url: String,
+    pub origins: Vec<StaticOrigin>,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Loads the configuration of this process: flags, `VANTAGE_*`
+    /// variables and the `--config` file.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(std::env::args_os(), std::env::vars())
+    }
+
+    /// Loads the configuration from explicit arguments and environment.
+    pub fn load_from<A, T, E>(args: A, env: E) -> Result<Config, ConfigError>
+    where
+        A: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+        E: IntoIterator<Item = (String, String)>,
+    {
+        let flags = Settings::try_parse_from(args)?;
+        let env = Settings::from_env(env)?;
+        let file = match flags.config.as_ref().or(env.config.as_ref()) {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        flags.or(env).or(file).validate()
+    }
+
+    /// `<data-dir>/node.credential`
+    pub fn credential_path(&self) -> PathBuf {
+        self.data_dir.join("node.credential")
+    }
+
+    /// `<data-dir>/routes.pb`
+    pub fn routes_path(&self) -> PathBuf {
+        self.data_dir.join("routes.pb")
+    }
+}
+
+#[cfg(test)]
+mod tests;

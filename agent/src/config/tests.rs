@@ -1,0 +1,248 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn defaults_apply_when_only_required_settings_are_given() {
+    let cfg = Config::load_from(
+        ["vantage-agent", "--node-id", "edge-1", "--ca", "ca.pem"],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(cfg.node_id, "edge-1");
+    assert_eq!(cfg.scheduler, HostPort::parse("127.0.0.1:7400").unwrap());
+    assert_eq!(cfg.routes, "https://127.0.0.1:7401");
+    assert_eq!(cfg.routes_host, "127.0.0.1");
+    assert_eq!(cfg.data_dir, PathBuf::from("./vantage-agent-data"));
+    assert_eq!(cfg.http_listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(cfg.probe_listen.to_string(), "0.0.0.0:7402");
+    assert_eq!(cfg.probe_advertise, "0.0.0.0:7402");
+    assert_eq!(cfg.capacity_mbps, 1000.0);
+    assert_eq!(cfg.region, "");
+    assert!(cfg.public_url.starts_with("http://") && cfg.public_url.ends_with(":8080"));
+    assert_eq!(cfg.coord, None);
+    assert_eq!(cfg.log_format, LogFormat::Text);
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "agent.toml",
+        r#"
+node-id = "from-file"
+region = "file-region"
+capacity-mbps = 10.0
+ca = "file-ca.pem"
+scheduler = "file.example:7400"
+"#,
+    );
+    let cfg = Config::load_from(
+        [
+            "vantage-agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--node-id",
+            "from-flag",
+        ],
+        env(&[
+            ("VANTAGE_NODE_ID", "from-env"),
+            ("VANTAGE_REGION", "env-region"),
+            ("VANTAGE_LAT", "-33.5"),
+            ("VANTAGE_LON", "151.2"),
+            (
+                "VANTAGE_ORIGIN",
+                "live/*=http://o1:8080, game/x=http://o2/{app}/{stream}.flv",
+            ),
+            ("UNRELATED", "x"),
+            ("VANTAGE_SOMETHING_ELSE", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.node_id, "from-flag", "flag wins over env and file");
+    assert_eq!(cfg.region, "env-region", "env wins over file");
+    assert_eq!(cfg.capacity_mbps, 10.0, "file wins over default");
+    assert_eq!(cfg.ca, PathBuf::from("file-ca.pem"));
+    assert_eq!(cfg.scheduler.host, "file.example");
+    assert_eq!(cfg.routes, "https://file.example:7401");
+    assert_eq!(cfg.coord, Coord::new(-33.5, 151.2));
+    assert_eq!(cfg.origins.len(), 2);
+    assert_eq!(cfg.origins[0].pattern, "live/*");
+    assert_eq!(cfg.origins[1].url, "http://o2/{app}/{stream}.flv");
+
+    // The config file can come from the environment too.
+    let cfg = Config::load_from(
+        ["vantage-agent"],
+        env(&[("VANTAGE_CONFIG", file.to_str().unwrap())]),
+    )
+    .unwrap();
+    assert_eq!(cfg.node_id, "from-file");
+}
+
+#[test]
+fn negative_coordinates_and_ipv6_scheduler_parse_from_flags() {
+    let cfg = Config::load_from(
+        [
+            "vantage-agent",
+            "--node-id=e",
+            "--ca=c",
+            "--lat",
+            "-12.5",
+            "--lon",
+            "-77",
+            "--scheduler",
+            "[::1]:9000",
+        ],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(cfg.coord, Coord::new(-12.5, -77.0));
+    assert_eq!(cfg.scheduler.host, "::1");
+    assert_eq!(cfg.scheduler.port, 9000);
+    assert_eq!(cfg.routes, "https://[::1]:7401");
+    assert_eq!(cfg.routes_host, "::1");
+}
+
+#[test]
+fn unknown_file_key_is_an_error_naming_the_key() {
+    let err = Settings::from_toml("node-id = \"a\"\nnode-idd = \"b\"\n", Path::new("x.toml"))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::File { .. }));
+    assert!(msg.contains("node-idd"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    assert!(msg.contains("x.toml"), "{msg}");
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let err = Config::load_from(
+        ["vantage-agent", "--node-id=e", "--ca=c"],
+        env(&[("VANTAGE_LAT", "north")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("VANTAGE_LAT"), "{err}");
+}
+
+fn validate_err(args: &[&str]) -> String {
+    let mut argv = vec!["vantage-agent"];
+    argv.extend_from_slice(args);
+    Config::load_from(argv, env(&[])).unwrap_err().to_string()
+}
+
+#[test]
+fn validation_errors_are_clear() {
+    assert!(validate_err(&["--ca=c"]).contains("node id is required"));
+    assert!(validate_err(&["--node-id=-bad", "--ca=c"]).contains("node id \"-bad\" is invalid"));
+    assert!(validate_err(&["--node-id=e"]).contains("--ca is required"));
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--token=t", "--token-file=f"])
+            .contains("either --token or --token-file")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--cert=c.pem"]).contains("--cert requires --key")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--key=k.pem"]).contains("--key requires --cert")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--lat=95", "--lon=0"]).contains("out of range")
+    );
+    assert!(validate_err(&["--node-id=e", "--ca=c", "--lat=5"]).contains("together"));
+    assert!(validate_err(&["--node-id=e", "--ca=c", "--origin=live/*"]).contains("PATTERN=URL"));
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--origin=li ve/x=http://o"]).contains("--origin")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--origin=live/x=ftp://o"])
+            .contains("not an http(s) URL")
+    );
+    assert!(validate_err(&["--node-id=e", "--ca=c", "--scheduler=nope"]).contains("HOST:PORT"));
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--routes=http://s:7401"]).contains("https://")
+    );
+    assert!(validate_err(&["--node-id=e", "--ca=c", "--capacity-mbps=0"]).contains("positive"));
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--public-url=edge:80"]).contains("public-url")
+    );
+}
+
+#[test]
+fn token_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "tok", "  secret-token\n");
+    assert_eq!(TokenSource::File(f).read().unwrap(), "secret-token");
+    let empty = write(dir.path(), "empty", "\n");
+    assert!(TokenSource::File(empty).read().is_err());
+    assert!(
+        TokenSource::File(dir.path().join("missing"))
+            .read()
+            .is_err()
+    );
+}
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml")
+}
+
+#[test]
+fn example_config_parses_with_the_real_loader_and_documents_every_key() {
+    let path = example_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = Config::load_from(
+        ["vantage-agent", "--config", path.to_str().unwrap()],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(cfg.node_id, "edge-1");
+
+    // Every setting is mentioned as `key =` (set or commented out).
+    for arg in Settings::command().get_arguments() {
+        let Some(key) = arg.get_long() else { continue };
+        if key == "config" || key == "help" || key == "version" {
+            continue;
+        }
+        let documented = text
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .any(|l| l.starts_with(&format!("{key} =")));
+        assert!(
+            documented,
+            "deploy/config/agent.toml does not document `{key}`"
+        );
+    }
+
+    // The commented-out examples parse too.
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start_matches("# ");
+            if t.contains(" = ") && !t.starts_with('#') {
+                t.to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .filter(|l| !l.starts_with("origin = []"))
+        .filter(|l| !l.starts_with("token = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let all = Settings::from_toml(&uncommented, &path).unwrap();
+    assert!(all.token_file.is_some() && all.cert.is_some() && all.lat.is_some());
+    assert_eq!(all.origin.len(), 2);
+    all.validate().unwrap();
+}

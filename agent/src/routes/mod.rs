@@ -1,0 +1,302 @@
+//! Route tables from the scheduler (DESIGN §6).
+//!
+//! [`RouteClient`] keeps one `RouteDiscovery/StreamRoutes` subscription open
+//! (resubscribing with jittered backoff after any error). Every table is
+//! [validated](table::validate); a valid one is published as an
+//! `Arc<AppliedTable>` on a `watch` channel (atomic for every reader),
+//! persisted to `<data-dir>/routes.pb`, then ACKed; an invalid one is NACKed
+//! with code 3 and the last good table stays in force.
+//!
+//! Other modules read the table in use through a [`TableReceiver`].
+
+pub mod persist;
+pub mod table;
+
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use tracing::{debug, error, info, instrument, warn};
+use vantage_proto::v1::route_discovery_client::RouteDiscoveryClient;
+use vantage_proto::v1::{ErrorDetail, RouteRequest, RouteTable};
+use vantage_shared::backoff::Backoff;
+use vantage_shared::clock::now_ms;
+
+pub use table::{AppliedTable, Route, TableError, TableSource};
+
+/// The table in use (`None` before the first table), shared with the relay
+/// and probe modules.
+pub type TableReceiver = watch::Receiver<Option<Arc<AppliedTable>>>;
+
+/// A subscription that lived this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("route service URL: {0}")]
+    Url(String),
+    #[error("connecting to the route service: {0}")]
+    Connect(String),
+    #[error("route stream: {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("credential is not valid as gRPC metadata")]
+    Metadata,
+    #[error("route stream request side closed")]
+    RequestClosed,
+}
+
+impl From<tonic::Status> for RoutesError {
+    fn from(s: tonic::Status) -> Self {
+        RoutesError::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+/// "a: b: c" from an error and its sources (tonic's transport errors say
+/// little at the top level).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// Route state for `/v1/status`.
+#[derive(Debug, Default)]
+pub struct RoutesStatus {
+    subscribed: AtomicBool,
+    acked: AtomicBool,
+}
+
+impl RoutesStatus {
+    /// Whether a route stream is open.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the scheduler knows we hold the table in use: we ACKed it, or
+    /// (for a table from disk) subscribed announcing its version.
+    pub fn acked(&self) -> bool {
+        self.acked.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps the route subscription alive and applies tables.
+pub struct RouteClient {
+    node_id: String,
+    url: String,
+    tls: ClientTlsConfig,
+    identity: Arc<Identity>,
+    path: PathBuf,
+    tables: watch::Sender<Option<Arc<AppliedTable>>>,
+    status: Arc<RoutesStatus>,
+    metrics: Metrics,
+}
+
+enum End {
+    Cancelled,
+    Closed,
+}
+
+impl RouteClient {
+    pub fn new(
+        url: String,
+        tls: ClientTlsConfig,
+        identity: Arc<Identity>,
+        path: PathBuf,
+        tables: watch::Sender<Option<Arc<AppliedTable>>>,
+        metrics: Metrics,
+    ) -> Self {
+        let version = tables.borrow().as_ref().map_or(0, |t| t.version());
+        metrics
+            .route_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        Self {
+            node_id: identity.node_id().to_owned(),
+            url,
+            tls,
+            identity,
+            path,
+            tables,
+            status: Arc::new(RoutesStatus::default()),
+            metrics,
+        }
+    }
+
+    pub fn status(&self) -> Arc<RoutesStatus> {
+        self.status.clone()
+    }
+
+    fn held_version(&self) -> u64 {
+        self.tables.borrow().as_ref().map_or(0, |t| t.version())
+    }
+
+    /// Subscribes until `cancel`, resubscribing with backoff.
+    #[instrument(name = "routes", skip_all, fields(url = %self.url))]
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut credentials = self.identity.subscribe();
+        loop {
+            let credential = if self.identity.is_mtls() {
+                self.identity.credential()
+            } else {
+                if credentials.borrow().is_none() {
+                    info!("waiting for the node credential (first Welcome) before subscribing");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    c = credentials.wait_for(Option::is_some) => match c {
+                        Ok(c) => c.clone(),
+                        Err(_) => return,
+                    },
+                }
+            };
+            let started = Instant::now();
+            let end = self.subscribe(credential, &cancel).await;
+            self.status.subscribed.store(false, Ordering::Relaxed);
+            self.metrics.routes_subscribed.set(0);
+            match end {
+                Ok(End::Cancelled) => return,
+                Ok(End::Closed) => info!("route stream ended by the scheduler"),
+                Err(e) => warn!(error = %e, "route stream failed"),
+            }
+            if started.elapsed() >= HEALTHY_AFTER {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay(&mut rand::rng());
+            debug!(?delay, "resubscribing after backoff");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        credential: Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<End, RoutesError> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| RoutesError::Url(error_chain(&e)))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| RoutesError::Url(error_chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            _ = cancel.cancelled() => return Ok(End::Cancelled),
+            c = endpoint.connect() => c.map_err(|e| RoutesError::Connect(error_chain(&e)))?,
+        };
+        let mut client = RouteDiscoveryClient::new(channel);
+
+        let (tx, rx) = mpsc::channel::<RouteRequest>(8);
+        let held = self.held_version();
+        tx.send(RouteRequest {
+            node_id: self.node_id.clone(),
+            version_info: held,
+            response_nonce: String::new(),
+            error_detail: None,
+        })
+        .await
+        .map_err(|_| RoutesError::RequestClosed)?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(c) = credential {
+            let value = MetadataValue::try_from(format!("Bearer {c}"))
+                .map_err(|_| RoutesError::Metadata)?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut stream = tokio::select! {
+            _ = cancel.cancelled() => return Ok(End::Cancelled),
+            r = client.stream_routes(request) => r?.into_inner(),
+        };
+        self.status.subscribed.store(true, Ordering::Relaxed);
+        self.metrics.routes_subscribed.set(1);
+        if held != 0 {
+            self.status.acked.store(true, Ordering::Relaxed);
+        }
+        info!(held_version = held, "subscribed to route tables");
+
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(End::Cancelled),
+                msg = stream.message() => match msg? {
+                    Some(table) => {
+                        let reply = self.handle(table).await;
+                        tx.send(reply).await.map_err(|_| RoutesError::RequestClosed)?;
+                    }
+                    None => return Ok(End::Closed),
+                },
+            }
+        }
+    }
+
+    /// Validates, applies, persists and answers one table.
+    async fn handle(&self, table: RouteTable) -> RouteRequest {
+        let version = table.version;
+        let nonce = table.nonce.clone();
+        match AppliedTable::new(table, &self.node_id, TableSource::Scheduler, now_ms()) {
+            Ok(applied) => {
+                let applied = Arc::new(applied);
+                self.tables.send_replace(Some(applied.clone()));
+                self.status.acked.store(false, Ordering::Relaxed);
+                self.metrics
+                    .route_version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                let path = self.path.clone();
+                let saved =
+                    tokio::task::spawn_blocking(move || persist::save(&path, &applied.table)).await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "could not persist the route table"),
+                    Err(e) => error!(error = %e, "route table persistence task failed"),
+                }
+                self.metrics.table_result("ack");
+                self.status.acked.store(true, Ordering::Relaxed);
+                info!(version, nonce = %nonce, "applied route table");
+                RouteRequest {
+                    node_id: self.node_id.clone(),
+                    version_info: version,
+                    response_nonce: nonce,
+                    error_detail: None,
+                }
+            }
+            Err(e) => {
+                self.metrics.table_result("nack");
+                let held = self.held_version();
+                warn!(version, nonce = %nonce, error = %e, kept_version = held,
+                    "rejected route table (NACK)");
+                RouteRequest {
+                    node_id: self.node_id.clone(),
+                    version_info: held,
+                    response_nonce: nonce,
+                    error_detail: Some(ErrorDetail {
+                        code: TableError::NACK_CODE,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}

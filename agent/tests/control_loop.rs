@@ -1,0 +1,538 @@
+//! The agent's control loop against a fake scheduler (real QUIC and gRPC on
+//! loopback): enrollment, reports, settings, alerts, route tables ACK/NACK,
+//! persistence, reconnects and restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test crate
+
+mod support;
+
+use prometheus_client::registry::Registry;
+use prost::Message;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use vantage_agent::Agent;
+use vantage_agent::config::Config;
+use vantage_proto::v1::{
+    AlertKind, ProbeReason, ProbeTarget, RouteTable, StreamRoute, Upstream, UpstreamKind,
+};
+use vantage_shared::auth::NodeCredential;
+use vantage_shared::close::CloseCode;
+
+fn table(version: u64) -> RouteTable {
+    RouteTable {
+        node_id: "edge-1".into(),
+        version,
+        nonce: format!("n{version}"),
+        generated_at_ms: 1,
+        ttl_s: 60,
+        report_interval_ms: 0,
+        weights_version: 1,
+        streams: vec![StreamRoute {
+            stream: "live/*".into(),
+            upstreams: vec![Upstream {
+                kind: UpstreamKind::Node as i32,
+                node_id: "edge-2".into(),
+                url: "http://127.0.0.1:18080".into(),
+                score: 0.3,
+                hops: 1,
+            }],
+        }],
+        probe_targets: vec![ProbeTarget {
+            node_id: "edge-2".into(),
+            addr: "127.0.0.1:17402".into(),
+            reason: ProbeReason::Upstream as i32,
+        }],
+        redirects: vec![],
+        probe_key: vec![7; 16],
+    }
+}
+
+fn agent_config(pki_dir: &Path, data: &Path, quic: SocketAddr, grpc: SocketAddr) -> Config {
+    let args = vec![
+        "vantage-agent".to_owned(),
+        "--node-id=edge-1".into(),
+        format!("--scheduler={quic}"),
+        format!("--routes=https://127.0.0.1:{}", grpc.port()),
+        format!("--ca={}", pki_dir.join("ca.pem").display()),
+        format!("--token={TOKEN}"),
+        format!("--data-dir={}", data.display()),
+        "--admin-listen=127.0.0.1:0".into(),
+        "--probe-advertise=127.0.0.1:17402".into(),
+        "--origin=live/*=http://127.0.0.1:19000".into(),
+        "--region=test-region".into(),
+        "--lat=48.85".into(),
+        "--lon=2.35".into(),
+        "--capacity-mbps=400".into(),
+        "--public-url=http://127.0.0.1:18080".into(),
+    ];
+    Config::load_from(args, Vec::new()).unwrap()
+}
+
+struct Running {
+    admin: SocketAddr,
+    routes: vantage_agent::routes::TableReceiver,
+    alerts: vantage_agent::telemetry::AlertSender,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), vantage_agent::RunError>>,
+}
+
+async fn start_agent(config: Config) -> Running {
+    let agent = Agent::bind(config, Registry::default()).await.unwrap();
+    let cancel = CancellationToken::new();
+    Running {
+        admin: agent.admin_addr().unwrap(),
+        routes: agent.routes(),
+        alerts: agent.alerts(),
+        cancel: cancel.clone(),
+        task: tokio::spawn(agent.run(cancel)),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("agent did not stop within the grace period")
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn metrics(&self) -> String {
+        let (code, body) = http_get(self.admin, "/metrics").await;
+        assert_eq!(code, 200);
+        body
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_reports_applies_tables_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let state = Arc::new(support::QuicState::default());
+    let quic = FakeQuic::start(
+        &pki,
+        "127.0.0.1:0".parse().unwrap(),
+        150,
+        state.clone(),
+        ev_tx.clone(),
+    )
+    .await;
+    let (tables_tx, tables_rx) = watch::channel(None::<RouteTable>);
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    let grpc = FakeRoutes::start(
+        &pki,
+        "127.0.0.1:0".parse().unwrap(),
+        tables_rx.clone(),
+        req_tx.clone(),
+    )
+    .await;
+    let (quic_addr, grpc_addr) = (quic.addr, grpc.addr);
+
+    let agent = start_agent(agent_config(&pki_dir, &data, quic_addr, grpc_addr)).await;
+    let (code, _) = http_get(agent.admin, "/readyz").await;
+    assert_eq!(code, 503, "no table yet");
+
+    // Hello carries everything the scheduler needs.
+    let hello = next_event(&mut events, WAIT, |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(hello.node_id, "edge-1");
+    assert_eq!(hello.protocol_version, vantage_proto::PROTOCOL_VERSION);
+    assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(hello.region, "test-region");
+    assert_eq!((hello.lat, hello.lon), (48.85, 2.35));
+    assert_eq!(hello.capacity_mbps, 400.0);
+    assert_eq!(hello.public_url, "http://127.0.0.1:18080");
+    assert_eq!(hello.probe_addr, "127.0.0.1:17402");
+    assert_eq!(hello.enrollment_token, TOKEN);
+    assert_eq!(hello.node_credential, "");
+    assert_eq!(hello.route_version, 0);
+    assert_eq!(hello.static_origins.len(), 1);
+    assert_eq!(hello.static_origins[0].pattern, "live/*");
+    assert!(!hello.capabilities.is_empty());
+
+    // The credential from Welcome is persisted, owner-only.
+    let cred_path = data.join("node.credential");
+    eventually(WAIT, "credential persisted", || async {
+        cred_path.exists()
+    })
+    .await;
+    let credential = std::fs::read_to_string(&cred_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(state.known.lock().unwrap().contains(&credential));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cred_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Reports at the Welcome interval, seq increasing by one.
+    let mut prev = next_report(&mut events).await;
+    let first_at = prev.1;
+    for _ in 0..4 {
+        let r = next_report(&mut events).await;
+        assert_eq!(r.0.seq, prev.0.seq + 1);
+        prev = r;
+    }
+    let span = prev.1 - first_at;
+    assert!(
+        span >= Duration::from_millis(4 * 150 * 8 / 10),
+        "4 intervals took {span:?}"
+    );
+    let load = prev.0.load.unwrap();
+    assert!((0.0..=1.0).contains(&load.cpu));
+    assert!(load.mem_total_bytes > 0 && load.mem_used_bytes <= load.mem_total_bytes);
+    assert_eq!(prev.0.route_version, 0);
+    assert!(prev.0.agent_time_ms > 0);
+    let path = prev.0.control_path.unwrap();
+    assert!(path.rtt_ms > 0.0 && path.rtt_ms < 1000.0, "{path:?}");
+
+    // Settings change the interval (lower bound only: timers never fire early).
+    push_settings(&state, 600).await;
+    let mut last = next_report(&mut events).await;
+    // The first report after the change may still be on the old schedule.
+    last = if last.1 - prev.1 < Duration::from_millis(500) {
+        next_report(&mut events).await
+    } else {
+        last
+    };
+    let next = next_report(&mut events).await;
+    assert!(
+        next.1 - last.1 >= Duration::from_millis(500),
+        "{:?}",
+        next.1 - last.1
+    );
+    assert_eq!(next.0.seq, last.0.seq + 1);
+
+    // Alerts go out at once, not with the next report.
+    assert!(
+        agent
+            .alerts
+            .raise(AlertKind::Overload, "cpu", "cpu high", 0.97)
+    );
+    let alert = next_event(&mut events, Duration::from_millis(450), |e| match e {
+        Event::Alert(a) => Some(a),
+        Event::Report(..) => panic!("alert should precede the next report"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(alert.kind, AlertKind::Overload as i32);
+    assert_eq!(alert.subject, "cpu");
+    assert_eq!(alert.seq, 1);
+
+    // Route subscription waited for the credential and announces nothing held.
+    let (auth, first) = next_request(&mut requests).await;
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {credential}").as_str())
+    );
+    assert_eq!(first.node_id, "edge-1");
+    assert_eq!(first.version_info, 0);
+    assert_eq!(first.response_nonce, "");
+
+    // A valid table is applied, persisted, ACKed.
+    tables_tx.send_replace(Some(table(1)));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.response_nonce.as_str()), (1, "n1"));
+    assert!(ack.error_detail.is_none());
+    let stored =
+        RouteTable::decode(std::fs::read(data.join("routes.pb")).unwrap().as_slice()).unwrap();
+    assert_eq!(stored, table(1));
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().version(), 1);
+    let (code, _) = http_get(agent.admin, "/readyz").await;
+    assert_eq!(code, 200);
+    let st = status_json(agent.admin).await;
+    assert_eq!(st["node_id"], "edge-1");
+    assert_eq!(st["routes"]["version"], 1);
+    assert_eq!(st["routes"]["nonce"], "n1");
+    assert_eq!(st["routes"]["source"], "scheduler");
+    assert_eq!(st["routes"]["acked"], true);
+    assert_eq!(st["routes"]["subscribed"], true);
+    assert_eq!(st["routes"]["streams"], 1);
+    assert_eq!(st["routes"]["probe_targets"], 1);
+    assert_eq!(st["telemetry"]["connected"], true);
+    assert_eq!(st["telemetry"]["session_id"], "s-1");
+    assert_eq!(st["telemetry"]["report_interval_ms"], 600);
+    assert_eq!(st["telemetry"]["scheduler"], quic_addr.to_string());
+    assert!(st["telemetry"]["reports_sent"].as_u64().unwrap() >= 7);
+    // Reports now name the table in use.
+    loop {
+        let (r, _) = next_report(&mut events).await;
+        if r.route_version == 1 {
+            break;
+        }
+    }
+
+    // An invalid table is NACKed with code 3; the old one stays.
+    let mut bad = table(2);
+    bad.streams[0].stream = "not a pattern!".into();
+    tables_tx.send_replace(Some(bad));
+    let (_, nack) = next_request(&mut requests).await;
+    assert_eq!((nack.version_info, nack.response_nonce.as_str()), (1, "n2"));
+    let detail = nack.error_detail.unwrap();
+    assert_eq!(detail.code, 3);
+    assert!(detail.message.contains("streams[0]"), "{}", detail.message);
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().version(), 1);
+    let stored =
+        RouteTable::decode(std::fs::read(data.join("routes.pb")).unwrap().as_slice()).unwrap();
+    assert_eq!(stored.version, 1);
+    let m = agent.metrics().await;
+    assert!(
+        m.contains("vantage_agent_route_tables_total{result=\"nack\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vantage_agent_route_tables_total{result=\"ack\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("vantage_agent_route_version 1"), "{m}");
+    assert!(m.contains("vantage_agent_telemetry_connected 1"), "{m}");
+    assert!(m.contains("vantage_agent_alerts_sent_total 1"), "{m}");
+
+    // A table's report interval is honoured too.
+    let mut t3 = table(3);
+    t3.report_interval_ms = 700;
+    tables_tx.send_replace(Some(t3));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (3, None));
+    eventually(WAIT, "interval from the table", || async {
+        status_json(agent.admin).await["telemetry"]["report_interval_ms"] == 700
+    })
+    .await;
+
+    // Scheduler restart: the agent reconnects (backoff) with its credential
+    // and its table version, and reports continue.
+    let seq_before = next_report(&mut events).await.0.seq;
+    quic.stop().await;
+    grpc.stop().await;
+    let quic = FakeQuic::start(&pki, quic_addr, 150, state.clone(), ev_tx.clone()).await;
+    let grpc = FakeRoutes::start(&pki, grpc_addr, tables_rx.clone(), req_tx.clone()).await;
+    let hello = next_event(&mut events, WAIT, |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(hello.node_credential, credential);
+    assert_eq!(hello.route_version, 3);
+    let (r, _) = next_report(&mut events).await;
+    assert!(r.seq > seq_before);
+    // The route stream resubscribes announcing version 3; nothing is resent.
+    let (auth, again) = loop {
+        let (auth, req) = next_request(&mut requests).await;
+        if req.response_nonce.is_empty() {
+            break (auth, req);
+        }
+    };
+    assert_eq!(again.version_info, 3);
+    assert!(auth.is_some());
+    let m = agent.metrics().await;
+    assert!(
+        m.contains("vantage_agent_telemetry_closed_total{code=\"shutting_down\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vantage_agent_telemetry_connects_total{result=\"welcomed\"} 2"),
+        "{m}"
+    );
+    eventually(WAIT, "status shows the new session", || async {
+        status_json(agent.admin).await["telemetry"]["session_id"] == "s-2"
+    })
+    .await;
+
+    // Shutdown closes the QUIC connection with code 0 (the server's own
+    // close during the restart shows no application code on its side).
+    agent.stop().await;
+    let closed = next_event(&mut events, WAIT, |e| match e {
+        Event::Closed(Some(c)) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(closed, u64::from(CloseCode::Normal.code()));
+    quic.stop().await;
+    grpc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_serves_its_table_from_disk_while_the_scheduler_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("routes.pb"), table(5).encode_to_vec()).unwrap();
+    let credential = NodeCredential::issue("edge-1").encode();
+    std::fs::write(data.join("node.credential"), &credential).unwrap();
+    let (quic_addr, grpc_addr) = (free_addr(), free_addr());
+
+    let agent = start_agent(agent_config(&pki_dir, &data, quic_addr, grpc_addr)).await;
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().version(), 5);
+    let (code, _) = http_get(agent.admin, "/readyz").await;
+    assert_eq!(code, 200, "a table from disk makes the agent ready");
+    let st = status_json(agent.admin).await;
+    assert_eq!(st["routes"]["source"], "disk");
+    assert_eq!(st["routes"]["version"], 5);
+    assert_eq!(st["routes"]["subscribed"], false);
+    assert_eq!(st["telemetry"]["connected"], false);
+
+    // The scheduler comes back: both channels announce version 5.
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let state = Arc::new(support::QuicState::default());
+    state.known.lock().unwrap().insert(credential.clone());
+    let quic = FakeQuic::start(&pki, quic_addr, 200, state, ev_tx).await;
+    let (_tables_tx, tables_rx) = watch::channel(Some(table(5)));
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    let grpc = FakeRoutes::start(&pki, grpc_addr, tables_rx, req_tx).await;
+    let hello = next_event(&mut events, Duration::from_secs(30), |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(hello.route_version, 5);
+    assert_eq!(hello.node_credential, credential);
+    let (auth, first) = next_request(&mut requests).await;
+    assert_eq!(auth, Some(format!("Bearer {credential}")));
+    assert_eq!(first.version_info, 5);
+    eventually(WAIT, "subscribed and acked", || async {
+        let st = status_json(agent.admin).await;
+        st["routes"]["subscribed"] == true && st["routes"]["acked"] == true
+    })
+    .await;
+    agent.stop().await;
+    quic.stop().await;
+    grpc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_node_forgets_the_credential_and_enrolls_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stale = NodeCredential::issue("edge-1").encode();
+    std::fs::write(data.join("node.credential"), &stale).unwrap();
+
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let state = Arc::new(support::QuicState::default());
+    let quic = FakeQuic::start(
+        &pki,
+        "127.0.0.1:0".parse().unwrap(),
+        200,
+        state.clone(),
+        ev_tx,
+    )
+    .await;
+    let agent = start_agent(agent_config(&pki_dir, &data, quic.addr, free_addr())).await;
+
+    let first = next_event(&mut events, WAIT, |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first.node_credential, stale);
+    let second = next_event(&mut events, WAIT, |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(second.node_credential, "", "stale credential was dropped");
+    assert_eq!(second.enrollment_token, TOKEN);
+    let cred_path = data.join("node.credential");
+    eventually(WAIT, "new credential stored", || async {
+        std::fs::read_to_string(&cred_path)
+            .map(|c| c.trim() != stale && state.known.lock().unwrap().contains(c.trim()))
+            .unwrap_or(false)
+    })
+    .await;
+    next_report(&mut events).await;
+    let m = agent.metrics().await;
+    assert!(
+        m.contains("vantage_agent_telemetry_closed_total{code=\"unknown_node\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vantage_agent_telemetry_connects_total{result=\"rejected\"} 1"),
+        "{m}"
+    );
+    agent.stop().await;
+    quic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_identity_replaces_token_and_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let (cert, key) = pki
+        .issue_client("edge-1", &dir.path().join("client"))
+        .unwrap();
+    let data = dir.path().join("data");
+
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let state = Arc::new(support::QuicState {
+        mtls: true,
+        ..Default::default()
+    });
+    let quic = FakeQuic::start(&pki, "127.0.0.1:0".parse().unwrap(), 200, state, ev_tx).await;
+    let (tables_tx, tables_rx) = watch::channel(None::<RouteTable>);
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    let grpc = FakeRoutes::start_with(
+        &pki,
+        "127.0.0.1:0".parse().unwrap(),
+        tables_rx,
+        req_tx,
+        true,
+    )
+    .await;
+    let args = vec![
+        "vantage-agent".to_owned(),
+        "--node-id=edge-1".into(),
+        format!("--scheduler={}", quic.addr),
+        format!("--routes=https://localhost:{}", grpc.addr.port()),
+        format!("--ca={}", pki.ca_cert.display()),
+        format!("--cert={}", cert.display()),
+        format!("--key={}", key.display()),
+        format!("--data-dir={}", data.display()),
+        "--admin-listen=127.0.0.1:0".into(),
+    ];
+    let agent = start_agent(Config::load_from(args, Vec::new()).unwrap()).await;
+
+    let hello = next_event(&mut events, WAIT, |e| match e {
+        Event::Hello(h) => Some(h),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (
+            hello.enrollment_token.as_str(),
+            hello.node_credential.as_str()
+        ),
+        ("", "")
+    );
+    next_report(&mut events).await;
+    // The route stream does not wait for a credential: the certificate is the identity.
+    let (auth, first) = next_request(&mut requests).await;
+    assert_eq!(auth, None);
+    assert_eq!(first.node_id, "edge-1");
+    tables_tx.send_replace(Some(table(1)));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (1, None));
+    assert!(!data.join("node.credential").exists());
+    agent.stop().await;
+    quic.stop().await;
+    grpc.stop().await;
+}
