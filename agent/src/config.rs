@@ -73,9 +73,9 @@ pub enum LogFormat {
     about = "Vantage edge agent: reports telemetry to the scheduler and applies its route tables",
     after_help = "Every flag can also be given as an environment variable VANTAGE_<FLAG> \
                   (e.g. VANTAGE_NODE_ID; VANTAGE_ORIGIN takes a comma-separated list) or as a key \
-                  of the --config file (e.g. node-id = \"edge-1\"). Precedence: flag > env > file > default."
+                  of the --config file (e.g. node_id = \"edge-1\"). Precedence: flag > env > file > default."
 )]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Settings {
     /// TOML config file.
     #[arg(long, value_name = "FILE")]

@@ -43,9 +43,9 @@ fn flag_beats_env_beats_file_beats_default() {
         dir.path(),
         "agent.toml",
         r#"
-node-id = "from-file"
+node_id = "from-file"
 region = "file-region"
-capacity-mbps = 10.0
+capacity_mbps = 10.0
 ca = "file-ca.pem"
 scheduler = "file.example:7400"
 "#,
@@ -118,11 +118,11 @@ fn negative_coordinates_and_ipv6_scheduler_parse_from_flags() {
 
 #[test]
 fn unknown_file_key_is_an_error_naming_the_key() {
-    let err = Settings::from_toml("node-id = \"a\"\nnode-idd = \"b\"\n", Path::new("x.toml"))
+    let err = Settings::from_toml("node_id = \"a\"\nnode_idd = \"b\"\n", Path::new("x.toml"))
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ConfigError::File { .. }));
-    assert!(msg.contains("node-idd"), "{msg}");
+    assert!(msg.contains("node_idd"), "{msg}");
     assert!(msg.contains("line 2"), "{msg}");
     assert_eq!(msg.lines().count(), 1, "one line: {msg}");
     assert!(msg.contains("x.toml"), "{msg}");
@@ -212,7 +212,8 @@ fn example_config_parses_with_the_real_loader_and_documents_every_key() {
 
     // Every setting is mentioned as `key =` (set or commented out).
     for arg in Settings::command().get_arguments() {
-        let Some(key) = arg.get_long() else { continue };
+        let Some(flag) = arg.get_long() else { continue };
+        let key = flag.replace('-', "_");
         if key == "config" || key == "help" || key == "version" {
             continue;
         }
