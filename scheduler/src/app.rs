@@ -371,6 +371,24 @@ impl App {
                     })
                     .inc();
                 self.event(&id, to.label(), &format!("from {}", from.label()));
+                if to == NodeState::Down {
+                    // A session that sends no reports is dead or stuck: close
+                    // it so `connected` is truthful and a live agent reconnects.
+                    let conn = self
+                        .registry
+                        .with(&id, |e| {
+                            e.session.as_ref().and_then(|s| s.connection.clone())
+                        })
+                        .flatten();
+                    if let Some(c) = conn {
+                        c.close(
+                            quinn::VarInt::from_u32(
+                                vantage_shared::close::CloseCode::ReportTimeout.code(),
+                            ),
+                            b"no reports for 3 report intervals",
+                        );
+                    }
+                }
                 replan |= matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining);
             }
             if replan {

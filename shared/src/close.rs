@@ -20,13 +20,15 @@ pub enum CloseCode {
     InvalidValue = 0x22,
     ProtocolViolation = 0x23,
     HelloTimeout = 0x24,
+    /// No report for 3 report intervals: the node is down; reconnect.
+    ReportTimeout = 0x25,
     ShuttingDown = 0x30,
     /// A newer session of the same node replaced this one.
     Superseded = 0x31,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 14] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Normal,
         CloseCode::BadToken,
         CloseCode::UnknownNode,
@@ -39,6 +41,7 @@ impl CloseCode {
         CloseCode::InvalidValue,
         CloseCode::ProtocolViolation,
         CloseCode::HelloTimeout,
+        CloseCode::ReportTimeout,
         CloseCode::ShuttingDown,
         CloseCode::Superseded,
     ];
@@ -66,6 +69,7 @@ impl CloseCode {
             CloseCode::InvalidValue => "invalid_value",
             CloseCode::ProtocolViolation => "protocol_violation",
             CloseCode::HelloTimeout => "hello_timeout",
+            CloseCode::ReportTimeout => "report_timeout",
             CloseCode::ShuttingDown => "shutting_down",
             CloseCode::Superseded => "superseded",
         }

@@ -1,0 +1,152 @@
+//! Checks shared by the end-to-end tests: "these nodes are up", "this agent
+//! holds a table the scheduler shows as ACKed".
+
+use crate::agent::status_route_version;
+use crate::eventually::eventually;
+use crate::http::{as_u64, field};
+use crate::{Agent, Scheduler};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Why a node (JSON from `/v1/nodes`) is not yet healthy, or Ok.
+pub fn node_healthy(node: &Value, max_report_age_ms: u64) -> Result<(), String> {
+    let id = node.get("id").and_then(Value::as_str).unwrap_or("?");
+    let state = node.get("state").and_then(Value::as_str);
+    if state != Some("up") {
+        return Err(format!("{id}: state {state:?}"));
+    }
+    if node.get("connected").and_then(Value::as_bool) != Some(true) {
+        return Err(format!("{id}: not connected"));
+    }
+    let age = node.get("last_report_age_ms").and_then(Value::as_u64);
+    match age {
+        Some(a) if a < max_report_age_ms => {}
+        other => {
+            return Err(format!(
+                "{id}: last_report_age_ms {other:?}, want < {max_report_age_ms}"
+            ));
+        }
+    }
+    let load = node.get("load").filter(|l| l.is_object());
+    let Some(load) = load else {
+        return Err(format!("{id}: no load values"));
+    };
+    let cpu = load.get("cpu").and_then(Value::as_f64);
+    let mem_total = load.get("mem_total_bytes").and_then(Value::as_u64);
+    match (cpu, mem_total) {
+        (Some(c), Some(m)) if (0.0..=1.0).contains(&c) && m > 0 => Ok(()),
+        _ => Err(format!("{id}: load values missing or implausible: {load}")),
+    }
+}
+
+/// Waits until every id in `ids` is listed `up`, connected, with a report
+/// younger than 2 s and load values. Returns the nodes.
+pub async fn wait_all_up(s: &Scheduler, ids: &[&str], timeout: Duration) -> Vec<Value> {
+    eventually(timeout, &format!("nodes {ids:?} up"), || async {
+        let nodes = s.nodes().await;
+        let mut problems = Vec::new();
+        let mut found = Vec::new();
+        for id in ids {
+            match nodes
+                .iter()
+                .find(|n| n.get("id").and_then(Value::as_str) == Some(id))
+            {
+                None => problems.push(format!("{id}: not listed")),
+                Some(n) => match node_healthy(n, 2000) {
+                    Ok(()) => found.push(n.clone()),
+                    Err(e) => problems.push(e),
+                },
+            }
+        }
+        if problems.is_empty() {
+            Ok(found)
+        } else {
+            Err(problems)
+        }
+    })
+    .await
+}
+
+/// The version an agent holds and the scheduler's route record for it, when
+/// they agree that this version is ACKed.
+pub async fn acked_version(s: &Scheduler, a: &Agent) -> Result<(u64, Value), String> {
+    let Some(status) = a.try_status().await else {
+        return Err(format!("{}: no /v1/status", a.node_id()));
+    };
+    let Some(held) = status_route_version(&status) else {
+        return Err(format!("{}: holds no table: {status}", a.node_id()));
+    };
+    let Some(routes) = s.routes(a.node_id()).await else {
+        return Err(format!("{}: GET /v1/routes failed", a.node_id()));
+    };
+    let acked = as_u64(field(&routes, "acked_version"));
+    if acked != Some(held) {
+        return Err(format!(
+            "{}: agent holds v{held}, scheduler acked_version {acked:?} (version {:?})",
+            a.node_id(),
+            as_u64(routes.get("version"))
+        ));
+    }
+    Ok((held, routes))
+}
+
+/// Waits until every agent holds a route table the scheduler shows ACKed.
+/// Returns `(version, routes JSON)` per agent, in order.
+pub async fn wait_all_acked(
+    s: &Scheduler,
+    agents: &[&Agent],
+    timeout: Duration,
+) -> Vec<(u64, Value)> {
+    eventually(timeout, "every agent's table ACKed", || async {
+        let mut out = Vec::new();
+        for a in agents {
+            out.push(acked_version(s, a).await?);
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+}
+
+/// The `table` object of a `/v1/routes/{id}` answer.
+pub fn table_of(routes: &Value) -> &Value {
+    routes.get("table").unwrap_or(&Value::Null)
+}
+
+/// The weight-set version a route table was planned with.
+pub fn table_weights_version(routes: &Value) -> Option<u64> {
+    as_u64(field(table_of(routes), "weights_version"))
+}
+
+/// Real places for test agents: (region, lat, lon).
+pub const PLACES: [(&str, f64, f64); 6] = [
+    ("eu-paris", 48.8566, 2.3522),
+    ("eu-frankfurt", 50.1109, 8.6821),
+    ("ap-tokyo", 35.6762, 139.6503),
+    ("sa-saopaulo", -23.5505, -46.6333),
+    ("eu-london", 51.5074, -0.1278),
+    ("us-newyork", 40.7128, -74.0060),
+];
+
+/// Static origin every test agent is configured with (`--origin`), so
+/// tables carry stream routes; nothing listens on port 9.
+pub const ORIGIN: (&str, &str) = ("live/*", "http://127.0.0.1:9/{app}/{stream}.flv");
+
+/// A builder for test agent number `i` (placed at `PLACES[i % 6]`).
+pub fn agent_builder(s: &Scheduler, id: &str, i: usize) -> crate::AgentBuilder {
+    let (region, lat, lon) = PLACES[i % PLACES.len()];
+    Agent::builder(id, s)
+        .region(region)
+        .at(lat, lon)
+        .capacity_mbps(1000.0)
+        .origin(ORIGIN.0, ORIGIN.1)
+}
+
+/// Starts agents `ids` against `s`, one after another (each start only
+/// waits for the agent's `/healthz`).
+pub async fn start_agents(s: &Scheduler, ids: &[&str]) -> Vec<Agent> {
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        out.push(agent_builder(s, id, i).start().await);
+    }
+    out
+}

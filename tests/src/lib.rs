@@ -1,0 +1,75 @@
+//! End-to-end harness for Vantage, in the style of linkerd2-proxy's
+//! `app/integration`: builders that start the *real* `vantage-scheduler` and
+//! `vantage-agent` binaries on loopback, handles to stop, kill and restart
+//! them, and small clients to talk to them.
+//!
+//! * [`Scheduler`] — `--dev` scheduler with its own data dir, fixed ports
+//!   (kept across restarts) and a SQLite or PostgreSQL [`Store`].
+//! * [`Agent`] — an agent enrolled with a scheduler's dev CA and token.
+//! * [`http`] — JSON over HTTP; [`eventually`]/[`assert_eventually!`] — bounded
+//!   polling instead of sleeps.
+//! * [`hostile`] — a QUIC client that speaks the telemetry ALPN and lies.
+//! * [`pyclient`] — runs the Python stock gRPC client.
+//! * [`store_tests!`] — declares the `sqlite_*` and `postgres_*` variants of a test.
+//!
+//! Binaries are found next to the test executable (`target/debug`), or in
+//! `VANTAGE_BIN_DIR`; run `cargo build --bins` first. Processes write their
+//! output to `<data-dir>/logs/`; when a test panics, the handles print the
+//! tail of those logs and keep the directory. `VANTAGE_TEST_KEEP=1` keeps
+//! every directory and database.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod bins;
+pub mod cluster;
+pub mod datadir;
+pub mod eventually;
+pub mod hostile;
+pub mod http;
+pub mod ports;
+pub mod process;
+pub mod pyclient;
+pub mod scheduler;
+pub mod store;
+
+pub use agent::{Agent, AgentBuilder, AgentPorts};
+pub use eventually::{eventually, eventually_every};
+pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerPorts};
+pub use store::Store;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Declares an end-to-end test in two variants, one per store:
+///
+/// ```ignore
+/// async fn three_agents(store: Store) { /* … */ }
+/// store_tests! {
+///     three_agents => sqlite_three_agents, postgres_three_agents;
+/// }
+/// ```
+///
+/// The PostgreSQL variant prints `SKIPPED <test>: VANTAGE_TEST_POSTGRES_URL
+/// not set (run scripts/test.sh)` and passes when the variable is unset,
+/// except under `CI=true`, where it fails.
+#[macro_export]
+macro_rules! store_tests {
+    ($( $body:ident => $sqlite:ident, $postgres:ident; )+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $body($crate::Store::sqlite()).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            if let Some(store) = $crate::Store::postgres_or_skip(stringify!($postgres)) {
+                $body(store).await
+            }
+        }
+    )+};
+}

@@ -1,0 +1,93 @@
+//! Must show 1 (issue 2): a `--dev` scheduler and three agents. Within 5 s
+//! `GET /v1/nodes` shows all three `up` with a report younger than 2 s and
+//! load values, and every agent's `/v1/status` names a route version that
+//! `GET /v1/routes/{id}` shows as ACKed.
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use vantage_tests::cluster::{PLACES, start_agents, wait_all_acked, wait_all_up};
+use vantage_tests::http::{as_u64, field};
+use vantage_tests::{Scheduler, Store, store_tests};
+
+const IDS: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
+
+async fn three_agents_up_and_acked(store: Store) {
+    let s = Scheduler::builder().store(store).start().await;
+
+    let t0 = Instant::now();
+    let agents = start_agents(&s, &IDS).await;
+    let budget = Duration::from_secs(5).saturating_sub(t0.elapsed());
+    wait_all_up(&s, &IDS, budget).await;
+    eprintln!(
+        "all {} nodes up {:?} after the first agent started",
+        IDS.len(),
+        t0.elapsed()
+    );
+
+    // The per-node endpoint agrees and carries what the Hello said.
+    for (i, a) in agents.iter().enumerate() {
+        let n = s
+            .node(a.node_id())
+            .await
+            .unwrap_or_else(|| panic!("GET /v1/nodes/{} failed", a.node_id()));
+        assert_eq!(n["id"], a.node_id());
+        assert_eq!(n["state"], "up", "{n}");
+        let (region, lat, lon) = PLACES[i];
+        assert_eq!(n["region"], region, "{n}");
+        assert!(
+            (n["lat"].as_f64().unwrap_or(f64::NAN) - lat).abs() < 1e-6,
+            "{n}"
+        );
+        assert!(
+            (n["lon"].as_f64().unwrap_or(f64::NAN) - lon).abs() < 1e-6,
+            "{n}"
+        );
+        assert!(n["reports"].as_u64().unwrap_or(0) >= 1, "{n}");
+    }
+    let (status, body) = s.get("/v1/nodes/no-such-node").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].is_string(),
+        "errors are JSON with a message: {body}"
+    );
+
+    // Every agent holds a table the scheduler shows as ACKed.
+    let refs: Vec<_> = agents.iter().collect();
+    let acked = wait_all_acked(&s, &refs, Duration::from_secs(5)).await;
+    for (a, (version, routes)) in agents.iter().zip(&acked) {
+        assert_eq!(routes["node_id"], a.node_id(), "{routes}");
+        assert!(
+            as_u64(routes.get("version")).unwrap_or(0) >= *version,
+            "{routes}"
+        );
+        assert!(
+            routes["table"].is_object(),
+            "route record without a table: {routes}"
+        );
+        let st = a.status().await;
+        assert_eq!(st["node_id"], a.node_id(), "{st}");
+        assert_eq!(st["routes"]["acked"], Value::Bool(true), "{st}");
+        assert_eq!(st["routes"]["source"], "scheduler", "{st}");
+        assert_eq!(st["routes"]["subscribed"], Value::Bool(true), "{st}");
+        assert_eq!(st["telemetry"]["connected"], Value::Bool(true), "{st}");
+        assert!(
+            as_u64(field(&st["telemetry"], "reports_sent")).unwrap_or(0) >= 1,
+            "{st}"
+        );
+        assert_eq!(a.readyz().await, 200, "agent with a table is ready");
+    }
+
+    s.assert_store_in_use().await;
+
+    // Metrics tell the same story.
+    let up = s
+        .metric("vantage_scheduler_nodes", &[("state", "up")])
+        .await;
+    assert_eq!(up, 3.0, "vantage_scheduler_nodes{{state=\"up\"}}");
+    assert!(s.metric("vantage_scheduler_reports_total", &[]).await >= 3.0);
+    assert!(s.metric("vantage_scheduler_route_acks_total", &[]).await >= 3.0);
+}
+
+store_tests! {
+    three_agents_up_and_acked => sqlite_three_agents_up_and_acked, postgres_three_agents_up_and_acked;
+}
