@@ -38,6 +38,9 @@ pub struct App {
     report_interval_ms: AtomicU32,
     previous: Mutex<BTreeMap<(String, String), String>>,
     ready: AtomicBool,
+    /// Cluster secret for probe authenticators (DESIGN §4), shared by all
+    /// replicas through the store and sent to agents in every table.
+    probe_key: Vec<u8>,
 }
 
 /// Partial weights for `PUT /v1/weights`: missing keys keep their value.
@@ -134,6 +137,13 @@ impl App {
             registry.insert(e);
         }
         let publisher = Publisher::new(store.clone(), store.route_heads().await?);
+        let key_hex = store
+            .cluster_setting("probe_key", &hex::encode(rand::random::<[u8; 32]>()), now)
+            .await?;
+        let probe_key = hex::decode(key_hex.trim()).unwrap_or_else(|_| {
+            warn!("cluster setting probe_key is not hex; using its bytes");
+            key_hex.into_bytes()
+        });
         let report_interval_ms = AtomicU32::new(config.report_interval_ms);
         info!(
             nodes = registry.len(),
@@ -153,6 +163,7 @@ impl App {
             report_interval_ms,
             previous: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            probe_key,
             config,
         }))
     }
@@ -301,6 +312,7 @@ impl App {
             table_ttl_s: self.config.table_ttl_s,
             nodes: self.registry.views(),
             previous,
+            probe_key: self.probe_key.clone(),
         };
         let plan = planner::plan(&input);
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = plan.primaries;

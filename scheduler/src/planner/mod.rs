@@ -142,6 +142,8 @@ pub struct PlanInput {
     pub nodes: Vec<NodeView>,
     /// Primary upstream chosen last time, per (node, stream or pattern).
     pub previous: BTreeMap<(String, String), String>,
+    /// Cluster key for probe authenticators, copied into every table.
+    pub probe_key: Vec<u8>,
 }
 
 /// The result: every node's table content (version and nonce unset).
@@ -456,7 +458,7 @@ pub fn plan(input: &PlanInput) -> Plan {
                 streams: std::mem::take(&mut routes[i]),
                 probe_targets,
                 redirects: Vec::new(),
-                probe_key: Vec::new(),
+                probe_key: input.probe_key.clone(),
             },
         );
     }

@@ -33,6 +33,7 @@ fn input(nodes: Vec<NodeView>) -> PlanInput {
         table_ttl_s: 3600,
         nodes,
         previous: BTreeMap::new(),
+        probe_key: vec![7; 32],
     }
 }
 
@@ -83,6 +84,7 @@ fn nearby_edges_pull_from_origin_with_backups() {
     }
     // every table carries the plan parameters
     assert_eq!(p.tables["tyo"].weights_version, 1);
+    assert_eq!(p.tables["tyo"].probe_key, vec![7; 32]);
     assert_eq!(p.tables["tyo"].report_interval_ms, 1000);
 }
 

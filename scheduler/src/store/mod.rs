@@ -276,6 +276,33 @@ impl Store {
             .map_err(StoreError::query("upserting a node"))
     }
 
+    /// A cluster-wide setting; when absent, stores `default` first. All
+    /// replicas agree: the first writer wins and everyone reads its value.
+    pub async fn cluster_setting(
+        &self,
+        key: &str,
+        default: &str,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO cluster_settings (key, value, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(default)
+        .bind(now_ms)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("writing a cluster setting"))?;
+        let row = sqlx::query("SELECT value FROM cluster_settings WHERE key = $1")
+            .bind(key)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("reading a cluster setting"))?;
+        row.try_get::<String, _>(0)
+            .map_err(StoreError::query("reading a cluster setting"))
+    }
+
     /// Every node, by id.
     pub async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         sqlx::query(queries::SELECT_NODES)

@@ -136,7 +136,25 @@ on_both_backends!(
     full_queue_drops_and_counts,
     invalid_ops_are_dropped_and_reported,
     failed_batch_is_retried_then_dropped_and_writer_continues,
+    cluster_settings_first_writer_wins,
 );
+
+async fn cluster_settings_first_writer_wins(url: &str) {
+    let a = Store::open(url).await.unwrap();
+    let b = Store::open(url).await.unwrap();
+    let first = a.cluster_setting("probe_key", "aaaa", 1).await.unwrap();
+    let second = b.cluster_setting("probe_key", "bbbb", 2).await.unwrap();
+    assert_eq!(first, "aaaa");
+    assert_eq!(second, "aaaa", "a second replica reads the first value");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    let again = Store::open(url).await.unwrap();
+    assert_eq!(
+        again.cluster_setting("probe_key", "cccc", 3).await.unwrap(),
+        "aaaa"
+    );
+    again.close().await.unwrap();
+}
 
 fn node(id: &str, credential: Option<&str>, seen: i64) -> NodeRecord {
     NodeRecord {
