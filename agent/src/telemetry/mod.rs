@@ -125,8 +125,17 @@ pub struct HelloTemplate {
 }
 
 /// The telemetry connection to the scheduler.
+/// Something that contributes to every report: the probe subsystem fills
+/// `paths`, the relay fills `streams`, `groups` and the traffic fields of
+/// `load`. Called on the telemetry task once per report; must be quick
+/// (read a snapshot, no I/O).
+pub trait ReportSource: Send + Sync {
+    fn fill(&self, report: &mut vantage_proto::v1::Report);
+}
+
 pub struct TelemetryClient {
     scheduler: HostPort,
+    sources: Vec<Arc<dyn ReportSource>>,
     quic: quinn::ClientConfig,
     hello: HelloTemplate,
     identity: Arc<Identity>,
@@ -154,6 +163,11 @@ pub(crate) enum Outcome {
 }
 
 impl TelemetryClient {
+    /// Adds a contributor to every report.
+    pub fn add_source(&mut self, source: Arc<dyn ReportSource>) {
+        self.sources.push(source);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         scheduler: HostPort,
@@ -173,6 +187,7 @@ impl TelemetryClient {
         }
         Self {
             scheduler,
+            sources: Vec::new(),
             quic,
             hello,
             identity,

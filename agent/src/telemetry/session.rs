@@ -331,7 +331,7 @@ impl TelemetryClient {
         self.report_seq += 1;
         let load = *self.load.borrow();
         let path = conn.stats().path;
-        let report = Report {
+        let mut report = Report {
             seq: self.report_seq,
             agent_time_ms: now_ms(),
             route_version: self.held_version(),
@@ -353,6 +353,9 @@ impl TelemetryClient {
                 congestion_events: path.congestion_events,
             }),
         };
+        for source in &self.sources {
+            source.fill(&mut report);
+        }
         let frame = TelemetryFrame {
             kind: Some(telemetry_frame::Kind::Report(report)),
         };
