@@ -136,9 +136,41 @@ pub async fn list(State(app): State<Arc<App>>) -> Json<Value> {
 
 pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let now = now_ms();
-    app.registry
-        .with(&id, |e| Json(node_json(e, now, true)))
-        .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))
+    let mut v = app
+        .registry
+        .with(&id, |e| node_json(e, now, true))
+        .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("upstream_scores".into(), upstream_scores(&app, &id));
+    }
+    Ok(Json(v))
+}
+
+/// How every eligible peer scores as this node's upstream, best first, with
+/// each term's input, its source (measured / modelled / default) and its
+/// contribution: the explanation behind the planner's edge costs.
+fn upstream_scores(app: &App, id: &str) -> Value {
+    use crate::planner::{edge_inputs, eligible};
+    let views = app.registry.views();
+    let Some(me) = views.iter().find(|v| v.id == id) else {
+        return Value::Array(Vec::new());
+    };
+    let ws = app.weights();
+    let ranges = &app.config.ranges;
+    let mut scored: Vec<(f64, Value)> = views
+        .iter()
+        .filter(|u| u.id != id && eligible(u, ranges))
+        .map(|u| {
+            let inputs = edge_inputs(u, me, ranges, &app.config.limits, u.utilisation());
+            let b = vantage_shared::score::score(&ws.weights, ranges, &inputs);
+            (
+                b.score,
+                json!({"node_id": u.id, "score": b.score, "terms": b.terms}),
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Value::Array(scored.into_iter().take(32).map(|(_, v)| v).collect())
 }
 
 pub async fn drain(
