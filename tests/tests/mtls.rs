@@ -14,7 +14,7 @@ fn certs(args: &[&str]) {
         .arg("certs")
         .args(args)
         .output()
-        .expect("run vantage-scheduler certs");
+        .unwrap_or_else(|e| panic!("cannot run vantage-scheduler certs: {e}"));
     assert!(
         out.status.success(),
         "vantage-scheduler certs {args:?} failed: {}",
