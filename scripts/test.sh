@@ -73,6 +73,15 @@ else
     python_found="no (stock gRPC client tests will be skipped, or fail under CI=true)"
 fi
 
+# --- ffmpeg / ffprobe (media tests: real FLV from ffmpeg, decoding checks) -----------------------
+if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then
+    ffmpeg_found="yes ($(command -v ffmpeg))"
+elif apt_install ffmpeg; then
+    ffmpeg_found="yes (installed)"
+else
+    ffmpeg_found="no (media tests will be skipped, or fail under CI=true)"
+fi
+
 # --- PostgreSQL (Must show 7) --------------------------------------------------------------------
 # A server that was already running (a developer's earlier run) is reused and left running.
 pg_started_here=0
@@ -108,6 +117,7 @@ fi
 log "optional peers:"
 log "  PostgreSQL:         $pg_found"
 log "  Python gRPC client: $python_found"
+log "  ffmpeg:             $ffmpeg_found"
 log "  cargo-nextest:      $nextest_found"
 log "  CI:                 ${CI:-false}"
 

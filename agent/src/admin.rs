@@ -1,6 +1,7 @@
 //! Admin HTTP server (default `127.0.0.1:8081`): `/healthz`, `/readyz`
 //! (200 iff a route table is held, from the scheduler or from disk),
-//! `/metrics` and `/v1/status`.
+//! `/metrics` and `/v1/status` (including the relay's streams, viewers,
+//! upstreams and lags).
 
 use crate::routes::{RoutesStatus, TableReceiver};
 use crate::telemetry::{TelemetrySnapshot, TelemetryStatus};
@@ -24,6 +25,8 @@ pub struct AdminState {
     pub routes: Arc<RoutesStatus>,
     pub tables: TableReceiver,
     pub registry: Arc<Registry>,
+    pub probe: crate::probe::ProbeStatus,
+    pub relay: crate::relay::Relay,
 }
 
 /// `/v1/status` body.
@@ -32,6 +35,9 @@ pub struct Status {
     pub node_id: String,
     pub telemetry: TelemetrySnapshot,
     pub routes: RoutesView,
+    pub probe: crate::probe::ProbeView,
+    /// Streams, viewers, upstreams in use, lags.
+    pub relay: crate::relay::RelayStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +85,8 @@ impl AdminState {
             node_id: self.node_id.clone(),
             telemetry: self.telemetry.snapshot(),
             routes,
+            probe: self.probe.snapshot(),
+            relay: self.relay.status(),
         }
     }
 }

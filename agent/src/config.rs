@@ -13,10 +13,13 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vantage_proto::v1::StaticOrigin;
 use vantage_shared::auth::valid_node_id;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamPattern;
+
+use crate::relay::RelayConfig;
 
 mod values;
 use values::hostname;
@@ -30,6 +33,8 @@ pub const DEFAULT_DATA_DIR: &str = "./vantage-agent-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_PROBE_LISTEN: &str = "0.0.0.0:7402";
+/// Default probe rate per target (see `probe::DEFAULT_RATE_HZ`).
+pub const DEFAULT_PROBE_RATE_HZ: f64 = crate::probe::DEFAULT_RATE_HZ;
 pub const DEFAULT_CAPACITY_MBPS: f64 = 1000.0;
 /// Prefix of the environment variables (`VANTAGE_NODE_ID`, ...).
 pub const ENV_PREFIX: &str = "VANTAGE_";
@@ -135,6 +140,10 @@ pub struct Settings {
     #[arg(long, value_name = "HOST:PORT")]
     pub probe_advertise: Option<String>,
 
+    /// Probe requests per second to each target [default: 5].
+    #[arg(long, value_name = "HZ")]
+    pub probe_rate_hz: Option<f64>,
+
     /// Region label [default: ""].
     #[arg(long, value_name = "R")]
     pub region: Option<String>,
@@ -163,6 +172,30 @@ pub struct Settings {
     /// Log format [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Relay: per-viewer queue bound in media time; a slower viewer skips to
+    /// a keyframe [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub relay_max_lag_ms: Option<u64>,
+
+    /// Relay: overflows within 30 s that disconnect a slow viewer [default: 3].
+    #[arg(long, value_name = "N")]
+    pub relay_overflow_disconnect: Option<u32>,
+
+    /// Relay: no media from an upstream for this long switches to the next
+    /// candidate [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub relay_stall_timeout_ms: Option<u64>,
+
+    /// Relay: a pulled stream without viewers is stopped after this long
+    /// [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub relay_idle_timeout_ms: Option<u64>,
+
+    /// Relay: bytes of media held per stream (GOP cache and viewer queues)
+    /// [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub relay_cache_max_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -183,6 +216,7 @@ impl Settings {
             admin_listen: self.admin_listen.or(lower.admin_listen),
             probe_listen: self.probe_listen.or(lower.probe_listen),
             probe_advertise: self.probe_advertise.or(lower.probe_advertise),
+            probe_rate_hz: self.probe_rate_hz.or(lower.probe_rate_hz),
             region: self.region.or(lower.region),
             lat: self.lat.or(lower.lat),
             lon: self.lon.or(lower.lon),
@@ -194,6 +228,13 @@ impl Settings {
                 self.origin
             },
             log_format: self.log_format.or(lower.log_format),
+            relay_max_lag_ms: self.relay_max_lag_ms.or(lower.relay_max_lag_ms),
+            relay_overflow_disconnect: self
+                .relay_overflow_disconnect
+                .or(lower.relay_overflow_disconnect),
+            relay_stall_timeout_ms: self.relay_stall_timeout_ms.or(lower.relay_stall_timeout_ms),
+            relay_idle_timeout_ms: self.relay_idle_timeout_ms.or(lower.relay_idle_timeout_ms),
+            relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
         }
     }
 
@@ -263,6 +304,7 @@ impl Settings {
 
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let relay = self.relay_settings()?;
         let node_id = self.node_id.unwrap_or_default();
         if node_id.is_empty() {
             return Err(invalid(
@@ -338,6 +380,12 @@ impl Settings {
                 "--probe-advertise {probe_advertise:?} is not HOST:PORT"
             )));
         }
+        let probe_rate_hz = self.probe_rate_hz.unwrap_or(DEFAULT_PROBE_RATE_HZ);
+        if !(0.1..=1000.0).contains(&probe_rate_hz) {
+            return Err(invalid(format!(
+                "--probe-rate-hz {probe_rate_hz} is outside 0.1..=1000"
+            )));
+        }
 
         let coord = match (self.lat, self.lon) {
             (Some(lat), Some(lon)) => Some(Coord::new(lat, lon).ok_or_else(|| {
@@ -385,13 +433,68 @@ impl Settings {
             admin_listen,
             probe_listen,
             probe_advertise,
+            probe_rate_hz,
             region: self.region.unwrap_or_default(),
             coord,
             capacity_mbps,
             public_url,
             origins,
             log_format: self.log_format.unwrap_or_default(),
+            relay,
         })
+    }
+
+    /// The relay's settings: defaults of [`RelayConfig`] with the `relay_*`
+    /// keys applied and range-checked.
+    fn relay_settings(&self) -> Result<RelayConfig, ConfigError> {
+        let mut r = RelayConfig::default();
+        let ms =
+            |name: &str, v: Option<u64>, range: std::ops::RangeInclusive<u64>, d: &mut Duration| {
+                if let Some(v) = v {
+                    if !range.contains(&v) {
+                        return Err(invalid(format!(
+                            "--{name} {v} is outside {}..={}",
+                            range.start(),
+                            range.end()
+                        )));
+                    }
+                    *d = Duration::from_millis(v);
+                }
+                Ok(())
+            };
+        ms(
+            "relay-max-lag-ms",
+            self.relay_max_lag_ms,
+            100..=60_000,
+            &mut r.max_lag,
+        )?;
+        ms(
+            "relay-stall-timeout-ms",
+            self.relay_stall_timeout_ms,
+            100..=60_000,
+            &mut r.stall_timeout,
+        )?;
+        ms(
+            "relay-idle-timeout-ms",
+            self.relay_idle_timeout_ms,
+            100..=86_400_000,
+            &mut r.idle_timeout,
+        )?;
+        if let Some(n) = self.relay_overflow_disconnect {
+            if n == 0 {
+                return Err(invalid("--relay-overflow-disconnect must be at least 1"));
+            }
+            r.overflow_limit = n;
+        }
+        if let Some(b) = self.relay_cache_max_bytes {
+            if b < 64 * 1024 {
+                return Err(invalid(format!(
+                    "--relay-cache-max-bytes {b} is below 65536"
+                )));
+            }
+            r.cache_max_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+        }
+        Ok(r)
     }
 }
 
@@ -440,6 +543,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub probe_listen: SocketAddr,
     pub probe_advertise: String,
+    /// Probe requests per second to each target.
+    pub probe_rate_hz: f64,
     pub region: String,
     /// `None` when no coordinates were configured (sent as 0, 0).
     pub coord: Option<Coord>,
@@ -447,6 +552,8 @@ pub struct Config {
     pub public_url: String,
     pub origins: Vec<StaticOrigin>,
     pub log_format: LogFormat,
+    /// Media relay settings (`relay_*` keys).
+    pub relay: RelayConfig,
 }
 
 impl Config {

@@ -10,6 +10,9 @@
 //! * [`telemetry`] — QUIC client: Hello/Welcome, reports, alerts.
 //! * [`routes`] — gRPC route subscription, validation, apply, persistence.
 //! * [`load`] — CPU and memory from `/proc`.
+//! * [`relay`] — HTTP-FLV media relay: publish, play, pull, fan-out, failover.
+//! * [`probe`] — UDP path probes (responder + prober) to the table's targets.
+//! * [`viewer`] — `TCP_INFO` of viewer sockets, aggregated per client group.
 //! * [`admin`] — `/healthz`, `/readyz`, `/metrics`, `/v1/status`.
 //! * [`metrics`] — `vantage_agent_*` Prometheus metrics.
 //!
@@ -17,7 +20,9 @@
 //! (TLS files, token, data dir, admin port) and [`Agent::run`] runs until
 //! its cancellation token fires, then closes the QUIC connection with code 0
 //! and ends the route stream.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `viewer::tcp_info` allows `unsafe` for exactly one
+// `getsockopt(TCP_INFO)` call, with its SAFETY argument beside it.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
@@ -25,8 +30,11 @@ mod disk;
 pub mod identity;
 pub mod load;
 pub mod metrics;
+pub mod probe;
+pub mod relay;
 pub mod routes;
 pub mod telemetry;
+pub mod viewer;
 
 use config::Config;
 use identity::Identity;
@@ -78,6 +86,16 @@ pub enum StartError {
     },
     #[error("telemetry TLS: {0}")]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error("media listener {addr} (HTTP-FLV, --http-listen): {source}")]
+    MediaBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("probe listener {addr} (UDP, --probe-listen): {source}")]
+    ProbeBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A component stopped on its own.
@@ -98,6 +116,11 @@ pub struct Agent {
     alerts: AlertSender,
     alerts_rx: mpsc::Receiver<Alert>,
     admin: tokio::net::TcpListener,
+    probe_socket: tokio::net::UdpSocket,
+    probe_metrics: probe::ProbeMetrics,
+    viewers: viewer::ViewerStats,
+    media: tokio::net::TcpListener,
+    relay: relay::Relay,
     quic: quinn::ClientConfig,
     grpc_tls: tonic::transport::ClientTlsConfig,
 }
@@ -169,17 +192,51 @@ impl Agent {
                 source,
             })?;
 
+        let media = relay::bind(config.http_listen)
+            .await
+            .map_err(|source| StartError::MediaBind {
+                addr: config.http_listen,
+                source,
+            })?;
+
+        let probe_socket = tokio::net::UdpSocket::bind(config.probe_listen)
+            .await
+            .map_err(|source| StartError::ProbeBind {
+                addr: config.probe_listen,
+                source,
+            })?;
+
         let metrics = Metrics::register(&mut registry);
+        let probe_metrics = probe::ProbeMetrics::register(&mut registry);
+        let viewers = viewer::ViewerStats::new(
+            viewer::ViewerConfig::default(),
+            viewer::ViewerMetrics::register(&mut registry),
+        );
         let initial = routes::persist::restore(&config.routes_path(), &config.node_id, now_ms());
         let (alerts, alerts_rx) = telemetry::alert::channel(metrics.clone());
+        let tables = watch::Sender::new(initial.map(Arc::new));
+        let relay = relay::Relay::new(
+            config.relay.clone(),
+            config.node_id.clone(),
+            tables.subscribe(),
+            &config.origins,
+            alerts.clone(),
+            relay::metrics::RelayMetrics::register(&mut registry),
+        );
+        relay.set_viewer_stats(viewers.clone());
         Ok(Agent {
             registry: Arc::new(registry),
             metrics,
             identity: Arc::new(identity),
-            tables: watch::Sender::new(initial.map(Arc::new)),
+            tables,
             alerts,
             alerts_rx,
             admin,
+            probe_socket,
+            probe_metrics,
+            viewers,
+            media,
+            relay,
             quic,
             grpc_tls,
             config,
@@ -194,6 +251,26 @@ impl Agent {
     /// A handle to raise alerts.
     pub fn alerts(&self) -> AlertSender {
         self.alerts.clone()
+    }
+
+    /// Viewer socket statistics, for the relay to register viewers with.
+    pub fn viewer_stats(&self) -> viewer::ViewerStats {
+        self.viewers.clone()
+    }
+
+    /// The bound UDP probe address (useful with port 0).
+    pub fn probe_addr(&self) -> std::io::Result<SocketAddr> {
+        self.probe_socket.local_addr()
+    }
+
+    /// The bound media (HTTP-FLV) address (useful with port 0).
+    pub fn media_addr(&self) -> std::io::Result<SocketAddr> {
+        self.media.local_addr()
+    }
+
+    /// The media relay (status, report source).
+    pub fn relay(&self) -> relay::Relay {
+        self.relay.clone()
     }
 
     /// The bound admin address (useful with port 0).
@@ -218,7 +295,7 @@ impl Agent {
             self.metrics.clone(),
         );
         let (lat, lon) = c.coord.map_or((0.0, 0.0), |p| (p.lat, p.lon));
-        let telemetry = TelemetryClient::new(
+        let mut telemetry = TelemetryClient::new(
             c.scheduler.clone(),
             self.quic,
             HelloTemplate {
@@ -227,7 +304,7 @@ impl Agent {
                 lon,
                 capacity_mbps: c.capacity_mbps,
                 public_url: c.public_url.clone(),
-                probe_addr: c.probe_advertise.clone(),
+                probe_addr: advertised_probe_addr(&c.probe_advertise, &self.probe_socket),
                 static_origins: c.origins.clone(),
             },
             self.identity.clone(),
@@ -236,18 +313,46 @@ impl Agent {
             self.alerts_rx,
             self.metrics.clone(),
         );
+        let reachable = {
+            let routes = route_client.status();
+            let session = telemetry.status();
+            move || routes.subscribed() || session.snapshot().connected
+        };
+        let probe = probe::ProbeService::new(
+            self.probe_socket,
+            &c.node_id,
+            probe::ProbeConfig {
+                rate_hz: c.probe_rate_hz,
+                ..probe::ProbeConfig::default()
+            },
+            self.tables.subscribe(),
+            self.alerts.clone(),
+            self.probe_metrics,
+        )
+        .map_err(|e| RunError {
+            component: "probe",
+            reason: e.to_string(),
+        })?
+        .with_reachability(reachable);
+        telemetry.add_source(Arc::new(probe.status()));
+        telemetry.add_source(Arc::new(self.viewers.clone()));
+        // After the viewer sampler: the relay completes its groups.
+        telemetry.add_source(Arc::new(self.relay.clone()));
         let admin_state = admin::AdminState {
             node_id: c.node_id.clone(),
             telemetry: telemetry.status(),
             routes: route_client.status(),
             tables: self.tables.subscribe(),
             registry: self.registry.clone(),
+            probe: probe.status(),
+            relay: self.relay.clone(),
         };
         info!(
             node_id = %c.node_id,
             scheduler = %c.scheduler,
             routes = %c.routes,
             admin = %self.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            media = %self.media.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "vantage-agent running"
         );
 
@@ -265,6 +370,17 @@ impl Agent {
         tasks.spawn(async move {
             route_client.run(t).await;
             ("routes", Ok(()))
+        });
+        let t = cancel.clone();
+        tasks.spawn(async move {
+            probe.run(t).await;
+            ("probe", Ok(()))
+        });
+        let t = cancel.clone();
+        let (relay, media) = (self.relay, self.media);
+        tasks.spawn(async move {
+            let r = relay.serve(media, t).await;
+            ("relay", r.map_err(|e| e.to_string()))
         });
         let t = cancel.clone();
         let listener = self.admin;
@@ -294,5 +410,17 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+}
+
+/// `--probe-advertise`, with a port of 0 replaced by the port actually bound.
+fn advertised_probe_addr(advertise: &str, socket: &tokio::net::UdpSocket) -> String {
+    match (config::HostPort::parse(advertise), socket.local_addr()) {
+        (Some(hp), Ok(bound)) if hp.port == 0 => config::HostPort {
+            port: bound.port(),
+            ..hp
+        }
+        .to_string(),
+        _ => advertise.to_owned(),
     }
 }

@@ -12,6 +12,10 @@
 //! * [`close`] — QUIC application error codes of the telemetry connection.
 //! * [`validate`] — range checks of reported values.
 //! * [`clock`] — wall-clock milliseconds, the only clock pure code is given.
+//! * [`probe`] — the authenticated UDP probe packet (TWAMP-light style).
+//! * [`group`] — client groups: geohash cell and ASN.
+//! * [`flv`] — FLV tags, incremental demuxer and muxer; [`synth`] — a synthetic FLV source.
+//! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
 //!
 //! Pure code here never reads the clock itself: callers pass `now`.
 #![forbid(unsafe_code)]
@@ -20,10 +24,15 @@ pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod close;
+pub mod cmcd;
 pub mod estimate;
+pub mod flv;
 pub mod frame;
+pub mod group;
 pub mod place;
+pub mod probe;
 pub mod score;
 pub mod stream;
+pub mod synth;
 pub mod tls;
 pub mod validate;

@@ -247,3 +247,38 @@ fn example_config_parses_with_the_real_loader_and_documents_every_key() {
     assert_eq!(all.origin.len(), 2);
     all.validate().unwrap();
 }
+
+#[test]
+fn relay_settings_apply_and_are_range_checked() {
+    let cfg = Config::load_from(
+        [
+            "vantage-agent",
+            "--node-id=e",
+            "--ca=c",
+            "--relay-max-lag-ms=1500",
+            "--relay-stall-timeout-ms=500",
+        ],
+        env(&[("VANTAGE_RELAY_IDLE_TIMEOUT_MS", "3000")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.relay.max_lag, std::time::Duration::from_millis(1500));
+    assert_eq!(
+        cfg.relay.stall_timeout,
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(cfg.relay.idle_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(cfg.relay.overflow_limit, 3);
+    let defaults = Config::load_from(["vantage-agent", "--node-id=e", "--ca=c"], env(&[])).unwrap();
+    assert_eq!(defaults.relay, crate::relay::RelayConfig::default());
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--relay-max-lag-ms=5"])
+            .contains("--relay-max-lag-ms 5 is outside")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--relay-overflow-disconnect=0"])
+            .contains("at least 1")
+    );
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--relay-cache-max-bytes=10"]).contains("65536")
+    );
+}

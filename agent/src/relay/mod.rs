@@ -1,0 +1,465 @@
+//! The media relay (DESIGN §7): HTTP-FLV publish, play, upstream pull,
+//! fan-out, GOP cache, slow viewers, local failover, buffer health.
+//!
+//! * [`server`] — the media HTTP server (hyper, HTTP/1.1):
+//!   `POST|PUT /{app}/{stream}.flv` publish (this agent becomes the stream's
+//!   origin), `GET /{app}/{stream}.flv` play, `POST /v1/cmcd` beacons,
+//!   `GET /healthz`.
+//! * [`stream`] — one stream: ring, viewers, source generation, phase.
+//! * [`hub`] — the ring: GOP cache and every viewer's queue, each tag
+//!   encoded once and shared as `Bytes`.
+//! * [`viewer`] — a viewer's cursor, the slow-viewer policy and the
+//!   response body that writes batches with vectored writes.
+//! * [`ingest`] — demux and timestamp splicing across sources (pure).
+//! * [`source`] — drives a publisher's or upstream's body into a stream.
+//! * [`pull`] — one upstream pull per stream with local fast failover.
+//! * [`qoe`] — CMCD per client group.
+//! * [`conn`] — the media socket wrapper that feeds the viewer `TCP_INFO`
+//!   sampler ([`crate::viewer`]).
+//! * [`report`] — `Report.streams`, `Report.groups`, load fields and
+//!   `/v1/status`.
+//!
+//! Entry points: [`bind`] the media listener, [`Relay::new`], then
+//! [`Relay::serve`]; register the relay as a
+//! [`ReportSource`](crate::telemetry::ReportSource).
+
+pub mod conn;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod pull;
+pub mod qoe;
+pub mod report;
+pub mod server;
+pub mod source;
+pub mod stream;
+pub mod viewer;
+
+use crate::routes::TableReceiver;
+use crate::telemetry::AlertSender;
+use crate::viewer::ViewerStats;
+use hub::CacheLimits;
+use metrics::RelayMetrics;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use stream::{NodeCounters, Phase, RateMeter, Role, Stream, lock};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vantage_proto::v1::{StaticOrigin, UpstreamKind};
+use vantage_shared::stream::{StreamKey, StreamPattern, origin_url};
+use viewer::LagPolicy;
+
+pub use report::RelayStatus;
+
+/// Request header carrying the node ids a pull went through (loop guard).
+pub const VIA_HEADER: &str = "x-vantage-via";
+
+/// Relay settings. Defaults in [`RelayConfig::default`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayConfig {
+    /// Per-viewer queue bound in media time (slow-viewer policy). 2 s.
+    pub max_lag: Duration,
+    /// Overflows within `overflow_window` that disconnect a viewer. 3.
+    pub overflow_limit: u32,
+    /// 30 s.
+    pub overflow_window: Duration,
+    /// No media from an upstream for this long → next candidate. 1 s.
+    pub stall_timeout: Duration,
+    /// A pulled stream without viewers for this long is stopped. 10 s.
+    pub idle_timeout: Duration,
+    /// Connecting to an upstream, up to its response head and first
+    /// bytes. 2 s.
+    pub connect_timeout: Duration,
+    /// A publisher silent for this long is disconnected. 10 s.
+    pub publish_timeout: Duration,
+    /// Longest a play request waits for a stream to come up. 10 s.
+    pub play_wait: Duration,
+    /// Ring bounds per stream: 8192 tags, 16 MiB.
+    pub cache_max_tags: usize,
+    pub cache_max_bytes: usize,
+    /// Largest FLV tag body accepted (larger = malformed). 8 MiB.
+    pub max_tag_bytes: usize,
+    /// `TCP_NOTSENT_LOWAT` of media connections: bytes the kernel may hold
+    /// unsent per viewer (hidden from the lag bound). 32 KiB.
+    pub notsent_lowat: u32,
+    /// A viewer whose send lag exceeds this counts as stalling. 1 s.
+    pub stall_lag: Duration,
+    /// Longest `X-Vantage-Via` chain accepted. 8.
+    pub max_hops: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_lag: Duration::from_secs(2),
+            overflow_limit: 3,
+            overflow_window: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(10),
+            play_wait: Duration::from_secs(10),
+            cache_max_tags: 8192,
+            cache_max_bytes: 16 * 1024 * 1024,
+            max_tag_bytes: vantage_shared::flv::DEFAULT_MAX_TAG_SIZE,
+            notsent_lowat: 32 * 1024,
+            stall_lag: Duration::from_secs(1),
+            max_hops: 8,
+        }
+    }
+}
+
+impl RelayConfig {
+    fn limits(&self) -> CacheLimits {
+        CacheLimits {
+            max_tags: self.cache_max_tags.max(16),
+            max_bytes: self.cache_max_bytes.max(64 * 1024),
+            retain_ms: ms(self.max_lag) + 1000,
+        }
+    }
+
+    fn policy(&self) -> LagPolicy {
+        LagPolicy {
+            max_lag_ms: ms(self.max_lag),
+            overflow_limit: self.overflow_limit.max(1),
+            overflow_window: self.overflow_window,
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Binds the media listener (accepted sockets get `TCP_NODELAY` and
+/// `TCP_NOTSENT_LOWAT` in [`Relay::serve`]).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// An upstream to pull a stream from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Node id, or the URL of a static origin.
+    pub label: String,
+    /// The stream's URL there.
+    pub url: String,
+}
+
+struct Shared {
+    cfg: RelayConfig,
+    node_id: String,
+    tables: TableReceiver,
+    static_origins: Vec<(StreamPattern, String)>,
+    alerts: AlertSender,
+    metrics: RelayMetrics,
+    streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    qoe: Mutex<qoe::Qoe>,
+    node: Arc<NodeCounters>,
+    in_rate: RateMeter,
+    out_rate: RateMeter,
+    epoch: Instant,
+    next_viewer: AtomicU64,
+    cancel: CancellationToken,
+    viewer_stats: OnceLock<ViewerStats>,
+}
+
+/// The relay; cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a play request found no stream to wait for.
+#[derive(Debug)]
+pub(crate) struct NoSource;
+
+/// Why a publish was refused.
+#[derive(Debug)]
+pub(crate) struct Conflict;
+
+impl Relay {
+    /// `static_origins` serve streams the route table has no route for.
+    pub fn new(
+        cfg: RelayConfig,
+        node_id: impl Into<String>,
+        tables: TableReceiver,
+        static_origins: &[StaticOrigin],
+        alerts: AlertSender,
+        metrics: RelayMetrics,
+    ) -> Relay {
+        let mut origins: Vec<(StreamPattern, String)> = static_origins
+            .iter()
+            .filter_map(|o| Some((StreamPattern::parse(&o.pattern).ok()?, o.url.clone())))
+            .collect();
+        origins.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
+        let now = Instant::now();
+        Relay {
+            inner: Arc::new(Shared {
+                cfg,
+                node_id: node_id.into(),
+                tables,
+                static_origins: origins,
+                alerts,
+                metrics,
+                streams: Mutex::new(HashMap::new()),
+                qoe: Mutex::new(qoe::Qoe::default()),
+                node: Arc::new(NodeCounters::default()),
+                in_rate: RateMeter::new(now),
+                out_rate: RateMeter::new(now),
+                epoch: now,
+                next_viewer: AtomicU64::new(1),
+                cancel: CancellationToken::new(),
+                viewer_stats: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Registers viewer sockets with this `TCP_INFO` sampler from now on
+    /// (once; later calls are ignored).
+    pub fn set_viewer_stats(&self, stats: ViewerStats) {
+        let _ = self.inner.viewer_stats.set(stats);
+    }
+
+    pub(crate) fn viewer_stats(&self) -> Option<ViewerStats> {
+        self.inner.viewer_stats.get().cloned()
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.inner.cfg
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub(crate) fn metrics(&self) -> &RelayMetrics {
+        &self.inner.metrics
+    }
+
+    /// Serves media on `listener` until `cancel`; then every pull and media
+    /// connection is dropped.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let inner = self.inner.cancel.clone();
+        let _stop = inner.clone().drop_guard();
+        let housekeeping = tokio::spawn(report::housekeeping(self.clone(), inner.clone()));
+        let r = tokio::select! {
+            r = server::accept_loop(self.clone(), listener, inner.clone()) => r,
+            _ = cancel.cancelled() => Ok(()),
+        };
+        inner.cancel();
+        housekeeping.abort();
+        r
+    }
+
+    /// Upstream candidates of `key`, best first: the route table's entry,
+    /// else the most specific static origin.
+    pub fn candidates(&self, key: &StreamKey) -> Vec<Candidate> {
+        if let Some(t) = self.inner.tables.borrow().as_ref()
+            && let Some(route) = t.route_for(key)
+        {
+            return route
+                .upstreams
+                .iter()
+                .map(|u| Candidate {
+                    label: if u.kind == UpstreamKind::Node as i32 {
+                        u.node_id.clone()
+                    } else {
+                        origin_url(&u.url, key)
+                    },
+                    url: origin_url(&u.url, key),
+                })
+                .collect();
+        }
+        self.inner
+            .static_origins
+            .iter()
+            .find(|(p, _)| p.matches(key))
+            .map(|(_, url)| {
+                let url = origin_url(url, key);
+                vec![Candidate {
+                    label: url.clone(),
+                    url,
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    fn new_stream(&self, key: &StreamKey, role: Role) -> Arc<Stream> {
+        Stream::new(
+            key.clone(),
+            role,
+            self.inner.cfg.limits(),
+            self.inner.node.clone(),
+            self.inner.metrics.clone(),
+            self.inner.epoch,
+        )
+    }
+
+    /// The stream to play `key` from: held here, or a new one with a pull
+    /// started (`via` is sent upstream as the loop guard).
+    pub(crate) fn stream_for_play(
+        &self,
+        key: &StreamKey,
+        via: &str,
+    ) -> Result<Arc<Stream>, NoSource> {
+        let mut map = lock(&self.inner.streams);
+        if let Some(s) = map.get(key) {
+            s.touch();
+            return Ok(s.clone());
+        }
+        if self.candidates(key).is_empty() {
+            return Err(NoSource);
+        }
+        let s = self.new_stream(key, Role::Relay);
+        let (generation, cancel) = s.begin_source(Role::Relay, "", &self.inner.cancel);
+        map.insert(key.clone(), s.clone());
+        drop(map);
+        tokio::spawn(pull::run(
+            self.clone(),
+            s.clone(),
+            generation,
+            cancel,
+            via.to_owned(),
+        ));
+        Ok(s)
+    }
+
+    /// The stream a publisher of `key` writes to, with its source
+    /// generation and cancellation. A relayed stream is taken over; a
+    /// stream already published here is a conflict.
+    pub(crate) fn stream_for_publish(
+        &self,
+        key: &StreamKey,
+    ) -> Result<(Arc<Stream>, u64, CancellationToken), Conflict> {
+        let mut map = lock(&self.inner.streams);
+        let stream = match map.get(key) {
+            Some(s) if matches!(*s.phase.borrow(), Phase::Connecting | Phase::Live) => {
+                if s.role() == Role::Origin {
+                    return Err(Conflict);
+                }
+                s.clone()
+            }
+            _ => {
+                let s = self.new_stream(key, Role::Origin);
+                map.insert(key.clone(), s.clone());
+                s
+            }
+        };
+        let (generation, cancel) = stream.begin_source(Role::Origin, "", &self.inner.cancel);
+        Ok((stream, generation, cancel))
+    }
+
+    /// Forgets `stream` if it is still the one held for its key.
+    pub(crate) fn remove(&self, stream: &Arc<Stream>) {
+        let mut map = lock(&self.inner.streams);
+        if map.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            map.remove(&stream.key);
+        }
+    }
+
+    pub(crate) fn streams(&self) -> Vec<Arc<Stream>> {
+        lock(&self.inner.streams).values().cloned().collect()
+    }
+
+    pub(crate) fn next_viewer_id(&self) -> u64 {
+        self.inner
+            .next_viewer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn clock_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{AppliedTable, TableSource};
+    use tokio::sync::watch;
+    use vantage_proto::v1::{RouteTable, StreamRoute, Upstream};
+
+    fn relay(table: Option<RouteTable>, origins: &[StaticOrigin]) -> Relay {
+        let applied = table
+            .map(|t| Arc::new(AppliedTable::new(t, "edge-1", TableSource::Scheduler, 0).unwrap()));
+        let (_tx, rx) = watch::channel(applied);
+        let (alerts, _rx) = crate::telemetry::alert::channel(crate::metrics::Metrics::default());
+        Relay::new(
+            RelayConfig::default(),
+            "edge-1",
+            rx,
+            origins,
+            alerts,
+            RelayMetrics::default(),
+        )
+    }
+
+    #[test]
+    fn candidates_come_from_the_table_then_static_origins() {
+        let key = StreamKey::parse("live/x").unwrap();
+        let origins = [StaticOrigin {
+            pattern: "live/*".into(),
+            url: "http://127.0.0.1:9/{app}/{stream}.flv".into(),
+        }];
+        let r = relay(None, &origins);
+        assert_eq!(
+            r.candidates(&key),
+            [Candidate {
+                label: "http://127.0.0.1:9/live/x.flv".into(),
+                url: "http://127.0.0.1:9/live/x.flv".into()
+            }]
+        );
+        assert!(r.candidates(&StreamKey::parse("vod/x").unwrap()).is_empty());
+        let table = RouteTable {
+            node_id: "edge-1".into(),
+            version: 1,
+            nonce: "n".into(),
+            ttl_s: 60,
+            streams: vec![StreamRoute {
+                stream: "live/*".into(),
+                upstreams: vec![
+                    Upstream {
+                        kind: UpstreamKind::Node as i32,
+                        node_id: "edge-2".into(),
+                        url: "http://127.0.0.1:8080".into(),
+                        ..Default::default()
+                    },
+                    Upstream {
+                        kind: UpstreamKind::Origin as i32,
+                        url: "http://127.0.0.1:9000/o/{stream}.flv".into(),
+                        ..Default::default()
+                    },
+                ],
+            }],
+            ..Default::default()
+        };
+        let r = relay(Some(table), &origins);
+        let c = r.candidates(&key);
+        assert_eq!(c[0].label, "edge-2");
+        assert_eq!(c[0].url, "http://127.0.0.1:8080/live/x.flv");
+        assert_eq!(c[1].url, "http://127.0.0.1:9000/o/x.flv");
+    }
+}

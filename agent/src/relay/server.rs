@@ -1,0 +1,571 @@
+//! The media HTTP server (HTTP/1.1, hyper).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
+//! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
+//! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
+//! | `GET /healthz` | 200 |
+//! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
+//!
+//! Errors are JSON `{"error": "..."}`. Stream keys are validated with
+//! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
+//! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
+
+use super::conn::{ConnShared, MeteredIo};
+use super::ingest::Session;
+use super::qoe::{self, Sample, UNKNOWN_GROUP};
+use super::source::{self, End, Stop, Timeouts};
+use super::stream::{Phase, lock};
+use super::viewer::{MediaBody, ViewerBody, ViewerSlot};
+use super::{Relay, VIA_HEADER};
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+use vantage_shared::cmcd::{self, Cmcd};
+use vantage_shared::group::GroupKey;
+use vantage_shared::stream::StreamKey;
+
+/// Request heads must arrive within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a refused publish, the rest of the body is read (and dropped) for
+/// at most this long / this many bytes so the client can read the answer.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+const DRAIN_BYTES: usize = 1 << 20;
+/// hyper's smallest connection buffer: keeps at most ~8 KiB plus one batch
+/// queued in user space per viewer.
+const CONN_BUF: usize = 8192;
+
+type Resp = Response<MediaBody>;
+
+/// What a request handler knows of its connection.
+#[derive(Clone)]
+struct Conn {
+    /// Cancelling it drops the connection.
+    token: CancellationToken,
+    shared: Arc<ConnShared>,
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = Response::new(MediaBody::Full(Some(Bytes::from(v.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
+    json(status, &serde_json::json!({ "error": msg.to_string() }))
+}
+
+/// `/{app}/{stream}.flv` → key.
+fn stream_key(path: &str) -> Option<Result<StreamKey, String>> {
+    let rest = path.strip_prefix('/')?.strip_suffix(".flv")?;
+    Some(StreamKey::parse(rest).map_err(|e| e.to_string()))
+}
+
+/// Node ids of the `X-Vantage-Via` header(s).
+fn via_list(h: &HeaderMap) -> Vec<String> {
+    h.get_all(VIA_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Accepts media connections until `cancel`.
+pub async fn accept_loop(
+    relay: Relay,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = listener.accept() => r,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                warn!(error = %e, "media accept failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+            }
+        };
+        let relay = relay.clone();
+        let token = cancel.child_token();
+        tokio::spawn(async move { relay.serve_conn(sock, peer, token).await });
+    }
+}
+
+impl Relay {
+    async fn serve_conn(self, sock: TcpStream, peer: SocketAddr, token: CancellationToken) {
+        let _ = sock.set_nodelay(true);
+        let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.config().notsent_lowat);
+        let shared = Arc::new(ConnShared::default());
+        let io = MeteredIo::new(sock, shared.clone(), self.viewer_stats());
+        let relay = self.clone();
+        let conn = Conn {
+            token: token.clone(),
+            shared,
+        };
+        let svc = service_fn(move |req| {
+            let relay = relay.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(relay.handle(req, peer, conn).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(CONN_BUF);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                debug!(%peer, error = %e, "media connection ended");
+            },
+            _ = token.cancelled() => {}
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, conn: Conn) -> Resp {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let (kind, resp) = if method == Method::OPTIONS {
+            ("other", preflight())
+        } else if path == "/healthz" && method == Method::GET {
+            (
+                "other",
+                json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            )
+        } else if path == "/v1/cmcd" {
+            if method == Method::POST {
+                ("cmcd", self.beacon(req).await)
+            } else {
+                ("cmcd", method_not_allowed("POST, OPTIONS"))
+            }
+        } else if let Some(key) = stream_key(&path) {
+            match key {
+                Err(e) => ("other", error(StatusCode::BAD_REQUEST, e)),
+                Ok(key) => match method {
+                    Method::GET => ("play", self.play(req, key, conn).await),
+                    Method::POST | Method::PUT => ("publish", self.publish(req, key, peer).await),
+                    _ => ("other", method_not_allowed("GET, POST, PUT, OPTIONS")),
+                },
+            }
+        } else {
+            (
+                "other",
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no such resource {path:?}: streams are /{{app}}/{{stream}}.flv"),
+                ),
+            )
+        };
+        self.metrics().request(kind, resp.status().as_u16());
+        resp
+    }
+
+    /// CMCD of a play request (query and headers), counted.
+    fn request_cmcd(&self, req: &Request<Incoming>) -> Option<Cmcd> {
+        let mut out: Option<Cmcd> = None;
+        if let Some(q) = req.uri().query() {
+            match cmcd::parse_query(q) {
+                Ok(Some(p)) => {
+                    self.metrics().cmcd("query", "ok");
+                    out = Some(p.cmcd);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(error = %e, "bad CMCD query");
+                    self.metrics().cmcd("query", "invalid");
+                }
+            }
+        }
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        match cmcd::parse_headers(headers) {
+            Ok(Some(p)) => {
+                self.metrics().cmcd("headers", "ok");
+                match &mut out {
+                    Some(c) => c.merge(p.cmcd),
+                    None => out = Some(p.cmcd),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(error = %e, "bad CMCD headers");
+                self.metrics().cmcd("headers", "invalid");
+            }
+        }
+        out
+    }
+
+    /// Records CMCD for a group; returns the group to use.
+    fn record_cmcd(&self, located: Option<String>, c: Option<&Cmcd>) -> Arc<str> {
+        let now = self.clock_ms();
+        let mut q = lock(&self.inner.qoe);
+        let sid = c.and_then(|c| c.sid.as_deref());
+        let group: Arc<str> = match (located, sid.and_then(|s| q.group_of_sid(s))) {
+            (Some(g), _) => Arc::from(g),
+            (None, Some(g)) => g,
+            (None, None) => Arc::from(UNKNOWN_GROUP),
+        };
+        if let Some(s) = sid
+            && &*group != UNKNOWN_GROUP
+        {
+            q.remember_sid(s, &group, now);
+        }
+        if let Some(sample) = c.and_then(|c| Sample::from_cmcd(c, now)) {
+            q.record(&group, sample);
+        }
+        group
+    }
+
+    #[instrument(name = "play", skip_all, fields(stream = %key))]
+    async fn play(&self, req: Request<Incoming>, key: StreamKey, conn: Conn) -> Resp {
+        let mut via = via_list(req.headers());
+        if via.iter().any(|v| v == self.node_id()) || via.len() >= self.config().max_hops {
+            self.metrics().loops_refused.inc();
+            return error(
+                StatusCode::LOOP_DETECTED,
+                format!(
+                    "pull of {key} would loop (via {}); refusing at {}",
+                    via.join(","),
+                    self.node_id()
+                ),
+            );
+        }
+        via.push(self.node_id().to_owned());
+        let via = via.join(",");
+        let cmcd = self.request_cmcd(&req);
+        let group = self.record_cmcd(qoe::group_from_query(req.uri().query()), cmcd.as_ref());
+        let sid: Option<Arc<str>> = cmcd.as_ref().and_then(|c| c.sid.as_deref()).map(Arc::from);
+        drop(req);
+
+        for _ in 0..2 {
+            let Ok(stream) = self.stream_for_play(&key, &via) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("stream {key} is not published here and no upstream is known for it"),
+                );
+            };
+            let mut rx = stream.phase.subscribe();
+            let waited = tokio::time::timeout(
+                self.config().play_wait,
+                rx.wait_for(|p| *p != Phase::Connecting),
+            )
+            .await;
+            let phase = match waited {
+                Ok(Ok(p)) => p.clone(),
+                Ok(Err(_)) => Phase::Ended,
+                Err(_) => {
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "no upstream delivered {key} within {} ms",
+                            self.config().play_wait.as_millis()
+                        ),
+                    );
+                }
+            };
+            match phase {
+                Phase::Live => {}
+                Phase::NotFound(m) => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("stream {key} not found: {m}"),
+                    );
+                }
+                Phase::Failed(m) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("no upstream could deliver {key}: {m}"),
+                    );
+                }
+                Phase::Ended | Phase::Connecting => continue,
+            }
+            let slot = Arc::new(ViewerSlot::new(
+                self.next_viewer_id(),
+                group.clone(),
+                sid.clone(),
+                conn.token.clone(),
+                stream.clock_ms(),
+            ));
+            if !stream.attach(slot.clone()) {
+                continue;
+            }
+            let key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
+            let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
+            conn.shared.register(key, bl);
+            let body = ViewerBody::new(stream, slot, conn.shared.clone(), self.config().policy());
+            let mut r = Response::new(MediaBody::Viewer(Box::new(body)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("video/x-flv"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, no-store"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            if let Ok(v) = HeaderValue::from_str(self.node_id()) {
+                h.insert("x-vantage-node", v);
+            }
+            return r;
+        }
+        error(StatusCode::NOT_FOUND, format!("stream {key} ended"))
+    }
+
+    #[instrument(name = "publish", skip_all, fields(stream = %key, %peer))]
+    async fn publish(&self, req: Request<Incoming>, key: StreamKey, peer: SocketAddr) -> Resp {
+        let Ok((stream, generation, cancel)) = self.stream_for_publish(&key) else {
+            self.metrics().publish("conflict");
+            return error(
+                StatusCode::CONFLICT,
+                format!("stream {key} is already being published to this node"),
+            );
+        };
+        self.metrics().publish("accepted");
+        info!("publish started");
+        let mut body = req.into_body();
+        let mut session = Session::new(self.config().max_tag_bytes);
+        let timeouts = Timeouts {
+            first: self.config().publish_timeout,
+            stall: self.config().publish_timeout,
+        };
+        let stop = async {
+            cancel.cancelled().await;
+            Stop::Cancelled
+        };
+        // hyper drops this future when the publisher closes its connection
+        // without waiting for the answer: the guard still ends the stream.
+        let guard = PublishGuard {
+            relay: self,
+            stream: stream.clone(),
+            generation,
+            finished: false,
+        };
+        let end = source::drive(&stream, generation, &mut session, &mut body, timeouts, stop).await;
+        guard.finish();
+        let tags = session.tags;
+        let (status, result, msg) = match end {
+            End::Eof => match session.finish() {
+                Ok(()) => (StatusCode::OK, "ended", "publish ended".to_owned()),
+                Err(e) => (
+                    StatusCode::OK,
+                    "ended",
+                    format!("publish ended inside a tag ({e})"),
+                ),
+            },
+            End::Malformed(e) => {
+                self.metrics().malformed(e.label());
+                warn!(error = %e, "malformed FLV from publisher: publish refused");
+                drain(&mut body).await;
+                (
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("malformed FLV from publisher after {tags} tags: {e}"),
+                )
+            }
+            End::Body(e) => (
+                StatusCode::BAD_REQUEST,
+                "error",
+                format!("publish connection failed: {e}"),
+            ),
+            End::Stall(d) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("no data from the publisher for {} ms", d.as_millis()),
+            ),
+            End::Stopped(_) | End::Replaced => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                "the relay is shutting down".to_owned(),
+            ),
+        };
+        self.metrics().publish(result);
+        info!(tags, result, "publish finished");
+        if status == StatusCode::OK {
+            json(status, &serde_json::json!({ "status": msg, "tags": tags }))
+        } else {
+            error(status, msg)
+        }
+    }
+
+    async fn beacon(&self, req: Request<Incoming>) -> Resp {
+        let located = qoe::group_from_query(req.uri().query());
+        let body = match read_limited(req.into_body(), cmcd::MAX_JSON_LEN).await {
+            Ok(b) => b,
+            Err(msg) => {
+                self.metrics().cmcd("beacon", "invalid");
+                return error(StatusCode::BAD_REQUEST, msg);
+            }
+        };
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let parsed = match first {
+            Some(b'{') | Some(b'[') => cmcd::parse_json(&body),
+            _ => match std::str::from_utf8(&body) {
+                Ok(text) => cmcd::parse(text.trim()).map(|p| vec![p]),
+                Err(_) => Err(cmcd::CmcdError::BadEncoding),
+            },
+        };
+        match parsed {
+            Ok(items) => {
+                self.metrics().cmcd("beacon", "ok");
+                for p in &items {
+                    self.record_cmcd(located.clone(), Some(&p.cmcd));
+                }
+                let mut r = Response::new(MediaBody::empty());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                r
+            }
+            Err(e) => {
+                self.metrics().cmcd("beacon", "invalid");
+                error(StatusCode::BAD_REQUEST, format!("bad CMCD beacon: {e}"))
+            }
+        }
+    }
+}
+
+/// Ends a published stream when its publish handler ends or is dropped.
+struct PublishGuard<'a> {
+    relay: &'a Relay,
+    stream: Arc<super::stream::Stream>,
+    generation: u64,
+    finished: bool,
+}
+
+impl PublishGuard<'_> {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for PublishGuard<'_> {
+    fn drop(&mut self) {
+        if self.stream.end_source(self.generation, Phase::Ended) {
+            self.relay.remove(&self.stream);
+        }
+        if !self.finished {
+            self.relay.metrics().publish("closed");
+            info!(stream = %self.stream.key, "publisher went away");
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn preflight() -> Resp {
+    let mut r = Response::new(MediaBody::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "CMCD-Request, CMCD-Object, CMCD-Status, CMCD-Session, Content-Type",
+        ),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// Reads a whole body of at most `max` bytes (5 s at most).
+async fn read_limited(mut body: Incoming, max: usize) -> Result<Bytes, String> {
+    let work = async {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = source::next_data(&mut body).await {
+            let Some(data) = frame.map_err(|e| format!("reading the body: {e}"))? else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(format!("body larger than {max} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap_or_else(|_| Err("body not received within 5 s".to_owned()))
+}
+
+/// Reads and drops what the client still sends, briefly.
+async fn drain(body: &mut Incoming) {
+    let work = async {
+        let mut n = 0;
+        while let Some(Ok(frame)) = source::next_data(body).await {
+            n += frame.map_or(0, |d| d.len());
+            if n > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, work).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_via() {
+        assert!(stream_key("/live/x.flv").unwrap().is_ok());
+        assert!(stream_key("/live/x y.flv").unwrap().is_err());
+        assert!(stream_key("/a/b/c.flv").unwrap().is_err());
+        assert!(stream_key("/live/x").is_none());
+        let mut h = HeaderMap::new();
+        h.append(VIA_HEADER, HeaderValue::from_static("a, b"));
+        h.append(VIA_HEADER, HeaderValue::from_static("c"));
+        assert_eq!(via_list(&h), ["a", "b", "c"]);
+    }
+}
