@@ -192,12 +192,13 @@ impl Agent {
                 source,
             })?;
 
-        let media = relay::bind(config.http_listen)
-            .await
-            .map_err(|source| StartError::MediaBind {
-                addr: config.http_listen,
-                source,
-            })?;
+        let media =
+            relay::bind(config.http_listen)
+                .await
+                .map_err(|source| StartError::MediaBind {
+                    addr: config.http_listen,
+                    source,
+                })?;
 
         let probe_socket = tokio::net::UdpSocket::bind(config.probe_listen)
             .await
