@@ -70,6 +70,7 @@ pub struct AgentBuilder {
     lon: f64,
     capacity_mbps: f64,
     public_url: Option<String>,
+    probe_advertise: Option<String>,
     origins: Vec<String>,
     data_dir: Option<PathBuf>,
     ports: Option<AgentPorts>,
@@ -88,6 +89,7 @@ impl AgentBuilder {
             lon: 0.0,
             capacity_mbps: 1000.0,
             public_url: None,
+            probe_advertise: None,
             origins: Vec::new(),
             data_dir: None,
             ports: None,
@@ -125,6 +127,13 @@ impl AgentBuilder {
     /// `--public-url` (default `http://127.0.0.1:<media port>`).
     pub fn public_url(mut self, u: impl Into<String>) -> Self {
         self.public_url = Some(u.into());
+        self
+    }
+
+    /// `--probe-advertise` (default: the probe listen address): where peers
+    /// send probes, e.g. an impairment proxy in front of the probe port.
+    pub fn probe_advertise(mut self, addr: impl ToString) -> Self {
+        self.probe_advertise = Some(addr.to_string());
         self
     }
 
@@ -209,6 +218,11 @@ impl Agent {
         format!("http://127.0.0.1:{}", self.ports.admin)
     }
 
+    /// `127.0.0.1:<probe>` (UDP).
+    pub fn probe_addr(&self) -> SocketAddr {
+        crate::ports::loopback(self.ports.probe)
+    }
+
     /// `http://127.0.0.1:<media>`.
     pub fn media_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.http)
@@ -270,6 +284,9 @@ impl Agent {
         .collect();
         for o in &c.origins {
             a.extend(["--origin".to_owned(), o.clone()]);
+        }
+        if let Some(adv) = &c.probe_advertise {
+            a.extend(["--probe-advertise".to_owned(), adv.clone()]);
         }
         a.extend(c.args.iter().cloned());
         a
@@ -362,6 +379,21 @@ impl Agent {
             (200, v) => v,
             other => panic!("agent {} /v1/status: {other:?}", self.node_id()),
         }
+    }
+
+    /// `/metrics` text; panics unless 200.
+    pub async fn metrics(&self) -> String {
+        let (s, text) = self
+            .http
+            .get_text(&format!("{}/metrics", self.admin_url()))
+            .await;
+        assert_eq!(s, 200, "agent {} GET /metrics: {text}", self.node_id());
+        text
+    }
+
+    /// Value of a metric (summed over matching label sets; 0 when absent).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::http::metric(&self.metrics().await, name, labels).unwrap_or(0.0)
     }
 
     /// HTTP status of `/readyz` (0 = no answer).

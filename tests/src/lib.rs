@@ -9,6 +9,7 @@
 //! * [`http`] — JSON over HTTP; [`eventually`]/[`assert_eventually!`] — bounded
 //!   polling instead of sleeps.
 //! * [`hostile`] — a QUIC client that speaks the telemetry ALPN and lies.
+//! * [`impair`] — UDP/TCP impairment proxies (delay, jitter, loss, rate).
 //! * [`pyclient`] — runs the Python stock gRPC client.
 //! * [`store_tests!`] — declares the `sqlite_*` and `postgres_*` variants of a test.
 //!
@@ -26,6 +27,7 @@ pub mod datadir;
 pub mod eventually;
 pub mod hostile;
 pub mod http;
+pub mod impair;
 pub mod ports;
 pub mod process;
 pub mod pyclient;
