@@ -1,9 +1,9 @@
 //! The Vantage edge agent.
 //!
 //! The agent reports to the scheduler and applies the route tables it
-//! pushes (the control loop); the media relay, probes and CMCD come later
-//! and will read the table in use from [`Agent::routes`] and raise alerts
-//! through [`Agent::alerts`].
+//! pushes (the control loop), relays live media (HTTP-FLV) along those
+//! routes, and measures paths and viewers. Components read the table in use
+//! from [`Agent::routes`] and raise alerts through [`Agent::alerts`].
 //!
 //! * [`config`] — flags, `VANTAGE_*` env and TOML file, validated.
 //! * [`identity`] — enrollment token, node credential store, mTLS flag.

@@ -1037,7 +1037,7 @@ async fn cmcd_from_queries_headers_and_beacons_reaches_the_report() {
     assert_eq!(status, 204, "{text}");
     // A bad beacon.
     let mut sock = TcpStream::connect(a.addr).await.unwrap();
-    sock.write_all(b"POST /v1/cmcd HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n[1,2")
+    sock.write_all(b"POST /v1/cmcd HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n[1,2")
         .await
         .unwrap();
     let (status, _) = read_response(&mut sock).await;

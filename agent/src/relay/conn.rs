@@ -1,6 +1,6 @@
 //! A media connection's socket, wrapped so the viewer's `TCP_INFO` is
 //! sampled from the connection's own task (after writes, at most once per
-//! sample interval) by the [`ViewerStats`](crate::viewer::ViewerStats)
+//! sample interval) by the [`ViewerStats`]
 //! sampler, without a second descriptor or another task.
 //!
 //! The play handler asks for registration through [`ConnShared`]; the

@@ -7,11 +7,13 @@
 //! streaming, an error, the end of the body, malformed FLV or no bytes for
 //! `stall_timeout` switch to the next candidate at once (splicing at its
 //! first keyframe, see [`super::ingest`]) and raise `UPSTREAM_LOST`. When a
-//! route table changes the first candidate, the pull moves there too.
+//! route table puts another upstream first (neither the previous first nor
+//! the one in use), the pull moves there, without an alert.
 //!
-//! If no candidate ever delivered media, waiting play requests get 404
-//! (every candidate said no) or 502. Once live, the pull keeps retrying
-//! (jittered backoff after a full round of failures) while viewers remain.
+//! A full round of candidates that all say "not there" ends the stream
+//! (waiting play requests get 404; viewers get the end of the stream). A
+//! round with errors ends it too (502) if it never delivered media;
+//! otherwise the pull retries with jittered backoff while viewers remain.
 //! It stops after `idle_timeout` without viewers.
 
 use super::ingest::Session;

@@ -46,7 +46,39 @@ pub fn endpoint(
         ))
         .keep_alive_interval(Some(Duration::from_secs(2)));
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, addr).map_err(|source| IngestError::Bind { addr, source })
+    let socket = udp_socket(addr).map_err(|source| IngestError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| IngestError::Tls("no async runtime for QUIC".to_owned()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| IngestError::Bind { addr, source })
+}
+
+/// Socket buffers for thousands of agents: the kernel default (~200 KiB)
+/// holds only milliseconds of report bursts; drops there turn into late
+/// reports and false `suspect` states. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max` (raise them on large deployments).
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too when listening on [::].
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!("cannot enlarge the QUIC receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!("cannot enlarge the QUIC send buffer: {e}");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until shutdown; each gets its own task.

@@ -30,6 +30,9 @@
 //! Probe targets per node: its upstream candidates, its nearest peers and a
 //! few pseudo-random peers rotating every `probe_rotation_ms` (Pingmesh).
 
+use rand::{Rng, SeedableRng};
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
 use std::collections::{BTreeMap, BTreeSet};
 use vantage_proto::v1::{
     ProbeReason, ProbeTarget, RouteTable, StreamRoute, Upstream, UpstreamKind,
@@ -210,6 +213,9 @@ struct Ctx<'a> {
     /// load-free part of their edge score, best first.
     neighbours: Vec<Vec<(usize, f64)>>,
     load_weight: f64,
+    /// Nodes with coordinates as points on a sphere (km), for nearest
+    /// neighbours in O(log n) instead of scanning every node.
+    spatial: RTree<GeomWithData<[f64; 3], usize>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -229,6 +235,28 @@ impl<'a> Ctx<'a> {
     /// Full edge score with `u`'s projected utilisation.
     fn edge_with_load(&self, u: usize, static_part: f64) -> f64 {
         static_part + self.load_weight * self.input.ranges.load_penalty(self.util(u))
+    }
+
+    /// Up to `limit` nodes nearest to `i` (not `i` itself) passing `keep`,
+    /// looking at no more than `scan` candidates.
+    fn nearest(
+        &self,
+        i: usize,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let Some(c) = self.nodes[i].coord else {
+            return Vec::new();
+        };
+        self.spatial
+            .nearest_neighbor_iter(&sphere_point(c))
+            .map(|p| p.data)
+            .filter(|&u| u != i)
+            .take(scan)
+            .filter(|&u| keep(u))
+            .take(limit)
+            .collect()
     }
 
     fn static_edge_cached(&self, u: usize, n: usize) -> f64 {
@@ -256,6 +284,18 @@ impl Source {
     }
 }
 
+/// A coordinate as a 3-D point on a sphere of Earth's radius: straight-line
+/// (chord) distance grows monotonically with great-circle distance.
+fn sphere_point(c: Coord) -> [f64; 3] {
+    const R: f64 = 6371.0;
+    let (lat, lon) = (c.lat.to_radians(), c.lon.to_radians());
+    [
+        R * lat.cos() * lon.cos(),
+        R * lat.cos() * lon.sin(),
+        R * lat.sin(),
+    ]
+}
+
 /// Computes a plan. Deterministic: same input, same output.
 pub fn plan(input: &PlanInput) -> Plan {
     let mut nodes: Vec<&NodeView> = input.nodes.iter().collect();
@@ -272,21 +312,19 @@ pub fn plan(input: &PlanInput) -> Plan {
         egress,
         neighbours: Vec::new(),
         load_weight: input.weights.load / weight_sum,
+        spatial: RTree::new(),
     };
-    let k = input.limits.relay_candidates.max(1);
-    ctx.neighbours = (0..n)
-        .map(|v| {
-            let mut e: Vec<(usize, f64)> = (0..n)
-                .filter(|&u| u != v && ctx.eligible[u])
-                .map(|u| (u, ctx.static_edge(u, v)))
-                .collect();
-            e.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            e.truncate(k);
-            e
-        })
-        .collect();
-
+    ctx.spatial = RTree::bulk_load(
+        ctx.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.coord.map(|c| GeomWithData::new(sphere_point(c), i)))
+            .collect(),
+    );
     let sources = collect_sources(&ctx);
+    if !sources.is_empty() {
+        ctx.neighbours = relay_candidates(&ctx);
+    }
     let mut routes: Vec<Vec<StreamRoute>> = vec![Vec::new(); n];
     let mut primaries = BTreeMap::new();
     let mut upstream_ids: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
@@ -312,23 +350,19 @@ pub fn plan(input: &PlanInput) -> Plan {
         for (r, _) in &src.roots {
             depth[*r] = 0;
         }
-        let mut ranked: Vec<Vec<Cand>> = vec![Vec::new(); n];
+        let mut ranked: Vec<Vec<Cand<'_>>> = vec![Vec::new(); n];
         for &consumer in &order {
             let mut cands: Vec<Cand> = Vec::new();
             if let Some((_, url)) = src.roots.iter().find(|(r, _)| *r == consumer) {
                 // A publisher needs no route for its own stream; a node with
                 // a static origin pulls from the origin URL first.
-                let Some(url) = url else { continue };
+                if url.is_none() {
+                    continue;
+                }
                 cands.push(Cand {
                     node: None,
+                    id: "",
                     total: 0.0,
-                    upstream: Upstream {
-                        kind: UpstreamKind::Origin as i32,
-                        node_id: String::new(),
-                        url: url.clone(),
-                        score: 0.0,
-                        hops: 0,
-                    },
                 });
             }
             let pool = src
@@ -336,27 +370,22 @@ pub fn plan(input: &PlanInput) -> Plan {
                 .iter()
                 .map(|(r, _)| *r)
                 .chain(ctx.neighbours[consumer].iter().map(|(u, _)| *u));
-            let mut seen = BTreeSet::new();
             for u in pool {
-                if u == consumer || !ctx.eligible[u] || !cost[u].is_finite() || !seen.insert(u) {
+                if u == consumer
+                    || !ctx.eligible[u]
+                    || !cost[u].is_finite()
+                    || cands.iter().any(|c| c.node == Some(u))
+                {
                     continue;
                 }
                 if !src.is_root(u) && hops[u] > max_hops {
                     continue;
                 }
                 let edge = ctx.edge_with_load(u, ctx.static_edge_cached(u, consumer));
-                let total = cost[u] + edge;
-                let node = ctx.nodes[u];
                 cands.push(Cand {
                     node: Some(u),
-                    total,
-                    upstream: Upstream {
-                        kind: UpstreamKind::Node as i32,
-                        node_id: node.id.clone(),
-                        url: node.public_url.clone(),
-                        score: round6(total),
-                        hops: hops[u],
-                    },
+                    id: ctx.nodes[u].id.as_str(),
+                    total: cost[u] + edge,
                 });
             }
             if cands.is_empty() {
@@ -366,7 +395,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             let salt = format!("{consumer_id}\u{1f}{}", src.route);
             rank_with_spreading(
                 &mut cands,
-                |c| (c.upstream.node_id.as_str(), c.total),
+                |c: &Cand| (c.id, c.total),
                 input.stability.near_equal,
                 &salt,
             );
@@ -389,7 +418,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             if let Some(prev) = input.previous.get(&key)
                 && let Some(pos) = cands
                     .iter()
-                    .position(|c| c.node.is_some() && &c.upstream.node_id == prev)
+                    .position(|c| c.node.is_some_and(|u| &ctx.nodes[u].id == prev))
                 && pos != first
                 && admissible(&cands[pos])
                 && !input
@@ -406,7 +435,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             } else {
                 depth[consumer] = 0;
             }
-            primaries.insert(key, chosen.upstream.node_id.clone());
+            primaries.insert(key, chosen.id.to_owned());
             cands.insert(0, chosen);
             ranked[consumer] = cands;
         }
@@ -429,10 +458,31 @@ pub fn plan(input: &PlanInput) -> Plan {
                 {
                     continue;
                 }
-                if let Some(u) = c.node {
-                    upstream_ids[consumer].insert(u);
-                }
-                list.push(c.upstream);
+                list.push(match c.node {
+                    Some(u) => {
+                        upstream_ids[consumer].insert(u);
+                        let node = ctx.nodes[u];
+                        Upstream {
+                            kind: UpstreamKind::Node as i32,
+                            node_id: node.id.clone(),
+                            url: node.public_url.clone(),
+                            score: quantise(c.total),
+                            hops: hops[u],
+                        }
+                    }
+                    None => Upstream {
+                        kind: UpstreamKind::Origin as i32,
+                        node_id: String::new(),
+                        url: src
+                            .roots
+                            .iter()
+                            .find(|(r, _)| *r == consumer)
+                            .and_then(|(_, url)| url.clone())
+                            .unwrap_or_default(),
+                        score: 0.0,
+                        hops: 0,
+                    },
+                });
             }
             routes[consumer].push(StreamRoute {
                 stream: src.route.clone(),
@@ -465,12 +515,13 @@ pub fn plan(input: &PlanInput) -> Plan {
     Plan { tables, primaries }
 }
 
-#[derive(Debug, Clone)]
-struct Cand {
-    /// `None` for a static origin URL.
+#[derive(Debug, Clone, Copy)]
+struct Cand<'a> {
+    /// `None` for the static origin URL of the consumer itself.
     node: Option<usize>,
+    /// The node's id ("" for the origin URL).
+    id: &'a str,
     total: f64,
-    upstream: Upstream,
 }
 
 /// Whether following primaries up from `from` reaches `target`.
@@ -490,8 +541,63 @@ fn chain_contains(primary: &[Option<usize>], from: usize, target: usize) -> bool
     false
 }
 
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+/// Scores in tables are quantised to 0.001 so load wobbles that change no
+/// decision do not produce a new table version for every agent.
+fn quantise(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// Each node's best `relay_candidates` eligible peers by load-free edge
+/// score. Exact scores are computed only for a short list: the nearest
+/// eligible peers (2× the bound, from the R-tree) plus every peer with a
+/// path measurement in either direction — for unmeasured pairs the score
+/// grows with distance, so farther peers cannot beat the short list except
+/// through better buffer health, a deliberate simplification. Nodes
+/// without coordinates consider every eligible peer.
+fn relay_candidates(ctx: &Ctx<'_>) -> Vec<Vec<(usize, f64)>> {
+    let n = ctx.nodes.len();
+    let k = ctx.input.limits.relay_candidates.max(1);
+    let index: std::collections::HashMap<&str, usize> = ctx
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.as_str(), i))
+        .collect();
+    // measured_by[v] = nodes that measured v (reverse of `paths`).
+    let mut measured_by: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (u, node) in ctx.nodes.iter().enumerate() {
+        for peer in node.paths.keys() {
+            if let Some(&v) = index.get(peer.as_str()) {
+                measured_by[v].push(u);
+            }
+        }
+    }
+    (0..n)
+        .map(|v| {
+            let mut pool: BTreeSet<usize> = if ctx.nodes[v].coord.is_some() {
+                ctx.nearest(v, 2 * k, 16 * k + 64, |u| ctx.eligible[u])
+                    .into_iter()
+                    .collect()
+            } else {
+                (0..n).filter(|&u| u != v && ctx.eligible[u]).collect()
+            };
+            pool.extend(
+                ctx.nodes[v]
+                    .paths
+                    .keys()
+                    .filter_map(|p| index.get(p.as_str()).copied())
+                    .chain(measured_by[v].iter().copied())
+                    .filter(|&u| u != v && ctx.eligible[u]),
+            );
+            let mut e: Vec<(usize, f64)> = pool
+                .into_iter()
+                .map(|u| (u, ctx.static_edge(u, v)))
+                .collect();
+            e.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            e.truncate(k);
+            e
+        })
+        .collect()
 }
 
 /// Streams with their roots, in a deterministic order. An exact stream
@@ -598,32 +704,34 @@ fn probe_targets(ctx: &Ctx<'_>, i: usize, upstreams: &BTreeSet<usize>) -> Vec<Pr
     for &u in upstreams {
         push(&mut out, u, ProbeReason::Upstream);
     }
-    if let Some(c) = me.coord {
-        let mut near: Vec<(f64, usize)> = (0..ctx.nodes.len())
-            .filter(|&u| u != i)
-            .filter_map(|u| ctx.nodes[u].coord.map(|p| (c.km_to(&p), u)))
-            .collect();
-        near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (_, u) in near.into_iter().take(limits.probe_nearest) {
-            push(&mut out, u, ProbeReason::Nearest);
-        }
+    let probeable = |u: usize| {
+        !ctx.nodes[u].probe_addr.is_empty() && !matches!(ctx.nodes[u].health, Health::Down)
+    };
+    for u in ctx.nearest(
+        i,
+        limits.probe_nearest,
+        8 * limits.probe_nearest + 32,
+        probeable,
+    ) {
+        push(&mut out, u, ProbeReason::Nearest);
     }
-    let epoch = ctx.input.now_ms.div_euclid(limits.probe_rotation_ms.max(1));
-    let salt = format!("{}\u{1f}{epoch}", me.id);
-    let mut random: Vec<(u64, usize)> = (0..ctx.nodes.len())
-        .filter(|&u| u != i)
-        .map(|u| (rendezvous(&ctx.nodes[u].id, &salt), u))
-        .collect();
-    random.sort();
-    let mut added = 0;
-    for (_, u) in random {
-        if added >= limits.probe_random {
-            break;
-        }
-        let before = out.len();
-        push(&mut out, u, ProbeReason::Random);
-        if out.len() > before {
-            added += 1;
+    // Random peers: a generator seeded by (node, rotation epoch), so the
+    // choice is deterministic for a plan and rotates every epoch.
+    let n = ctx.nodes.len();
+    if n > 1 {
+        let epoch = ctx.input.now_ms.div_euclid(limits.probe_rotation_ms.max(1));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rendezvous(&me.id, &epoch.to_string()));
+        let mut added = 0;
+        for _ in 0..(4 * limits.probe_random + 16) {
+            if added >= limits.probe_random {
+                break;
+            }
+            let u = rng.random_range(0..n);
+            let before = out.len();
+            push(&mut out, u, ProbeReason::Random);
+            if out.len() > before {
+                added += 1;
+            }
         }
     }
     out

@@ -78,12 +78,25 @@ impl Channel {
     }
 }
 
-/// Hash of a table's content (everything but version, nonce and time).
+/// Hash of what a table decides: everything but version, nonce, time and
+/// the informational scores. A plan whose only difference is a score (load
+/// wobbling between reports) keeps the version and is not pushed; a change
+/// of any candidate, order, probe target or setting is.
 pub fn content_hash(table: &RouteTable) -> String {
     let mut t = table.clone();
     t.version = 0;
     t.nonce.clear();
     t.generated_at_ms = 0;
+    for r in &mut t.streams {
+        for u in &mut r.upstreams {
+            u.score = 0.0;
+        }
+    }
+    for r in &mut t.redirects {
+        for e in &mut r.edges {
+            e.score = 0.0;
+        }
+    }
     hex::encode(Sha256::digest(t.encode_to_vec()))
 }
 
