@@ -81,6 +81,7 @@ elif apt_install ffmpeg; then
 else
     ffmpeg_found="no (media tests will be skipped, or fail under CI=true)"
 fi
+command -v gst-launch-1.0 >/dev/null 2>&1 || apt_install gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-base || log "gst-launch-1.0 missing: the GStreamer client check is skipped (fails under CI=true)"
 
 # --- PostgreSQL (Must show 7) --------------------------------------------------------------------
 # A server that was already running (a developer's earlier run) is reused and left running.
