@@ -32,7 +32,13 @@ use vantage_shared::frame::FrameError;
 pub use alert::AlertSender;
 
 /// What this build of the agent can do (`Hello.capabilities`).
-pub const CAPABILITIES: &[&str] = &["telemetry-v1", "routes-v1"];
+pub const CAPABILITIES: &[&str] = &[
+    "telemetry-v1",
+    "routes-v1",
+    "probe-v1",
+    "relay-httpflv-v1",
+    "cmcd-v1",
+];
 /// Report interval until the scheduler sets one.
 pub const DEFAULT_REPORT_INTERVAL_MS: u32 = 1000;
 /// Bounds applied to any interval the scheduler asks for.
