@@ -123,7 +123,7 @@ fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
     }
 }
 
-fn rustls_config(m: &TlsMaterial, config: &Config) -> Result<rustls::ServerConfig, StartError> {
+fn rustls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
     let (cert, key) = match &config.tls {
         TlsSource::Dev => {
             let dir = config.data_dir.join("dev");
@@ -138,7 +138,6 @@ fn rustls_config(m: &TlsMaterial, config: &Config) -> Result<rustls::ServerConfi
         } => ClientAuth::Required(Arc::new(tls::load_roots(ca)?)),
         _ => ClientAuth::None,
     };
-    let _ = m;
     Ok(tls::server_config(
         tls::load_certs(&cert)?,
         tls::load_key(&key)?,
@@ -159,7 +158,7 @@ pub struct Bound {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
     let material = tls_material(&config)?;
-    let quic_tls = rustls_config(&material, &config)?;
+    let quic_tls = rustls_config(&config)?;
     let url = config
         .database_url
         .clone()
