@@ -1,0 +1,604 @@
+//! Issue 4, Must show 5 and 6, with the real binaries.
+//!
+//! 5. `live/x` is published (ffmpeg, H.264/AAC) to two agents, A (Paris) and
+//!    C (Brussels), so both are roots of the stream and B (Frankfurt) holds
+//!    a table with both as candidates. A viewer on B parses the FLV tags it
+//!    receives; B's first upstream is SIGKILLed. B fails over to the other
+//!    root within 1 s, the viewer sees no gap over 1 s and monotonic
+//!    timestamps, and an `upstream_lost` alert reaches the scheduler.
+//! 6. Two viewers on B send CMCD, one in the `CMCD=` query, one in `CMCD-*`
+//!    headers, each with its own `lat`/`lon`; the scheduler's
+//!    `GET /v1/nodes/B` shows both client groups with the buffer length and a
+//!    stall rate from those values.
+//!
+//! ffmpeg comes from Debian (scripts/test.sh installs it). When it is
+//! missing the tests print `SKIPPED ...` and pass, except under `CI=true`.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use vantage_shared::group::{DEFAULT_PRECISION, geohash};
+use vantage_tests::cluster::{acked_version, table_of, wait_all_up};
+use vantage_tests::eventually::try_eventually_every;
+use vantage_tests::{Agent, Scheduler, eventually};
+
+const STREAM: &str = "live/x";
+
+/// The path of `name` on `PATH`; None (after printing `SKIPPED`) when it is
+/// missing, a panic when it is missing under `CI=true`.
+fn tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: {name} not installed (CI=true; scripts/test.sh installs it)");
+        }
+        eprintln!("SKIPPED {test}: {name} not installed");
+    }
+    found
+}
+
+/// An `ffmpeg` publishing a live test pattern with a 440 Hz tone.
+struct Publisher {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Publisher {
+    fn start(ffmpeg: &Path, url: &str) -> Publisher {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let log = dir.path().join("publisher.log");
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        #[rustfmt::skip]
+        let args = [
+            "-hide_banner", "-nostdin", "-loglevel", "warning",
+            "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+            "-re", "-f", "lavfi", "-i", "sine=frequency=440",
+            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25",
+            "-c:a", "aac", "-f", "flv", url,
+        ];
+        let child = Command::new(ffmpeg)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ffmpeg publisher: {e}"));
+        Publisher {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("ffmpeg publisher exited with {st}:\n{}", self.tail());
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// Node ids of the upstreams of `stream` in a `/v1/routes` answer.
+fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
+    table_of(routes)
+        .get("streams")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))
+        })
+        .and_then(|r| r.get("upstreams"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|u| u["node_id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The role node `node` reports for `stream` to the scheduler.
+fn stream_role(node: &Value, stream: &str) -> Option<String> {
+    node.get("streams")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("key").and_then(Value::as_str) == Some(stream))?
+        .get("role")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The upstream B's `/v1/status` shows in use for `stream`.
+fn status_upstream(status: &Value, stream: &str) -> Option<String> {
+    status["relay"]["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["key"] == stream)?
+        .get("upstream")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// One FLV tag as the viewer saw it.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    at: Instant,
+    kind: u8,
+    ts: u32,
+    keyframe: bool,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    tags: Vec<Tag>,
+    error: Option<String>,
+    ended: bool,
+}
+
+/// Incremental FLV tag parser over an HTTP body.
+struct FlvParser {
+    buf: Vec<u8>,
+    header_done: bool,
+}
+
+impl FlvParser {
+    fn new() -> Self {
+        FlvParser {
+            buf: Vec::new(),
+            header_done: false,
+        }
+    }
+
+    /// Feeds bytes; returns complete tags (kind, timestamp, keyframe).
+    fn feed(&mut self, data: &[u8]) -> Result<Vec<(u8, u32, bool)>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        if !self.header_done {
+            if self.buf.len() < 13 {
+                return Ok(out);
+            }
+            if &self.buf[..3] != b"FLV" {
+                return Err(format!("no FLV signature: {:?}", &self.buf[..3]));
+            }
+            let offset = u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]);
+            pos = offset as usize + 4;
+            self.header_done = true;
+        }
+        while self.buf.len() >= pos + 11 {
+            let h = &self.buf[pos..pos + 11];
+            let kind = h[0] & 0x1f;
+            let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
+            let ts = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
+            if !matches!(kind, 8 | 9 | 18) {
+                return Err(format!("bad tag type {kind} at byte {pos}"));
+            }
+            let end = pos + 11 + size + 4;
+            if self.buf.len() < end {
+                break;
+            }
+            let keyframe = kind == 9 && size > 0 && self.buf[pos + 11] >> 4 == 1;
+            out.push((kind, ts, keyframe));
+            pos = end;
+        }
+        self.buf.drain(..pos.min(self.buf.len()));
+        Ok(out)
+    }
+}
+
+/// A viewer reading `url` in the background, recording every tag.
+fn spawn_reader(url: String) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let fail = |e: String| {
+            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+            g.error = Some(e);
+        };
+        let client = reqwest::Client::new();
+        let mut resp = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => return fail(format!("play {url}: HTTP {}", r.status())),
+            Err(e) => return fail(format!("play {url}: {e}")),
+        };
+        let mut parser = FlvParser::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    let now = Instant::now();
+                    match parser.feed(&bytes) {
+                        Ok(tags) => {
+                            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                            g.tags
+                                .extend(tags.into_iter().map(|(kind, ts, keyframe)| Tag {
+                                    at: now,
+                                    kind,
+                                    ts,
+                                    keyframe,
+                                }));
+                        }
+                        Err(e) => return fail(e),
+                    }
+                }
+                Ok(None) => {
+                    s.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+                    return;
+                }
+                Err(e) => return fail(format!("body: {e}")),
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn snapshot(seen: &Arc<Mutex<Seen>>) -> (Vec<Tag>, Option<String>, bool) {
+    let g = seen.lock().unwrap_or_else(|p| p.into_inner());
+    (g.tags.clone(), g.error.clone(), g.ended)
+}
+
+/// Must show 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
+    const A: &str = "fo-a";
+    const B: &str = "fo-b";
+    const C: &str = "fo-c";
+    let test = "killing_the_first_upstream_fails_over";
+    let Some(ffmpeg) = tool("ffmpeg", test) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let a = Agent::builder(A, &s)
+        .region("eu-paris")
+        .at(48.8566, 2.3522)
+        .start()
+        .await;
+    let b = Agent::builder(B, &s)
+        .region("eu-frankfurt")
+        .at(50.1109, 8.6821)
+        .start()
+        .await;
+    let c = Agent::builder(C, &s)
+        .region("eu-brussels")
+        .at(50.8503, 4.3517)
+        .start()
+        .await;
+    wait_all_up(&s, &[A, B, C], Duration::from_secs(15)).await;
+    let mut pa = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    let mut pc = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", c.media_url()));
+
+    // Both A and C are origins of live/x; B's table lists both.
+    let routed = try_eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &mut || async {
+            for id in [A, C] {
+                let role = s.node(id).await.and_then(|n| stream_role(&n, STREAM));
+                if role.as_deref() != Some("origin") {
+                    return Err(format!("{id} reports {STREAM} with role {role:?}"));
+                }
+            }
+            let (version, routes) = acked_version(&s, &b).await?;
+            let ups = upstreams(&routes, STREAM);
+            if ups.len() >= 2 && ups.iter().any(|u| u == A) && ups.iter().any(|u| u == C) {
+                Ok((version, ups))
+            } else {
+                Err(format!("{B} v{version}: upstreams of {STREAM}: {ups:?}"))
+            }
+        },
+    )
+    .await;
+    pa.assert_running();
+    pc.assert_running();
+    let ups = match routed {
+        Ok((v, ups)) => {
+            eprintln!(
+                "{B} holds table v{v} with upstreams {ups:?} after {:?}",
+                t0.elapsed()
+            );
+            ups
+        }
+        Err(last) => panic!("timed out waiting for B's candidates: {last}"),
+    };
+    let first = ups[0].clone();
+    let backup = if first == A { C } else { A };
+
+    // A viewer on B, parsing tags.
+    let (seen, reader) = spawn_reader(format!("{}/{STREAM}.flv", b.media_url()));
+    eventually(
+        Duration::from_secs(15),
+        "viewer receives 2 s of media from the first upstream",
+        || async {
+            let (tags, err, ended) = snapshot(&seen);
+            if let Some(e) = err {
+                panic!("viewer failed: {e}");
+            }
+            assert!(!ended, "viewer's stream ended early");
+            let video = tags.iter().filter(|t| t.kind == 9).count();
+            let up = b
+                .try_status()
+                .await
+                .and_then(|st| status_upstream(&st, STREAM));
+            if video >= 50 && up.as_deref() == Some(first.as_str()) {
+                Ok(())
+            } else {
+                Err((video, up))
+            }
+        },
+    )
+    .await;
+
+    // Kill B's upstream in use.
+    let (mut victim, survivor) = if first == A { (a, c) } else { (c, a) };
+    let killed_at = Instant::now();
+    victim.kill();
+    eprintln!("SIGKILLed {first}; backup is {backup}");
+
+    // B switches to the backup within 1 s.
+    let switch = try_eventually_every(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        &mut || async {
+            let up = b
+                .try_status()
+                .await
+                .and_then(|st| status_upstream(&st, STREAM));
+            if up.as_deref() == Some(backup) {
+                Ok(killed_at.elapsed())
+            } else {
+                Err(up)
+            }
+        },
+    )
+    .await;
+    let switch = match switch {
+        Ok(d) => d,
+        Err(up) => panic!("{B} did not switch to {backup}: upstream {up:?}"),
+    };
+    eprintln!("{B} pulls from {backup} {switch:?} after the kill");
+    assert!(
+        switch <= Duration::from_secs(1),
+        "switch took {switch:?} (> 1 s)"
+    );
+    let failovers = b.metric("vantage_agent_relay_failovers_total", &[]).await;
+    assert!(failovers >= 1.0, "{B} counted no failover");
+
+    // The alert reaches the scheduler.
+    let alert_after = eventually(
+        Duration::from_secs(5),
+        "upstream_lost alert at the scheduler",
+        || async {
+            let n = s
+                .metric(
+                    "vantage_scheduler_alerts_total",
+                    &[("kind", "upstream_lost")],
+                )
+                .await;
+            if n >= 1.0 {
+                Ok(killed_at.elapsed())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
+    eprintln!("upstream_lost alert counted by the scheduler {alert_after:?} after the kill");
+
+    // Keep watching for 3 s after the kill.
+    let until = killed_at + Duration::from_secs(3);
+    eventually(
+        Duration::from_secs(10),
+        "viewer keeps receiving 3 s past the kill",
+        || async {
+            let (tags, err, ended) = snapshot(&seen);
+            if let Some(e) = err {
+                panic!("viewer failed after the kill: {e}");
+            }
+            assert!(!ended, "viewer's stream ended after the kill");
+            match tags.last() {
+                Some(t) if t.at >= until => Ok(()),
+                _ => Err(tags.len()),
+            }
+        },
+    )
+    .await;
+    reader.abort();
+    let (tags, _, _) = snapshot(&seen);
+
+    // No wall-clock gap over 1 s between tags; timestamps never go back.
+    let mut max_gap = Duration::ZERO;
+    for w in tags.windows(2) {
+        max_gap = max_gap.max(w[1].at.duration_since(w[0].at));
+    }
+    let after: Vec<&Tag> = tags.iter().filter(|t| t.at > killed_at).collect();
+    let video_after = after.iter().filter(|t| t.kind == 9).count();
+    let key_after = after.iter().filter(|t| t.keyframe).count();
+    eprintln!(
+        "viewer: {} tags, {video_after} video tags ({key_after} keyframes) after the kill, \
+         max gap {max_gap:?}",
+        tags.len()
+    );
+    assert!(max_gap <= Duration::from_secs(1), "gap of {max_gap:?}");
+    assert!(
+        video_after >= 50,
+        "only {video_after} video tags in 3 s after the kill"
+    );
+    for kind in [8u8, 9] {
+        let ts: Vec<u32> = tags
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.ts)
+            .collect();
+        if let Some(i) = ts.windows(2).position(|w| w[1] < w[0]) {
+            panic!(
+                "tag type {kind}: timestamp goes back at #{}: {:?}",
+                i + 1,
+                &ts[i.saturating_sub(3)..(i + 4).min(ts.len())]
+            );
+        }
+    }
+    let all: Vec<u32> = tags.iter().filter(|t| t.kind != 18).map(|t| t.ts).collect();
+    let worst_back = all
+        .windows(2)
+        .map(|w| i64::from(w[0]) - i64::from(w[1]))
+        .max()
+        .unwrap_or(0);
+    eprintln!("largest backward step across audio/video: {worst_back} ms");
+    assert!(
+        worst_back <= 0,
+        "audio/video timestamps go back by {worst_back} ms"
+    );
+
+    drop(survivor);
+    drop(victim);
+    pa.stop().await;
+    pc.stop().await;
+}
+
+/// A group of `GET /v1/nodes/{id}`.
+fn group<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    node["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["group"] == name)
+}
+
+/// Must show 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmcd_from_query_and_headers_reaches_the_scheduler_per_group() {
+    const A: &str = "cmcd-a";
+    const B: &str = "cmcd-b";
+    let test = "cmcd_from_query_and_headers_reaches_the_scheduler";
+    let Some(ffmpeg) = tool("ffmpeg", test) else {
+        return;
+    };
+    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let a = Agent::builder(A, &s)
+        .region("eu-paris")
+        .at(48.8566, 2.3522)
+        .start()
+        .await;
+    let b = Agent::builder(B, &s)
+        .region("eu-frankfurt")
+        .at(50.1109, 8.6821)
+        .start()
+        .await;
+    wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
+    let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    let routed = try_eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &mut || async {
+            let (version, routes) = acked_version(&s, &b).await?;
+            let ups = upstreams(&routes, STREAM);
+            if ups.first().map(String::as_str) == Some(A) {
+                Ok(version)
+            } else {
+                Err(format!("{B} v{version}: upstreams {ups:?}"))
+            }
+        },
+    )
+    .await;
+    publisher.assert_running();
+    if let Err(e) = routed {
+        panic!("{A} never became {B}'s upstream: {e}\n{}", publisher.tail());
+    }
+
+    // Berlin viewer: CMCD in the query. Munich viewer: CMCD in headers.
+    let (berlin, munich) = ((52.52, 13.405), (48.137, 11.575));
+    let g_berlin = geohash(berlin.0, berlin.1, DEFAULT_PRECISION).unwrap_or_default();
+    let g_munich = geohash(munich.0, munich.1, DEFAULT_PRECISION).unwrap_or_default();
+    assert_ne!(g_berlin, g_munich);
+    let client = reqwest::Client::new();
+    let base = format!("{}/{STREAM}.flv", b.media_url());
+    let q = client
+        .get(format!(
+            "{base}?lat={}&lon={}&CMCD=bl%3D1500%2Cbs%2Csid%3D%22abc%22",
+            berlin.0, berlin.1
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("query viewer: {e}"));
+    assert!(q.status().is_success(), "query viewer: {}", q.status());
+    let h = client
+        .get(format!("{base}?lat={}&lon={}", munich.0, munich.1))
+        .header("CMCD-Request", "bl=2500")
+        .header("CMCD-Status", "bs")
+        .header("CMCD-Session", "sid=\"def\"")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("header viewer: {e}"));
+    assert!(h.status().is_success(), "header viewer: {}", h.status());
+    let sent = Instant::now();
+
+    let query_ok = b
+        .metric(
+            "vantage_agent_relay_cmcd_reports_total",
+            &[("source", "query"), ("result", "ok")],
+        )
+        .await;
+    let headers_ok = b
+        .metric(
+            "vantage_agent_relay_cmcd_reports_total",
+            &[("source", "headers"), ("result", "ok")],
+        )
+        .await;
+    assert_eq!((query_ok, headers_ok), (1.0, 1.0), "CMCD parse counters");
+
+    let (gb, gm) = eventually(
+        Duration::from_secs(5),
+        "both CMCD groups in GET /v1/nodes/B",
+        || async {
+            let node = s.node(B).await.unwrap_or_default();
+            match (group(&node, &g_berlin), group(&node, &g_munich)) {
+                (Some(gb), Some(gm))
+                    if gb["samples"].as_f64().unwrap_or(0.0) >= 1.0
+                        && gm["samples"].as_f64().unwrap_or(0.0) >= 1.0 =>
+                {
+                    Ok((gb.clone(), gm.clone()))
+                }
+                _ => Err(node["groups"].clone()),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "groups after {:?}: {g_berlin} {gb}; {g_munich} {gm}",
+        sent.elapsed()
+    );
+    for (g, want_bl) in [(&gb, 1500.0), (&gm, 2500.0)] {
+        let bl = g["buffer_ms"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (bl - want_bl).abs() < 1.0,
+            "buffer_ms {bl}, want {want_bl}: {g}"
+        );
+        let stall = g["stall_rate"].as_f64().unwrap_or(0.0);
+        assert!(
+            stall > 0.0 && stall <= 1.0,
+            "bs=true must show as a stall signal: {g}"
+        );
+    }
+
+    publisher.assert_running();
+    drop((q, h));
+    publisher.stop().await;
+}
