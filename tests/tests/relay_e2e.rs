@@ -602,3 +602,213 @@ async fn cmcd_from_query_and_headers_reaches_the_scheduler_per_group() {
     drop((q, h));
     publisher.stop().await;
 }
+
+/// Reads `url` until the first *coded* video tag (AVC NALU, not the
+/// sequence header) and returns the time to it and whether it is a
+/// keyframe. Bounded by `limit`.
+async fn first_coded_video_tag(url: &str, limit: Duration) -> Result<(Duration, bool), String> {
+    let t0 = Instant::now();
+    let mut resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("play {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("play {url}: HTTP {}", resp.status()));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    let mut header_done = false;
+    while t0.elapsed() < limit {
+        let chunk = tokio::time::timeout(limit, resp.chunk())
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| format!("body: {e}"))?
+            .ok_or("stream ended before a coded video tag")?;
+        buf.extend_from_slice(&chunk);
+        if !header_done {
+            if buf.len() < 13 {
+                continue;
+            }
+            let offset = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+            pos = offset as usize + 4;
+            header_done = true;
+        }
+        while buf.len() >= pos + 11 {
+            let kind = buf[pos] & 0x1f;
+            let size = u32::from_be_bytes([0, buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            if buf.len() < pos + 11 + size + 4 {
+                break;
+            }
+            let body = &buf[pos + 11..pos + 11 + size];
+            // AVC: frame type in the high nibble, packet type 1 = NALUs.
+            if kind == 9 && body.len() >= 2 && body[1] == 1 {
+                return Ok((t0.elapsed(), body[0] >> 4 == 1));
+            }
+            pos += 11 + size + 4;
+        }
+    }
+    Err("no coded video tag in time".to_owned())
+}
+
+/// Must show 3: a new viewer's first coded video tag is a keyframe and
+/// arrives within 200 ms (the GOP cache), at the origin and at a relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_viewers_start_at_a_keyframe_within_200_ms() {
+    const A: &str = "gop-a";
+    const B: &str = "gop-b";
+    let test = "new_viewers_start_at_a_keyframe_within_200_ms";
+    let Some(ffmpeg) = tool("ffmpeg", test) else {
+        return;
+    };
+    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let a = Agent::builder(A, &s).at(48.8566, 2.3522).start().await;
+    let b = Agent::builder(B, &s).at(50.1109, 8.6821).start().await;
+    wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
+    let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    let routed = try_eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &mut || async {
+            let (version, routes) = acked_version(&s, &b).await?;
+            let ups = upstreams(&routes, STREAM);
+            if ups.first().map(String::as_str) == Some(A) {
+                Ok(version)
+            } else {
+                Err(format!("{B} v{version}: upstreams {ups:?}"))
+            }
+        },
+    )
+    .await;
+    publisher.assert_running();
+    if let Err(e) = routed {
+        panic!("{A} never became {B}'s upstream: {e}\n{}", publisher.tail());
+    }
+    // A warm viewer on B keeps B's pull (and GOP cache) running.
+    let (warm, warm_task) = spawn_reader(format!("{}/{STREAM}.flv", b.media_url()));
+    eventually(Duration::from_secs(15), "B relays a GOP", || async {
+        let (tags, err, _) = snapshot(&warm);
+        let keys = tags.iter().filter(|t| t.keyframe).count();
+        if keys >= 3 { Ok(()) } else { Err((keys, err)) }
+    })
+    .await;
+    for (name, base) in [("origin A", a.media_url()), ("relay B", b.media_url())] {
+        for i in 0..5 {
+            let url = format!("{base}/{STREAM}.flv");
+            let (took, key) = first_coded_video_tag(&url, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("{name} viewer {i}: {e}"));
+            eprintln!("{name} viewer {i}: first coded video tag after {took:?}, keyframe {key}");
+            assert!(
+                key,
+                "{name} viewer {i}: first coded video tag is not a keyframe"
+            );
+            assert!(
+                took <= Duration::from_millis(200),
+                "{name} viewer {i}: first video after {took:?} (limit 200 ms)"
+            );
+            tokio::time::sleep(Duration::from_millis(137)).await;
+        }
+    }
+    warm_task.abort();
+    publisher.stop().await;
+}
+
+/// Must show 7: a publisher sending malformed FLV is rejected with a clear
+/// error and counted; a stream already playing on the same agent is not
+/// disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_publish_is_rejected_and_other_streams_play_on() {
+    const A: &str = "bad-a";
+    let test = "malformed_publish_is_rejected_and_other_streams_play_on";
+    let Some(ffmpeg) = tool("ffmpeg", test) else {
+        return;
+    };
+    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let a = Agent::builder(A, &s).at(48.8566, 2.3522).start().await;
+    wait_all_up(&s, &[A], Duration::from_secs(15)).await;
+    let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    eventually(
+        Duration::from_secs(20),
+        "A is the origin of live/x",
+        || async {
+            let role = s.node(A).await.and_then(|n| stream_role(&n, STREAM));
+            if role.as_deref() == Some("origin") {
+                Ok(())
+            } else {
+                Err(role)
+            }
+        },
+    )
+    .await;
+    let (seen, task) = spawn_reader(format!("{}/{STREAM}.flv", a.media_url()));
+    let tags_before = eventually(Duration::from_secs(20), "live/x plays on A", || async {
+        let (tags, err, _) = snapshot(&seen);
+        if tags.len() >= 50 {
+            Ok(tags.len())
+        } else {
+            Err((tags.len(), err))
+        }
+    })
+    .await;
+    publisher.assert_running();
+
+    let client = reqwest::Client::new();
+    let bad_url = format!("{}/live/bad.flv", a.media_url());
+    // Not FLV at all, then an FLV header followed by a corrupt tag.
+    let mut corrupt = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+    corrupt.extend_from_slice(&[0x42; 64]);
+    for body in [b"this is not an flv stream".to_vec(), corrupt] {
+        let resp = client
+            .post(&bad_url)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("malformed publish: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        eprintln!("malformed publish answered {status}: {text}");
+        assert_eq!(
+            status, 400,
+            "malformed FLV must be refused with 400: {text}"
+        );
+        assert!(
+            text.contains("error"),
+            "the answer says what is wrong: {text}"
+        );
+    }
+    let counted = a
+        .metric(
+            "vantage_agent_relay_publishes_total",
+            &[("result", "malformed")],
+        )
+        .await;
+    assert!(counted >= 2.0, "malformed publishes counted: {counted}");
+
+    // The good stream kept flowing without a hiccup.
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (tags, err, ended) = snapshot(&seen);
+    assert!(
+        err.is_none() && !ended,
+        "live/x viewer disturbed: {err:?} ended={ended}"
+    );
+    assert!(
+        tags.len() > tags_before + 40,
+        "live/x kept playing ({} → {})",
+        tags_before,
+        tags.len()
+    );
+    let max_gap = tags
+        .windows(2)
+        .filter(|w| w[1].at >= t - Duration::from_secs(3))
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        max_gap < Duration::from_millis(500),
+        "gap {max_gap:?} in live/x"
+    );
+    task.abort();
+    publisher.stop().await;
+}
