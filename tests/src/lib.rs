@@ -28,6 +28,7 @@ pub mod eventually;
 pub mod hostile;
 pub mod http;
 pub mod impair;
+pub mod media;
 pub mod ports;
 pub mod process;
 pub mod pyclient;

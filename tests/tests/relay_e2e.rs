@@ -15,87 +15,15 @@
 //! missing the tests print `SKIPPED ...` and pass, except under `CI=true`.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 use vantage_shared::group::{DEFAULT_PRECISION, geohash};
 use vantage_tests::cluster::{acked_version, table_of, wait_all_up};
 use vantage_tests::eventually::try_eventually_every;
+use vantage_tests::media::{Publisher, stream_role, tool};
 use vantage_tests::{Agent, Scheduler, eventually};
 
 const STREAM: &str = "live/x";
-
-/// The path of `name` on `PATH`; None (after printing `SKIPPED`) when it is
-/// missing, a panic when it is missing under `CI=true`.
-fn tool(name: &str, test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: {name} not installed (CI=true; scripts/test.sh installs it)");
-        }
-        eprintln!("SKIPPED {test}: {name} not installed");
-    }
-    found
-}
-
-/// An `ffmpeg` publishing a live test pattern with a 440 Hz tone.
-struct Publisher {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Publisher {
-    fn start(ffmpeg: &Path, url: &str) -> Publisher {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let log = dir.path().join("publisher.log");
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        #[rustfmt::skip]
-        let args = [
-            "-hide_banner", "-nostdin", "-loglevel", "warning",
-            "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
-            "-re", "-f", "lavfi", "-i", "sine=frequency=440",
-            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25",
-            "-c:a", "aac", "-f", "flv", url,
-        ];
-        let child = Command::new(ffmpeg)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn ffmpeg publisher: {e}"));
-        Publisher {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("ffmpeg publisher exited with {st}:\n{}", self.tail());
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-    }
-}
 
 /// Node ids of the upstreams of `stream` in a `/v1/routes` answer.
 fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
@@ -114,17 +42,6 @@ fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The role node `node` reports for `stream` to the scheduler.
-fn stream_role(node: &Value, stream: &str) -> Option<String> {
-    node.get("streams")?
-        .as_array()?
-        .iter()
-        .find(|s| s.get("key").and_then(Value::as_str) == Some(stream))?
-        .get("role")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
 }
 
 /// The upstream B's `/v1/status` shows in use for `stream`.
