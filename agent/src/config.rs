@@ -33,8 +33,6 @@ pub const DEFAULT_DATA_DIR: &str = "./vantage-agent-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_PROBE_LISTEN: &str = "0.0.0.0:7402";
-/// Default probe rate per target (see `probe::DEFAULT_RATE_HZ`).
-pub const DEFAULT_PROBE_RATE_HZ: f64 = crate::probe::DEFAULT_RATE_HZ;
 pub const DEFAULT_CAPACITY_MBPS: f64 = 1000.0;
 /// Prefix of the environment variables (`VANTAGE_NODE_ID`, ...).
 pub const ENV_PREFIX: &str = "VANTAGE_";
@@ -380,7 +378,7 @@ impl Settings {
                 "--probe-advertise {probe_advertise:?} is not HOST:PORT"
             )));
         }
-        let probe_rate_hz = self.probe_rate_hz.unwrap_or(DEFAULT_PROBE_RATE_HZ);
+        let probe_rate_hz = self.probe_rate_hz.unwrap_or(crate::probe::DEFAULT_RATE_HZ);
         if !(0.1..=1000.0).contains(&probe_rate_hz) {
             return Err(invalid(format!(
                 "--probe-rate-hz {probe_rate_hz} is outside 0.1..=1000"

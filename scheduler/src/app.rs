@@ -11,9 +11,9 @@ use crate::metrics::{Metrics, StateLabel};
 use crate::planner::{self, PlanInput};
 use crate::publish::{Published, Publisher};
 use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
-use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp};
+use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp, WriteStats};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -35,7 +35,6 @@ pub struct App {
     pub shutdown: CancellationToken,
     weights: RwLock<WeightSet>,
     replan: Notify,
-    report_interval_ms: AtomicU32,
     previous: Mutex<BTreeMap<(String, String), String>>,
     ready: AtomicBool,
     /// Cluster secret for probe authenticators (DESIGN §4), shared by all
@@ -144,7 +143,6 @@ impl App {
             warn!("cluster setting probe_key is not hex; using its bytes");
             key_hex.into_bytes()
         });
-        let report_interval_ms = AtomicU32::new(config.report_interval_ms);
         info!(
             nodes = registry.len(),
             weights_version = weights.version,
@@ -160,7 +158,6 @@ impl App {
             shutdown,
             weights: RwLock::new(weights),
             replan: Notify::new(),
-            report_interval_ms,
             previous: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             probe_key,
@@ -169,7 +166,7 @@ impl App {
     }
 
     pub fn report_interval_ms(&self) -> u32 {
-        self.report_interval_ms.load(Ordering::Relaxed)
+        self.config.report_interval_ms
     }
 
     pub fn weights(&self) -> WeightSet {
@@ -285,7 +282,7 @@ impl App {
 
     /// Queues the node's current facts for the store.
     pub fn persist_node(&self, node_id: &str) {
-        if let Some(rec) = self.registry.with(node_id, crate::ingest::node_record) {
+        if let Some(rec) = self.registry.with(node_id, NodeEntry::to_record) {
             self.store.record(WriteOp::NodeInfo(rec));
         }
     }
@@ -317,10 +314,10 @@ impl App {
         let plan = planner::plan(&input);
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = plan.primaries;
         let mut changed = 0;
-        for (_, table) in plan.tables {
-            if let Published::NewVersion(v) = self.publisher.publish(table.clone(), now) {
+        for (node_id, table) in plan.tables {
+            if let Published::NewVersion(v) = self.publisher.publish(table, now) {
                 changed += 1;
-                debug!(node_id = table.node_id, version = v, "new route table");
+                debug!(node_id, version = v, "new route table");
             }
         }
         self.metrics.plans.inc();
@@ -361,75 +358,93 @@ impl App {
 
     /// The liveness loop: re-evaluates node states every 50 ms.
     pub async fn run_liveness(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        const TICK: Duration = Duration::from_millis(50);
+        /// Gauges and store counters are refreshed once a second (or at once
+        /// after a transition), not on every 50 ms liveness tick.
+        const GAUGE_EVERY: u32 = 20;
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_stats = self.store.write_stats();
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = now_ms();
             let changes = self
                 .registry
-                .tick(now, i64::from(self.report_interval_ms()));
+                .tick(now_ms(), i64::from(self.report_interval_ms()));
+            let transitions = !changes.is_empty();
             let mut replan = false;
             for (id, from, to) in changes {
-                info!(
-                    node_id = id,
-                    from = from.label(),
-                    to = to.label(),
-                    "node state changed"
-                );
-                self.metrics
-                    .node_transitions
-                    .get_or_create(&StateLabel {
-                        state: to.label().to_owned(),
-                    })
-                    .inc();
-                self.event(&id, to.label(), &format!("from {}", from.label()));
-                if to == NodeState::Down {
-                    // A session that sends no reports is dead or stuck: close
-                    // it so `connected` is truthful and a live agent reconnects.
-                    let conn = self
-                        .registry
-                        .with(&id, |e| {
-                            e.session.as_ref().and_then(|s| s.connection.clone())
-                        })
-                        .flatten();
-                    if let Some(c) = conn {
-                        c.close(
-                            quinn::VarInt::from_u32(
-                                vantage_shared::close::CloseCode::ReportTimeout.code(),
-                            ),
-                            b"no reports for 3 report intervals",
-                        );
-                    }
-                }
-                replan |= matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining);
+                replan |= self.on_transition(&id, from, to);
             }
             if replan {
                 self.trigger_replan();
             }
-            for (state, n) in self.registry.state_counts() {
-                self.metrics
-                    .nodes
-                    .get_or_create(&StateLabel {
-                        state: state.to_owned(),
-                    })
-                    .set(n);
+            ticks = ticks.wrapping_add(1);
+            if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
+                last_stats = self.refresh_gauges(last_stats);
             }
-            let stats = self.store.write_stats();
-            self.metrics
-                .store_ops
-                .inc_by(stats.ops_written.saturating_sub(last_stats.ops_written));
-            self.metrics
-                .store_batches
-                .inc_by(stats.batches.saturating_sub(last_stats.batches));
-            self.metrics
-                .store_dropped
-                .inc_by(stats.ops_dropped.saturating_sub(last_stats.ops_dropped));
-            last_stats = stats;
         }
+    }
+
+    /// Logs, counts and records a node state change; closes the session of
+    /// a node that went down. Returns whether the change needs a replan.
+    fn on_transition(&self, id: &str, from: NodeState, to: NodeState) -> bool {
+        info!(
+            node_id = id,
+            from = from.label(),
+            to = to.label(),
+            "node state changed"
+        );
+        self.metrics
+            .node_transitions
+            .get_or_create(&StateLabel {
+                state: to.label().to_owned(),
+            })
+            .inc();
+        self.event(id, to.label(), &format!("from {}", from.label()));
+        if to == NodeState::Down {
+            // A session that sends no reports is dead or stuck: close it so
+            // `connected` is truthful and a live agent reconnects.
+            let conn = self
+                .registry
+                .with(id, |e| {
+                    e.session.as_ref().and_then(|s| s.connection.clone())
+                })
+                .flatten();
+            if let Some(c) = conn {
+                c.close(
+                    quinn::VarInt::from_u32(vantage_shared::close::CloseCode::ReportTimeout.code()),
+                    b"no reports for 3 report intervals",
+                );
+            }
+        }
+        matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining)
+    }
+
+    /// Sets the per-state node gauges and adds the store writer's progress
+    /// since `last` to its counters; returns the new baseline.
+    fn refresh_gauges(&self, last: WriteStats) -> WriteStats {
+        for (state, n) in self.registry.state_counts() {
+            self.metrics
+                .nodes
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .set(n);
+        }
+        let stats = self.store.write_stats();
+        self.metrics
+            .store_ops
+            .inc_by(stats.ops_written.saturating_sub(last.ops_written));
+        self.metrics
+            .store_batches
+            .inc_by(stats.batches.saturating_sub(last.batches));
+        self.metrics
+            .store_dropped
+            .inc_by(stats.ops_dropped.saturating_sub(last.ops_dropped));
+        stats
     }
 }

@@ -226,6 +226,23 @@ impl NodeEntry {
         }
     }
 
+    /// What the store keeps of this node.
+    pub fn to_record(&self) -> crate::store::NodeRecord {
+        crate::store::NodeRecord {
+            id: self.id.clone(),
+            region: self.info.region.clone(),
+            lat: self.info.coord.map(|c| c.lat).unwrap_or(0.0),
+            lon: self.info.coord.map(|c| c.lon).unwrap_or(0.0),
+            capacity_mbps: self.info.capacity_mbps,
+            public_url: self.info.public_url.clone(),
+            probe_addr: self.info.probe_addr.clone(),
+            credential_hash: self.credential_hash.clone(),
+            enrolled_at_ms: self.enrolled_at_ms,
+            last_seen_ms: self.last_report_ms.unwrap_or(self.enrolled_at_ms),
+            drained: self.draining,
+        }
+    }
+
     /// What the planner sees of this node.
     pub fn view(&self) -> NodeView {
         let health = match self.state {

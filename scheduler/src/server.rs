@@ -47,11 +47,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     }
 }
 
-/// Server certificate, key and client-auth policy, loaded.
+/// Server certificate, key and client-auth policy, read once and used by
+/// both the QUIC and the gRPC listener.
 struct TlsMaterial {
+    cert_path: PathBuf,
     cert_pem: Vec<u8>,
+    key_path: PathBuf,
     key_pem: Vec<u8>,
-    client_ca_pem: Option<Vec<u8>>,
+    client_ca: Option<(PathBuf, Vec<u8>)>,
     mode: Mode,
 }
 
@@ -92,7 +95,9 @@ fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
             Ok(TlsMaterial {
                 cert_pem: std::fs::read(&pki.server_cert).map_err(io_err(&pki.server_cert))?,
                 key_pem: std::fs::read(&pki.server_key).map_err(io_err(&pki.server_key))?,
-                client_ca_pem: None,
+                cert_path: pki.server_cert,
+                key_path: pki.server_key,
+                client_ca: None,
                 mode: Mode::Token {
                     enrollment_token: token,
                 },
@@ -103,44 +108,36 @@ fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
             key,
             client_ca,
         } => {
-            let client_ca_pem = match client_ca {
-                Some(p) => Some(std::fs::read(p).map_err(io_err(p))?),
+            let client_ca = match client_ca {
+                Some(p) => Some((p.clone(), std::fs::read(p).map_err(io_err(p))?)),
                 None => None,
             };
-            let mode = match client_ca {
+            let mode = match &client_ca {
                 Some(_) => Mode::Mtls,
                 None => Mode::Token {
                     enrollment_token: config.enrollment_token.clone().unwrap_or_default(),
                 },
             };
             Ok(TlsMaterial {
+                cert_path: cert.clone(),
                 cert_pem: std::fs::read(cert).map_err(io_err(cert))?,
+                key_path: key.clone(),
                 key_pem: std::fs::read(key).map_err(io_err(key))?,
-                client_ca_pem,
+                client_ca,
                 mode,
             })
         }
     }
 }
 
-fn rustls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
-    let (cert, key) = match &config.tls {
-        TlsSource::Dev => {
-            let dir = config.data_dir.join("dev");
-            (dir.join("server.pem"), dir.join("server.key"))
-        }
-        TlsSource::Files { cert, key, .. } => (cert.clone(), key.clone()),
-    };
-    let client_auth = match &config.tls {
-        TlsSource::Files {
-            client_ca: Some(ca),
-            ..
-        } => ClientAuth::Required(Arc::new(tls::load_roots(ca)?)),
-        _ => ClientAuth::None,
+fn rustls_config(m: &TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
+    let client_auth = match &m.client_ca {
+        Some((path, pem)) => ClientAuth::Required(Arc::new(tls::roots_from_pem(pem, path)?)),
+        None => ClientAuth::None,
     };
     Ok(tls::server_config(
-        tls::load_certs(&cert)?,
-        tls::load_key(&key)?,
+        tls::certs_from_pem(&m.cert_pem, &m.cert_path)?,
+        tls::key_from_pem(&m.key_pem, &m.key_path)?,
         &client_auth,
         &[vantage_proto::TELEMETRY_ALPN],
     )?)
@@ -158,7 +155,7 @@ pub struct Bound {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
     let material = tls_material(&config)?;
-    let quic_tls = rustls_config(&config)?;
+    let quic_tls = rustls_config(&material)?;
     let url = config
         .database_url
         .clone()
@@ -299,7 +296,7 @@ async fn grpc_server(
         .build_v1alpha()
         .map_err(|e| StartError::Grpc(e.to_string()))?;
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
-    if let Some(ca) = &m.client_ca_pem {
+    if let Some((_, ca)) = &m.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(ca));
     }
     let router = tonic::transport::Server::builder()

@@ -48,13 +48,17 @@ pub fn install_crypto_provider() {
 
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(io_err(path))?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+    certs_from_pem(&std::fs::read(path).map_err(io_err(path))?, path)
+}
+
+/// Every certificate of PEM text read from `source` (named in errors).
+pub fn certs_from_pem(pem: &[u8], source: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsError::Pem {
-            path: path.to_owned(),
+            path: source.to_owned(),
             what: "certificate",
         });
     }
@@ -63,17 +67,26 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the first private key of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = std::fs::read(path).map_err(io_err(path))?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Pem {
-        path: path.to_owned(),
+    key_from_pem(&std::fs::read(path).map_err(io_err(path))?, path)
+}
+
+/// The first private key of PEM text read from `source`.
+pub fn key_from_pem(pem: &[u8], source: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|_| TlsError::Pem {
+        path: source.to_owned(),
         what: "private key",
     })
 }
 
 /// A root store holding the certificates of a PEM file.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots_from_pem(&std::fs::read(path).map_err(io_err(path))?, path)
+}
+
+/// A root store holding the certificates of PEM text read from `source`.
+pub fn roots_from_pem(pem: &[u8], source: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for c in load_certs(path)? {
+    for c in certs_from_pem(pem, source)? {
         roots.add(c)?;
     }
     Ok(roots)

@@ -112,6 +112,31 @@ pub fn table_of(routes: &Value) -> &Value {
     routes.get("table").unwrap_or(&Value::Null)
 }
 
+/// Node ids of the upstream candidates of route `stream` (best first) in a
+/// `/v1/routes/{id}` answer; empty when the table has no such route.
+pub fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
+    table_of(routes)
+        .get("streams")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))
+        })
+        .and_then(|r| r.get("upstreams"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|u| u["node_id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first upstream candidate of route `stream`, if any.
+pub fn first_upstream(routes: &Value, stream: &str) -> Option<String> {
+    upstreams(routes, stream).into_iter().next()
+}
+
 /// The weight-set version a route table was planned with.
 pub fn table_weights_version(routes: &Value) -> Option<u64> {
     as_u64(field(table_of(routes), "weights_version"))

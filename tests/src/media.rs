@@ -101,3 +101,40 @@ pub fn stream_role(node: &Value, stream: &str) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_owned)
 }
+
+/// Waits (up to 30 s) until `consumer` holds an ACKed table whose first
+/// upstream of `stream` is `upstream`; panics with the publisher's log
+/// otherwise (a dead publisher is the usual cause). Returns the version.
+pub async fn wait_routed_through(
+    s: &crate::Scheduler,
+    consumer: &crate::Agent,
+    stream: &str,
+    upstream: &str,
+    publisher: &mut Publisher,
+) -> u64 {
+    let routed = crate::eventually::try_eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &mut || async {
+            let (version, routes) = crate::cluster::acked_version(s, consumer).await?;
+            let ups = crate::cluster::upstreams(&routes, stream);
+            if ups.first().map(String::as_str) == Some(upstream) {
+                Ok(version)
+            } else {
+                Err(format!(
+                    "{} v{version}: upstreams {ups:?}",
+                    consumer.node_id()
+                ))
+            }
+        },
+    )
+    .await;
+    publisher.assert_running();
+    routed.unwrap_or_else(|e| {
+        panic!(
+            "{upstream} never became {}'s upstream: {e}\n{}",
+            consumer.node_id(),
+            publisher.tail()
+        )
+    })
+}

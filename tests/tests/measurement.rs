@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use vantage_tests::cluster::{table_of, wait_all_up};
+use vantage_tests::cluster::{first_upstream, table_of, wait_all_up};
 use vantage_tests::eventually::{eventually, eventually_every};
 use vantage_tests::http::{as_u64, field};
 use vantage_tests::impair::{Direction, ImpairHandle, Impairment, Jitter, Link, UdpImpair};
@@ -276,22 +276,6 @@ async fn reported_rtt_loss_and_jitter_match_the_injected_conditions() {
     let st = proxy.stats();
     eprintln!("proxy: {st}");
     assert!(st.upstream.dropped_loss > 0 && st.downstream.dropped_loss == 0);
-}
-
-/// The `node_id` of the first upstream of route `stream` in a
-/// `/v1/routes/{id}` answer.
-fn first_upstream(routes: &Value, stream: &str) -> Option<String> {
-    table_of(routes)
-        .get("streams")?
-        .as_array()?
-        .iter()
-        .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))?
-        .get("upstreams")?
-        .as_array()?
-        .first()?
-        .get("node_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
 }
 
 fn table_version(routes: &Value) -> u64 {

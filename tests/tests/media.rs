@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
-use vantage_tests::cluster::{acked_version, table_of, wait_all_up};
+use vantage_tests::cluster::{acked_version, first_upstream, table_of, wait_all_up};
 use vantage_tests::eventually::try_eventually_every;
 use vantage_tests::media::{Publisher, stream_role, tool};
 use vantage_tests::{Agent, Scheduler, eventually};
@@ -49,21 +49,6 @@ async fn run(prog: &Path, args: &[&str], limit: Duration) -> Output {
             prog.display()
         ),
     }
-}
-
-/// The `node_id` of the first upstream of `stream` in a `/v1/routes` answer.
-fn first_upstream(routes: &Value, stream: &str) -> Option<String> {
-    table_of(routes)
-        .get("streams")?
-        .as_array()?
-        .iter()
-        .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))?
-        .get("upstreams")?
-        .as_array()?
-        .first()?
-        .get("node_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
 }
 
 struct Setup {

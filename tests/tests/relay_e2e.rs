@@ -17,32 +17,14 @@
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vantage_shared::flv::{DEFAULT_MAX_TAG_SIZE, Demuxer};
 use vantage_shared::group::{DEFAULT_PRECISION, geohash};
-use vantage_tests::cluster::{acked_version, table_of, wait_all_up};
+use vantage_tests::cluster::{acked_version, upstreams, wait_all_up};
 use vantage_tests::eventually::try_eventually_every;
-use vantage_tests::media::{Publisher, stream_role, tool};
+use vantage_tests::media::{Publisher, stream_role, tool, wait_routed_through};
 use vantage_tests::{Agent, Scheduler, eventually};
 
 const STREAM: &str = "live/x";
-
-/// Node ids of the upstreams of `stream` in a `/v1/routes` answer.
-fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
-    table_of(routes)
-        .get("streams")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))
-        })
-        .and_then(|r| r.get("upstreams"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|u| u["node_id"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The upstream B's `/v1/status` shows in use for `stream`.
 fn status_upstream(status: &Value, stream: &str) -> Option<String> {
@@ -71,53 +53,21 @@ struct Seen {
     ended: bool,
 }
 
-/// Incremental FLV tag parser over an HTTP body.
-struct FlvParser {
-    buf: Vec<u8>,
-    header_done: bool,
-}
+/// Tags of an HTTP-FLV body as (type code, timestamp, keyframe), through
+/// the project's own demuxer.
+struct FlvParser(Demuxer);
 
 impl FlvParser {
     fn new() -> Self {
-        FlvParser {
-            buf: Vec::new(),
-            header_done: false,
-        }
+        FlvParser(Demuxer::new(DEFAULT_MAX_TAG_SIZE))
     }
 
-    /// Feeds bytes; returns complete tags (kind, timestamp, keyframe).
     fn feed(&mut self, data: &[u8]) -> Result<Vec<(u8, u32, bool)>, String> {
-        self.buf.extend_from_slice(data);
+        self.0.push(data);
         let mut out = Vec::new();
-        let mut pos = 0;
-        if !self.header_done {
-            if self.buf.len() < 13 {
-                return Ok(out);
-            }
-            if &self.buf[..3] != b"FLV" {
-                return Err(format!("no FLV signature: {:?}", &self.buf[..3]));
-            }
-            let offset = u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]);
-            pos = offset as usize + 4;
-            self.header_done = true;
+        while let Some(t) = self.0.next_tag().map_err(|e| e.to_string())? {
+            out.push((t.kind.code(), t.timestamp_ms, t.is_keyframe()));
         }
-        while self.buf.len() >= pos + 11 {
-            let h = &self.buf[pos..pos + 11];
-            let kind = h[0] & 0x1f;
-            let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
-            let ts = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
-            if !matches!(kind, 8 | 9 | 18) {
-                return Err(format!("bad tag type {kind} at byte {pos}"));
-            }
-            let end = pos + 11 + size + 4;
-            if self.buf.len() < end {
-                break;
-            }
-            let keyframe = kind == 9 && size > 0 && self.buf[pos + 11] >> 4 == 1;
-            out.push((kind, ts, keyframe));
-            pos = end;
-        }
-        self.buf.drain(..pos.min(self.buf.len()));
         Ok(out)
     }
 }
@@ -421,24 +371,7 @@ async fn cmcd_from_query_and_headers_reaches_the_scheduler_per_group() {
         .await;
     wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
     let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
-    let routed = try_eventually_every(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        &mut || async {
-            let (version, routes) = acked_version(&s, &b).await?;
-            let ups = upstreams(&routes, STREAM);
-            if ups.first().map(String::as_str) == Some(A) {
-                Ok(version)
-            } else {
-                Err(format!("{B} v{version}: upstreams {ups:?}"))
-            }
-        },
-    )
-    .await;
-    publisher.assert_running();
-    if let Err(e) = routed {
-        panic!("{A} never became {B}'s upstream: {e}\n{}", publisher.tail());
-    }
+    wait_routed_through(&s, &b, STREAM, A, &mut publisher).await;
 
     // Berlin viewer: CMCD in the query. Munich viewer: CMCD in headers.
     let (berlin, munich) = ((52.52, 13.405), (48.137, 11.575));
@@ -533,36 +466,18 @@ async fn first_coded_video_tag(url: &str, limit: Duration) -> Result<(Duration, 
     if !resp.status().is_success() {
         return Err(format!("play {url}: HTTP {}", resp.status()));
     }
-    let mut buf: Vec<u8> = Vec::new();
-    let mut pos = 0usize;
-    let mut header_done = false;
+    let mut demux = Demuxer::new(DEFAULT_MAX_TAG_SIZE);
     while t0.elapsed() < limit {
         let chunk = tokio::time::timeout(limit, resp.chunk())
             .await
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| format!("body: {e}"))?
             .ok_or("stream ended before a coded video tag")?;
-        buf.extend_from_slice(&chunk);
-        if !header_done {
-            if buf.len() < 13 {
-                continue;
+        demux.push(&chunk);
+        while let Some(tag) = demux.next_tag().map_err(|e| e.to_string())? {
+            if tag.is_video() && !tag.is_sequence_header() && !tag.is_end_of_sequence() {
+                return Ok((t0.elapsed(), tag.is_keyframe()));
             }
-            let offset = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
-            pos = offset as usize + 4;
-            header_done = true;
-        }
-        while buf.len() >= pos + 11 {
-            let kind = buf[pos] & 0x1f;
-            let size = u32::from_be_bytes([0, buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
-            if buf.len() < pos + 11 + size + 4 {
-                break;
-            }
-            let body = &buf[pos + 11..pos + 11 + size];
-            // AVC: frame type in the high nibble, packet type 1 = NALUs.
-            if kind == 9 && body.len() >= 2 && body[1] == 1 {
-                return Ok((t0.elapsed(), body[0] >> 4 == 1));
-            }
-            pos += 11 + size + 4;
         }
     }
     Err("no coded video tag in time".to_owned())
@@ -583,24 +498,7 @@ async fn new_viewers_start_at_a_keyframe_within_200_ms() {
     let b = Agent::builder(B, &s).at(50.1109, 8.6821).start().await;
     wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
     let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
-    let routed = try_eventually_every(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        &mut || async {
-            let (version, routes) = acked_version(&s, &b).await?;
-            let ups = upstreams(&routes, STREAM);
-            if ups.first().map(String::as_str) == Some(A) {
-                Ok(version)
-            } else {
-                Err(format!("{B} v{version}: upstreams {ups:?}"))
-            }
-        },
-    )
-    .await;
-    publisher.assert_running();
-    if let Err(e) = routed {
-        panic!("{A} never became {B}'s upstream: {e}\n{}", publisher.tail());
-    }
+    wait_routed_through(&s, &b, STREAM, A, &mut publisher).await;
     // A warm viewer on B keeps B's pull (and GOP cache) running.
     let (warm, warm_task) = spawn_reader(format!("{}/{STREAM}.flv", b.media_url()));
     eventually(Duration::from_secs(15), "B relays a GOP", || async {

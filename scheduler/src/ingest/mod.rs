@@ -9,8 +9,6 @@
 mod session;
 
 use crate::app::App;
-use crate::registry::NodeEntry;
-use crate::store::NodeRecord;
 use quinn::crypto::rustls::QuicServerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,21 +114,4 @@ pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
     );
     // Let close frames go out.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-}
-
-/// What the store keeps of a node.
-pub fn node_record(e: &NodeEntry) -> NodeRecord {
-    NodeRecord {
-        id: e.id.clone(),
-        region: e.info.region.clone(),
-        lat: e.info.coord.map(|c| c.lat).unwrap_or(0.0),
-        lon: e.info.coord.map(|c| c.lon).unwrap_or(0.0),
-        capacity_mbps: e.info.capacity_mbps,
-        public_url: e.info.public_url.clone(),
-        probe_addr: e.info.probe_addr.clone(),
-        credential_hash: e.credential_hash.clone(),
-        enrolled_at_ms: e.enrolled_at_ms,
-        last_seen_ms: e.last_report_ms.unwrap_or(e.enrolled_at_ms),
-        drained: e.draining,
-    }
 }

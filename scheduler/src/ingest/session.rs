@@ -219,7 +219,7 @@ async fn session(
         );
     }
     // Enrollment must be durable before the agent is told its credential.
-    if let Some(rec) = app.registry.with(&node_id, crate::ingest::node_record) {
+    if let Some(rec) = app.registry.with(&node_id, NodeEntry::to_record) {
         let result = if matches!(admission, Admission::Enroll(_)) {
             app.store.upsert_node(&rec).await.map_err(|e| e.to_string())
         } else {
