@@ -11,8 +11,11 @@
 //! Slow viewers: the queue of a viewer is the part of the ring between its
 //! cursor and the newest tag, measured in media time. When that exceeds
 //! `max_lag` (or the ring dropped the cursor's tag), the viewer *overflows*:
-//! it skips to the newest keyframe if that is at most `max_lag / 2` old,
-//! otherwise it waits for the next keyframe; `overflow_limit` overflows
+//! it skips to the newest keyframe if that is younger than `max_lag`,
+//! otherwise (a GOP longer than the bound) it waits for the next keyframe.
+//! Waiting would freeze the picture for up to a GOP while the stream moves
+//! on, so the newest keyframe is preferred even if it is most of a GOP old:
+//! the viewer's delay stays below `max_lag` either way. `overflow_limit` overflows
 //! within `overflow_window` disconnect it. The time a tag spends in hyper's
 //! buffer (≤ 8 KiB + one batch) and in the kernel (bounded by
 //! `TCP_NOTSENT_LOWAT`) adds to that bound, nothing else does.
@@ -144,11 +147,15 @@ impl Player {
                         if self.overflow(now) {
                             return Step::Kick;
                         }
+                        // The newest keyframe puts the viewer back inside
+                        // the bound at once; only one as old as the bound
+                        // itself (a GOP longer than the bound) is useless,
+                        // and then the next keyframe is the way back.
                         let target = ring.newest_start().filter(|&s| {
                             s > c
                                 && ring
                                     .ts_of(s)
-                                    .is_some_and(|ts| head - ts <= self.policy.max_lag_ms / 2)
+                                    .is_some_and(|ts| head - ts < self.policy.max_lag_ms)
                         });
                         self.last_ts = Some(head);
                         self.cursor = match target {
@@ -601,6 +608,51 @@ mod tests {
         }
         assert!(kicked);
         assert_eq!(p.skips, 3);
+    }
+
+    /// Falls `behind_ms` behind on a stream with keyframes every `gop_ms`;
+    /// returns the timestamp of the first tag sent after the overflow.
+    fn resume_after_overflow(gop_ms: i64, behind_ms: i64) -> Option<i64> {
+        let mut r = Ring::new(CacheLimits {
+            retain_ms: 10_000,
+            max_tags: 10_000,
+            ..limits()
+        });
+        r.set_header(FileHeader {
+            has_audio: false,
+            has_video: true,
+        });
+        let t0 = Instant::now();
+        let mut p = Player::new(policy());
+        r.push(video(0, true));
+        batch(p.step(&mut r, t0));
+        let mut ts = 0;
+        while ts < behind_ms {
+            ts += 20;
+            r.push(video(ts, ts % gop_ms == 0));
+        }
+        match p.step(&mut r, t0) {
+            Step::Batch { bufs, .. } => {
+                assert_eq!(p.skips, 1);
+                // The resumed tag's timestamp (FLV: 24 bits + 8 extended).
+                bufs.iter()
+                    .find(|b| b.len() > 11 && b[0] == 9 && b[11] == 0x17)
+                    .map(|b| i64::from(u32::from_be_bytes([b[7], b[4], b[5], b[6]])))
+            }
+            Step::Wait => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_overflow_resumes_at_the_newest_keyframe_even_late_in_a_gop() {
+        // 1.5 s GOP, 2.9 s behind: the newest keyframe (1500 ms) is 1.4 s
+        // old, more than half the 2 s bound; waiting for the next one would
+        // freeze the picture for 100 ms and leave the viewer 3 s behind.
+        assert_eq!(resume_after_overflow(1500, 2900), Some(1500));
+        // A GOP longer than the bound: the newest keyframe (0) is as old as
+        // the lag itself, so the viewer waits for the next keyframe.
+        assert_eq!(resume_after_overflow(5000, 2500), None);
     }
 
     #[test]
