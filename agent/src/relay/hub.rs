@@ -267,15 +267,27 @@ impl Ring {
         p
     }
 
-    /// Media held from the newest start point to the newest tag, ms.
+    /// GOP cache duration, ms: media from the newest start point to the
+    /// newest tag, or the last complete GOP if that is longer. The partial
+    /// GOP alone is a sawtooth (0 right after each keyframe), which sampled
+    /// once per report would read as an empty cache at a healthy node.
     pub fn gop_ms(&self) -> i64 {
-        match (
-            self.newest_start().and_then(|s| self.ts_of(s)),
-            self.head_ts,
-        ) {
+        let ts = |s: &Start| self.ts_of(s.seq);
+        let newest = self.starts.back().and_then(ts);
+        let partial = match (newest, self.head_ts) {
             (Some(s), Some(h)) => (h - s).max(0),
             _ => 0,
-        }
+        };
+        let previous = self
+            .starts
+            .len()
+            .checked_sub(2)
+            .and_then(|i| self.starts.get(i));
+        let complete = match (previous.and_then(ts), newest) {
+            (Some(p), Some(n)) => (n - p).max(0),
+            _ => 0,
+        };
+        partial.max(complete)
     }
 
     pub fn len(&self) -> usize {
@@ -379,6 +391,25 @@ pub(crate) mod tests {
         let p = r.prefix(51, true);
         assert_eq!(p.len(), 1, "the AVC sequence header");
         assert_eq!(&p[0][4..7], &[0, 0x07, 0xD0], "restamped to 2000 ms");
+    }
+
+    #[test]
+    fn the_gop_cache_reads_a_whole_gop_right_after_a_keyframe() {
+        let mut r = Ring::new(limits());
+        r.push(avc_config(0));
+        for i in 0..=25 {
+            r.push(video(i * 40, i % 25 == 0));
+        }
+        // Keyframes at 0 and 1000; the partial GOP is 0 ms long.
+        assert_eq!(r.gop_ms(), 1000, "the last complete GOP");
+        for i in 26..40 {
+            r.push(video(i * 40, false));
+        }
+        assert_eq!(r.gop_ms(), 1000, "max(partial 560, complete 1000)");
+        for i in 40..70 {
+            r.push(video(i * 40, false));
+        }
+        assert_eq!(r.gop_ms(), 1760, "a GOP growing past the last one");
     }
 
     #[test]

@@ -224,6 +224,7 @@ async fn pull_loop(
                 let timeouts = Timeouts {
                     first: cfg.connect_timeout,
                     stall: cfg.stall_timeout,
+                    coalesce: cfg.write_coalesce,
                 };
                 let stop = watch_stop(
                     relay,

@@ -1,6 +1,8 @@
 //! Drives one source connection (a publisher's request body or an
 //! upstream's response body) into a stream: demux, splice, publish, with a
-//! stall timer and a short wake-up coalescing window for audio.
+//! stall timer and wake-up coalescing: viewers are woken on video tags, at
+//! most once per `Timeouts::coalesce`, and audio-only batches wait up to
+//! [`FLUSH_DELAY`] for a video tag — fewer, larger writes per viewer.
 
 use super::ingest::Session;
 use super::stream::{Stream, lock};
@@ -49,6 +51,8 @@ pub struct Timeouts {
     pub first: Duration,
     /// Between bytes afterwards.
     pub stall: Duration,
+    /// Shortest time between two wake-ups of the stream's viewers.
+    pub coalesce: Duration,
 }
 
 /// The next frame of a body (cancel-safe).
@@ -70,9 +74,10 @@ pub async fn drive(
     let mut stop = pin!(stop);
     let mut out = Vec::new();
     let mut deadline = Instant::now() + timeouts.first;
-    let mut unflushed: Option<Instant> = None;
+    // Tags published but not yet announced to viewers: wake them by then.
+    let mut flush_at: Option<Instant> = None;
+    let mut last_wake: Option<Instant> = None;
     loop {
-        let flush_at = unflushed.map(|t| t + FLUSH_DELAY);
         tokio::select! {
             biased;
             reason = &mut stop => return End::Stopped(reason),
@@ -83,7 +88,8 @@ pub async fn drive(
                     Some(Ok(None)) => continue,
                     Some(Ok(Some(d))) => d,
                 };
-                deadline = Instant::now() + timeouts.stall;
+                let now = Instant::now();
+                deadline = now + timeouts.stall;
                 stream.count_ingress(data.len());
                 let result = {
                     let mut tl = lock(&stream.timeline);
@@ -92,13 +98,18 @@ pub async fn drive(
                 let header = session.take_header();
                 if header.is_some() || !out.is_empty() {
                     let urgent = out.iter().any(|o| o.urgent);
-                    if !stream.deliver(generation, header, &mut out, urgent) {
+                    // The earliest this batch may wake viewers.
+                    let window = last_wake.map_or(now, |t| t + timeouts.coalesce);
+                    let wake = urgent && window <= now;
+                    if !stream.deliver(generation, header, &mut out, wake) {
                         return End::Replaced;
                     }
-                    if urgent {
-                        unflushed = None;
-                    } else if unflushed.is_none() {
-                        unflushed = Some(Instant::now());
+                    if wake {
+                        last_wake = Some(now);
+                        flush_at = None;
+                    } else {
+                        let due = if urgent { window } else { window.max(now + FLUSH_DELAY) };
+                        flush_at = Some(flush_at.map_or(due, |f| f.min(due)));
                     }
                 }
                 if let Err(e) = result {
@@ -111,7 +122,8 @@ pub async fn drive(
             }
             _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
                 stream.flush();
-                unflushed = None;
+                last_wake = Some(Instant::now());
+                flush_at = None;
             }
         }
     }
