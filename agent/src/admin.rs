@@ -1,5 +1,6 @@
 //! Admin HTTP server (default `127.0.0.1:8081`): `/healthz`, `/readyz`
-//! (200 iff a route table is held, from the scheduler or from disk),
+//! (200 iff a route table is held, from the scheduler or from disk, and the
+//! agent is not draining),
 //! `/metrics` and `/v1/status` (including the relay's streams, viewers,
 //! upstreams and lags).
 
@@ -27,6 +28,7 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub probe: crate::probe::ProbeStatus,
     pub relay: crate::relay::Relay,
+    pub drain: crate::drain::Drain,
 }
 
 /// `/v1/status` body.
@@ -116,7 +118,14 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.tables.borrow().is_some() {
+    if s.drain.is_draining() {
+        // Load balancers and Kubernetes take a draining agent out of rotation.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response()
+    } else if s.tables.borrow().is_some() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         (

@@ -190,10 +190,21 @@ pub struct Settings {
     #[arg(long, value_name = "MS")]
     pub relay_idle_timeout_ms: Option<u64>,
 
+    /// Relay: viewers are woken at most once per this window, so tags
+    /// arriving in between go out in one write (0..=500; 0 = every video tag)
+    /// [default: 50].
+    #[arg(long, value_name = "MS")]
+    pub relay_write_coalesce_ms: Option<u64>,
+
     /// Relay: bytes of media held per stream (GOP cache and viewer queues)
     /// [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub relay_cache_max_bytes: Option<u64>,
+
+    /// Drain on SIGTERM: longest wait for viewers to leave before exiting
+    /// (0..=3600 s) [default: 30].
+    #[arg(long, value_name = "S")]
+    pub drain_grace_s: Option<u64>,
 }
 
 impl Settings {
@@ -232,7 +243,11 @@ impl Settings {
                 .or(lower.relay_overflow_disconnect),
             relay_stall_timeout_ms: self.relay_stall_timeout_ms.or(lower.relay_stall_timeout_ms),
             relay_idle_timeout_ms: self.relay_idle_timeout_ms.or(lower.relay_idle_timeout_ms),
+            relay_write_coalesce_ms: self
+                .relay_write_coalesce_ms
+                .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
+            drain_grace_s: self.drain_grace_s.or(lower.drain_grace_s),
         }
     }
 
@@ -411,6 +426,14 @@ impl Settings {
             )));
         }
 
+        let drain_grace = match self.drain_grace_s {
+            Some(s) if s > 3600 => {
+                return Err(invalid(format!("--drain-grace-s {s} is outside 0..=3600")));
+            }
+            Some(s) => Duration::from_secs(s),
+            None => crate::drain::DEFAULT_GRACE,
+        };
+
         let mut origins = Vec::with_capacity(self.origin.len());
         for o in &self.origin {
             origins.push(parse_origin(o)?);
@@ -439,6 +462,7 @@ impl Settings {
             origins,
             log_format: self.log_format.unwrap_or_default(),
             relay,
+            drain_grace,
         })
     }
 
@@ -477,6 +501,12 @@ impl Settings {
             self.relay_idle_timeout_ms,
             100..=86_400_000,
             &mut r.idle_timeout,
+        )?;
+        ms(
+            "relay-write-coalesce-ms",
+            self.relay_write_coalesce_ms,
+            0..=500,
+            &mut r.write_coalesce,
         )?;
         if let Some(n) = self.relay_overflow_disconnect {
             if n == 0 {
@@ -552,6 +582,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Media relay settings (`relay_*` keys).
     pub relay: RelayConfig,
+    /// Longest drain after SIGTERM (`drain_grace_s`).
+    pub drain_grace: Duration,
 }
 
 impl Config {

@@ -13,6 +13,7 @@
 //! * [`relay`] — HTTP-FLV media relay: publish, play, pull, fan-out, failover.
 //! * [`probe`] — UDP path probes (responder + prober) to the table's targets.
 //! * [`viewer`] — `TCP_INFO` of viewer sockets, aggregated per client group.
+//! * [`drain`] — graceful drain on SIGTERM (announce, refuse newcomers).
 //! * [`admin`] — `/healthz`, `/readyz`, `/metrics`, `/v1/status`.
 //! * [`metrics`] — `vantage_agent_*` Prometheus metrics.
 //!
@@ -27,6 +28,7 @@
 pub mod admin;
 pub mod config;
 mod disk;
+pub mod drain;
 pub mod identity;
 pub mod load;
 pub mod metrics;
@@ -121,6 +123,7 @@ pub struct Agent {
     viewers: viewer::ViewerStats,
     media: tokio::net::TcpListener,
     relay: relay::Relay,
+    drain: drain::Drain,
     quic: quinn::ClientConfig,
     grpc_tls: tonic::transport::ClientTlsConfig,
 }
@@ -225,6 +228,8 @@ impl Agent {
             relay::metrics::RelayMetrics::register(&mut registry),
         );
         relay.set_viewer_stats(viewers.clone());
+        let drain = drain::Drain::new(config.drain_grace);
+        relay.set_drain(drain.clone());
         Ok(Agent {
             registry: Arc::new(registry),
             metrics,
@@ -238,6 +243,7 @@ impl Agent {
             viewers,
             media,
             relay,
+            drain,
             quic,
             grpc_tls,
             config,
@@ -272,6 +278,11 @@ impl Agent {
     /// The media relay (status, report source).
     pub fn relay(&self) -> relay::Relay {
         self.relay.clone()
+    }
+
+    /// The drain handle: start it to drain (see [`drain`]).
+    pub fn drain(&self) -> drain::Drain {
+        self.drain.clone()
     }
 
     /// The bound admin address (useful with port 0).
@@ -314,6 +325,7 @@ impl Agent {
             self.alerts_rx,
             self.metrics.clone(),
         );
+        telemetry.set_drain(self.drain.clone());
         let reachable = {
             let routes = route_client.status();
             let session = telemetry.status();
@@ -347,6 +359,7 @@ impl Agent {
             registry: self.registry.clone(),
             probe: probe.status(),
             relay: self.relay.clone(),
+            drain: self.drain.clone(),
         };
         info!(
             node_id = %c.node_id,

@@ -1,17 +1,28 @@
 //! `vantage-agent`: parse the configuration, set up logging, run the agent
-//! until SIGINT/SIGTERM, then shut down within a grace period.
+//! until SIGTERM/SIGINT, then drain and shut down.
+//!
+//! The first signal starts a graceful drain ([`vantage_agent::drain`]): the
+//! scheduler is told, new viewers are refused, and the process waits until
+//! the viewers have left or `--drain-grace-s` has passed; then every
+//! component stops (within [`SHUTDOWN_GRACE`]) and the process exits 0. A
+//! second signal skips what is left of the drain and exits at once.
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use vantage_agent::Agent;
 use vantage_agent::config::{Config, ConfigError, LogFormat};
+use vantage_agent::drain::DrainEnd;
 
-/// How long shutdown may take before the process exits anyway.
+/// How long stopping the components may take (after the drain) before the
+/// process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a second signal: time for the QUIC close frame to leave.
+const FORCED_EXIT_GRACE: Duration = Duration::from_millis(300);
 
 fn main() -> ExitCode {
     let config = match Config::load() {
@@ -33,7 +44,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Tasks still running (a forced exit) are dropped, not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vantage-agent: {}", one_line(&e));
@@ -68,41 +82,89 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let agent = Agent::bind(config, Registry::default())
         .await
         .context("startup")?;
+    let drain = agent.drain();
+    let relay = agent.relay();
     let cancel = CancellationToken::new();
     let run = agent.run(cancel.clone());
     tokio::pin!(run);
-    tokio::select! {
+    let signal = tokio::select! {
         r = &mut run => return r.context("agent"),
-        s = shutdown_signal() => {
-            s.context("installing signal handlers")?;
-            tracing::info!("shutdown requested");
+        s = signals.next() => s,
+    };
+
+    drain.start();
+    info!(
+        signal,
+        grace = ?drain.grace(),
+        viewers = relay.viewer_count(),
+        "draining: refusing new viewers, waiting for connected ones to leave (a second signal exits at once)"
+    );
+    let forced = tokio::select! {
+        r = &mut run => return r.context("agent"),
+        end = drain.wait_idle(&relay) => {
+            match end {
+                DrainEnd::Idle => info!(announced = drain.announced(), "drained: no viewer left"),
+                DrainEnd::GraceExpired { viewers } => warn!(
+                    viewers,
+                    grace = ?drain.grace(),
+                    "drain grace period over; disconnecting the remaining viewers"
+                ),
+            }
+            false
         }
-    }
+        s = signals.next() => {
+            warn!(signal = s, viewers = relay.viewer_count(), "second signal: exiting now");
+            true
+        }
+    };
+
     cancel.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, run).await {
-        Ok(r) => r.context("agent"),
-        Err(_) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace period expired; exiting");
+    let limit = if forced {
+        FORCED_EXIT_GRACE
+    } else {
+        SHUTDOWN_GRACE
+    };
+    tokio::select! {
+        r = tokio::time::timeout(limit, &mut run) => match r {
+            Ok(r) => r.context("agent"),
+            Err(_) => {
+                if !forced {
+                    warn!(grace = ?limit, "components did not stop in time; exiting");
+                }
+                Ok(())
+            }
+        },
+        s = signals.next() => {
+            warn!(signal = s, "second signal: exiting now");
             Ok(())
         }
     }
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }

@@ -1,4 +1,11 @@
 //! `vantage-scheduler` binary: configuration, logging, signals.
+//!
+//! SIGTERM or SIGINT stops the scheduler cleanly: listeners stop accepting,
+//! agents' telemetry connections are closed with `SHUTTING_DOWN` (they keep
+//! their route tables and reconnect with backoff), route streams end, the
+//! batched store writer is flushed and the database closed; exit status 0.
+//! A second signal exits at once with status 1 (queued store writes may be
+//! lost).
 
 use anyhow::Context;
 use clap::Parser;
@@ -67,6 +74,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             wait_for_signal().await;
             signals.cancel();
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting without finishing the shutdown");
+            std::process::exit(1);
         });
         vantage_scheduler::server::run(config, shutdown)
             .await

@@ -89,6 +89,10 @@ pub struct RelayConfig {
     pub stall_lag: Duration,
     /// Longest `X-Vantage-Via` chain accepted. 8.
     pub max_hops: usize,
+    /// Viewers are woken at most once per this window (tags arriving in
+    /// between go out together in one write). Fewer, larger writes cost
+    /// far less per viewer; the window adds at most this much delay. 50 ms.
+    pub write_coalesce: Duration,
 }
 
 impl Default for RelayConfig {
@@ -108,6 +112,7 @@ impl Default for RelayConfig {
             notsent_lowat: 32 * 1024,
             stall_lag: Duration::from_secs(1),
             max_hops: 8,
+            write_coalesce: Duration::from_millis(50),
         }
     }
 }
@@ -172,6 +177,8 @@ struct Shared {
     next_viewer: AtomicU64,
     cancel: CancellationToken,
     viewer_stats: OnceLock<ViewerStats>,
+    /// Set by the agent; while draining, new viewers are refused (server.rs).
+    drain: OnceLock<crate::drain::Drain>,
 }
 
 /// The relay; cheap to clone.
@@ -229,6 +236,7 @@ impl Relay {
                 next_viewer: AtomicU64::new(1),
                 cancel: CancellationToken::new(),
                 viewer_stats: OnceLock::new(),
+                drain: OnceLock::new(),
             }),
         }
     }

@@ -5,8 +5,11 @@
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
-//! | `GET /healthz` | 200 |
+//! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
 //! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
+//!
+//! While the agent drains ([`crate::drain`]), new play and publish requests
+//! get 503 with `Retry-After`; viewers already playing continue.
 //!
 //! Errors are JSON `{"error": "..."}`. Stream keys are validated with
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
@@ -43,6 +46,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// at most this long / this many bytes so the client can read the answer.
 const DRAIN_TIME: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 1 << 20;
+/// `Retry-After` (seconds) of requests refused while draining.
+const DRAIN_RETRY_AFTER: &str = "5";
 /// hyper's smallest connection buffer: keeps at most ~8 KiB plus one batch
 /// queued in user space per viewer.
 const CONN_BUF: usize = 8192;
@@ -122,6 +127,25 @@ pub async fn accept_loop(
 }
 
 impl Relay {
+    /// Refuse new viewers and publishers from when `drain` starts (once;
+    /// later calls are ignored).
+    pub fn set_drain(&self, drain: crate::drain::Drain) {
+        let _ = self.inner.drain.set(drain);
+    }
+
+    /// Whether the agent is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .drain
+            .get()
+            .is_some_and(crate::drain::Drain::is_draining)
+    }
+
+    /// Viewers connected now (downstream agents' pulls included).
+    pub fn viewer_count(&self) -> i64 {
+        self.metrics().viewers.get()
+    }
+
     async fn serve_conn(self, sock: TcpStream, peer: SocketAddr, token: CancellationToken) {
         let _ = sock.set_nodelay(true);
         let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.config().notsent_lowat);
@@ -157,10 +181,15 @@ impl Relay {
         let (kind, resp) = if method == Method::OPTIONS {
             ("other", preflight())
         } else if path == "/healthz" && method == Method::GET {
-            (
-                "other",
-                json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            )
+            let resp = if self.is_draining() {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "draining"}),
+                )
+            } else {
+                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            };
+            ("other", resp)
         } else if path == "/v1/cmcd" {
             if method == Method::POST {
                 ("cmcd", self.beacon(req).await)
@@ -170,6 +199,17 @@ impl Relay {
         } else if let Some(key) = stream_key(&path) {
             match key {
                 Err(e) => ("other", error(StatusCode::BAD_REQUEST, e)),
+                Ok(key)
+                    if self.is_draining()
+                        && matches!(method, Method::GET | Method::POST | Method::PUT) =>
+                {
+                    let kind = if method == Method::GET {
+                        "play"
+                    } else {
+                        "publish"
+                    };
+                    (kind, draining(self.node_id(), &key))
+                }
                 Ok(key) => match method {
                     Method::GET => ("play", self.play(req, key, conn).await),
                     Method::POST | Method::PUT => ("publish", self.publish(req, key, peer).await),
@@ -362,6 +402,7 @@ impl Relay {
         let timeouts = Timeouts {
             first: self.config().publish_timeout,
             stall: self.config().publish_timeout,
+            coalesce: self.config().write_coalesce,
         };
         let stop = async {
             cancel.cancelled().await;
@@ -485,6 +526,22 @@ impl Drop for PublishGuard<'_> {
             info!(stream = %self.stream.key, "publisher went away");
         }
     }
+}
+
+/// 503 for a request that would start a new viewer or publish while the
+/// agent drains.
+fn draining(node_id: &str, key: &StreamKey) -> Resp {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{node_id} is draining and accepts no new viewers or publishers of {key}; retry via the scheduler"
+        ),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(DRAIN_RETRY_AFTER),
+    );
+    r
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {

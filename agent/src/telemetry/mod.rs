@@ -9,6 +9,10 @@
 //! exponential backoff capped at 10 s, reset after a session that lived
 //! 10 s. Rejections are logged with their reason; `UNKNOWN_NODE` makes the
 //! agent forget its credential and enroll again with its token.
+//!
+//! When the agent drains ([`crate::drain`]), the client sends
+//! `AgentControl{draining}` with the grace left on the control stream, at
+//! once and again right after every later Welcome, and keeps reporting.
 
 pub mod alert;
 mod session;
@@ -152,6 +156,7 @@ pub struct TelemetryClient {
     metrics: Metrics,
     report_seq: u64,
     alert_seq: u64,
+    drain: crate::drain::Drain,
 }
 
 /// How a session ended.
@@ -169,6 +174,11 @@ pub(crate) enum Outcome {
 }
 
 impl TelemetryClient {
+    /// Announce draining to the scheduler when `drain` starts.
+    pub fn set_drain(&mut self, drain: crate::drain::Drain) {
+        self.drain = drain;
+    }
+
     /// Adds a contributor to every report.
     pub fn add_source(&mut self, source: Arc<dyn ReportSource>) {
         self.sources.push(source);
@@ -204,6 +214,7 @@ impl TelemetryClient {
             metrics,
             report_seq: 0,
             alert_seq: 0,
+            drain: crate::drain::Drain::default(),
         }
     }
 

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 use vantage_proto::v1::{
-    AgentControl, Alert, ControlPath, Load, RejectReason, Report, SchedulerControl, TelemetryFrame,
-    Welcome, agent_control, scheduler_control, telemetry_frame,
+    AgentControl, Alert, ControlPath, Draining, Load, RejectReason, Report, SchedulerControl,
+    TelemetryFrame, Welcome, agent_control, scheduler_control, telemetry_frame,
 };
 use vantage_shared::clock::now_ms;
 use vantage_shared::close::CloseCode;
@@ -209,7 +209,7 @@ impl TelemetryClient {
             },
         };
         self.metrics.connect_result("welcomed");
-        let error = self.welcomed(conn, welcome, recv, cancel).await;
+        let error = self.welcomed(conn, welcome, send, recv, cancel).await;
         match error {
             None => Outcome::Shutdown,
             Some(error) => Outcome::Ended {
@@ -224,6 +224,7 @@ impl TelemetryClient {
         &mut self,
         conn: &quinn::Connection,
         welcome: Welcome,
+        mut ctl_send: quinn::SendStream,
         recv: quinn::RecvStream,
         cancel: &CancellationToken,
     ) -> Option<TelemetryError> {
@@ -262,6 +263,9 @@ impl TelemetryClient {
         let mut tables_open = true;
         self.tables.mark_unchanged();
         let mut tick = ticker(interval_ms, Instant::now());
+        // Draining is announced once per session (a new session repeats it).
+        let drain = self.drain.clone();
+        let mut announced = false;
 
         loop {
             let mut new_interval = None;
@@ -277,6 +281,19 @@ impl TelemetryClient {
                     if let Some(e) = self.send_report(&mut uni, conn, max_frame).await {
                         return Some(e);
                     }
+                }
+                _ = drain.started(), if !announced => {
+                    announced = true;
+                    let grace_period_ms =
+                        u32::try_from(drain.remaining().as_millis()).unwrap_or(u32::MAX);
+                    let msg = AgentControl {
+                        kind: Some(agent_control::Kind::Draining(Draining { grace_period_ms })),
+                    };
+                    if let Err(e) = frame::write(&mut ctl_send, &msg).await {
+                        return Some(e.into());
+                    }
+                    drain.mark_announced();
+                    info!(grace_period_ms, "announced draining to the scheduler");
                 }
                 msg = ctl_rx.recv(), if ctl_open => match msg {
                     Some(SchedulerControl { kind: Some(scheduler_control::Kind::Settings(s)) }) => {

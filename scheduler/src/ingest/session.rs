@@ -77,7 +77,15 @@ pub async fn run(app: Arc<App>, conn: Connection) {
         })
         .and_then(|certs| certs.first().and_then(vantage_shared::tls::peer_node_id));
     let mut node_id: Option<String> = None;
-    let result = session(&app, &conn, peer_cn.as_deref(), &mut node_id).await;
+    let mut agent_drain = false;
+    let result = session(
+        &app,
+        &conn,
+        peer_cn.as_deref(),
+        &mut node_id,
+        &mut agent_drain,
+    )
+    .await;
     let orderly = match result {
         Ok(()) => {
             info!(node_id = ?node_id, "telemetry session ended by the agent");
@@ -103,13 +111,20 @@ pub async fn run(app: Arc<App>, conn: Connection) {
         }
     };
     if let Some(id) = node_id {
-        end_session(&app, &id, conn.stable_id(), orderly);
+        end_session(&app, &id, conn.stable_id(), orderly, agent_drain);
     }
 }
 
 /// Forgets the session (if still ours). An orderly close by the agent marks
 /// the node down at once; otherwise liveness decides from missed reports.
-fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool) {
+///
+/// A drain the agent announced itself (SIGTERM) lasts as long as that
+/// session: when it ends, however it ends, the node is down and no longer
+/// draining, so the restarted agent is eligible again. (A drain ordered
+/// through the API stays until an operator lifts it.) A still-draining agent
+/// that reconnects announces again.
+fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool, agent_drain: bool) {
+    let down = orderly || agent_drain;
     let now = now_ms();
     let ours = app
         .registry
@@ -121,7 +136,10 @@ fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool) {
                 .is_some_and(|c| c.stable_id() == conn_id);
             if ours {
                 e.session = None;
-                if orderly {
+                if agent_drain {
+                    e.draining = false;
+                }
+                if down {
                     e.state = NodeState::Down;
                     e.state_since_ms = now;
                 }
@@ -131,8 +149,23 @@ fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool) {
         .unwrap_or(false);
     if ours {
         app.metrics.telemetry_sessions.dec();
-        if orderly {
-            app.event(node_id, "down", "agent closed its session");
+        if let Some(r) = &app.recorder {
+            let how = if orderly { "orderly" } else { "lost" };
+            r.node(now, node_id, "disconnect", how, None);
+            if down {
+                r.node(now, node_id, "down", "session ended", None);
+            }
+        }
+        if agent_drain {
+            app.persist_node(node_id);
+        }
+        if down {
+            let why = if orderly {
+                "agent closed its session"
+            } else {
+                "draining agent's connection ended"
+            };
+            app.event(node_id, "down", why);
             app.trigger_replan();
         }
     }
@@ -143,6 +176,7 @@ async fn session(
     conn: &Connection,
     peer_cn: Option<&str>,
     node_id_out: &mut Option<String>,
+    agent_drain: &mut bool,
 ) -> Result<(), Closed> {
     let max = app.config.max_frame_bytes;
     let mut buf = Vec::new();
@@ -262,6 +296,9 @@ async fn session(
     if !credential.is_empty() {
         app.event(&node_id, "enrolled", &conn.remote_address().to_string());
     }
+    if let Some(r) = &app.recorder {
+        r.node(now, &node_id, "connect", &session_id, Some(&info));
+    }
     app.trigger_replan();
 
     let mut telemetry = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_uni()).await {
@@ -291,7 +328,11 @@ async fn session(
                 match msg {
                     Ok(Some(AgentControl { kind: Some(agent_control::Kind::Draining(d)) })) => {
                         info!(grace_ms = d.grace_period_ms, "agent announced draining");
+                        let by_operator = app.registry.with(&node_id, |e| e.draining).unwrap_or(false);
                         app.drain(&node_id, "agent");
+                        // Lifted when this session ends (see end_session),
+                        // unless an operator drained the node before.
+                        *agent_drain |= !by_operator;
                     }
                     Ok(Some(_)) => return Err(closed(CloseCode::ProtocolViolation, "unexpected control message")),
                     Ok(None) => {
@@ -333,6 +374,9 @@ fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Resu
         Some(telemetry_frame::Kind::Report(r)) => {
             validate::report(&r).map_err(|e| closed(CloseCode::InvalidValue, e.to_string()))?;
             let now = now_ms();
+            if let Some(rec) = &app.recorder {
+                rec.report(now, node_id, &r);
+            }
             let finished = app
                 .registry
                 .update(node_id, |e| e.apply_report(r, now))
@@ -371,6 +415,9 @@ fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Resu
                 .get_or_create(&crate::metrics::KindLabel { kind: kind.clone() })
                 .inc();
             app.registry.update(node_id, |e| e.alerts += 1);
+            if let Some(r) = &app.recorder {
+                r.alert(now_ms(), node_id, &kind, &a);
+            }
             app.event(
                 node_id,
                 &format!("alert:{kind}"),
