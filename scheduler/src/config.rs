@@ -4,6 +4,7 @@
 //! key and a test parses it with this loader.
 
 use crate::planner::Limits;
+use crate::record::RecordLimits;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -97,6 +98,25 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "VANTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Record inputs and plans as rotating trace files in DIR (replay with
+    /// `vantage-sim replay DIR`; see docs/simulator-traces.md). Default off.
+    #[arg(long = "record", value_name = "DIR", env = "VANTAGE_RECORD")]
+    pub record_dir: Option<PathBuf>,
+    /// MaxMind City database: viewer location from the client IP.
+    #[arg(long, env = "VANTAGE_GEOIP_CITY")]
+    pub geoip_city: Option<PathBuf>,
+    /// MaxMind ASN database: viewer ASN from the client IP.
+    #[arg(long, env = "VANTAGE_GEOIP_ASN")]
+    pub geoip_asn: Option<PathBuf>,
+    /// Trusted header (set by a front proxy) carrying the viewer's `lat,lon`.
+    #[arg(long, env = "VANTAGE_LOCATION_HEADER")]
+    pub location_header: Option<String>,
+    /// Geohash precision of viewer client groups. Default 4
+    #[arg(long, env = "VANTAGE_GROUP_PRECISION")]
+    pub group_precision: Option<usize>,
+    /// Share of viewer decisions that explore a runner-up edge. Default 0.05
+    #[arg(long, env = "VANTAGE_EXPLORATION_SHARE")]
+    pub exploration_share: Option<f64>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -210,6 +230,12 @@ pub struct FileConfig {
     pub ranges: Option<Ranges>,
     pub stability: Option<Stability>,
     pub planner: Option<Limits>,
+    /// Viewer routing (`/v1/resolve`, `/play`).
+    pub resolve: Option<crate::resolve::ResolveConfig>,
+    /// Trace directory (`--record`); recording is off without it.
+    pub record_dir: Option<PathBuf>,
+    /// Trace rotation and queue limits.
+    pub record: Option<RecordLimits>,
 }
 
 impl FileConfig {
@@ -265,6 +291,11 @@ pub struct Config {
     pub stability: Stability,
     pub limits: Limits,
     pub config_path: Option<PathBuf>,
+    pub resolve: crate::resolve::ResolveConfig,
+    /// The GeoIP databases of `resolve`, opened once.
+    pub geoip: std::sync::Arc<crate::resolve::geoip::GeoIp>,
+    pub record_dir: Option<PathBuf>,
+    pub record: RecordLimits,
 }
 
 impl Config {
@@ -325,7 +356,26 @@ impl Config {
             })?;
             enrollment_token = Some(t.trim().to_owned());
         }
-        let cfg = Config {
+        let record_dir = cli.record_dir.or(file.record_dir);
+        if let Some(dir) = &record_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                invalid(
+                    "record_dir",
+                    format!("cannot create {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        let mut resolve = file.resolve.unwrap_or_default();
+        resolve.geoip_city = cli.geoip_city.or(resolve.geoip_city);
+        resolve.geoip_asn = cli.geoip_asn.or(resolve.geoip_asn);
+        resolve.location_header = cli.location_header.or(resolve.location_header);
+        if let Some(p) = cli.group_precision {
+            resolve.group_precision = p;
+        }
+        if let Some(x) = cli.exploration_share {
+            resolve.exploration_share = x;
+        }
+        let mut cfg = Config {
             dev,
             quic_listen: cli
                 .quic_listen
@@ -369,10 +419,21 @@ impl Config {
             ranges: file.ranges.unwrap_or_default(),
             stability: file.stability.unwrap_or_default(),
             limits: file.planner.unwrap_or_default(),
+            record_dir,
+            record: file.record.unwrap_or_default(),
             config_path: cli.config,
             data_dir,
+            resolve,
+            geoip: Default::default(),
         };
         cfg.validate()?;
+        cfg.geoip = std::sync::Arc::new(
+            crate::resolve::geoip::GeoIp::open(
+                cfg.resolve.geoip_city.as_deref(),
+                cfg.resolve.geoip_asn.as_deref(),
+            )
+            .map_err(|e| invalid("resolve.geoip", e.to_string()))?,
+        );
         Ok(cfg)
     }
 
@@ -402,6 +463,10 @@ impl Config {
         self.ranges
             .validate()
             .map_err(|e| invalid("ranges", e.to_string()))?;
+        self.resolve
+            .validate()
+            .map_err(|(key, m)| invalid(key, m))?;
+        self.record.validate().map_err(|e| invalid("record", e))?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -495,6 +560,40 @@ mod tests {
     }
 
     #[test]
+    fn record_dir_from_flag_or_file_and_limits_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (t, u) = (tmp.path().join("t"), tmp.path().join("u"));
+        let file = FileConfig::parse(&format!(
+            "record_dir = {:?}\n[record]\nmax_file_mib = 8\nmax_files = 3",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let c = Config::resolve(dev_cli(), file.clone()).unwrap();
+        assert_eq!(c.record_dir.as_deref(), Some(t.as_path()));
+        assert!(t.is_dir(), "the trace directory is created at start-up");
+        assert_eq!((c.record.max_file_mib, c.record.max_files), (8, 3));
+        let cli = Cli {
+            record_dir: Some(u.clone()),
+            ..dev_cli()
+        };
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.record_dir.as_deref(), Some(u.as_path()));
+        let blocked = Cli {
+            record_dir: Some(tmp.path().join("t/../file/x")),
+            ..dev_cli()
+        };
+        std::fs::write(tmp.path().join("file"), "not a directory").unwrap();
+        let err = Config::resolve(blocked, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("record_dir"), "{err}");
+        let c = Config::resolve(dev_cli(), FileConfig::default()).unwrap();
+        assert!(c.record_dir.is_none());
+        let bad = FileConfig::parse("[record]\nmax_files = 0").unwrap();
+        let err = Config::resolve(dev_cli(), bad).unwrap_err();
+        assert!(err.to_string().contains("record"), "{err}");
+        assert!(FileConfig::parse("[record]\nmax_filez = 1").is_err());
+    }
+
+    #[test]
     fn example_config_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/scheduler.toml");
         let file = FileConfig::load(&path).unwrap();
@@ -506,5 +605,7 @@ mod tests {
         file2.enrollment_token_file = None;
         Config::resolve(dev_cli(), file2).unwrap();
         assert!(file.weights.is_some() && file.ranges.is_some() && file.planner.is_some());
+        // Recording stays off in the example (record_dir is commented out).
+        assert!(file.record_dir.is_none() && file.record.is_some());
     }
 }

@@ -186,11 +186,18 @@ impl NodeEntry {
             let u = self.utilisation();
             self.utilisation_ewma.observe(u);
         }
-        self.paths = r
-            .paths
-            .into_iter()
-            .map(|p| (p.target_node_id.clone(), p))
-            .collect();
+        // In place: the peers rarely change between reports, so this moves
+        // the new values in without cloning ids or rebuilding the map.
+        self.paths
+            .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
+        for p in r.paths {
+            match self.paths.get_mut(&p.target_node_id) {
+                Some(v) => *v = p,
+                None => {
+                    self.paths.insert(p.target_node_id.clone(), p);
+                }
+            }
+        }
         self.streams = r.streams;
         self.groups = r.groups;
         if r.control_path.is_some() {
@@ -357,6 +364,14 @@ impl Registry {
         let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.view()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Runs `f` on every entry without cloning (one shard lock at a time,
+    /// in no particular order).
+    pub fn for_each(&self, mut f: impl FnMut(&NodeEntry)) {
+        for e in self.nodes.iter() {
+            f(&e);
+        }
     }
 
     /// Clones of every entry, sorted by id (API, dashboard).

@@ -219,7 +219,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let router = crate::api::router(app.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        let serve = axum::serve(http_listener, router)
+        // The peer address feeds GeoIP lookups of `/v1/resolve` and `/play`.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let serve = axum::serve(http_listener, service)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(e) = serve.await {
             warn!("HTTP server stopped: {e}");
