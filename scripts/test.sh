@@ -37,8 +37,9 @@ apt_install() {
 }
 
 # --- Python with the stock gRPC packages (Must show 6) -------------------------------------------
-PY_PACKAGES=(grpcio grpcio-tools grpcio-health-checking grpcio-reflection)
-PY_CHECK='import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2'
+# kubernetes-validate (bundled offline schemas) and PyYAML check deploy/ (tests/tests/deploy.rs).
+PY_PACKAGES=(grpcio grpcio-tools grpcio-health-checking grpcio-reflection kubernetes-validate pyyaml)
+PY_CHECK='import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2, kubernetes_validate, yaml'
 setup_python() {
     local venv="$TARGET_DIR/pyvenv" py
     if [[ -n "${VANTAGE_TEST_PYTHON:-}" ]]; then
@@ -83,6 +84,18 @@ else
 fi
 command -v gst-launch-1.0 >/dev/null 2>&1 || apt_install gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-base || log "gst-launch-1.0 missing: the GStreamer client check is skipped (fails under CI=true)"
 
+# --- Chromium (headless screenshots and page checks: dashboard, simulator report) ---------------
+if command -v chromium >/dev/null 2>&1; then
+    chromium_found="yes ($(command -v chromium))"
+elif apt_install chromium; then
+    chromium_found="yes (installed)"
+else
+    chromium_found="no (browser tests will be skipped, or fail under CI=true)"
+fi
+
+# --- systemd-analyze (deploy/systemd units are verified by tests/tests/deploy.rs) -----------------
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd || log "systemd-analyze missing: the unit check is skipped (fails under CI=true)"
+
 # --- PostgreSQL (Must show 7) --------------------------------------------------------------------
 # A server that was already running (a developer's earlier run) is reused and left running.
 pg_started_here=0
@@ -119,6 +132,7 @@ log "optional peers:"
 log "  PostgreSQL:         $pg_found"
 log "  Python gRPC client: $python_found"
 log "  ffmpeg:             $ffmpeg_found"
+log "  Chromium:           $chromium_found"
 log "  cargo-nextest:      $nextest_found"
 log "  CI:                 ${CI:-false}"
 

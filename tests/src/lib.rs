@@ -11,6 +11,8 @@
 //! * [`hostile`] — a QUIC client that speaks the telemetry ALPN and lies.
 //! * [`impair`] — UDP/TCP impairment proxies (delay, jitter, loss, rate).
 //! * [`pyclient`] — runs the Python stock gRPC client.
+//! * [`browser`] — headless Chromium over the DevTools protocol (screenshots, clicks).
+//! * [`synth`] — synthetic FLV publisher and background HTTP-FLV viewer (no ffmpeg).
 //! * [`store_tests!`] — declares the `sqlite_*` and `postgres_*` variants of a test.
 //!
 //! Binaries are found next to the test executable (`target/debug`), or in
@@ -22,6 +24,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod browser;
 pub mod cluster;
 pub mod datadir;
 pub mod eventually;
@@ -34,6 +37,7 @@ pub mod process;
 pub mod pyclient;
 pub mod scheduler;
 pub mod store;
+pub mod synth;
 
 pub use agent::{Agent, AgentBuilder, AgentPorts};
 pub use eventually::{eventually, eventually_every};

@@ -1,6 +1,12 @@
-//! `vantage-demo` starts a scheduler and four agents, all four become `up`,
-//! and when it stops (`--duration`) every child is gone.
+//! `vantage-demo` (README's first command) starts a scheduler and six agents
+//! at real cities, publishes the synthetic stream and runs viewers; the
+//! dashboard answers, the printed play URL serves FLV that `ffprobe`
+//! accepts, and after Ctrl-C (SIGINT) or SIGTERM every child is gone.
 
+// Test code throughout; the shared body is not a #[test] fn itself.
+#![allow(clippy::unwrap_used)]
+
+use rustix::process::{Pid, Signal, kill_process};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,64 +49,103 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_four_nodes_and_leaves_nothing_behind() {
+const CITIES: [&str; 6] = [
+    "frankfurt",
+    "london",
+    "new-york",
+    "paris",
+    "sao-paulo",
+    "tokyo",
+];
+
+/// What the banner said.
+#[derive(Debug, Default)]
+struct Banner {
+    api: Option<String>,
+    dashboard: Option<String>,
+    play: Option<String>,
+    play_via: Option<String>,
+    pids: Vec<u32>,
+    lines: Vec<String>,
+}
+
+/// Runs the demo until its banner is printed, checks the cluster, sends
+/// `signal` to the demo alone, and checks that it stops every child.
+async fn demo_stops_cleanly_on(signal: Signal, traffic: bool, test: &str) {
+    let ffprobe = if traffic {
+        match vantage_tests::media::tool("ffprobe", test) {
+            Some(p) => Some(p),
+            None => return,
+        }
+    } else {
+        None
+    };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let stderr = std::fs::File::create(root.join("demo.stderr.log")).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage-demo"))
-        .args([
-            "--duration",
-            "8",
-            "--free-ports",
-            "--report-interval-ms",
-            "250",
-        ])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage-demo"));
+    // Not under `cargo run`: no `cargo build` of the siblings (they are built).
+    cmd.env_remove("CARGO")
+        .args(["--free-ports", "--report-interval-ms", "250"])
         .arg("--data-dir")
-        .arg(&root)
+        .arg(&root);
+    if !traffic {
+        cmd.arg("--no-traffic");
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let demo_pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
     let stderr_tail = || vantage_tests::process::tail(&root.join("demo.stderr.log"), 30);
 
-    // Banner: API URL, 4/4 up, child pids.
-    let mut api = None;
-    let mut pids: Vec<u32> = Vec::new();
-    while pids.is_empty() {
+    // Banner: dashboard, play URL, API URL, 6/6 up, child pids.
+    let mut b = Banner::default();
+    while b.pids.is_empty() {
         let line = match tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await {
             Ok(Ok(Some(l))) => l,
             other => panic!(
-                "demo printed no banner ({other:?}); output so far: {seen:#?}\n{}",
+                "demo printed no banner ({other:?}); output so far: {:#?}\n{}",
+                b.lines,
                 stderr_tail()
             ),
         };
-        if let Some(u) = line.strip_prefix("scheduler API") {
-            api = Some(u.trim().to_owned());
-        }
+        let word = |prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        b.api = b.api.take().or_else(|| word("scheduler API"));
+        b.dashboard = b.dashboard.take().or_else(|| word("dashboard"));
+        b.play = b.play.take().or_else(|| word("play "));
+        b.play_via = b.play_via.take().or_else(|| word("play via edge"));
         if let Some(p) = line.strip_prefix("pids:") {
-            pids = p
+            b.pids = p
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
         }
-        seen.push(line);
+        b.lines.push(line);
     }
+    let seen = &mut b.lines;
     assert!(
-        seen.iter().any(|l| l.contains("4/4 nodes up")),
+        seen.iter().any(|l| l.contains("6/6 nodes up")),
         "banner: {seen:#?}"
     );
-    assert_eq!(pids.len(), 5, "scheduler + 4 agents: {seen:#?}");
-    let api = api.unwrap_or_else(|| panic!("no API URL in {seen:#?}"));
+    assert_eq!(b.pids.len(), 7, "scheduler + 6 agents: {seen:#?}");
+    let api = b
+        .api
+        .clone()
+        .unwrap_or_else(|| panic!("no API URL in {seen:#?}"));
     assert!(api.starts_with("http://127.0.0.1:"), "{api}");
 
-    // The scheduler really lists the four cities up.
+    // The scheduler lists the six cities up.
     let http = Http::new();
-    eventually(Duration::from_secs(5), "4 demo nodes up", || async {
+    eventually(Duration::from_secs(10), "6 demo nodes up", || async {
         let (_, v) = http.get(&format!("{api}/v1/nodes")).await;
         let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
         let mut ids: Vec<&str> = nodes
@@ -109,18 +154,108 @@ async fn demo_runs_four_nodes_and_leaves_nothing_behind() {
             .filter_map(|n| n["id"].as_str())
             .collect();
         ids.sort_unstable();
-        if ids == ["frankfurt", "paris", "sao-paulo", "tokyo"] {
+        if ids == CITIES {
             Ok(())
         } else {
             Err(v.clone())
         }
     })
     .await;
-    for pid in &pids {
+    for pid in &b.pids {
         assert!(alive(*pid), "child {pid} should be running");
     }
 
-    // It stops by itself and cleans up.
+    // The dashboard answers with the page.
+    let dashboard = b
+        .dashboard
+        .clone()
+        .unwrap_or_else(|| panic!("no dashboard URL: {seen:#?}"));
+    assert_eq!(dashboard, format!("{api}/"));
+    let resp = reqwest::get(&dashboard).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("<svg id=\"map\"") && html.contains("/ui/app.js"),
+        "{html}"
+    );
+
+    if let Some(ffprobe) = ffprobe {
+        // The printed play URLs serve FLV that ffprobe accepts: H.264 + AAC,
+        // on the origin and through the scheduler's redirect to an edge.
+        let play = b
+            .play
+            .clone()
+            .unwrap_or_else(|| panic!("no play URL: {seen:#?}"));
+        let via = b
+            .play_via
+            .clone()
+            .unwrap_or_else(|| panic!("no /play URL: {seen:#?}"));
+        assert_eq!(via, format!("{api}/play/live/demo.flv"));
+        for play in [play, via] {
+            assert!(
+                play.starts_with("http://127.0.0.1:") && play.ends_with(".flv"),
+                "{play}"
+            );
+            let out = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::process::Command::new(&ffprobe)
+                    .args([
+                        "-v",
+                        "error",
+                        "-show_entries",
+                        "stream=codec_type,codec_name,width,height",
+                    ])
+                    .args(["-of", "compact", "-rw_timeout", "10000000"])
+                    .arg(&play)
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("ffprobe {play} hung"))
+            .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "ffprobe {play}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("codec_name=h264") && text.contains("codec_name=aac"),
+                "{text}"
+            );
+            assert!(text.contains("width=640|height=360"), "{text}");
+        }
+
+        // The synthetic viewers show up: viewers and CMCD buffer figures.
+        eventually(
+            Duration::from_secs(30),
+            "viewers with CMCD buffer",
+            || async {
+                let (_, v) = http.get(&format!("{api}/ui/state")).await;
+                let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+                let cmcd = nodes
+                    .iter()
+                    .filter(|n| n["qoe"]["buffer_source"] == "cmcd")
+                    .count();
+                let viewers: u64 = nodes
+                    .iter()
+                    .filter_map(|n| n["load"]["viewers"].as_u64())
+                    .sum();
+                if cmcd > 0 && viewers > 0 {
+                    Ok(())
+                } else {
+                    Err(v)
+                }
+            },
+        )
+        .await;
+    }
+
+    // The signal to the demo alone (not its children): it stops them all.
+    kill_process(demo_pid, signal).unwrap();
     let rest = async {
         while let Ok(Some(l)) = lines.next_line().await {
             seen.push(l);
@@ -140,10 +275,10 @@ async fn demo_runs_four_nodes_and_leaves_nothing_behind() {
     );
     assert!(
         seen.iter()
-            .any(|l| l.contains("all children stopped (5 graceful, 0 killed)")),
+            .any(|l| l.contains("all children stopped (7 graceful, 0 killed)")),
         "every child should stop on SIGTERM: {seen:#?}"
     );
-    for pid in &pids {
+    for pid in &b.pids {
         assert!(
             !alive(*pid),
             "child {pid} still running after the demo exited"
@@ -158,4 +293,19 @@ async fn demo_runs_four_nodes_and_leaves_nothing_behind() {
             .join("ca.pem")
             .is_file()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_dashboard_and_flv_and_ctrl_c_leaves_nothing() {
+    demo_stops_cleanly_on(
+        Signal::INT,
+        true,
+        "demo_serves_dashboard_and_flv_and_ctrl_c_leaves_nothing",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_stops_every_child_on_sigterm() {
+    demo_stops_cleanly_on(Signal::TERM, false, "demo_stops_every_child_on_sigterm").await;
 }

@@ -3,7 +3,9 @@
 //! fitting status. Mutating calls need `authorization: Bearer <admin token>`
 //! unless the scheduler runs with `--dev`.
 
+mod dashboard;
 mod nodes;
+mod resolve;
 mod weights;
 
 use crate::app::App;
@@ -83,6 +85,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(nodes::events))
         .route("/v1/weights", get(weights::get).put(weights::put))
         .route("/v1/weights/history", get(weights::history))
+        .route("/v1/resolve", get(resolve::resolve))
+        .route("/play/{app}/{file}", get(resolve::play))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

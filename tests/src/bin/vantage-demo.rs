@@ -1,10 +1,14 @@
 //! `vantage-demo`: a whole Vantage cluster on this machine in one command.
 //!
-//! Starts `vantage-scheduler --dev` (SQLite) and four `vantage-agent`s placed
-//! at Paris, Frankfurt, Tokyo and São Paulo, all on loopback, prints where
-//! everything listens and a few `curl` commands, and runs until Ctrl-C (or
-//! `--duration`). Then it stops every child with SIGTERM, waits, and SIGKILLs
-//! whatever is still running after the grace period, so nothing is left.
+//! Starts `vantage-scheduler --dev` (SQLite) and six `vantage-agent`s placed
+//! at real cities (Paris, Frankfurt, London, New York, Tokyo, São Paulo), all
+//! on loopback; publishes the built-in synthetic stream (`/live/demo.flv`)
+//! to the Paris agent and keeps a trickle of synthetic viewers (with CMCD)
+//! watching; prints the dashboard URL, a play URL and a few `curl`
+//! commands, and runs until Ctrl-C, SIGTERM or SIGHUP (or `--duration`).
+//! Then it stops the traffic, stops every child with SIGTERM, waits, and
+//! SIGKILLs whatever is still running after the grace period, so nothing is
+//! left.
 //!
 //! The binaries are looked up next to this executable (`target/debug/`), or
 //! in `VANTAGE_BIN_DIR`:
@@ -13,21 +17,36 @@
 //! cargo build --bins && target/debug/vantage-demo
 //! ```
 
+#[path = "vantage-demo/traffic.rs"]
+mod traffic;
+
 use anyhow::{Context, bail};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use vantage_tests::cluster::node_healthy;
 use vantage_tests::ports::{Proto, is_free};
 use vantage_tests::{Agent, Scheduler, SchedulerPorts, bins};
 
-/// The demo's agents: node id, region, latitude, longitude.
-const CITIES: [(&str, &str, f64, f64); 4] = [
-    ("paris", "eu-west", 48.8566, 2.3522),
-    ("frankfurt", "eu-central", 50.1109, 8.6821),
-    ("tokyo", "ap-northeast", 35.6762, 139.6503),
-    ("sao-paulo", "sa-east", -23.5505, -46.6333),
+/// The demo's agents: node id, region, latitude, longitude. Coordinates
+/// from GeoNames (`cities15000`, CC BY 4.0, geonames.org); the first city
+/// is where the synthetic stream is published.
+const CITIES: [(&str, &str, f64, f64); 6] = [
+    ("paris", "eu-west", 48.85341, 2.3488),
+    ("frankfurt", "eu-central", 50.11552, 8.68417),
+    ("london", "eu-west", 51.50853, -0.12574),
+    ("new-york", "us-east", 40.71427, -74.00597),
+    ("tokyo", "ap-northeast", 35.6895, 139.69171),
+    ("sao-paulo", "sa-east", -23.5475, -46.63611),
 ];
+
+/// The agents' `--drain-grace-s`: how long a stopping agent waits for its
+/// last viewers (the demo stops its own viewers first).
+const AGENT_DRAIN_GRACE_S: u64 = 3;
+
+/// At most this many synthetic viewers play at once.
+const MAX_VIEWERS: usize = 6;
 
 /// Default scheduler ports (DESIGN §2), used when free.
 const DEFAULT_PORTS: SchedulerPorts = SchedulerPorts {
@@ -39,7 +58,7 @@ const DEFAULT_PORTS: SchedulerPorts = SchedulerPorts {
 #[derive(Debug, Parser)]
 #[command(
     name = "vantage-demo",
-    about = "Run a scheduler and four agents on loopback"
+    about = "Run a scheduler, six agents, a synthetic publisher and viewers on loopback"
 )]
 struct Args {
     /// Data directory (scheduler in `<dir>/scheduler`, agents in `<dir>/agents/<id>`).
@@ -61,6 +80,9 @@ struct Args {
     /// Grace period for SIGTERM before SIGKILL, in seconds.
     #[arg(long, default_value_t = 10)]
     grace: u64,
+    /// Publish no stream and start no viewers.
+    #[arg(long)]
+    no_traffic: bool,
 }
 
 /// Under `cargo run` (which sets `CARGO`), builds the scheduler and agent
@@ -130,47 +152,52 @@ async fn main() -> anyhow::Result<()> {
         SchedulerPorts::free()
     };
 
-    let started = Instant::now();
-    let mut sched = Scheduler::builder()
-        .name("scheduler")
-        .data_dir(root.join("scheduler"))
-        .ports(ports)
-        .report_interval_ms(args.report_interval_ms)
-        .start()
-        .await;
-    let mut agents = Vec::new();
-    for (id, region, lat, lon) in CITIES {
-        let a = Agent::builder(id, &sched)
-            .data_dir(root.join("agents").join(id))
-            .region(region)
-            .at(lat, lon)
-            .capacity_mbps(1000.0)
-            .start()
-            .await;
-        agents.push(a);
-    }
-
-    let up = wait_up(&sched, Duration::from_secs(30)).await;
-    print_banner(&sched, &agents, &root, up, started.elapsed());
-
-    let run = async {
-        match args.duration {
-            Some(secs) => {
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-                "duration elapsed"
-            }
-            None => std::future::pending().await,
-        }
-    };
+    // Signals first: from here on Ctrl-C, SIGTERM and SIGHUP lead to the
+    // orderly shutdown below, even in the middle of starting up.
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let mut sched: Option<Scheduler> = None;
+    let mut agents: Vec<Agent> = Vec::new();
+    let stop_traffic = CancellationToken::new();
+    let mut traffic = tokio::task::JoinSet::new();
     let why = tokio::select! {
-        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; "Ctrl-C" }
-        _ = sigterm() => "SIGTERM",
-        w = run => w,
+        why = signals.recv() => why,
+        why = async {
+            bring_up(&args, ports, &root, &mut sched, &mut agents, &mut traffic, &stop_traffic).await;
+            match args.duration {
+                Some(secs) => {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    "duration elapsed"
+                }
+                None => std::future::pending().await,
+            }
+        } => why,
     };
     println!(
-        "\n{why}: stopping agents, then the scheduler (grace {}s)…",
+        "\n{why}: stopping viewers and the publisher, then agents, then the scheduler (grace {}s)…",
         args.grace
     );
+    stop_traffic.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        while traffic.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        traffic.abort_all();
+    }
+
+    if why == "Ctrl-C" {
+        // A terminal's Ctrl-C reaches the children too (same process
+        // group): let them finish their own shutdown rather than cut it
+        // short with a second signal.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && (agents.iter_mut().any(|a| a.is_running())
+                || sched.as_mut().is_some_and(|s| s.is_running()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     let grace = Duration::from_secs(args.grace);
     let mut graceful = 0;
@@ -187,21 +214,25 @@ async fn main() -> anyhow::Result<()> {
             println!("  {name} ignored SIGTERM for {grace:?}; killed: {status}");
         }
     };
-    let mut results = Vec::new();
-    for a in agents.iter_mut() {
+    // All agents at once: an agent relaying to another counts it as a
+    // viewer and would otherwise wait for it to leave.
+    let mut results = futures::future::join_all(agents.iter_mut().map(|a| async move {
         let name = if a.is_running() {
             a.node_id().to_owned()
         } else {
             format!("{} (had already exited)", a.node_id())
         };
-        results.push((name, a.shutdown(grace).await));
+        (name, a.shutdown(grace).await)
+    }))
+    .await;
+    if let Some(sched) = sched.as_mut() {
+        let name = if sched.is_running() {
+            "scheduler".to_owned()
+        } else {
+            "scheduler (had already exited)".to_owned()
+        };
+        results.push((name, sched.shutdown(grace).await));
     }
-    let name = if sched.is_running() {
-        "scheduler".to_owned()
-    } else {
-        "scheduler (had already exited)".to_owned()
-    };
-    results.push((name, sched.shutdown(grace).await));
     for (name, r) in results {
         stop_one(&name, r);
     }
@@ -214,6 +245,102 @@ async fn main() -> anyhow::Result<()> {
         println!("data kept in {}", root.display());
     }
     Ok(())
+}
+
+/// Starts the scheduler, the agents and the traffic, and prints the banner.
+/// What it started is left in `sched`, `agents` and `traffic` so that the
+/// caller stops it, also when a signal interrupts this half-way.
+async fn bring_up(
+    args: &Args,
+    ports: SchedulerPorts,
+    root: &std::path::Path,
+    sched: &mut Option<Scheduler>,
+    agents: &mut Vec<Agent>,
+    traffic: &mut tokio::task::JoinSet<()>,
+    stop_traffic: &CancellationToken,
+) {
+    let started = Instant::now();
+    let s = sched.insert(
+        Scheduler::builder()
+            .name("scheduler")
+            .data_dir(root.join("scheduler"))
+            .ports(ports)
+            .report_interval_ms(args.report_interval_ms)
+            .build()
+            .await,
+    );
+    s.start().await;
+    let s = &*s;
+    for (id, region, lat, lon) in CITIES {
+        let mut a = Agent::builder(id, s)
+            .data_dir(root.join("agents").join(id))
+            .region(region)
+            .at(lat, lon)
+            .capacity_mbps(1000.0)
+            // Viewers are stopped before the agents; don't wait long for stragglers.
+            .arg("--drain-grace-s")
+            .arg(AGENT_DRAIN_GRACE_S.to_string())
+            .build();
+        a.start().await;
+        agents.push(a);
+    }
+    let up = wait_up(s, Duration::from_secs(30)).await;
+
+    // Media: the synthetic publisher on the first agent, viewers on all.
+    let mut play = None;
+    if !args.no_traffic
+        && let Some(origin) = agents.first()
+    {
+        let addr = vantage_tests::ports::loopback(origin.ports().http);
+        traffic.spawn(traffic::publish(addr, stop_traffic.clone()));
+        let url = format!("{}{}", origin.media_url(), traffic::STREAM_PATH);
+        if !traffic::wait_playable(&url, Duration::from_secs(20)).await {
+            eprintln!("warning: {url} is not playable yet; see the agents' logs");
+        }
+        let edges = agents
+            .iter()
+            .zip(CITIES)
+            .map(|(a, (_, _, lat, lon))| traffic::Edge {
+                media_url: a.media_url(),
+                lat,
+                lon,
+            })
+            .collect();
+        traffic.spawn(traffic::viewers(edges, MAX_VIEWERS, stop_traffic.clone()));
+        play = Some(Play {
+            url,
+            origin: origin.node_id().to_owned(),
+            redirect: play_redirect(&s.api_url()).await,
+        });
+    }
+    print_banner(s, agents, root, up, started.elapsed(), play.as_ref());
+}
+
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP, listened to from the start.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "Ctrl-C",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
 }
 
 /// Waits until the scheduler lists every demo node up; returns how many are.
@@ -232,14 +359,36 @@ async fn wait_up(sched: &Scheduler, timeout: Duration) -> usize {
     }
 }
 
-async fn sigterm() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
+/// Where to watch the demo stream.
+struct Play {
+    /// On the origin agent.
+    url: String,
+    origin: String,
+    /// The scheduler's `/play/...` redirect to the best edge, when it has one.
+    redirect: Option<String>,
+}
+
+/// `<api>/play/live/demo.flv` if the scheduler answers it with a redirect
+/// within a few seconds.
+async fn play_redirect(api: &str) -> Option<String> {
+    let url = format!("{api}/play{}", traffic::STREAM_PATH);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(3))
+        .build()
+        .ok()?;
+    // The scheduler learns of the stream from the next reports; a scheduler
+    // without the endpoint answers 404 every time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status().is_redirection()
+        {
+            return Some(url);
         }
-        Err(_) => std::future::pending().await,
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    None
 }
 
 fn print_banner(
@@ -248,6 +397,7 @@ fn print_banner(
     root: &std::path::Path,
     up: usize,
     took: Duration,
+    play: Option<&Play>,
 ) {
     let api = sched.api_url();
     let p = sched.ports();
@@ -255,6 +405,18 @@ fn print_banner(
         "Vantage demo: {up}/{} nodes up after {took:.1?}",
         CITIES.len()
     );
+    println!();
+    println!("dashboard       {api}/");
+    if let Some(play) = play {
+        println!(
+            "play            {}   (synthetic stream published at {}; try ffplay, mpv or VLC)",
+            play.url, play.origin
+        );
+        if let Some(r) = &play.redirect {
+            println!("play via edge   {r}   (the scheduler redirects to the best edge)");
+        }
+        println!("viewers         up to {MAX_VIEWERS} synthetic viewers with CMCD, 5-20 s each");
+    }
     println!();
     println!("scheduler API   {api}");
     println!("  QUIC telemetry  127.0.0.1:{}/udp", p.quic);
@@ -278,17 +440,20 @@ fn print_banner(
     println!("try:");
     println!("  curl -s {api}/v1/nodes");
     println!("  curl -s {api}/v1/nodes/{}", CITIES[0].0);
-    println!("  curl -s {api}/v1/routes/{}", CITIES[2].0);
+    println!("  curl -s {api}/v1/routes/{}", CITIES[4].0);
     println!("  curl -s {api}/v1/weights");
     println!(
         "  curl -s -X PUT -H 'content-type: application/json' -d '{{\"latency\":0.5}}' {api}/v1/weights"
     );
-    println!("  curl -s -X POST {api}/v1/nodes/{}/drain", CITIES[3].0);
+    println!("  curl -s -X POST {api}/v1/nodes/{}/drain", CITIES[5].0);
     println!(
         "  curl -s {}/v1/status",
         agents.first().map(Agent::admin_url).unwrap_or_default()
     );
     println!("  curl -s {api}/metrics");
+    if let Some(play) = play {
+        println!("  ffprobe -hide_banner {}", play.url);
+    }
     println!();
     let pids: Vec<String> = std::iter::once(sched.pid())
         .chain(agents.iter().map(Agent::pid))
