@@ -1,0 +1,166 @@
+//! The live HTTP-FLV player model (docs/simulator.md, "Player model").
+//!
+//! A player is `lag` ms behind the live edge; `buffer` ms of that is
+//! downloaded, the rest (`lag − buffer`) is still queued at the edge. Media
+//! arrives at `r` media-ms per ms (delivered throughput / bit rate), but
+//! never beyond the live edge: once nothing is queued it arrives in real
+//! time. Playing drains the buffer at 1 ms/ms; an empty buffer is a stall,
+//! which lasts until `resume_ms` are buffered, and during which the live
+//! edge runs on, so latency grows by the stall. The edge bounds its queue
+//! per viewer (`edge_queue_ms`) and skips to the next keyframe beyond it
+//! (DESIGN §7), so latency cannot creep without bound.
+
+/// Player state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Player {
+    pub buffer_ms: f64,
+    pub lag_ms: f64,
+    pub stalled: bool,
+}
+
+/// What happened during one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Step {
+    pub stalls: u32,
+    pub stall_ms: f64,
+    pub play_ms: f64,
+    pub skips: u32,
+}
+
+/// Join: the GOP cache holds `cached_ms` of media (from the last
+/// keyframe); playback starts with `startup_ms` buffered. Returns the
+/// startup download time (ms) and the player state at start.
+pub fn join(cached_ms: f64, startup_ms: f64, r: f64) -> (f64, Player) {
+    let r = r.max(1e-3);
+    let need = startup_ms.max(1.0);
+    let t = if cached_ms >= need {
+        need / r
+    } else {
+        // The cached burst, then live media as it is produced (at most
+        // real time).
+        cached_ms / r + (need - cached_ms) / r.min(1.0)
+    };
+    let buffer = need.max(cached_ms.min(t * r));
+    (
+        t,
+        Player {
+            buffer_ms: buffer,
+            lag_ms: cached_ms + t,
+            stalled: false,
+        },
+    )
+}
+
+impl Player {
+    /// Advances `dt` ms at delivery ratio `r`.
+    pub fn step(&mut self, dt: f64, r: f64, resume_ms: f64, queue_ms: f64, gop_ms: f64) -> Step {
+        let mut out = Step::default();
+        let r = r.max(0.0);
+        let mut rem = dt;
+        let mut pending = (self.lag_ms - self.buffer_ms).max(0.0);
+        let mut b = self.buffer_ms.max(0.0);
+        // Each phase ends at a state change; at most a few per step.
+        for _ in 0..16 {
+            if rem <= 1e-9 {
+                break;
+            }
+            // Download rate: r while media is queued, else real time.
+            let rate = if pending > 1e-9 { r } else { r.min(1.0) };
+            if self.stalled {
+                let need = (resume_ms - b).max(0.0);
+                // Time until resumed, or until the queue empties (rate changes).
+                let t_resume = if rate > 0.0 {
+                    need / rate
+                } else {
+                    f64::INFINITY
+                };
+                let t_empty = if pending > 1e-9 && rate > 1.0 {
+                    pending / (rate - 1.0)
+                } else {
+                    f64::INFINITY
+                };
+                let t = rem.min(t_resume).min(t_empty);
+                b += rate * t;
+                pending += (1.0 - rate) * t;
+                out.stall_ms += t;
+                rem -= t;
+                if t >= t_resume - 1e-9 {
+                    self.stalled = false;
+                }
+            } else {
+                let t_empty_buf = if rate < 1.0 {
+                    b / (1.0 - rate)
+                } else {
+                    f64::INFINITY
+                };
+                let t_empty_q = if pending > 1e-9 && rate > 1.0 {
+                    pending / (rate - 1.0)
+                } else {
+                    f64::INFINITY
+                };
+                let t = rem.min(t_empty_buf).min(t_empty_q);
+                b += (rate - 1.0) * t;
+                pending += (1.0 - rate) * t;
+                out.play_ms += t;
+                rem -= t;
+                if t >= t_empty_buf - 1e-9 && rate < 1.0 {
+                    b = 0.0;
+                    self.stalled = true;
+                    out.stalls += 1;
+                }
+            }
+            pending = pending.max(0.0);
+            if pending > queue_ms {
+                // The edge skips to the next keyframe.
+                pending = (queue_ms - gop_ms).max(0.0);
+                out.skips += 1;
+            }
+        }
+        self.buffer_ms = b.max(0.0);
+        self.lag_ms = self.buffer_ms + pending;
+        out
+    }
+
+    /// An interruption (the edge died): the buffer plays out, then stalls.
+    pub fn interrupt(&mut self) {
+        self.lag_ms = self.buffer_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enough_throughput_never_stalls() {
+        let (t, mut p) = join(1000.0, 500.0, 3.0);
+        assert!(t > 0.0 && t < 200.0, "{t}");
+        for _ in 0..100 {
+            let s = p.step(1000.0, 1.5, 1000.0, 4000.0, 2000.0);
+            assert_eq!(s.stalls, 0);
+            assert!((s.play_ms - 1000.0).abs() < 1e-6);
+        }
+        assert!(p.lag_ms < 2000.0);
+    }
+
+    #[test]
+    fn starved_player_stalls_and_recovers() {
+        let (_, mut p) = join(0.0, 500.0, 2.0);
+        let s = p.step(10_000.0, 0.5, 1000.0, 4000.0, 2000.0);
+        assert!(s.stalls >= 1);
+        assert!(s.stall_ms > 0.0 && s.play_ms > 0.0);
+        assert!((s.stall_ms + s.play_ms - 10_000.0).abs() < 1e-6);
+        let before = p.lag_ms;
+        let s = p.step(5_000.0, 2.0, 1000.0, 4000.0, 2000.0);
+        assert!(s.play_ms > 0.0);
+        assert!(p.lag_ms <= before + 5_000.0);
+    }
+
+    #[test]
+    fn zero_throughput_is_all_stall() {
+        let (_, mut p) = join(500.0, 500.0, 1.0);
+        let s = p.step(3_000.0, 0.0, 1000.0, 4000.0, 2000.0);
+        assert_eq!(s.stalls, 1);
+        assert!(s.play_ms <= 500.0 + 1e-6);
+    }
+}

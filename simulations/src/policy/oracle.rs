@@ -1,0 +1,29 @@
+//! The oracle: sees ground truth (which nodes are really up, true load,
+//! true path RTT/loss, true upstream health) and sends each viewer to the
+//! live PoP that delivers the stream best — an upper bound, not a policy
+//! anyone can run. Upstream trees come from the scheduler's planner fed
+//! with true measurements (see `qoe::Qoe::replan_truth`).
+
+use super::Ask;
+use crate::network::tcp_mbps;
+
+pub fn choose(ask: &Ask<'_>) -> Option<usize> {
+    let t = &ask.truth;
+    let bitrate = ask.world.bitrate_mbps;
+    let cost = |p: usize| {
+        let (rtt, loss) = (t.viewer_path)(p);
+        let path_ratio = (tcp_mbps(rtt, loss) / bitrate).min(1.5);
+        let feed = (t.feed_ratio)(p);
+        let u = t.utilisation[p];
+        // Deliverable share of the bit rate, then headroom, then RTT.
+        let deliver = path_ratio.min(feed).min(1.0);
+        let overload = if u >= 0.9 { 1.0 + u } else { 0.0 };
+        (1.0 - deliver) * 10_000.0 + overload * 1_000.0 + rtt
+    };
+    ask.world
+        .pops
+        .iter()
+        .map(|&p| usize::from(p))
+        .filter(|&p| t.up[p] && Some(p as u16) != ask.exclude)
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(a.cmp(&b)))
+}
