@@ -1,14 +1,23 @@
 //! Planner benchmark: time of one full plan for N nodes and S streams,
 //! pure code (no I/O), as the scheduler runs it on every replan.
 //!
-//! `cargo bench -p vantage-scheduler --bench planner [-- NODES STREAMS]`
-//! Without arguments: 1,000 / 2,000 / 5,000 nodes with 0 and 50 streams,
-//! and 2,000 nodes × 500 streams (DESIGN §11). Figures are printed, never
-//! asserted; see docs/benchmarks.md.
+//! `cargo bench -p vantage-scheduler --bench planner [-- NODES STREAMS] [--baseline]`
+//! Without numbers: 1,000 / 2,000 / 5,000 nodes with 0 and 50 streams,
+//! and 2,000 nodes × 500 streams (DESIGN §11). `--baseline` also times the
+//! planner as it was before the rework (`support/planner_baseline.rs`) on
+//! the same input in the same process, and says whether both produce the
+//! same tables. `--churn` measures how many tables change from one plan to
+//! the next when loads and RTTs drift, with and without hysteresis.
+//! Figures are printed, never asserted; see docs/benchmarks.md.
+
+#[path = "support/planner_baseline.rs"]
+mod baseline;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
-use vantage_scheduler::planner::{Health, Limits, NodeView, PathStat, PlanInput, plan};
+use vantage_scheduler::planner::{
+    Health, Limits, NodeView, PathStat, PlanInput, plan, plan_with_threads,
+};
 use vantage_shared::place::Coord;
 use vantage_shared::score::{Ranges, Stability, Weights};
 use vantage_shared::stream::{StreamKey, StreamPattern};
@@ -80,34 +89,157 @@ fn world(nodes: usize, streams: usize) -> PlanInput {
         nodes: views,
         previous: BTreeMap::new(),
         probe_key: vec![0; 32],
+        previous_backups: BTreeMap::new(),
     }
 }
 
-fn measure(nodes: usize, streams: usize) {
-    let input = world(nodes, streams);
-    let runs = 3;
+/// Best of `runs` wall times of `f`, in ms, and its last result.
+fn best_of<T>(runs: usize, f: impl Fn() -> T) -> (f64, T) {
     let mut best = f64::INFINITY;
-    let mut routes = 0;
+    let mut out = None;
     for _ in 0..runs {
         let t = Instant::now();
-        let p = plan(&input);
+        let r = f();
         best = best.min(t.elapsed().as_secs_f64() * 1000.0);
-        routes = p.tables.values().map(|t| t.streams.len()).sum::<usize>();
+        out = Some(r);
     }
-    println!("| {nodes} | {streams} | {routes} | {best:.1} ms |");
+    match out {
+        Some(r) => (best, r),
+        None => (best, f()),
+    }
+}
+
+fn measure(nodes: usize, streams: usize, compare: bool) {
+    let mut input = world(nodes, streams);
+    // Steady state, as in the running scheduler: the previous plan's
+    // primaries and backups are the hysteresis input.
+    let first = plan(&input);
+    input.previous = first.primaries;
+    input.previous_backups = first.backups;
+    let (ms, p) = best_of(3, || plan(&input));
+    let routes = p.tables.values().map(|t| t.streams.len()).sum::<usize>();
+    let per_route_us = ms * 1000.0 / routes.max(1) as f64;
+    let (ms2, p2) = best_of(3, || plan_with_threads(&input, 2));
+    let threads_same = if p2.tables == p.tables {
+        ""
+    } else {
+        " (DIFFERENT)"
+    };
+    if compare {
+        let (base_ms, b) = best_of(3, || baseline::plan(&input));
+        let same = if b.tables == p.tables && b.primaries == p.primaries {
+            "identical"
+        } else {
+            "differ"
+        };
+        println!(
+            "| {nodes} | {streams} | {routes} | {ms:.1} ms | {per_route_us:.2} µs | {ms2:.1} ms{threads_same} | {base_ms:.1} ms | {:.1}× | {same} |",
+            base_ms / ms
+        );
+    } else {
+        println!(
+            "| {nodes} | {streams} | {routes} | {ms:.1} ms | {per_route_us:.2} µs | {ms2:.1} ms{threads_same} |"
+        );
+    }
+}
+
+/// What a table decides (as `publish::content_hash` sees it): upstream
+/// lists and probe targets, without scores.
+fn decisions(t: &vantage_proto::v1::RouteTable) -> Vec<String> {
+    let mut out: Vec<String> = t
+        .streams
+        .iter()
+        .map(|r| {
+            let ups: Vec<String> = r
+                .upstreams
+                .iter()
+                .map(|u| format!("{}/{}/{}", u.node_id, u.url, u.hops))
+                .collect();
+            format!("{}: {}", r.stream, ups.join(" > "))
+        })
+        .collect();
+    out.extend(
+        t.probe_targets
+            .iter()
+            .map(|p| format!("probe {}", p.node_id)),
+    );
+    out
+}
+
+/// Tables of `b` whose decisions differ from `a`'s.
+fn changed(a: &vantage_scheduler::planner::Plan, b: &vantage_scheduler::planner::Plan) -> usize {
+    b.tables
+        .iter()
+        .filter(|(id, t)| {
+            a.tables
+                .get(*id)
+                .is_none_or(|o| decisions(o) != decisions(t))
+        })
+        .count()
+}
+
+/// Table churn from measurement noise: a steady-state plan, then every
+/// node's egress and measured RTTs drift by up to ±`drift` (as between two
+/// reports), and the next plan is made with the previous choices as
+/// hysteresis state — primaries and backups (now), primaries only (as
+/// before backup hysteresis), none.
+fn churn(nodes: usize, streams: usize, drift: f64) {
+    let mut input = world(nodes, streams);
+    let first = plan(&input);
+    input.previous = first.primaries;
+    input.previous_backups = first.backups;
+    let base = plan(&input);
+    let mut r = Lcg(7);
+    for v in &mut input.nodes {
+        v.egress_mbps *= 1.0 + drift * (2.0 * r.next() - 1.0);
+        for p in v.paths.values_mut() {
+            p.rtt_ms *= 1.0 + drift * (2.0 * r.next() - 1.0);
+        }
+    }
+    input.previous = base.primaries.clone();
+    input.previous_backups = base.backups.clone();
+    let with_backups = changed(&base, &plan(&input));
+    input.previous_backups.clear();
+    let primaries_only = changed(&base, &plan(&input));
+    input.previous.clear();
+    let none = changed(&base, &plan(&input));
+    println!(
+        "| {nodes} | {streams} | ±{:.0} % | {with_backups} | {primaries_only} | {none} |",
+        drift * 100.0
+    );
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--churn") {
+        println!(
+            "| nodes | streams | drift of egress and RTTs | tables changed: hysteresis of primaries + backups | primaries only | none |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (n, s) in [(1_000, 4), (2_000, 50), (5_000, 20)] {
+            for drift in [0.05, 0.10] {
+                churn(n, s, drift);
+            }
+        }
+        return;
+    }
+    let compare = std::env::args().any(|a| a == "--baseline");
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    println!(
-        "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) |"
-    );
-    println!("|---|---|---|---|");
+    if compare {
+        println!(
+            "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) | per route | 2 threads | baseline planner (1 thread) | speed-up (1 thread) | tables |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) | per route | 2 threads |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
     if let [n, s] = args[..] {
-        measure(n, s);
+        measure(n, s, compare);
         return;
     }
     for (n, s) in [
@@ -116,8 +248,9 @@ fn main() {
         (5_000, 0),
         (1_000, 50),
         (2_000, 50),
+        (5_000, 20),
         (2_000, 500),
     ] {
-        measure(n, s);
+        measure(n, s, compare);
     }
 }

@@ -33,9 +33,17 @@ pub struct App {
     pub metrics: Metrics,
     pub prometheus: prometheus_client::registry::Registry,
     pub shutdown: CancellationToken,
+    /// Viewer routing (`/v1/resolve`, `/play`).
+    pub resolver: crate::resolve::Resolver,
+    /// Trace writer (`--record`); `None` when recording is off.
+    pub recorder: Option<crate::record::Recorder>,
     weights: RwLock<WeightSet>,
     replan: Notify,
+    /// Set with a trigger that must not wait for the debounce (weights).
+    replan_now: AtomicBool,
     previous: Mutex<BTreeMap<(String, String), String>>,
+    /// Backups of the last plan: the next plan's backup hysteresis.
+    previous_backups: Mutex<planner::Backups>,
     ready: AtomicBool,
     /// Cluster secret for probe authenticators (DESIGN §4), shared by all
     /// replicas through the store and sent to agents in every table.
@@ -116,6 +124,24 @@ impl App {
             }
         };
         metrics.weights_version.set(weights.version as i64);
+        let recorder = config.record_dir.as_ref().and_then(|dir| {
+            let m = crate::record::RecordMetrics::register(&mut prometheus);
+            crate::record::Recorder::start(
+                dir,
+                config.record,
+                &config.scheduler_id,
+                (weights.version, weights.weights),
+                m,
+            )
+            .map_err(|e| warn!("recording is OFF: {e}"))
+            .ok()
+        });
+        let resolver = crate::resolve::Resolver::new(
+            config.resolve.clone(),
+            config.geoip.clone(),
+            config.limits.default_bitrate_kbps,
+            crate::resolve::ResolveMetrics::new(&mut prometheus),
+        );
         let registry = Arc::new(Registry::new());
         for rec in store.load_nodes().await? {
             let mut e = NodeEntry::new(
@@ -156,9 +182,13 @@ impl App {
             metrics,
             prometheus,
             shutdown,
+            resolver,
+            recorder,
             weights: RwLock::new(weights),
             replan: Notify::new(),
+            replan_now: AtomicBool::new(false),
             previous: Mutex::new(BTreeMap::new()),
+            previous_backups: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             probe_key,
             config,
@@ -208,7 +238,11 @@ impl App {
         self.metrics.weights_version.set(ws.version as i64);
         self.metrics.weight_changes.inc();
         self.event("", "weights", &format!("version {} by {actor}", ws.version));
+        if let Some(r) = &self.recorder {
+            r.weights(now_ms(), &ws);
+        }
         info!(version = ws.version, ?next, actor, "weights changed");
+        self.replan_now.store(true, Ordering::Relaxed);
         self.trigger_replan();
         Ok(ws)
     }
@@ -275,7 +309,12 @@ impl App {
             e.state
         })?;
         self.persist_node(node_id);
+        // A drained edge must not be handed out even once more.
+        self.resolver.refresh(&self.registry, now);
         self.event(node_id, "drain", by);
+        if let Some(r) = &self.recorder {
+            r.node(now, node_id, "drain", by, None);
+        }
         self.trigger_replan();
         Some(state)
     }
@@ -293,11 +332,15 @@ impl App {
         let started = Instant::now();
         let now = now_ms();
         let ws = self.weights();
-        let previous = self
-            .previous
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // Taken, not cloned (a map per route); the plan puts its own back.
+        let previous =
+            std::mem::take(&mut *self.previous.lock().unwrap_or_else(|e| e.into_inner()));
+        let previous_backups = std::mem::take(
+            &mut *self
+                .previous_backups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         let input = PlanInput {
             now_ms: now,
             weights: ws.weights,
@@ -310,9 +353,21 @@ impl App {
             nodes: self.registry.views(),
             previous,
             probe_key: self.probe_key.clone(),
+            previous_backups,
         };
-        let plan = planner::plan(&input);
+        // Same result as `planner::plan`; the per-node stages use the cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let plan = planner::plan_with_threads(&input, threads);
+        if let Some(r) = &self.recorder {
+            // The input moves to the trace writer; decisions are copied
+            // before the tables are published.
+            r.plan(now, started.elapsed(), input, &plan);
+        }
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = plan.primaries;
+        *self
+            .previous_backups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = plan.backups;
         let mut changed = 0;
         for (node_id, table) in plan.tables {
             if let Published::NewVersion(v) = self.publisher.publish(table, now) {
@@ -340,8 +395,11 @@ impl App {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next_periodic) => {}
                 _ = self.replan.notified() => {
-                    // Debounce a burst of triggers into one plan.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Debounce a burst of triggers into one plan; a weight
+                    // change (one operator action) plans at once.
+                    if !self.replan_now.swap(false, Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             }
             let app = self.clone();
@@ -375,6 +433,10 @@ impl App {
                 .registry
                 .tick(now_ms(), i64::from(self.report_interval_ms()));
             let transitions = !changes.is_empty();
+            if transitions {
+                self.resolver.invalidate();
+            }
+            self.resolver.maybe_refresh(&self.registry, now_ms());
             let mut replan = false;
             for (id, from, to) in changes {
                 replan |= self.on_transition(&id, from, to);
@@ -405,6 +467,9 @@ impl App {
             })
             .inc();
         self.event(id, to.label(), &format!("from {}", from.label()));
+        if let Some(r) = &self.recorder {
+            r.node(now_ms(), id, to.label(), from.label(), None);
+        }
         if to == NodeState::Down {
             // A session that sends no reports is dead or stuck: close it so
             // `connected` is truthful and a live agent reconnects.

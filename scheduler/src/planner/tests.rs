@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 fn node(id: &str, lat: f64, lon: f64) -> NodeView {
     NodeView {
@@ -34,6 +35,7 @@ fn input(nodes: Vec<NodeView>) -> PlanInput {
         nodes,
         previous: BTreeMap::new(),
         probe_key: vec![7; 32],
+        previous_backups: BTreeMap::new(),
     }
 }
 
@@ -254,6 +256,119 @@ fn load_accounting_spreads_a_burst_of_consumers() {
     assert!(per_upstream.len() >= 2, "{per_upstream:?}");
 }
 
+#[test]
+fn spreading_hash_is_the_shared_rendezvous_hash() {
+    let i = input(europe());
+    let ctx = Ctx::new(&i);
+    for u in 0..ctx.nodes.len() {
+        for c in 0..ctx.nodes.len() {
+            let salt = format!("{}\u{1f}live/x", ctx.nodes[c].id);
+            assert_eq!(
+                ctx.spread_hash(u, c, "live/x"),
+                rendezvous(&ctx.nodes[u].id, &salt)
+            );
+        }
+        let salt = format!("{}\u{1f}vod/*", ctx.nodes[u].id);
+        assert_eq!(ctx.spread_hash(NONE, u, "vod/*"), rendezvous("", &salt));
+    }
+}
+
+/// Origin `o`, consumer `c` and four relays at one place between them
+/// whose buffer health sets their order as `c`'s backups, 0.0125 apart
+/// in score: near-equal in the hysteresis sense (< 0.02), yet outside the
+/// spreading band (0.01).
+fn backup_world(buffers: [f64; 4]) -> Vec<NodeView> {
+    let mut o = node("o", 48.0, 2.0);
+    publish(&mut o, "live/x");
+    let mut nodes = vec![o, node("c", 52.0, 2.0)];
+    for (i, b) in buffers.into_iter().enumerate() {
+        let mut r = node(&format!("r{}", i + 1), 50.0, 2.0);
+        r.buffer_ms = Some(b);
+        nodes.push(r);
+    }
+    nodes
+}
+
+fn backups_of_c(p: &Plan) -> Vec<&str> {
+    let r = route(p, "c", "live/x");
+    assert_eq!(r.upstreams[0].node_id, "o", "{:?}", ids(r));
+    ids(r)[1..].to_vec()
+}
+
+#[test]
+fn backup_order_keeps_near_equal_backups_in_place() {
+    let first = plan(&input(backup_world([2000.0, 1900.0, 1800.0, 1700.0])));
+    assert_eq!(backups_of_c(&first), ["r1", "r2", "r3"]);
+    assert_eq!(
+        first.backups[&("c".to_owned(), "live/x".to_owned())],
+        ["r1", "r2", "r3"]
+    );
+    // r1 and r2 swap places by a near-equal margin: a fresh plan reorders
+    // them, a plan with the previous backups keeps the published order.
+    let mut next = input(backup_world([1900.0, 2000.0, 1800.0, 1700.0]));
+    assert_eq!(backups_of_c(&plan(&next)), ["r2", "r1", "r3"]);
+    next.previous = first.primaries.clone();
+    next.previous_backups = first.backups.clone();
+    let stable = plan(&next);
+    assert_eq!(backups_of_c(&stable), ["r1", "r2", "r3"]);
+    // ...and keeps doing so from its own output (a fixed point).
+    next.previous = stable.primaries.clone();
+    next.previous_backups = stable.backups.clone();
+    assert_eq!(plan(&next).tables, stable.tables);
+}
+
+#[test]
+fn backup_hysteresis_gives_way_to_a_clearly_better_candidate() {
+    let first = plan(&input(backup_world([2000.0, 1900.0, 1800.0, 1700.0])));
+    // r1's buffers run dry: r4, clearly better now, takes its place.
+    let mut next = input(backup_world([0.0, 1900.0, 1800.0, 1700.0]));
+    next.previous = first.primaries.clone();
+    next.previous_backups = first.backups.clone();
+    let replaced = plan(&next);
+    let mut got = backups_of_c(&replaced);
+    got.sort_unstable();
+    assert_eq!(got, ["r2", "r3", "r4"]);
+    // A previous backup that went down is dropped at once; the others stay
+    // in order and the best new candidate fills the place.
+    let mut nodes = backup_world([2000.0, 1900.0, 1800.0, 1700.0]);
+    nodes.iter_mut().find(|n| n.id == "r2").unwrap().health = Health::Down;
+    let mut next = input(nodes);
+    next.previous = first.primaries.clone();
+    next.previous_backups = first.backups.clone();
+    assert_eq!(backups_of_c(&plan(&next)), ["r1", "r3", "r4"]);
+    // Unknown ids in the previous state are ignored; r3 is kept, r1 and r4
+    // fill the free places, and r1, two steps (0.025) better than r3, is
+    // clearly better and passes it while r4 (one step worse) stays behind.
+    next.previous_backups.insert(
+        ("c".into(), "live/x".into()),
+        vec!["gone".into(), "r3".into()],
+    );
+    assert_eq!(backups_of_c(&plan(&next)), ["r1", "r3", "r4"]);
+    next.previous_backups.insert(
+        ("c".into(), "live/x".into()),
+        vec!["r4".into(), "r3".into()],
+    );
+    assert_eq!(backups_of_c(&plan(&next)), ["r1", "r4", "r3"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The planner's indexed edge inputs are `edge_inputs`, bit for bit.
+    #[test]
+    fn indexed_edge_inputs_equal_edge_inputs(world in arb_world()) {
+        let ctx = Ctx::new(&world);
+        for u in 0..ctx.nodes.len() {
+            for n in 0..ctx.nodes.len() {
+                let want = edge_inputs(ctx.nodes[u], ctx.nodes[n], &world.ranges, &world.limits, 0.0);
+                let got = ctx.edge_inputs_at(u, n);
+                prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+                prop_assert_eq!(got.km.value.to_bits(), want.km.value.to_bits());
+            }
+        }
+    }
+}
+
 fn arb_world() -> impl Strategy<Value = PlanInput> {
     (3usize..25, any::<u64>()).prop_map(|(n, seed)| {
         let mut rng = seed;
@@ -312,7 +427,69 @@ proptest! {
     #[test]
     fn candidate_graph_is_acyclic_and_bounded(world in arb_world()) {
         let p = plan(&world);
-        let by_id: BTreeMap<&str, &NodeView> = world.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        check_invariants(&world, &p)?;
+    }
+
+    /// The same, when the previous plan was made on other loads and
+    /// health (hysteresis of primaries and backups at work).
+    #[test]
+    fn invariants_hold_with_hysteresis(world in arb_world(), seed in any::<u64>()) {
+        let first = plan(&world);
+        let mut next = world.clone();
+        let mut rng = seed;
+        for n in &mut next.nodes {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            match rng >> 60 {
+                0 => n.health = Health::Down,
+                1 => n.health = Health::Up,
+                _ => {}
+            }
+            n.egress_mbps = ((rng >> 11) % 1000) as f64;
+        }
+        next.previous = first.primaries;
+        next.previous_backups = first.backups;
+        let p = plan(&next);
+        check_invariants(&next, &p)?;
+    }
+
+    /// A plan made with its own output as hysteresis state changes nothing:
+    /// in steady state, tables keep their version.
+    #[test]
+    fn a_plan_is_a_fixed_point_of_its_own_hysteresis(world in arb_world()) {
+        let first = plan(&world);
+        let mut again = world.clone();
+        again.previous = first.primaries.clone();
+        again.previous_backups = first.backups.clone();
+        let second = plan(&again);
+        prop_assert_eq!(second.tables, first.tables);
+        prop_assert_eq!(second.backups, first.backups);
+    }
+
+    /// Threads change nothing (the world is made large enough to use them).
+    #[test]
+    fn threads_do_not_change_the_plan(world in arb_world(), extra in 250usize..300) {
+        let mut big = world.clone();
+        for i in 0..extra {
+            big.nodes.push(node(&format!("z{i:03}"), (i % 120) as f64 - 60.0, (i * 7 % 300) as f64 - 150.0));
+        }
+        let one = plan(&big);
+        let three = plan_with_threads(&big, 3);
+        prop_assert_eq!(&one.tables, &three.tables);
+        prop_assert_eq!(one.primaries, three.primaries);
+    }
+
+    #[test]
+    fn plans_are_deterministic(world in arb_world()) {
+        let a = plan(&world);
+        let b = plan(&world);
+        prop_assert_eq!(a.tables, b.tables);
+    }
+}
+
+fn check_invariants(world: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
+    {
+        let by_id: BTreeMap<&str, &NodeView> =
+            world.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
         let mut streams = BTreeSet::new();
         for t in p.tables.values() {
             for r in &t.streams {
@@ -330,21 +507,33 @@ proptest! {
         }
         for s in streams {
             // DFS over "pulls from" edges of primaries
-            let edges: BTreeMap<&str, Vec<&str>> = p.tables.iter().map(|(id, t)| {
-                let v = t.streams.iter().find(|r| r.stream == s)
-                    .and_then(|r| r.upstreams.first())
-                    .filter(|u| !u.node_id.is_empty())
-                    .map(|u| vec![u.node_id.as_str()])
-                    .unwrap_or_default();
-                (id.as_str(), v)
-            }).collect();
+            let edges: BTreeMap<&str, Vec<&str>> = p
+                .tables
+                .iter()
+                .map(|(id, t)| {
+                    let v = t
+                        .streams
+                        .iter()
+                        .find(|r| r.stream == s)
+                        .and_then(|r| r.upstreams.first())
+                        .filter(|u| !u.node_id.is_empty())
+                        .map(|u| vec![u.node_id.as_str()])
+                        .unwrap_or_default();
+                    (id.as_str(), v)
+                })
+                .collect();
             // a backup never pulls (through primaries) from its consumer
             for (id, t) in &p.tables {
                 for r in t.streams.iter().filter(|r| r.stream == s) {
                     for b in r.upstreams.iter().skip(1) {
                         let mut cur = b.node_id.as_str();
                         for _ in 0..10 {
-                            prop_assert!(cur != id.as_str(), "backup {} of {} pulls from it", b.node_id, id);
+                            prop_assert!(
+                                cur != id.as_str(),
+                                "backup {} of {} pulls from it",
+                                b.node_id,
+                                id
+                            );
                             match edges.get(cur).and_then(|v| v.first()) {
                                 Some(next) => cur = next,
                                 None => break,
@@ -353,12 +542,23 @@ proptest! {
                     }
                 }
             }
-            fn cyclic<'a>(n: &'a str, e: &BTreeMap<&'a str, Vec<&'a str>>, stack: &mut Vec<&'a str>, done: &mut BTreeSet<&'a str>) -> bool {
-                if stack.contains(&n) { return true; }
-                if done.contains(n) { return false; }
+            fn cyclic<'a>(
+                n: &'a str,
+                e: &BTreeMap<&'a str, Vec<&'a str>>,
+                stack: &mut Vec<&'a str>,
+                done: &mut BTreeSet<&'a str>,
+            ) -> bool {
+                if stack.contains(&n) {
+                    return true;
+                }
+                if done.contains(n) {
+                    return false;
+                }
                 stack.push(n);
                 for m in e.get(n).into_iter().flatten() {
-                    if cyclic(m, e, stack, done) { return true; }
+                    if cyclic(m, e, stack, done) {
+                        return true;
+                    }
                 }
                 stack.pop();
                 done.insert(n);
@@ -366,15 +566,13 @@ proptest! {
             }
             let mut done = BTreeSet::new();
             for n in edges.keys() {
-                prop_assert!(!cyclic(n, &edges, &mut Vec::new(), &mut done), "loop for {}", s);
+                prop_assert!(
+                    !cyclic(n, &edges, &mut Vec::new(), &mut done),
+                    "loop for {}",
+                    s
+                );
             }
         }
     }
-
-    #[test]
-    fn plans_are_deterministic(world in arb_world()) {
-        let a = plan(&world);
-        let b = plan(&world);
-        prop_assert_eq!(a.tables, b.tables);
-    }
+    Ok(())
 }

@@ -83,21 +83,38 @@ impl Channel {
 /// wobbling between reports) keeps the version and is not pushed; a change
 /// of any candidate, order, probe target or setting is.
 pub fn content_hash(table: &RouteTable) -> String {
-    let mut t = table.clone();
-    t.version = 0;
-    t.nonce.clear();
-    t.generated_at_ms = 0;
+    content_hash_in_place(&mut table.clone())
+}
+
+/// [`content_hash`] without copying the table: the excluded fields are
+/// cleared for the encoding and put back afterwards.
+fn content_hash_in_place(t: &mut RouteTable) -> String {
+    let version = std::mem::take(&mut t.version);
+    let nonce = std::mem::take(&mut t.nonce);
+    let generated_at_ms = std::mem::take(&mut t.generated_at_ms);
+    let mut scores: Vec<f64> = Vec::new();
+    for r in &mut t.streams {
+        scores.extend(r.upstreams.iter_mut().map(|u| std::mem::take(&mut u.score)));
+    }
+    for r in &mut t.redirects {
+        scores.extend(r.edges.iter_mut().map(|e| std::mem::take(&mut e.score)));
+    }
+    let hash = hex::encode(Sha256::digest(t.encode_to_vec()));
+    let mut back = scores.into_iter();
     for r in &mut t.streams {
         for u in &mut r.upstreams {
-            u.score = 0.0;
+            u.score = back.next().unwrap_or_default();
         }
     }
     for r in &mut t.redirects {
         for e in &mut r.edges {
-            e.score = 0.0;
+            e.score = back.next().unwrap_or_default();
         }
     }
-    hex::encode(Sha256::digest(t.encode_to_vec()))
+    t.version = version;
+    t.nonce = nonce;
+    t.generated_at_ms = generated_at_ms;
+    hash
 }
 
 #[derive(Debug)]
@@ -147,7 +164,7 @@ impl Publisher {
     /// Offers a freshly planned table for a node.
     pub fn publish(&self, mut table: RouteTable, now_ms: i64) -> Published {
         let ch = self.channel(&table.node_id);
-        let hash = content_hash(&table);
+        let hash = content_hash_in_place(&mut table);
         let mut st = ch.lock();
         let have_table = ch.tx.borrow().is_some();
         let outcome = if st.hash == hash {
@@ -257,4 +274,45 @@ pub fn table_json(t: &RouteTable) -> serde_json::Value {
             "edges": r.edges.iter().map(|e| json!({"node_id": e.node_id, "url": e.url, "score": e.score})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vantage_proto::v1::{StreamRoute, Upstream};
+
+    fn table(score: f64, second: &str) -> RouteTable {
+        let up = |id: &str, score: f64| Upstream {
+            node_id: id.to_owned(),
+            url: format!("http://{id}:8080"),
+            score,
+            ..Upstream::default()
+        };
+        RouteTable {
+            node_id: "a".into(),
+            version: 7,
+            nonce: "n".into(),
+            generated_at_ms: 42,
+            streams: vec![StreamRoute {
+                stream: "live/x".into(),
+                upstreams: vec![up("b", score), up(second, score + 0.5)],
+            }],
+            ..RouteTable::default()
+        }
+    }
+
+    #[test]
+    fn content_hash_ignores_scores_and_bookkeeping_but_not_choices() {
+        let a = table(0.1, "c");
+        let mut b = table(0.3, "c");
+        b.version = 8;
+        b.nonce = "other".into();
+        b.generated_at_ms = 43;
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&table(0.1, "d")));
+        // The in-place variant hashes the same and leaves the table as it was.
+        let mut c = a.clone();
+        assert_eq!(content_hash_in_place(&mut c), content_hash(&a));
+        assert_eq!(c, a);
+    }
 }
