@@ -1,17 +1,13 @@
 //! Planner benchmark: time of one full plan for N nodes and S streams,
 //! pure code (no I/O), as the scheduler runs it on every replan.
 //!
-//! `cargo bench -p vantage-scheduler --bench planner [-- NODES STREAMS] [--baseline]`
+//! `cargo bench -p vantage-scheduler --bench planner [-- NODES STREAMS] [--churn]`
 //! Without numbers: 1,000 / 2,000 / 5,000 nodes with 0 and 50 streams,
-//! and 2,000 nodes × 500 streams (DESIGN §11). `--baseline` also times the
-//! planner as it was before the rework (`support/planner_baseline.rs`) on
-//! the same input in the same process, and says whether both produce the
-//! same tables. `--churn` measures how many tables change from one plan to
+//! and 2,000 nodes × 500 streams (DESIGN §11). To compare with an older
+//! planner, run the same bench in a worktree of the older commit (see
+//! docs/benchmarks.md). `--churn` measures how many tables change from one plan to
 //! the next when loads and RTTs drift, with and without hysteresis.
 //! Figures are printed, never asserted; see docs/benchmarks.md.
-
-#[path = "support/planner_baseline.rs"]
-mod baseline;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -109,7 +105,7 @@ fn best_of<T>(runs: usize, f: impl Fn() -> T) -> (f64, T) {
     }
 }
 
-fn measure(nodes: usize, streams: usize, compare: bool) {
+fn measure(nodes: usize, streams: usize) {
     let mut input = world(nodes, streams);
     // Steady state, as in the running scheduler: the previous plan's
     // primaries and backups are the hysteresis input.
@@ -125,22 +121,9 @@ fn measure(nodes: usize, streams: usize, compare: bool) {
     } else {
         " (DIFFERENT)"
     };
-    if compare {
-        let (base_ms, b) = best_of(3, || baseline::plan(&input));
-        let same = if b.tables == p.tables && b.primaries == p.primaries {
-            "identical"
-        } else {
-            "differ"
-        };
-        println!(
-            "| {nodes} | {streams} | {routes} | {ms:.1} ms | {per_route_us:.2} µs | {ms2:.1} ms{threads_same} | {base_ms:.1} ms | {:.1}× | {same} |",
-            base_ms / ms
-        );
-    } else {
-        println!(
-            "| {nodes} | {streams} | {routes} | {ms:.1} ms | {per_route_us:.2} µs | {ms2:.1} ms{threads_same} |"
-        );
-    }
+    println!(
+        "| {nodes} | {streams} | {routes} | {ms:.1} ms | {per_route_us:.2} µs | {ms2:.1} ms{threads_same} |"
+    );
 }
 
 /// What a table decides (as `publish::content_hash` sees it): upstream
@@ -222,24 +205,16 @@ fn main() {
         }
         return;
     }
-    let compare = std::env::args().any(|a| a == "--baseline");
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    if compare {
-        println!(
-            "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) | per route | 2 threads | baseline planner (1 thread) | speed-up (1 thread) | tables |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|");
-    } else {
-        println!(
-            "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) | per route | 2 threads |"
-        );
-        println!("|---|---|---|---|---|---|");
-    }
+    println!(
+        "| nodes | streams (+1 pattern) | stream routes in all tables | plan time (best of 3) | per route | 2 threads |"
+    );
+    println!("|---|---|---|---|---|---|");
     if let [n, s] = args[..] {
-        measure(n, s, compare);
+        measure(n, s);
         return;
     }
     for (n, s) in [
@@ -251,6 +226,6 @@ fn main() {
         (5_000, 20),
         (2_000, 500),
     ] {
-        measure(n, s, compare);
+        measure(n, s);
     }
 }
