@@ -39,6 +39,19 @@ impl Coord {
         let b = Point::new(other.lon, other.lat);
         Haversine.distance(a, b) / 1000.0
     }
+
+    /// The point on a sphere of the Earth's mean radius, in km (x, y, z):
+    /// nearest neighbours by chord length are nearest by great-circle
+    /// distance, so R-trees over these points answer "nearest nodes".
+    pub fn sphere_point(&self) -> [f64; 3] {
+        const R: f64 = 6371.0;
+        let (lat, lon) = (self.lat.to_radians(), self.lon.to_radians());
+        [
+            R * lat.cos() * lon.cos(),
+            R * lat.cos() * lon.sin(),
+            R * lat.sin(),
+        ]
+    }
 }
 
 /// Expected round-trip time between two places `km` apart.

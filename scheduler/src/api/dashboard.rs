@@ -135,20 +135,9 @@ fn serving(e: &NodeEntry, weights: &Weights, ranges: &Ranges) -> (Value, Value) 
     let stall = weighted(e, |g| g.stall_rate);
     let view = e.view();
     let buffer = cmcd_buffer.or(view.buffer_ms);
-    let measured: Vec<_> = e.paths.values().filter(|p| p.samples > 0).collect();
-    let path_rtt = (!measured.is_empty()).then(|| {
-        measured
-            .iter()
-            .map(|p| {
-                if p.rtt_p50_ms > 0.0 {
-                    p.rtt_p50_ms
-                } else {
-                    p.rtt_ewma_ms
-                }
-            })
-            .sum::<f64>()
-            / measured.len() as f64
-    });
+    let measured: Vec<_> = view.paths.values().filter(|p| p.samples > 0).collect();
+    let path_rtt = (!measured.is_empty())
+        .then(|| measured.iter().map(|p| p.rtt_ms).sum::<f64>() / measured.len() as f64);
     let path_loss = (!measured.is_empty())
         .then(|| measured.iter().map(|p| p.loss).sum::<f64>() / measured.len() as f64);
     let inputs = Inputs {

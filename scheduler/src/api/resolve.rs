@@ -261,6 +261,11 @@ struct EdgeBody<'a> {
     terms: &'a [vantage_shared::score::Term],
 }
 
+/// The edge's URL of `stream`.
+fn edge_url(public_url: &str, stream: &StreamKey) -> String {
+    format!("{public_url}/{stream}.flv")
+}
+
 fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
     AnswerBody {
         stream: req.stream.as_str(),
@@ -280,7 +285,7 @@ fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
             .map(|e| EdgeBody {
                 node_id: &e.node_id,
                 public_url: &e.public_url,
-                url: format!("{}/{}.flv", e.public_url, req.stream),
+                url: edge_url(&e.public_url, &req.stream),
                 score: e.score,
                 basis: if e.measured() { "measured" } else { "modelled" },
                 group_samples: e.group_samples,
@@ -338,7 +343,7 @@ pub async fn play(
             },
         );
     };
-    let mut location = format!("{}/{}.flv", edge.public_url, req.stream);
+    let mut location = edge_url(&edge.public_url, &req.stream);
     let mut query: Vec<String> = raw.into_iter().filter(|r| !r.is_empty()).collect();
     if let (Some(c), false) = (coord, source == LocationSource::Query) {
         query.push(format!("lat={:.4}&lon={:.4}", c.lat, c.lon));

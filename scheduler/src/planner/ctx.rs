@@ -51,7 +51,7 @@ impl<'a> Ctx<'a> {
             nodes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, v)| v.coord.map(|c| GeomWithData::new(sphere_point(c), i)))
+                .filter_map(|(i, v)| v.coord.map(|c| GeomWithData::new(c.sphere_point(), i)))
                 .collect(),
         );
         let epoch = input
@@ -185,7 +185,7 @@ impl<'a> Ctx<'a> {
             return Vec::new();
         };
         self.spatial
-            .nearest_neighbor_iter(&sphere_point(c))
+            .nearest_neighbor_iter(&c.sphere_point())
             .map(|p| p.data)
             .filter(|&u| u != i)
             .take(scan)
@@ -235,18 +235,6 @@ pub(super) fn finalise(mut h: u64) -> u64 {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
-}
-
-/// A coordinate as a 3-D point on a sphere of Earth's radius: straight-line
-/// (chord) distance grows monotonically with great-circle distance.
-pub(super) fn sphere_point(c: Coord) -> [f64; 3] {
-    const R: f64 = 6371.0;
-    let (lat, lon) = (c.lat.to_radians(), c.lon.to_radians());
-    [
-        R * lat.cos() * lon.cos(),
-        R * lat.cos() * lon.sin(),
-        R * lat.sin(),
-    ]
 }
 
 /// Each node's best `relay_candidates` eligible peers by load-free edge

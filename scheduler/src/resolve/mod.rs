@@ -37,7 +37,7 @@ use rstar::primitives::GeomWithData;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vantage_proto::v1::{GroupQoe, StreamRole};
 use vantage_shared::group::{Cell, GroupKey};
 use vantage_shared::place::Coord;
@@ -146,18 +146,16 @@ struct NodeTrack {
     reports: u64,
 }
 
-fn sphere_point(c: Coord) -> [f64; 3] {
-    const R: f64 = 6371.0;
-    let (lat, lon) = (c.lat.to_radians(), c.lon.to_radians());
-    [
-        R * lat.cos() * lon.cos(),
-        R * lat.cos() * lon.sin(),
-        R * lat.sin(),
-    ]
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The scheduler's resolver.
@@ -289,50 +287,47 @@ impl Resolver {
                 .filter_map(|&i| {
                     snap.nodes[i]
                         .coord
-                        .map(|c| GeomWithData::new(sphere_point(c), i))
+                        .map(|c| GeomWithData::new(c.sphere_point(), i))
                 })
                 .collect(),
         );
         // One short write lock per node, so resolves never wait for a whole
         // round of reports to be folded in.
         for (id, groups, at) in &learned {
-            self.learner
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(id, groups, *at);
+            write(&self.learner).observe(id, groups, *at);
         }
         if !learned.is_empty() || now_ms - self.pruned_ms.load(Ordering::Relaxed) > 10_000 {
-            let mut l = self.learner.write().unwrap_or_else(|e| e.into_inner());
+            let mut l = write(&self.learner);
             if now_ms - self.pruned_ms.load(Ordering::Relaxed) > 10_000 {
                 self.pruned_ms.store(now_ms, Ordering::Relaxed);
                 l.prune(now_ms, 0.01, |n| snap.by_id.contains_key(n));
             }
-            self.metrics.learned_groups.set(l.len() as i64);
-            self.metrics.learned_pairs.set(l.pairs() as i64);
+            self.record_sizes(&l);
         }
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        *write(&self.snapshot) = Arc::new(snap);
         self.built_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// Folds group aggregates of `node` in directly (benchmarks, tests).
     pub fn observe(&self, node: &str, groups: &[GroupQoe], now_ms: i64) {
-        let mut l = self.learner.write().unwrap_or_else(|e| e.into_inner());
+        let mut l = write(&self.learner);
         l.observe(node, groups, now_ms);
+        self.record_sizes(&l);
+    }
+
+    fn record_sizes(&self, l: &Learner) {
         self.metrics.learned_groups.set(l.len() as i64);
         self.metrics.learned_pairs.set(l.pairs() as i64);
     }
 
     /// Client groups with at least one estimate.
     pub fn learned_groups(&self) -> usize {
-        self.learner.read().unwrap_or_else(|e| e.into_inner()).len()
+        read(&self.learner).len()
     }
 
     /// (node, group) estimates held.
     pub fn learned_pairs(&self) -> usize {
-        self.learner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .pairs()
+        read(&self.learner).pairs()
     }
 
     /// The client group of a location and ASN.
@@ -350,11 +345,7 @@ impl Resolver {
         now_ms: i64,
         rng: &mut R,
     ) -> Result<Answer, ResolveError> {
-        let snap = self
-            .snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let snap = read(&self.snapshot).clone();
         let kbps = match snap.published.get(&req.stream) {
             Some(&k) if k > 0.0 && k.is_finite() => k,
             Some(_) => self.default_bitrate_kbps,
@@ -375,7 +366,7 @@ impl Resolver {
             }
             .to_string()
         });
-        let learner = self.learner.read().unwrap_or_else(|e| e.into_inner());
+        let learner = read(&self.learner);
         // This group's estimates by snapshot index (the exact group first,
         // then its cell): one pass over the group's list, O(1) per candidate.
         let mut estimates: HashMap<usize, &learn::GroupEstimate> = HashMap::new();
@@ -393,7 +384,7 @@ impl Resolver {
         if let (Some(c), Cell::Geohash(_)) = (req.coord, &key.cell) {
             picked.extend(
                 snap.spatial
-                    .nearest_neighbor_iter(&sphere_point(c))
+                    .nearest_neighbor_iter(&c.sphere_point())
                     .take(self.cfg.nearest_candidates)
                     .map(|g| g.data),
             );
