@@ -718,7 +718,7 @@ impl<'a> Engine<'a> {
     fn handle(&mut self, t: u64, ev: Ev) {
         match ev {
             Ev::Deliver(r) => {
-                self.view.apply(&r, t);
+                self.view.apply(&r);
                 if let Some(q) = self.policy.qoe.as_mut() {
                     let groups: Vec<GroupQoe> = r
                         .groups

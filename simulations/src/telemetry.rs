@@ -100,12 +100,12 @@ impl View {
     }
 
     /// Applies a delivered report.
-    pub fn apply(&mut self, r: &Report, arrived_ms: u64) {
+    pub fn apply(&mut self, r: &Report) {
         let i = usize::from(r.node);
         if self.last_report_ms[i].is_some_and(|t| t > r.generated_ms) {
             return; // reordered: an older report after a newer one
         }
-        self.last_report_ms[i] = Some(r.generated_ms.max(arrived_ms.min(r.generated_ms)));
+        self.last_report_ms[i] = Some(r.generated_ms);
         self.utilisation[i] = r.utilisation;
         self.egress_mbps[i] = r.egress_mbps;
         self.buffer_ms[i] = r.buffer_ms;
