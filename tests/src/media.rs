@@ -138,3 +138,31 @@ pub async fn wait_routed_through(
         )
     })
 }
+
+/// A scheduler reporting every 500 ms, agent `a` at Paris (`eu-paris`) and
+/// agent `b` at Frankfurt (`eu-frankfurt`), both up, and an `ffmpeg`
+/// [`Publisher`] sending `stream` to `a` (`POST {a}/{stream}.flv`).
+pub async fn paris_frankfurt_publishing(
+    ffmpeg: &Path,
+    a: &str,
+    b: &str,
+    stream: &str,
+) -> (crate::Scheduler, crate::Agent, crate::Agent, Publisher) {
+    let s = crate::Scheduler::builder()
+        .report_interval_ms(500)
+        .start()
+        .await;
+    let agent_a = crate::Agent::builder(a, &s)
+        .region("eu-paris")
+        .at(48.8566, 2.3522)
+        .start()
+        .await;
+    let agent_b = crate::Agent::builder(b, &s)
+        .region("eu-frankfurt")
+        .at(50.1109, 8.6821)
+        .start()
+        .await;
+    crate::cluster::wait_all_up(&s, &[a, b], Duration::from_secs(15)).await;
+    let publisher = Publisher::start(ffmpeg, &format!("{}/{stream}.flv", agent_a.media_url()));
+    (s, agent_a, agent_b, publisher)
+}

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
-use vantage_tests::cluster::{acked_version, first_upstream, table_of, wait_all_up};
+use vantage_tests::cluster::{acked_version, first_upstream, table_of};
 use vantage_tests::eventually::try_eventually_every;
-use vantage_tests::media::{Publisher, stream_role, tool};
+use vantage_tests::media::{Publisher, paris_frankfurt_publishing, stream_role, tool};
 use vantage_tests::{Agent, Scheduler, eventually};
 
 const STREAM: &str = "live/x";
@@ -62,19 +62,7 @@ struct Setup {
 /// table whose first upstream for `live/x` is A.
 async fn setup(ffmpeg: &Path) -> Setup {
     let t0 = Instant::now();
-    let s = Scheduler::builder().report_interval_ms(500).start().await;
-    let a = Agent::builder(A, &s)
-        .region("eu-paris")
-        .at(48.8566, 2.3522)
-        .start()
-        .await;
-    let b = Agent::builder(B, &s)
-        .region("eu-frankfurt")
-        .at(50.1109, 8.6821)
-        .start()
-        .await;
-    wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
-    let mut publisher = Publisher::start(ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    let (s, a, b, mut publisher) = paris_frankfurt_publishing(ffmpeg, A, B, STREAM).await;
     let routed = try_eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),

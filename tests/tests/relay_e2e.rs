@@ -26,7 +26,9 @@ use vantage_shared::flv::{DEFAULT_MAX_TAG_SIZE, Demuxer};
 use vantage_shared::group::{DEFAULT_PRECISION, geohash};
 use vantage_tests::cluster::{acked_version, upstreams, wait_all_up};
 use vantage_tests::eventually::try_eventually_every;
-use vantage_tests::media::{Publisher, stream_role, tool, wait_routed_through};
+use vantage_tests::media::{
+    Publisher, paris_frankfurt_publishing, stream_role, tool, wait_routed_through,
+};
 use vantage_tests::{Agent, Scheduler, eventually};
 
 const STREAM: &str = "live/x";
@@ -363,19 +365,7 @@ async fn cmcd_from_query_and_headers_reaches_the_scheduler_per_group() {
     let Some(ffmpeg) = tool("ffmpeg", test) else {
         return;
     };
-    let s = Scheduler::builder().report_interval_ms(500).start().await;
-    let a = Agent::builder(A, &s)
-        .region("eu-paris")
-        .at(48.8566, 2.3522)
-        .start()
-        .await;
-    let b = Agent::builder(B, &s)
-        .region("eu-frankfurt")
-        .at(50.1109, 8.6821)
-        .start()
-        .await;
-    wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
-    let mut publisher = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
+    let (s, _a, b, mut publisher) = paris_frankfurt_publishing(&ffmpeg, A, B, STREAM).await;
     wait_routed_through(&s, &b, STREAM, A, &mut publisher).await;
 
     // Berlin viewer: CMCD in the query. Munich viewer: CMCD in headers.
