@@ -44,12 +44,45 @@ FROM nodes ORDER BY id";
 
 const NODE_SEEN: &str = "UPDATE nodes SET last_seen_ms = $2 WHERE id = $1 AND last_seen_ms < $2";
 
-const INSERT_ROUTE_VERSION: &str = "\
-INSERT INTO route_versions (node_id, version, hash, created_at_ms) VALUES ($1, $2, $3, $4) \
-ON CONFLICT (node_id, version) DO NOTHING";
+/// Route versions and ACKs come a thousand at a time (one per node and
+/// plan), so they are written with multi-row statements of up to this many
+/// rows instead of one statement each: one round trip to the database per
+/// chunk. 4 parameters per row stays far below SQLite's (32,766) and
+/// PostgreSQL's (65,535) limits.
+const ROWS_PER_STATEMENT: usize = 250;
 
-const ROUTE_ACK: &str =
-    "UPDATE route_versions SET acked_at_ms = $3 WHERE node_id = $1 AND version = $2";
+/// `INSERT INTO route_versions … VALUES ($1, $2, $3, $4), … ON CONFLICT DO
+/// NOTHING` for `rows` rows: within a statement as across statements, the
+/// first row of a (node, version) wins.
+fn insert_route_versions(rows: usize) -> String {
+    format!(
+        "INSERT INTO route_versions (node_id, version, hash, created_at_ms) VALUES {} \
+         ON CONFLICT (node_id, version) DO NOTHING",
+        value_rows(rows, 4)
+    )
+}
+
+/// ACKs of `rows` (node, version, at) triples in one `UPDATE … FROM
+/// (VALUES …)` (SQLite ≥ 3.33 and PostgreSQL; both name the columns of a
+/// VALUES list column1, column2, …). Unknown versions match nothing.
+fn ack_route_versions(rows: usize) -> String {
+    format!(
+        "UPDATE route_versions SET acked_at_ms = v.column3 FROM (VALUES {}) AS v \
+         WHERE route_versions.node_id = v.column1 AND route_versions.version = v.column2",
+        value_rows(rows, 3)
+    )
+}
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `cols` parameters.
+fn value_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 const ROUTE_NACK: &str = "UPDATE route_versions SET nacked_at_ms = $3, nack_detail = $4 WHERE node_id = $1 AND version = $2";
 
@@ -334,46 +367,13 @@ pub(super) async fn apply_batch(conn: &mut AnyConnection, ops: &[Prepared]) -> s
                 *t = (*t).max(*at_ms);
             }
             Prepared::NodeInfo(rec) => upsert_node(conn, rec).await?,
-            Prepared::RouteVersion {
-                node_id,
-                version,
-                hash,
-                created_at_ms,
-            } => {
-                sqlx::query(INSERT_ROUTE_VERSION)
-                    .bind(node_id)
-                    .bind(*version)
-                    .bind(hash)
-                    .bind(*created_at_ms)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Prepared::RouteAck {
-                node_id,
-                version,
-                at_ms,
-            } => {
-                sqlx::query(ROUTE_ACK)
-                    .bind(node_id)
-                    .bind(*version)
-                    .bind(*at_ms)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Prepared::RouteNack {
-                node_id,
-                version,
-                at_ms,
-                detail,
-            } => {
-                sqlx::query(ROUTE_NACK)
-                    .bind(node_id)
-                    .bind(*version)
-                    .bind(*at_ms)
-                    .bind(detail)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            // Written below, after every other op of the batch, in
+            // multi-row statements: versions first, then ACKs, then NACKs
+            // (an ACK or NACK never precedes its version in the queue; the
+            // columns they set are independent).
+            Prepared::RouteVersion { .. }
+            | Prepared::RouteAck { .. }
+            | Prepared::RouteNack { .. } => {}
             Prepared::Event(ev) => {
                 sqlx::query(INSERT_EVENT)
                     .bind(ev.at_ms)
@@ -407,6 +407,76 @@ pub(super) async fn apply_batch(conn: &mut AnyConnection, ops: &[Prepared]) -> s
             .bind(at_ms)
             .execute(&mut *conn)
             .await?;
+    }
+    write_route_versions(conn, ops).await?;
+    write_route_acks(conn, ops).await?;
+    for op in ops {
+        if let Prepared::RouteNack {
+            node_id,
+            version,
+            at_ms,
+            detail,
+        } = op
+        {
+            sqlx::query(ROUTE_NACK)
+                .bind(node_id)
+                .bind(*version)
+                .bind(*at_ms)
+                .bind(detail)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every [`Prepared::RouteVersion`] of the batch, in queue order.
+async fn write_route_versions(conn: &mut AnyConnection, ops: &[Prepared]) -> sqlx::Result<()> {
+    let rows: Vec<(&str, i64, &str, i64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Prepared::RouteVersion {
+                node_id,
+                version,
+                hash,
+                created_at_ms,
+            } => Some((node_id.as_str(), *version, hash.as_str(), *created_at_ms)),
+            _ => None,
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = insert_route_versions(chunk.len());
+        let mut q = sqlx::query(&sql);
+        for &(node_id, version, hash, created_at_ms) in chunk {
+            q = q.bind(node_id).bind(version).bind(hash).bind(created_at_ms);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Every [`Prepared::RouteAck`] of the batch; of repeated ACKs of one
+/// (node, version) the last one's time is kept, as one UPDATE each would.
+async fn write_route_acks(conn: &mut AnyConnection, ops: &[Prepared]) -> sqlx::Result<()> {
+    let mut last: HashMap<(&str, i64), i64> = HashMap::new();
+    for op in ops {
+        if let Prepared::RouteAck {
+            node_id,
+            version,
+            at_ms,
+        } = op
+        {
+            last.insert((node_id.as_str(), *version), *at_ms);
+        }
+    }
+    let rows: Vec<_> = last.into_iter().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = ack_route_versions(chunk.len());
+        let mut q = sqlx::query(&sql);
+        for &((node_id, version), at_ms) in chunk {
+            q = q.bind(node_id).bind(version).bind(at_ms);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -131,6 +131,7 @@ on_both_backends!(
     weight_versions_increase_and_persist,
     concurrent_weight_inserts_get_unique_versions,
     route_heads_report_latest_and_acked_versions,
+    a_plan_worth_of_versions_and_acks_spans_statements,
     recorded_writes_persist_after_flush,
     many_records_few_transactions,
     full_queue_drops_and_counts,
@@ -406,6 +407,59 @@ async fn route_heads_report_latest_and_acked_versions(url: &str) {
 
     let store = Store::open(url).await.unwrap();
     assert_eq!(store.route_heads().await.unwrap(), heads, "persisted");
+    store.close().await.unwrap();
+}
+
+/// 700 nodes × 2 versions and their ACKs in one flush: more rows than one
+/// multi-row statement holds, repeated ACKs, and an ACK of a version that
+/// arrives in a later batch.
+async fn a_plan_worth_of_versions_and_acks_spans_statements(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    const NODES: usize = 700;
+    for v in 1..=2u64 {
+        for n in 0..NODES {
+            store.record(WriteOp::RouteVersion {
+                node_id: format!("n{n:04}"),
+                version: v,
+                hash: format!("h{n}-{v}"),
+                created_at_ms: v as i64,
+            });
+        }
+    }
+    for n in 0..NODES {
+        // Version 2 ACKed by the even nodes, twice (the later time wins).
+        let acked = if n % 2 == 0 { 2 } else { 1 };
+        for at in [10, 20] {
+            store.record(WriteOp::RouteAck {
+                node_id: format!("n{n:04}"),
+                version: acked,
+                at_ms: at,
+            });
+        }
+    }
+    store.flush().await.unwrap();
+    let heads = store.route_heads().await.unwrap();
+    assert_eq!(heads.len(), NODES);
+    for (n, h) in heads.iter().enumerate() {
+        assert_eq!(h.node_id, format!("n{n:04}"));
+        assert_eq!(h.version, 2);
+        assert_eq!(h.hash, format!("h{n}-2"));
+        assert_eq!(h.acked_version, if n % 2 == 0 { 2 } else { 1 });
+    }
+    let history = store.route_history("n0000", 10).await.unwrap();
+    assert_eq!(history[0].acked_at_ms, Some(20), "last ACK time kept");
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM route_versions").await,
+        2 * NODES as i64
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM route_versions WHERE acked_at_ms IS NOT NULL"
+        )
+        .await,
+        NODES as i64
+    );
     store.close().await.unwrap();
 }
 
