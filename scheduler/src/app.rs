@@ -1,9 +1,10 @@
 //! The running scheduler: every component in one place, and the two loops
 //! that own time — liveness (up → suspect → down) and planning.
 //!
-//! Planning runs on a short period and immediately (debounced by 10 ms) when
-//! triggered by a node going down, an alert, a drain, a new node or a weight
-//! change.
+//! Planning runs immediately (debounced by 10 ms) when triggered by a node
+//! going down, an alert, a drain, a new node or a weight change (which also
+//! supersedes a plan in progress), and on a short period when some node's
+//! inputs moved beyond the deadband (`plan_inputs`).
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -13,7 +14,7 @@ use crate::publish::{Published, Publisher};
 use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
 use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp, WriteStats};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -22,6 +23,9 @@ use tracing::{debug, info, warn};
 use vantage_shared::clock::now_ms;
 use vantage_shared::place::Coord;
 use vantage_shared::score::Weights;
+
+/// Tables published between two checks for a superseding weight change.
+const SUPERSEDED_CHECK_EVERY: usize = 64;
 
 #[derive(Debug)]
 pub struct App {
@@ -41,6 +45,12 @@ pub struct App {
     replan: Notify,
     /// Set with a trigger that must not wait for the debounce (weights).
     replan_now: AtomicBool,
+    /// Probe rotation epoch of the last plan (a new epoch rotates the
+    /// random probe targets, so it is due even when no input moved).
+    planned_epoch: AtomicI64,
+    /// Bumped by every weight change: a plan started under an older value
+    /// is superseded and gives up (see [`App::plan_once`]).
+    weights_generation: AtomicU64,
     previous: Mutex<BTreeMap<(String, String), String>>,
     /// Backups of the last plan: the next plan's backup hysteresis.
     previous_backups: Mutex<planner::Backups>,
@@ -187,6 +197,8 @@ impl App {
             weights: RwLock::new(weights),
             replan: Notify::new(),
             replan_now: AtomicBool::new(false),
+            weights_generation: AtomicU64::new(0),
+            planned_epoch: AtomicI64::new(i64::MIN),
             previous: Mutex::new(BTreeMap::new()),
             previous_backups: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
@@ -242,6 +254,7 @@ impl App {
             r.weights(now_ms(), &ws);
         }
         info!(version = ws.version, ?next, actor, "weights changed");
+        self.weights_generation.fetch_add(1, Ordering::Relaxed);
         self.replan_now.store(true, Ordering::Relaxed);
         self.trigger_replan();
         Ok(ws)
@@ -328,9 +341,18 @@ impl App {
 
     /// Plans once and publishes every node's table. Returns how many tables
     /// got a new version.
+    ///
+    /// A weight change while this runs supersedes it: the plan stops at its
+    /// next check, publishes nothing more and leaves the hysteresis state as
+    /// it was, and the planning loop starts the plan with the new weights at
+    /// once instead of after this one.
     pub fn plan_once(&self) -> usize {
         let started = Instant::now();
         let now = now_ms();
+        let generation = self.weights_generation.load(Ordering::Relaxed);
+        self.planned_epoch
+            .store(self.probe_epoch(now), Ordering::Relaxed);
+        let superseded = || self.weights_generation.load(Ordering::Relaxed) != generation;
         let ws = self.weights();
         // Taken, not cloned (a map per route); the plan puts its own back.
         let previous =
@@ -350,14 +372,26 @@ impl App {
             limits: self.config.limits,
             report_interval_ms: self.report_interval_ms(),
             table_ttl_s: self.config.table_ttl_s,
-            nodes: self.registry.views(),
+            nodes: self.registry.planning_views(
+                &self.config.deadband,
+                &self.config.ranges,
+                self.config.limits.min_path_samples,
+            ),
             previous,
             probe_key: self.probe_key.clone(),
             previous_backups,
         };
         // Same result as `planner::plan`; the per-node stages use the cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let plan = planner::plan_with_threads(&input, threads);
+        let Some(plan) = planner::plan_cancellable(&input, threads, &superseded) else {
+            *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = input.previous;
+            *self
+                .previous_backups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = input.previous_backups;
+            self.metrics.plans_superseded.inc();
+            return 0;
+        };
         if let Some(r) = &self.recorder {
             // The input moves to the trace writer; decisions are copied
             // before the tables are published.
@@ -368,9 +402,18 @@ impl App {
             .previous_backups
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = plan.backups;
+        let mut tables: Vec<_> = plan.tables.into_values().collect();
+        let hashes = crate::publish::content_hashes(&mut tables, threads);
         let mut changed = 0;
-        for (node_id, table) in plan.tables {
-            if let Published::NewVersion(v) = self.publisher.publish(table, now) {
+        for (i, (table, hash)) in tables.into_iter().zip(hashes).enumerate() {
+            // Tables already out stay valid (a complete plan under the
+            // old weights); the rest would be replaced at once anyway.
+            if i % SUPERSEDED_CHECK_EVERY == 0 && superseded() {
+                self.metrics.plans_superseded.inc();
+                break;
+            }
+            let node_id = table.node_id.clone();
+            if let Published::NewVersion(v) = self.publisher.publish_hashed(table, hash, now) {
                 changed += 1;
                 debug!(node_id, version = v, "new route table");
             }
@@ -382,18 +425,41 @@ impl App {
         changed
     }
 
+    fn probe_epoch(&self, now_ms: i64) -> i64 {
+        now_ms.div_euclid(self.config.limits.probe_rotation_ms.max(1))
+    }
+
+    /// Whether a periodic replan could change anything: some node's inputs
+    /// left the deadband (`plan_inputs`), or a new probe rotation epoch
+    /// began. Otherwise the plan would reproduce the tables in force.
+    fn periodic_plan_due(&self) -> bool {
+        self.probe_epoch(now_ms()) != self.planned_epoch.load(Ordering::Relaxed)
+            || self.registry.inputs_moved(
+                &self.config.deadband,
+                &self.config.ranges,
+                self.config.limits.min_path_samples,
+            )
+    }
+
     /// The planning loop: periodic, and immediate on triggers (down, alert,
     /// drain, join, weights). The periodic replan waits at least the
     /// configured interval and at least twice the last plan's duration, so
     /// planning never takes more than a third of a core in steady state
-    /// however large the cluster; triggered replans are never delayed.
+    /// however large the cluster, and is skipped while no node's inputs
+    /// moved beyond the deadband; triggered replans are never delayed.
     pub async fn run_planner(self: Arc<Self>) {
         let interval = Duration::from_millis(u64::from(self.config.replan_interval_ms));
         let mut next_periodic = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(next_periodic) => {}
+                _ = tokio::time::sleep_until(next_periodic) => {
+                    if !self.periodic_plan_due() {
+                        self.metrics.plans_skipped.inc();
+                        next_periodic = tokio::time::Instant::now() + interval;
+                        continue;
+                    }
+                }
                 _ = self.replan.notified() => {
                     // Debounce a burst of triggers into one plan; a weight
                     // change (one operator action) plans at once.

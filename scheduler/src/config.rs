@@ -230,6 +230,8 @@ pub struct FileConfig {
     pub ranges: Option<Ranges>,
     pub stability: Option<Stability>,
     pub planner: Option<Limits>,
+    /// How far telemetry may wobble before the planner sees it.
+    pub deadband: Option<crate::plan_inputs::Deadband>,
     /// Viewer routing (`/v1/resolve`, `/play`).
     pub resolve: Option<crate::resolve::ResolveConfig>,
     /// Trace directory (`--record`); recording is off without it.
@@ -290,6 +292,7 @@ pub struct Config {
     pub ranges: Ranges,
     pub stability: Stability,
     pub limits: Limits,
+    pub deadband: crate::plan_inputs::Deadband,
     pub config_path: Option<PathBuf>,
     pub resolve: crate::resolve::ResolveConfig,
     /// The GeoIP databases of `resolve`, opened once.
@@ -419,6 +422,7 @@ impl Config {
             ranges: file.ranges.unwrap_or_default(),
             stability: file.stability.unwrap_or_default(),
             limits: file.planner.unwrap_or_default(),
+            deadband: file.deadband.unwrap_or_default(),
             record_dir,
             record: file.record.unwrap_or_default(),
             config_path: cli.config,
@@ -463,6 +467,9 @@ impl Config {
         self.ranges
             .validate()
             .map_err(|e| invalid("ranges", e.to_string()))?;
+        self.deadband
+            .validate()
+            .map_err(|e| invalid("deadband", e))?;
         self.resolve
             .validate()
             .map_err(|(key, m)| invalid(key, m))?;

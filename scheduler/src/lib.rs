@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod plan_inputs;
 pub mod planner;
 pub mod publish;
 pub mod record;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub nodes: Family<StateLabel, Gauge>,
     pub node_transitions: Family<StateLabel, Counter>,
     pub plans: Counter,
+    pub plans_superseded: Counter,
+    pub plans_skipped: Counter,
     pub plan_duration: Histogram,
     pub route_pushes: Counter,
     pub route_acks: Counter,
@@ -62,6 +64,8 @@ impl Metrics {
             nodes: Family::default(),
             node_transitions: Family::default(),
             plans: Counter::default(),
+            plans_superseded: Counter::default(),
+            plans_skipped: Counter::default(),
             plan_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             route_pushes: Counter::default(),
             route_acks: Counter::default(),
@@ -105,6 +109,16 @@ impl Metrics {
             m.node_transitions.clone(),
         );
         r.register("plans", "Plans computed", m.plans.clone());
+        r.register(
+            "plans_superseded",
+            "Plans abandoned because a weight change arrived while they ran",
+            m.plans_superseded.clone(),
+        );
+        r.register(
+            "plans_skipped",
+            "Periodic replans skipped: no node's inputs moved beyond the deadband",
+            m.plans_skipped.clone(),
+        );
         r.register(
             "plan_duration_seconds",
             "Time to compute one plan",

@@ -5,6 +5,7 @@
 //! snapshots. Nothing here touches the database; `store` gets batched
 //! writes from the callers.
 
+use crate::plan_inputs::{Bounds, Deadband, PATH_SMOOTHING, Planned};
 use crate::planner::{Health, NodeView, PathStat};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -14,6 +15,7 @@ use vantage_proto::v1::{
 };
 use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
+use vantage_shared::score::Ranges;
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
 /// Liveness state shown to operators.
@@ -90,6 +92,10 @@ pub struct NodeEntry {
     pub control_path: Option<ControlPath>,
     pub route_version_in_use: u64,
     pub alerts: u64,
+    /// Per peer: RTT and loss smoothed over reports, for the planner.
+    pub smoothed_paths: BTreeMap<String, (Ewma, Ewma)>,
+    /// The inputs the last plan saw (see [`crate::plan_inputs`]).
+    pub planned: Option<Planned>,
     /// Aggregate of the current minute, flushed to the store as a roll-up.
     pub rollup: RollupAcc,
 }
@@ -163,6 +169,8 @@ impl NodeEntry {
             control_path: None,
             route_version_in_use: 0,
             alerts: 0,
+            smoothed_paths: BTreeMap::new(),
+            planned: None,
             rollup: RollupAcc::default(),
         }
     }
@@ -190,6 +198,20 @@ impl NodeEntry {
         // the new values in without cloning ids or rebuilding the map.
         self.paths
             .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
+        self.smoothed_paths
+            .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
+        for p in &r.paths {
+            let rtt = path_rtt(p);
+            let (srtt, sloss) = match self.smoothed_paths.get_mut(&p.target_node_id) {
+                Some(s) => s,
+                None => self
+                    .smoothed_paths
+                    .entry(p.target_node_id.clone())
+                    .or_insert_with(|| (Ewma::new(PATH_SMOOTHING), Ewma::new(PATH_SMOOTHING))),
+            };
+            srtt.observe(rtt);
+            sloss.observe(p.loss);
+        }
         for p in r.paths {
             match self.paths.get_mut(&p.target_node_id) {
                 Some(v) => *v = p,
@@ -250,8 +272,40 @@ impl NodeEntry {
         }
     }
 
-    /// What the planner sees of this node.
+    /// What the planner would see of this node from the latest report
+    /// alone (API, dashboard; the planner itself gets [`Self::planning_view`]).
     pub fn view(&self) -> NodeView {
+        self.view_of(self.inputs(false))
+    }
+
+    /// The planner's view: smoothed, and held at the last plan's values
+    /// while they stay inside `band`. Records what it hands out as the
+    /// node's planned inputs.
+    pub fn planning_view(&mut self, band: &Deadband, b: Bounds<'_>) -> NodeView {
+        let inputs = band.hold(b, self.planned.as_ref(), self.inputs(true));
+        self.planned = Some(inputs.clone());
+        self.view_of(inputs)
+    }
+
+    /// Would [`Self::planning_view`] now differ from what the last plan saw?
+    pub fn inputs_moved(&self, band: &Deadband, b: Bounds<'_>) -> bool {
+        match &self.planned {
+            None => true,
+            Some(p) => band.hold(b, Some(p), self.inputs(true)) != *p,
+        }
+    }
+
+    /// The capacity and limits [`Deadband::hold`] needs for this node.
+    pub fn bounds<'a>(&self, ranges: &'a Ranges, min_path_samples: u32) -> Bounds<'a> {
+        Bounds {
+            ranges,
+            capacity_mbps: self.info.capacity_mbps,
+            min_path_samples,
+        }
+    }
+
+    /// Latest inputs; path RTT, loss and egress smoothed when `smoothed`.
+    fn inputs(&self, smoothed: bool) -> Planned {
         let health = match self.state {
             NodeState::Up => Health::Up,
             NodeState::Suspect => Health::Suspect,
@@ -272,36 +326,59 @@ impl NodeEntry {
             .filter(|s| s.role == StreamRole::Origin as i32)
             .filter_map(|s| StreamKey::parse(&s.key).ok().map(|k| (k, s.bitrate_kbps)))
             .collect();
+        let paths = self
+            .paths
+            .iter()
+            .map(|(k, p)| {
+                let smooth = self.smoothed_paths.get(k).filter(|_| smoothed);
+                let value = |e: &Ewma, raw: f64| e.value().unwrap_or(raw);
+                (
+                    k.clone(),
+                    PathStat {
+                        rtt_ms: smooth.map_or(path_rtt(p), |(r, _)| value(r, path_rtt(p))),
+                        loss: smooth.map_or(p.loss, |(_, l)| value(l, p.loss)),
+                        samples: p.samples,
+                    },
+                )
+            })
+            .collect();
+        let raw_egress = self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0);
+        let egress_mbps = match self.utilisation_ewma.value() {
+            Some(u) if smoothed && self.info.capacity_mbps > 0.0 => u * self.info.capacity_mbps,
+            _ => raw_egress,
+        };
+        Planned {
+            health,
+            egress_mbps,
+            buffer_ms,
+            paths,
+            published,
+        }
+    }
+
+    fn view_of(&self, inputs: Planned) -> NodeView {
         NodeView {
             id: self.id.clone(),
-            health,
+            health: inputs.health,
             coord: self.info.coord,
             capacity_mbps: self.info.capacity_mbps,
-            egress_mbps: self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0),
-            buffer_ms,
+            egress_mbps: inputs.egress_mbps,
+            buffer_ms: inputs.buffer_ms,
             public_url: self.info.public_url.clone(),
             probe_addr: self.info.probe_addr.clone(),
-            paths: self
-                .paths
-                .iter()
-                .map(|(k, p)| {
-                    (
-                        k.clone(),
-                        PathStat {
-                            rtt_ms: if p.rtt_p50_ms > 0.0 {
-                                p.rtt_p50_ms
-                            } else {
-                                p.rtt_ewma_ms
-                            },
-                            loss: p.loss,
-                            samples: p.samples,
-                        },
-                    )
-                })
-                .collect(),
-            published,
+            paths: inputs.paths,
+            published: inputs.published,
             static_origins: self.info.static_origins.clone(),
         }
+    }
+}
+
+/// A path's RTT as the planner uses it: the window's median, else the EWMA.
+fn path_rtt(p: &PathMeasurement) -> f64 {
+    if p.rtt_p50_ms > 0.0 {
+        p.rtt_p50_ms
+    } else {
+        p.rtt_ewma_ms
     }
 }
 
@@ -359,11 +436,39 @@ impl Registry {
         self.nodes.is_empty()
     }
 
-    /// Planner views of every node, sorted by id.
+    /// Planner views of every node from their latest reports, sorted by id.
     pub fn views(&self) -> Vec<NodeView> {
         let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.view()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// The planner's input: [`NodeEntry::planning_view`] of every node,
+    /// sorted by id (and recorded as what the plan saw).
+    pub fn planning_views(
+        &self,
+        band: &Deadband,
+        ranges: &Ranges,
+        min_path_samples: u32,
+    ) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self
+            .nodes
+            .iter_mut()
+            .map(|mut e| {
+                let b = e.bounds(ranges, min_path_samples);
+                e.planning_view(band, b)
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Whether any node's planner inputs left the deadband since the last
+    /// [`Registry::planning_views`] (a node never planned counts as moved).
+    pub fn inputs_moved(&self, band: &Deadband, ranges: &Ranges, min_path_samples: u32) -> bool {
+        self.nodes
+            .iter()
+            .any(|e| e.inputs_moved(band, e.bounds(ranges, min_path_samples)))
     }
 
     /// Runs `f` on every entry without cloning (one shard lock at a time,

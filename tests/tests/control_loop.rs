@@ -91,3 +91,47 @@ async fn three_agents_up_and_acked(store: Store) {
 store_tests! {
     three_agents_up_and_acked => sqlite_three_agents_up_and_acked, postgres_three_agents_up_and_acked;
 }
+
+/// A cluster whose telemetry only wobbles is not re-planned: each periodic
+/// replan finds every node's inputs inside the deadband (docs/qoe.md) and
+/// is skipped, and no table changes version. (That a real change does get
+/// through is shown by `measurement::degraded_path_shows_within_three_reports_and_upstreams_move_away`.)
+#[tokio::test]
+async fn a_quiet_cluster_is_not_replanned() {
+    let s = Scheduler::builder()
+        .arg("--replan-interval-ms")
+        .arg("100")
+        .start()
+        .await;
+    let agents = start_agents(&s, &IDS).await;
+    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
+    let refs: Vec<_> = agents.iter().collect();
+    wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
+    // Let the smoothed inputs settle from their first samples.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let versions = async || {
+        let mut v = Vec::new();
+        for id in IDS {
+            let (_, routes) = s.get(&format!("/v1/routes/{id}")).await;
+            v.push(as_u64(routes.get("version")).unwrap_or(0));
+        }
+        v
+    };
+    let plans0 = s.metric("vantage_scheduler_plans_total", &[]).await;
+    let skipped0 = s.metric("vantage_scheduler_plans_skipped_total", &[]).await;
+    let reports0 = s.metric("vantage_scheduler_reports_total", &[]).await;
+    let v0 = versions().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let plans = s.metric("vantage_scheduler_plans_total", &[]).await - plans0;
+    let skipped = s.metric("vantage_scheduler_plans_skipped_total", &[]).await - skipped0;
+    let reports = s.metric("vantage_scheduler_reports_total", &[]).await - reports0;
+    eprintln!("in 2 s: {reports} reports, {plans} plans, {skipped} periodic plans skipped");
+    assert!(reports >= 3.0, "agents kept reporting: {reports}");
+    assert!(
+        skipped >= 10.0,
+        "{skipped} periodic replans skipped in 2 s at 100 ms"
+    );
+    assert!(plans <= 1.0, "{plans} plans of an unchanged cluster");
+    assert_eq!(versions().await, v0, "table versions unchanged");
+}

@@ -39,11 +39,24 @@ async fn recorded_live_run_replays_exactly() {
         .prefix("vantage-traces-")
         .tempdir()
         .unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let dir = traces.path().to_path_buf();
+    let dir = traces.path().join("trace");
+    // A zero deadband: every report's wobble reaches the planner, so the
+    // steady state is re-planned on every period and the trace holds many
+    // plans chained by hysteresis state (with the default band most
+    // periodic plans of a quiet cluster are skipped).
+    let config = traces.path().join("scheduler.toml");
+    std::fs::write(
+        &config,
+        "[deadband]\nrtt_rel = 0.0\nrtt_ms = 0.0\nloss = 0.0\nutilisation = 0.0\n\
+         load_penalty = 0.0\nbuffer_ms = 0.0\nbitrate_rel = 0.0\n",
+    )
+    .unwrap_or_else(|e| panic!("config: {e}"));
     let s = Scheduler::builder()
         .report_interval_ms(500)
         .arg("--record")
         .arg(dir.display().to_string())
+        .arg("--config")
+        .arg(config.display().to_string())
         .start()
         .await;
     let (_, lat, lon) = PLACES[2];

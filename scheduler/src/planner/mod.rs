@@ -238,6 +238,21 @@ pub fn plan(input: &PlanInput) -> Plan {
 /// in node order. Route planning itself stays sequential (load accounting
 /// makes each route depend on the ones before).
 pub fn plan_with_threads(input: &PlanInput, threads: usize) -> Plan {
+    match plan_cancellable(input, threads, &|| false) {
+        Some(plan) => plan,
+        None => unreachable!("a plan that is never cancelled always finishes"),
+    }
+}
+
+/// [`plan_with_threads`] that gives up early, returning `None`, once
+/// `cancelled()` says its result is no longer wanted (the scheduler's plan
+/// with superseded weights). Checked between stages and between sources,
+/// so a cancelled plan stops within one source's work.
+pub fn plan_cancellable(
+    input: &PlanInput,
+    threads: usize,
+    cancelled: &dyn Fn() -> bool,
+) -> Option<Plan> {
     let mut ctx = Ctx::new(input);
     let n = ctx.nodes.len();
     let sources = collect_sources(&ctx);
@@ -249,6 +264,9 @@ pub fn plan_with_threads(input: &PlanInput, threads: usize) -> Plan {
     if !sources.is_empty() {
         ctx.neighbours = relay_candidates(&ctx, threads);
     }
+    if cancelled() {
+        return None;
+    }
     let previous = Previous::index(&ctx, &sources);
     let mut work = Work::new(n);
     let mut out = Emitted {
@@ -259,6 +277,9 @@ pub fn plan_with_threads(input: &PlanInput, threads: usize) -> Plan {
     };
 
     for (s, src) in sources.iter().enumerate() {
+        if cancelled() {
+            return None;
+        }
         for &(r, _) in &src.roots {
             work.is_root[r] = true;
         }
@@ -315,6 +336,9 @@ pub fn plan_with_threads(input: &PlanInput, threads: usize) -> Plan {
         ups.sort_unstable();
         ups.dedup();
     }
+    if cancelled() {
+        return None;
+    }
     let probes = par_map(n, threads, |i| probe_targets(&ctx, i, &upstream_ids[i]));
     let mut tables = BTreeMap::new();
     for (i, probe_targets) in probes.into_iter().enumerate() {
@@ -336,9 +360,9 @@ pub fn plan_with_threads(input: &PlanInput, threads: usize) -> Plan {
             },
         );
     }
-    Plan {
+    Some(Plan {
         tables,
         primaries,
         backups,
-    }
+    })
 }
