@@ -10,7 +10,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{Metrics, StateLabel};
 use crate::planner::{self, PlanInput};
-use crate::publish::{Published, Publisher};
+use crate::publish::Publisher;
 use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
 use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp, WriteStats};
 use std::collections::BTreeMap;
@@ -23,9 +23,6 @@ use tracing::{debug, info, warn};
 use vantage_shared::clock::now_ms;
 use vantage_shared::place::Coord;
 use vantage_shared::score::Weights;
-
-/// Tables published between two checks for a superseding weight change.
-const SUPERSEDED_CHECK_EVERY: usize = 64;
 
 #[derive(Debug)]
 pub struct App {
@@ -402,27 +399,20 @@ impl App {
             .previous_backups
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = plan.backups;
-        let mut tables: Vec<_> = plan.tables.into_values().collect();
-        let hashes = crate::publish::content_hashes(&mut tables, threads);
-        let mut changed = 0;
-        for (i, (table, hash)) in tables.into_iter().zip(hashes).enumerate() {
-            // Tables already out stay valid (a complete plan under the
-            // old weights); the rest would be replaced at once anyway.
-            if i % SUPERSEDED_CHECK_EVERY == 0 && superseded() {
-                self.metrics.plans_superseded.inc();
-                break;
-            }
-            let node_id = table.node_id.clone();
-            if let Published::NewVersion(v) = self.publisher.publish_hashed(table, hash, now) {
-                changed += 1;
-                debug!(node_id, version = v, "new route table");
-            }
+        // Tables already out when a weight change supersedes this plan stay
+        // valid (a complete plan under the old weights); the rest would be
+        // replaced at once anyway.
+        let published =
+            self.publisher
+                .publish_plan(plan.tables.into_values().collect(), now, &superseded);
+        if published.stopped {
+            self.metrics.plans_superseded.inc();
         }
         self.metrics.plans.inc();
         self.metrics
             .plan_duration
             .observe(started.elapsed().as_secs_f64());
-        changed
+        published.new_versions
     }
 
     fn probe_epoch(&self, now_ms: i64) -> i64 {

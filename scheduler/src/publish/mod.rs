@@ -117,32 +117,19 @@ fn content_hash_in_place(t: &mut RouteTable) -> String {
     hash
 }
 
-/// [`content_hash`] of every table, on up to `threads` threads: a whole
-/// plan's tables are hashed before the first is published, and at a
-/// thousand nodes and more the hashing is a visible share of the time from
-/// a weight change to the agents' ACKs.
-pub fn content_hashes(tables: &mut [RouteTable], threads: usize) -> Vec<String> {
-    let chunk = tables.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = tables
-            .chunks_mut(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter_mut()
-                        .map(content_hash_in_place)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(hashes) => hashes,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
+/// What [`Publisher::publish_plan`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanPublished {
+    /// Tables that got a new version.
+    pub new_versions: usize,
+    /// Publishing stopped early on request.
+    pub stopped: bool,
 }
+
+/// Below this many tables a plan is hashed and published on one thread.
+const PIPELINE_MIN_TABLES: usize = 256;
+/// Tables published between two calls of the `stop` check.
+const STOP_CHECK_EVERY: usize = 64;
 
 #[derive(Debug)]
 pub struct Publisher {
@@ -188,15 +175,69 @@ impl Publisher {
         self.channels.get(node_id).map(|c| c.clone())
     }
 
+    /// Publishes every table of a plan, in order. Hashing is most of the
+    /// work, so for large plans a second thread hashes the second half
+    /// while this one hashes and publishes the first: the first tables go
+    /// out at once, and the last ones no later than hashing on two cores
+    /// allows. `stop` is asked every [`STOP_CHECK_EVERY`] tables; when it
+    /// says so, the rest is not published (tables already out stay valid).
+    pub fn publish_plan(
+        &self,
+        mut tables: Vec<RouteTable>,
+        now_ms: i64,
+        stop: &dyn Fn() -> bool,
+    ) -> PlanPublished {
+        let mut out = PlanPublished::default();
+        let mut offer = |i: usize, table: RouteTable, hash: Option<String>| {
+            if out.stopped || (i.is_multiple_of(STOP_CHECK_EVERY) && stop()) {
+                out.stopped = true;
+                return;
+            }
+            let published = match hash {
+                Some(hash) => self.publish_hashed(table, hash, now_ms),
+                None => self.publish(table, now_ms),
+            };
+            if let Published::NewVersion(v) = published {
+                out.new_versions += 1;
+                tracing::debug!(version = v, "new route table");
+            }
+        };
+        if tables.len() < PIPELINE_MIN_TABLES {
+            for (i, t) in tables.into_iter().enumerate() {
+                offer(i, t, None);
+            }
+            return out;
+        }
+        let mid = tables.len() / 2;
+        let second = tables.split_off(mid);
+        std::thread::scope(|scope| {
+            let hashing = scope.spawn(move || {
+                let mut second = second;
+                let hashes: Vec<String> = second.iter_mut().map(content_hash_in_place).collect();
+                (second, hashes)
+            });
+            for (i, t) in tables.into_iter().enumerate() {
+                offer(i, t, None);
+            }
+            let (second, hashes) = match hashing.join() {
+                Ok(h) => h,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            for (j, (t, h)) in second.into_iter().zip(hashes).enumerate() {
+                offer(mid + j, t, Some(h));
+            }
+        });
+        out
+    }
+
     /// Offers a freshly planned table for a node.
     pub fn publish(&self, mut table: RouteTable, now_ms: i64) -> Published {
         let hash = content_hash_in_place(&mut table);
         self.publish_hashed(table, hash, now_ms)
     }
 
-    /// [`Publisher::publish`] of a table whose [`content_hash`] is known
-    /// (see [`content_hashes`]).
-    pub fn publish_hashed(&self, mut table: RouteTable, hash: String, now_ms: i64) -> Published {
+    /// [`Publisher::publish`] of a table whose [`content_hash`] is known.
+    fn publish_hashed(&self, mut table: RouteTable, hash: String, now_ms: i64) -> Published {
         let ch = self.channel(&table.node_id);
         let mut st = ch.lock();
         let have_table = ch.tx.borrow().is_some();
@@ -347,5 +388,57 @@ mod tests {
         let mut c = a.clone();
         assert_eq!(content_hash_in_place(&mut c), content_hash(&a));
         assert_eq!(c, a);
+    }
+
+    fn plan_of(n: usize, second: &str) -> Vec<RouteTable> {
+        (0..n)
+            .map(|i| RouteTable {
+                node_id: format!("n{i:04}"),
+                ..table(0.1, second)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_large_plan_is_published_whole_in_order_and_stops_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("s.db")))
+            .await
+            .unwrap();
+        let p = Publisher::new(store, Vec::new());
+        let n = 3 * PIPELINE_MIN_TABLES;
+        let out = p.publish_plan(plan_of(n, "c"), 1, &|| false);
+        assert_eq!(
+            out,
+            PlanPublished {
+                new_versions: n,
+                stopped: false
+            }
+        );
+        for i in [0, n / 2 - 1, n / 2, n - 1] {
+            let ch = p.get(&format!("n{i:04}")).unwrap();
+            assert_eq!(ch.status().version, 1);
+            // The published table carries the hash publish() would compute.
+            assert_eq!(ch.status().hash, content_hash(&ch.current().unwrap()));
+        }
+        // Same content: nothing new.
+        let out = p.publish_plan(plan_of(n, "c"), 2, &|| false);
+        assert_eq!(out.new_versions, 0);
+        // A stop request after the first check: only the first batch goes out.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let stop = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+        let out = p.publish_plan(plan_of(n, "d"), 3, &stop);
+        assert_eq!(
+            out,
+            PlanPublished {
+                new_versions: STOP_CHECK_EVERY,
+                stopped: true
+            }
+        );
+        assert_eq!(p.get("n0000").unwrap().status().version, 2);
+        assert_eq!(
+            p.get(&format!("n{:04}", n - 1)).unwrap().status().version,
+            1
+        );
     }
 }
