@@ -287,6 +287,11 @@ impl NodeEntry {
         self.view_of(inputs)
     }
 
+    /// The view the last plan had of this node.
+    pub fn planned_view(&self) -> NodeView {
+        self.view_of(self.planned.clone().unwrap_or_else(|| self.inputs(true)))
+    }
+
     /// Would [`Self::planning_view`] now differ from what the last plan saw?
     pub fn inputs_moved(&self, band: &Deadband, b: Bounds<'_>) -> bool {
         match &self.planned {
@@ -436,9 +441,11 @@ impl Registry {
         self.nodes.is_empty()
     }
 
-    /// Planner views of every node from their latest reports, sorted by id.
+    /// Every node as the last plan saw it (the planned inputs; the latest
+    /// smoothed ones for a node not planned yet), sorted by id: what the
+    /// API's score explanations are computed from.
     pub fn views(&self) -> Vec<NodeView> {
-        let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.view()).collect();
+        let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.planned_view()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
