@@ -24,6 +24,9 @@ use vantage_shared::clock::now_ms;
 use vantage_shared::place::Coord;
 use vantage_shared::score::Weights;
 
+/// Least silence before a down node's telemetry session is closed.
+const SESSION_GRACE_MS: i64 = 5_000;
+
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
@@ -501,14 +504,18 @@ impl App {
                 self.trigger_replan();
             }
             ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(GAUGE_EVERY) {
+                self.close_silent_sessions();
+            }
             if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
                 last_stats = self.refresh_gauges(last_stats);
             }
         }
     }
 
-    /// Logs, counts and records a node state change; closes the session of
-    /// a node that went down. Returns whether the change needs a replan.
+    /// Logs, counts and records a node state change (a down node's session
+    /// is closed later, see [`App::close_silent_sessions`]). Returns whether
+    /// the change needs a replan.
     fn on_transition(&self, id: &str, from: NodeState, to: NodeState) -> bool {
         info!(
             node_id = id,
@@ -526,23 +533,23 @@ impl App {
         if let Some(r) = &self.recorder {
             r.node(now_ms(), id, to.label(), from.label(), None);
         }
-        if to == NodeState::Down {
-            // A session that sends no reports is dead or stuck: close it so
-            // `connected` is truthful and a live agent reconnects.
-            let conn = self
-                .registry
-                .with(id, |e| {
-                    e.session.as_ref().and_then(|s| s.connection.clone())
-                })
-                .flatten();
-            if let Some(c) = conn {
-                c.close(
-                    quinn::VarInt::from_u32(vantage_shared::close::CloseCode::ReportTimeout.code()),
-                    b"no reports for 3 report intervals",
-                );
-            }
-        }
         matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining)
+    }
+
+    /// A down node's session that stays silent is dead or stuck: closed so
+    /// `connected` is truthful and a live agent reconnects. Not at once when
+    /// the node goes down (3 report intervals): at short intervals a busy
+    /// moment would otherwise turn into thousands of reconnects with full
+    /// handshakes, making the scheduler busier still. A node whose reports
+    /// resume within the grace is simply up again.
+    fn close_silent_sessions(&self) {
+        let grace = (3 * i64::from(self.report_interval_ms())).max(SESSION_GRACE_MS);
+        for c in self.registry.silent_sessions(now_ms(), grace) {
+            c.close(
+                quinn::VarInt::from_u32(vantage_shared::close::CloseCode::ReportTimeout.code()),
+                b"no reports: the node is down",
+            );
+        }
     }
 
     /// Sets the per-state node gauges and adds the store writer's progress

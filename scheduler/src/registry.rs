@@ -493,6 +493,20 @@ impl Registry {
         v
     }
 
+    /// Sessions of nodes that are down and have sent nothing for `grace_ms`
+    /// (the caller closes them).
+    pub fn silent_sessions(&self, now_ms: i64, grace_ms: i64) -> Vec<quinn::Connection> {
+        self.nodes
+            .iter()
+            .filter(|e| e.state == NodeState::Down)
+            .filter(|e| {
+                e.last_report_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) > grace_ms)
+            })
+            .filter_map(|e| e.session.as_ref().and_then(|s| s.connection.clone()))
+            .collect()
+    }
+
     /// Re-evaluates every node's state. Returns the transitions
     /// `(id, from, to)`.
     pub fn tick(&self, now_ms: i64, interval_ms: i64) -> Vec<(String, NodeState, NodeState)> {

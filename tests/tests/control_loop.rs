@@ -135,3 +135,75 @@ async fn a_quiet_cluster_is_not_replanned() {
     assert!(plans <= 1.0, "{plans} plans of an unchanged cluster");
     assert_eq!(versions().await, v0, "table versions unchanged");
 }
+
+/// A paused agent (SIGSTOP) is marked down after 3 report intervals but
+/// keeps its QUIC session: resumed within the grace (max(3 intervals, 5 s))
+/// it is up again on the same session, without a handshake. Paused for
+/// longer, its session is closed (`report_timeout`) and it reconnects.
+#[tokio::test]
+async fn a_down_node_keeps_its_session_for_a_grace_period() {
+    let s = Scheduler::builder().report_interval_ms(300).start().await;
+    let mut agents = start_agents(&s, &IDS[..1]).await;
+    let agent = &mut agents[0];
+    wait_all_up(&s, &IDS[..1], Duration::from_secs(10)).await;
+    let pid = agent.pid().unwrap_or_else(|| panic!("agent not running"));
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    let state = async || {
+        s.node(IDS[0])
+            .await
+            .and_then(|n| n["state"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let wait_state = async |want: &str, within: Duration| {
+        let t0 = Instant::now();
+        loop {
+            let st = state().await;
+            if st == want {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{} still {st:?}, want {want}",
+                IDS[0]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let connections = async || {
+        s.metric("vantage_scheduler_telemetry_connections_total", &[])
+            .await
+    };
+    let c0 = connections().await;
+
+    // Short pause: down, then up again on the same session.
+    signal("-STOP");
+    let down_after = wait_state("down", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal("-CONT");
+    let up_after = wait_state("up", Duration::from_secs(5)).await;
+    eprintln!("short pause: down after {down_after:?}, up {up_after:?} after SIGCONT");
+    assert_eq!(
+        connections().await,
+        c0,
+        "no new connection after a short pause"
+    );
+
+    // Long pause: the session is closed; the agent reconnects once resumed.
+    signal("-STOP");
+    wait_state("down", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    signal("-CONT");
+    let up_after = wait_state("up", Duration::from_secs(15)).await;
+    let c1 = connections().await;
+    eprintln!("long pause: up {up_after:?} after SIGCONT, connections {c0} -> {c1}");
+    assert!(
+        c1 > c0,
+        "the agent reconnected after its session was closed"
+    );
+}
