@@ -2,7 +2,8 @@
 //!
 //! Data flow: agents' QUIC telemetry ([`ingest`]) updates the in-memory
 //! [`registry`]; [`app`] owns liveness (up → suspect → down) and triggers the
-//! pure [`planner`], which scores candidates with the shared QoE formula;
+//! pure [`planner`] on inputs smoothed and held inside a deadband
+//! ([`plan_inputs`]), which scores candidates with the shared QoE formula;
 //! [`publish`] versions each node's table and streams it over gRPC
 //! (xDS-style ACK/NACK); [`store`] persists nodes, weights, route versions
 //! and events through sqlx (SQLite or PostgreSQL); [`api`] is the HTTP API;
