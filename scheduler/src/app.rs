@@ -372,11 +372,7 @@ impl App {
             limits: self.config.limits,
             report_interval_ms: self.report_interval_ms(),
             table_ttl_s: self.config.table_ttl_s,
-            nodes: self.registry.planning_views(
-                &self.config.deadband,
-                &self.config.ranges,
-                self.config.limits.min_path_samples,
-            ),
+            nodes: self.registry.planning_views(&self.input_rules()),
             previous,
             probe_key: self.probe_key.clone(),
             previous_backups,
@@ -427,11 +423,16 @@ impl App {
     /// began. Otherwise the plan would reproduce the tables in force.
     fn periodic_plan_due(&self) -> bool {
         self.probe_epoch(now_ms()) != self.planned_epoch.load(Ordering::Relaxed)
-            || self.registry.inputs_moved(
-                &self.config.deadband,
-                &self.config.ranges,
-                self.config.limits.min_path_samples,
-            )
+            || self.registry.inputs_moved(&self.input_rules())
+    }
+
+    /// How telemetry becomes planner input (`plan_inputs`).
+    fn input_rules(&self) -> crate::plan_inputs::Rules<'_> {
+        crate::plan_inputs::Rules {
+            band: &self.config.deadband,
+            ranges: &self.config.ranges,
+            min_path_samples: self.config.limits.min_path_samples,
+        }
     }
 
     /// The planning loop: periodic, and immediate on triggers (down, alert,

@@ -7,7 +7,7 @@
 //! cluster for nothing and, where two candidates are close, flips choices
 //! and re-versions tables. So the scheduler keeps, per node, the inputs of
 //! the last plan ([`Planned`]) and hands the planner a fresh value only
-//! when it left the [`Deadband`] around the planned one; path RTT and loss
+//! when it left the [`Deadband`] around the planned one ([`Rules::hold`]); path RTT and loss
 //! are smoothed first (EWMA, [`PATH_SMOOTHING`]), egress is the registry's
 //! utilisation EWMA. When no node's inputs
 //! moved, the periodic replan is skipped (`App::run_planner`): a plan of
@@ -76,11 +76,11 @@ pub struct Planned {
     pub published: BTreeMap<StreamKey, f64>,
 }
 
-/// Facts of the node [`Deadband::hold`] needs besides the inputs.
+/// The cluster-wide settings [`Rules::hold`] applies.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds<'a> {
+pub struct Rules<'a> {
+    pub band: &'a Deadband,
     pub ranges: &'a Ranges,
-    pub capacity_mbps: f64,
     pub min_path_samples: u32,
 }
 
@@ -101,30 +101,38 @@ impl Deadband {
         }
         Ok(())
     }
+}
 
+impl Rules<'_> {
     /// `fresh`, with every value that stayed inside the band around its
     /// `planned` counterpart replaced by the planned value. Without a
-    /// previous plan everything is fresh.
-    pub fn hold(&self, b: Bounds<'_>, planned: Option<&Planned>, mut fresh: Planned) -> Planned {
+    /// previous plan everything is fresh. `capacity_mbps` is the node's.
+    pub fn hold(
+        &self,
+        capacity_mbps: f64,
+        planned: Option<&Planned>,
+        mut fresh: Planned,
+    ) -> Planned {
         let Some(p) = planned else { return fresh };
-        if !self.load_moved(b, p.egress_mbps, fresh.egress_mbps) {
+        let band = self.band;
+        if !self.load_moved(capacity_mbps, p.egress_mbps, fresh.egress_mbps) {
             fresh.egress_mbps = p.egress_mbps;
         }
         if let (Some(old), Some(new)) = (p.buffer_ms, fresh.buffer_ms)
-            && (new - old).abs() < self.buffer_ms
+            && (new - old).abs() < band.buffer_ms
         {
             fresh.buffer_ms = Some(old);
         }
         for (peer, new) in &mut fresh.paths {
             if let Some(old) = p.paths.get(peer)
-                && !self.path_moved(b, old, new)
+                && !self.path_moved(old, new)
             {
                 *new = *old;
             }
         }
         for (key, new) in &mut fresh.published {
             if let Some(&old) = p.published.get(key)
-                && (*new - old).abs() < self.bitrate_rel * old.abs()
+                && (*new - old).abs() < band.bitrate_rel * old.abs()
             {
                 *new = old;
             }
@@ -132,27 +140,29 @@ impl Deadband {
         fresh
     }
 
-    fn load_moved(&self, b: Bounds<'_>, old: f64, new: f64) -> bool {
+    fn load_moved(&self, capacity_mbps: f64, old: f64, new: f64) -> bool {
         let util = |mbps: f64| {
-            if b.capacity_mbps > 0.0 {
-                mbps / b.capacity_mbps
+            if capacity_mbps > 0.0 {
+                mbps / capacity_mbps
             } else {
                 1.0
             }
         };
         let (u0, u1) = (util(old), util(new));
-        let eligible = |u: f64| u < b.ranges.hard_utilisation;
+        let eligible = |u: f64| u < self.ranges.hard_utilisation;
         eligible(u0) != eligible(u1)
-            || (u1 - u0).abs() >= self.utilisation
-            || (b.ranges.load_penalty(u1) - b.ranges.load_penalty(u0)).abs() >= self.load_penalty
+            || (u1 - u0).abs() >= self.band.utilisation
+            || (self.ranges.load_penalty(u1) - self.ranges.load_penalty(u0)).abs()
+                >= self.band.load_penalty
     }
 
-    fn path_moved(&self, b: Bounds<'_>, old: &PathStat, new: &PathStat) -> bool {
-        let measured = |p: &PathStat| p.samples >= b.min_path_samples;
+    fn path_moved(&self, old: &PathStat, new: &PathStat) -> bool {
+        let band = self.band;
+        let measured = |p: &PathStat| p.samples >= self.min_path_samples;
         let d_rtt = (new.rtt_ms - old.rtt_ms).abs();
         measured(old) != measured(new)
-            || (d_rtt >= self.rtt_ms && d_rtt >= self.rtt_rel * old.rtt_ms.abs())
-            || (new.loss - old.loss).abs() >= self.loss
+            || (d_rtt >= band.rtt_ms && d_rtt >= band.rtt_rel * old.rtt_ms.abs())
+            || (new.loss - old.loss).abs() >= band.loss
             || !(new.rtt_ms.is_finite() && new.loss.is_finite())
     }
 }
@@ -179,10 +189,12 @@ mod tests {
         }
     }
 
-    fn bounds(ranges: &Ranges) -> Bounds<'_> {
-        Bounds {
+    const CAPACITY: f64 = 1_000.0;
+
+    fn rules<'a>(band: &'a Deadband, ranges: &'a Ranges) -> Rules<'a> {
+        Rules {
+            band,
             ranges,
-            capacity_mbps: 1_000.0,
             min_path_samples: 5,
         }
     }
@@ -197,7 +209,7 @@ mod tests {
         fresh
             .published
             .insert(StreamKey::parse("live/a").unwrap(), 4_300.0);
-        assert_eq!(d.hold(bounds(&ranges), Some(&old), fresh), old);
+        assert_eq!(rules(&d, &ranges).hold(CAPACITY, Some(&old), fresh), old);
     }
 
     #[test]
@@ -206,23 +218,15 @@ mod tests {
         let d = Deadband::default();
         let old = planned(300.0, 100.0, 0.001, 20);
         // RTT +12 % (> 10 % and > 2 ms): taken; egress +3 %: held.
-        let held = d.hold(
-            bounds(&ranges),
-            Some(&old),
-            planned(309.0, 112.0, 0.001, 20),
-        );
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&old), planned(309.0, 112.0, 0.001, 20));
         assert_eq!(held.paths["peer"].rtt_ms, 112.0);
         assert_eq!(held.egress_mbps, 300.0);
         // A short path: +50 % is only 1 ms, under the absolute bound.
         let short = planned(300.0, 2.0, 0.0, 20);
-        let held = d.hold(bounds(&ranges), Some(&short), planned(300.0, 3.0, 0.0, 20));
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&short), planned(300.0, 3.0, 0.0, 20));
         assert_eq!(held.paths["peer"].rtt_ms, 2.0);
         // Loss +0.5 pp: taken.
-        let held = d.hold(
-            bounds(&ranges),
-            Some(&old),
-            planned(300.0, 100.0, 0.006, 20),
-        );
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&old), planned(300.0, 100.0, 0.006, 20));
         assert_eq!(held.paths["peer"].loss, 0.006);
     }
 
@@ -233,11 +237,11 @@ mod tests {
         // Near the hard limit the load penalty is steep: +1 pp of
         // utilisation is a clear change there.
         let old = planned(900.0, 100.0, 0.0, 20);
-        let held = d.hold(bounds(&ranges), Some(&old), planned(910.0, 100.0, 0.0, 20));
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&old), planned(910.0, 100.0, 0.0, 20));
         assert_eq!(held.egress_mbps, 910.0);
         // Crossing the hard limit (eligibility) by a hair.
         let old = planned(949.0, 100.0, 0.0, 20);
-        let held = d.hold(bounds(&ranges), Some(&old), planned(951.0, 100.0, 0.0, 20));
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&old), planned(951.0, 100.0, 0.0, 20));
         assert_eq!(held.egress_mbps, 951.0);
         // A path becoming measured, a new peer, a new stream, health.
         let old = planned(300.0, 100.0, 0.0, 4);
@@ -254,10 +258,13 @@ mod tests {
         fresh
             .published
             .insert(StreamKey::parse("live/b").unwrap(), 1.0);
-        let held = d.hold(bounds(&ranges), Some(&old), fresh.clone());
+        let held = rules(&d, &ranges).hold(CAPACITY, Some(&old), fresh.clone());
         assert_eq!(held, fresh);
         // Nothing planned yet: everything is fresh.
-        assert_eq!(d.hold(bounds(&ranges), None, fresh.clone()), fresh);
+        assert_eq!(
+            rules(&d, &ranges).hold(CAPACITY, None, fresh.clone()),
+            fresh
+        );
     }
 
     #[test]
@@ -274,7 +281,10 @@ mod tests {
         };
         let old = planned(300.0, 100.0, 0.001, 20);
         let fresh = planned(300.5, 100.1, 0.001, 20);
-        assert_eq!(d.hold(bounds(&ranges), Some(&old), fresh.clone()), fresh);
+        assert_eq!(
+            rules(&d, &ranges).hold(CAPACITY, Some(&old), fresh.clone()),
+            fresh
+        );
         assert!(d.validate().is_ok());
         assert!(
             Deadband {

@@ -5,7 +5,7 @@
 //! snapshots. Nothing here touches the database; `store` gets batched
 //! writes from the callers.
 
-use crate::plan_inputs::{Bounds, Deadband, PATH_SMOOTHING, Planned};
+use crate::plan_inputs::{PATH_SMOOTHING, Planned, Rules};
 use crate::planner::{Health, NodeView, PathStat};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -15,7 +15,6 @@ use vantage_proto::v1::{
 };
 use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
-use vantage_shared::score::Ranges;
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
 /// Liveness state shown to operators.
@@ -200,19 +199,16 @@ impl NodeEntry {
             .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
         self.smoothed_paths
             .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
-        for p in &r.paths {
-            let rtt = path_rtt(p);
-            let (srtt, sloss) = match self.smoothed_paths.get_mut(&p.target_node_id) {
+        for p in r.paths {
+            let (rtt, loss) = match self.smoothed_paths.get_mut(&p.target_node_id) {
                 Some(s) => s,
                 None => self
                     .smoothed_paths
                     .entry(p.target_node_id.clone())
                     .or_insert_with(|| (Ewma::new(PATH_SMOOTHING), Ewma::new(PATH_SMOOTHING))),
             };
-            srtt.observe(rtt);
-            sloss.observe(p.loss);
-        }
-        for p in r.paths {
+            rtt.observe(path_rtt(&p));
+            loss.observe(p.loss);
             match self.paths.get_mut(&p.target_node_id) {
                 Some(v) => *v = p,
                 None => {
@@ -281,8 +277,12 @@ impl NodeEntry {
     /// The planner's view: smoothed, and held at the last plan's values
     /// while they stay inside `band`. Records what it hands out as the
     /// node's planned inputs.
-    pub fn planning_view(&mut self, band: &Deadband, b: Bounds<'_>) -> NodeView {
-        let inputs = band.hold(b, self.planned.as_ref(), self.inputs(true));
+    pub fn planning_view(&mut self, rules: &Rules<'_>) -> NodeView {
+        let inputs = rules.hold(
+            self.info.capacity_mbps,
+            self.planned.as_ref(),
+            self.inputs(true),
+        );
         self.planned = Some(inputs.clone());
         self.view_of(inputs)
     }
@@ -293,19 +293,10 @@ impl NodeEntry {
     }
 
     /// Would [`Self::planning_view`] now differ from what the last plan saw?
-    pub fn inputs_moved(&self, band: &Deadband, b: Bounds<'_>) -> bool {
+    pub fn inputs_moved(&self, rules: &Rules<'_>) -> bool {
         match &self.planned {
             None => true,
-            Some(p) => band.hold(b, Some(p), self.inputs(true)) != *p,
-        }
-    }
-
-    /// The capacity and limits [`Deadband::hold`] needs for this node.
-    pub fn bounds<'a>(&self, ranges: &'a Ranges, min_path_samples: u32) -> Bounds<'a> {
-        Bounds {
-            ranges,
-            capacity_mbps: self.info.capacity_mbps,
-            min_path_samples,
+            Some(p) => rules.hold(self.info.capacity_mbps, Some(p), self.inputs(true)) != *p,
         }
     }
 
@@ -335,14 +326,18 @@ impl NodeEntry {
             .paths
             .iter()
             .map(|(k, p)| {
-                let smooth = self.smoothed_paths.get(k).filter(|_| smoothed);
-                let value = |e: &Ewma, raw: f64| e.value().unwrap_or(raw);
+                let (mut rtt_ms, mut loss) = (path_rtt(p), p.loss);
+                if let Some((r, l)) = self.smoothed_paths.get(k).filter(|_| smoothed) {
+                    rtt_ms = r.value().unwrap_or(rtt_ms);
+                    loss = l.value().unwrap_or(loss);
+                }
+                let samples = p.samples;
                 (
                     k.clone(),
                     PathStat {
-                        rtt_ms: smooth.map_or(path_rtt(p), |(r, _)| value(r, path_rtt(p))),
-                        loss: smooth.map_or(p.loss, |(_, l)| value(l, p.loss)),
-                        samples: p.samples,
+                        rtt_ms,
+                        loss,
+                        samples,
                     },
                 )
             })
@@ -452,19 +447,11 @@ impl Registry {
 
     /// The planner's input: [`NodeEntry::planning_view`] of every node,
     /// sorted by id (and recorded as what the plan saw).
-    pub fn planning_views(
-        &self,
-        band: &Deadband,
-        ranges: &Ranges,
-        min_path_samples: u32,
-    ) -> Vec<NodeView> {
+    pub fn planning_views(&self, rules: &Rules<'_>) -> Vec<NodeView> {
         let mut v: Vec<NodeView> = self
             .nodes
             .iter_mut()
-            .map(|mut e| {
-                let b = e.bounds(ranges, min_path_samples);
-                e.planning_view(band, b)
-            })
+            .map(|mut e| e.planning_view(rules))
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
@@ -472,10 +459,8 @@ impl Registry {
 
     /// Whether any node's planner inputs left the deadband since the last
     /// [`Registry::planning_views`] (a node never planned counts as moved).
-    pub fn inputs_moved(&self, band: &Deadband, ranges: &Ranges, min_path_samples: u32) -> bool {
-        self.nodes
-            .iter()
-            .any(|e| e.inputs_moved(band, e.bounds(ranges, min_path_samples)))
+    pub fn inputs_moved(&self, rules: &Rules<'_>) -> bool {
+        self.nodes.iter().any(|e| e.inputs_moved(rules))
     }
 
     /// Runs `f` on every entry without cloning (one shard lock at a time,

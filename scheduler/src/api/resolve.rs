@@ -73,14 +73,16 @@ fn header_ip(headers: &HeaderMap, name: Option<&str>) -> Option<IpAddr> {
     v.split(',').next()?.trim().parse().ok()
 }
 
-/// Location, source and ASN of the viewer; the `stream` and `n` fields are
-/// filled by the caller.
-fn locate(
+/// The resolve request for `stream` and `n` answers: the viewer's
+/// location, its source and ASN from the query, headers and peer address.
+fn request(
     app: &App,
     q: &[(String, String)],
     headers: &HeaderMap,
     peer: &Peer,
-) -> Result<(Option<Coord>, LocationSource, Option<u32>), ApiError> {
+    stream: StreamKey,
+    n: usize,
+) -> Result<Request, ApiError> {
     let cfg = app.resolver.config();
     let ip = match param(q, "ip") {
         Some(s) => Some(
@@ -105,7 +107,13 @@ fn locate(
         },
     };
     let asn = ip.and_then(|ip| app.resolver.geoip().asn(ip));
-    Ok((coord, source, asn))
+    Ok(Request {
+        stream,
+        coord,
+        source,
+        asn,
+        n,
+    })
 }
 
 fn unavailable(app: &App, e: &ResolveError) -> Response {
@@ -212,16 +220,9 @@ pub async fn resolve(
             }
         },
     };
-    let (coord, source, asn) = match locate(&app, &q, &headers, &peer) {
-        Ok(l) => l,
+    let req = match request(&app, &q, &headers, &peer, stream, n) {
+        Ok(r) => r,
         Err(e) => return bad(&app, e),
-    };
-    let req = Request {
-        stream,
-        coord,
-        source,
-        asn,
-        n,
     };
     match run(&app, &req) {
         Ok(a) => Json(answer_body(&req, &a)).into_response(),
@@ -318,16 +319,9 @@ pub async fn play(
         Ok(k) => k,
         Err(e) => return bad(&app, ApiError::bad_request(e.to_string())),
     };
-    let (coord, source, asn) = match locate(&app, &q, &headers, &peer) {
-        Ok(l) => l,
+    let req = match request(&app, &q, &headers, &peer, stream, 1) {
+        Ok(r) => r,
         Err(e) => return bad(&app, e),
-    };
-    let req = Request {
-        stream,
-        coord,
-        source,
-        asn,
-        n: 1,
     };
     let a = match run(&app, &req) {
         Ok(a) => a,
@@ -345,7 +339,7 @@ pub async fn play(
     };
     let mut location = edge_url(&edge.public_url, &req.stream);
     let mut query: Vec<String> = raw.into_iter().filter(|r| !r.is_empty()).collect();
-    if let (Some(c), false) = (coord, source == LocationSource::Query) {
+    if let (Some(c), false) = (req.coord, req.source == LocationSource::Query) {
         query.push(format!("lat={:.4}&lon={:.4}", c.lat, c.lon));
     }
     if !query.is_empty() {

@@ -130,17 +130,7 @@ impl<'a> Ctx<'a> {
             }
             _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
         };
-        let (rtt_ms, loss) = match measured {
-            Some(p) => (Input::measured(p.rtt_ms), Input::measured(p.loss)),
-            None => (
-                if km.source == vantage_shared::score::Source::Modelled {
-                    Input::modelled(modelled_rtt_ms(km.value))
-                } else {
-                    Input::default_value(modelled_rtt_ms(km.value))
-                },
-                Input::default_value(0.0),
-            ),
-        };
+        let (rtt_ms, loss) = super::rtt_and_loss(measured.as_ref(), &km);
         Inputs {
             rtt_ms,
             loss,

@@ -53,7 +53,7 @@ use vantage_shared::stream::{StreamKey, StreamPattern};
 mod ctx;
 mod routes;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use ctx::*;
 use routes::*;
@@ -198,17 +198,7 @@ pub fn edge_inputs(
         (Some(a), Some(b)) => Input::modelled(a.km_to(&b)),
         _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
     };
-    let (rtt_ms, loss) = match measured {
-        Some(p) => (Input::measured(p.rtt_ms), Input::measured(p.loss)),
-        None => (
-            if km.source == vantage_shared::score::Source::Modelled {
-                Input::modelled(modelled_rtt_ms(km.value))
-            } else {
-                Input::default_value(modelled_rtt_ms(km.value))
-            },
-            Input::default_value(0.0),
-        ),
-    };
+    let (rtt_ms, loss) = rtt_and_loss(measured, &km);
     let buffer_ms = match u.buffer_ms {
         Some(b) => Input::measured(b),
         None => Input::default_value(ranges.buffer_ms.hi),
@@ -219,6 +209,23 @@ pub fn edge_inputs(
         buffer_ms,
         utilisation: Input::measured(util),
         km,
+    }
+}
+
+/// RTT and loss inputs of an edge: measured when the path has enough
+/// samples, else RTT modelled from the distance `km` (and loss 0 by
+/// default).
+pub(crate) fn rtt_and_loss(measured: Option<&PathStat>, km: &Input) -> (Input, Input) {
+    match measured {
+        Some(p) => (Input::measured(p.rtt_ms), Input::measured(p.loss)),
+        None => (
+            if km.source == vantage_shared::score::Source::Modelled {
+                Input::modelled(modelled_rtt_ms(km.value))
+            } else {
+                Input::default_value(modelled_rtt_ms(km.value))
+            },
+            Input::default_value(0.0),
+        ),
     }
 }
 

@@ -2,7 +2,9 @@ use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
-fn node(id: &str, lat: f64, lon: f64) -> NodeView {
+/// An up node at (`lat`, `lon`) with 1 Gbit/s and nothing measured (also
+/// used by the trace tests).
+pub(crate) fn node(id: &str, lat: f64, lon: f64) -> NodeView {
     NodeView {
         id: id.into(),
         health: Health::Up,

@@ -1,26 +1,10 @@
 use super::*;
+use crate::planner::tests::node;
 use crate::planner::{Health, NodeView, PathStat};
 use std::collections::BTreeMap;
 use vantage_proto::v1::{StreamRole, StreamState};
-use vantage_shared::place::Coord;
 use vantage_shared::score::{Ranges, Stability};
 use vantage_shared::stream::{StreamKey, StreamPattern};
-
-fn node(id: &str, lat: f64, lon: f64) -> NodeView {
-    NodeView {
-        id: id.into(),
-        health: Health::Up,
-        coord: Coord::new(lat, lon),
-        capacity_mbps: 1000.0,
-        egress_mbps: 0.0,
-        buffer_ms: None,
-        public_url: format!("http://{id}:8080"),
-        probe_addr: format!("{id}:7402"),
-        paths: BTreeMap::new(),
-        published: BTreeMap::new(),
-        static_origins: BTreeMap::new(),
-    }
-}
 
 /// A small world whose floats have no short decimal form (0.1 + 0.2,
 /// thirds, ...), so a lossy float round trip would show.

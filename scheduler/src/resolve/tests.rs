@@ -44,6 +44,33 @@ fn world() -> Vec<Candidate<'static>> {
     ]
 }
 
+/// Rank input of the tests: `viewer` asking for `n` edges at `now_ms`.
+fn rank_input<'a>(
+    w: &'a Weights,
+    r: &'a Ranges,
+    p: &'a RankParams,
+    now_ms: i64,
+    viewer: Viewer,
+    n: usize,
+) -> RankInput<'a> {
+    RankInput {
+        now_ms,
+        weights: w,
+        ranges: r,
+        params: p,
+        viewer,
+        n,
+    }
+}
+
+/// A 2.5 Mbit/s viewer at `place`.
+fn viewer(place: (f64, f64)) -> Viewer {
+    Viewer {
+        coord: coord(place),
+        bitrate_mbps: 2.5,
+    }
+}
+
 fn no_explore() -> RankParams {
     RankParams {
         exploration_share: 0.0,
@@ -53,17 +80,7 @@ fn no_explore() -> RankParams {
 
 fn first<'a>(cands: &'a [Candidate<'_>], at: (f64, f64), params: &RankParams, now: i64) -> &'a str {
     let (w, r) = (Weights::default(), Ranges::default());
-    let input = RankInput {
-        now_ms: now,
-        weights: &w,
-        ranges: &r,
-        params,
-        viewer: Viewer {
-            coord: coord(at),
-            bitrate_mbps: 2.5,
-        },
-        n: 4,
-    };
+    let input = rank_input(&w, &r, params, now, viewer(at), 4);
     let out = rank(&input, cands, &mut StdRng::seed_from_u64(1));
     cands[out.edges[0].index].id
 }
@@ -76,17 +93,7 @@ fn resolve_nearby_edge_first_and_modelled_without_viewer_data() {
     assert_eq!(first(&cands, OSAKA, &p, 0), "tyo");
     assert_eq!(first(&cands, RIO, &p, 0), "sao");
     let (w, r) = (Weights::default(), Ranges::default());
-    let input = RankInput {
-        now_ms: 0,
-        weights: &w,
-        ranges: &r,
-        params: &p,
-        viewer: Viewer {
-            coord: coord(LYON),
-            bitrate_mbps: 2.5,
-        },
-        n: 4,
-    };
+    let input = rank_input(&w, &r, &p, 0, viewer(LYON), 4);
     let out = rank(&input, &cands, &mut StdRng::seed_from_u64(1));
     assert_eq!(out.edges.len(), 4);
     assert_eq!(out.decision, Decision::Best);
@@ -148,17 +155,17 @@ fn resolve_measured_inputs_say_so() {
     let mut c = cand("par", PARIS);
     c.group = Some(&e);
     let (w, r, p) = (Weights::default(), Ranges::default(), no_explore());
-    let input = RankInput {
-        now_ms: 0,
-        weights: &w,
-        ranges: &r,
-        params: &p,
-        viewer: Viewer {
+    let input = rank_input(
+        &w,
+        &r,
+        &p,
+        0,
+        Viewer {
             coord: coord(LYON),
             bitrate_mbps: 1.0,
         },
-        n: 1,
-    };
+        1,
+    );
     let i = rank::inputs(&c, &input);
     assert_eq!(i.rtt_ms.source, Source::Measured);
     assert_eq!(i.rtt_ms.value, 12.0);
@@ -195,14 +202,7 @@ fn resolve_never_ineligible_nodes() {
     };
     let w = Weights::default();
     for seed in 0..200 {
-        let input = RankInput {
-            now_ms: 0,
-            weights: &w,
-            ranges: &r,
-            params: &p,
-            viewer: v,
-            n: 4,
-        };
+        let input = rank_input(&w, &r, &p, 0, v, 4);
         let out = rank(&input, &c, &mut StdRng::seed_from_u64(seed));
         assert_eq!(out.eligible, 2);
         assert!(
@@ -213,14 +213,7 @@ fn resolve_never_ineligible_nodes() {
     }
     c[2].health = Health::Down;
     c[3].egress_mbps = f64::NAN;
-    let input = RankInput {
-        now_ms: 0,
-        weights: &w,
-        ranges: &r,
-        params: &p,
-        viewer: v,
-        n: 4,
-    };
+    let input = rank_input(&w, &r, &p, 0, v, 4);
     let out = rank(&input, &c, &mut StdRng::seed_from_u64(0));
     assert!(out.edges.is_empty() && out.eligible == 0);
 }
@@ -242,17 +235,7 @@ fn resolve_burst_spreads_over_near_equal_edges() {
                 ..cand(id, PARIS)
             })
             .collect();
-        let input = RankInput {
-            now_ms: 0,
-            weights: &w,
-            ranges: &r,
-            params: &p,
-            viewer: Viewer {
-                coord: coord(LYON),
-                bitrate_mbps: 2.5,
-            },
-            n: 1,
-        };
+        let input = rank_input(&w, &r, &p, 0, viewer(LYON), 1);
         let out = rank(&input, &cands, &mut rng);
         let i = out.edges[0].index;
         counts[i] += 1;
@@ -272,17 +255,7 @@ fn resolve_exploration_share_and_bounds() {
     let mut rng = StdRng::seed_from_u64(3);
     let mut explored = 0;
     for _ in 0..2000 {
-        let input = RankInput {
-            now_ms: 0,
-            weights: &w,
-            ranges: &r,
-            params: &p,
-            viewer: Viewer {
-                coord: coord(LYON),
-                bitrate_mbps: 2.5,
-            },
-            n: 1,
-        };
+        let input = rank_input(&w, &r, &p, 0, viewer(LYON), 1);
         let out = rank(&input, &cands, &mut rng);
         let id = cands[out.edges[0].index].id;
         if out.decision == Decision::Explore {
@@ -301,17 +274,17 @@ fn resolve_same_seed_same_answer() {
     let cands = world();
     let (w, r, p) = (Weights::default(), Ranges::default(), RankParams::default());
     let run = |seed| {
-        let input = RankInput {
-            now_ms: 0,
-            weights: &w,
-            ranges: &r,
-            params: &p,
-            viewer: Viewer {
+        let input = rank_input(
+            &w,
+            &r,
+            &p,
+            0,
+            Viewer {
                 coord: None,
                 bitrate_mbps: 2.5,
             },
-            n: 4,
-        };
+            4,
+        );
         rank(&input, &cands, &mut StdRng::seed_from_u64(seed))
     };
     assert_eq!(run(9), run(9));
@@ -574,7 +547,7 @@ mod props {
             let (w, r) = (Weights::default(), Ranges::default());
             let p = RankParams { exploration_share: share, ..RankParams::default() };
             let v = Viewer { coord: viewer.and_then(coord), bitrate_mbps: 2.5 };
-            let input = RankInput { now_ms: 0, weights: &w, ranges: &r, params: &p, viewer: v, n: 20 };
+            let input = rank_input(&w, &r, &p, 0, v, 20);
             let out = rank(&input, &cands, &mut StdRng::seed_from_u64(seed));
             let eligible = cands.iter().filter(|c| eligibility(c, &r, &v).is_ok()).count();
             prop_assert_eq!(out.eligible, eligible);
