@@ -547,8 +547,8 @@ impl App {
         let grace = (3 * i64::from(self.report_interval_ms())).max(SESSION_GRACE_MS);
         for c in self.registry.silent_sessions(now_ms(), grace) {
             c.close(
-                quinn::VarInt::from_u32(vantage_shared::close::CloseCode::ReportTimeout.code()),
-                b"no reports: the node is down",
+                vantage_shared::close::CloseCode::ReportTimeout,
+                "no reports: the node is down",
             );
         }
     }

@@ -64,7 +64,7 @@ pub struct Session {
     pub started_ms: i64,
     pub remote: String,
     /// Closing this drops the agent (used when a newer session supersedes it).
-    pub connection: Option<quinn::Connection>,
+    pub connection: Option<crate::ingest::SessionLink>,
 }
 
 #[derive(Debug, Clone)]
@@ -479,16 +479,19 @@ impl Registry {
     }
 
     /// Sessions of nodes that are down and have sent nothing for `grace_ms`
-    /// (the caller closes them).
-    pub fn silent_sessions(&self, now_ms: i64, grace_ms: i64) -> Vec<quinn::Connection> {
+    /// (the caller closes them). A session younger than the grace is never
+    /// silent: an agent still enrolling, or just welcomed, has not had the
+    /// chance to report.
+    pub fn silent_sessions(&self, now_ms: i64, grace_ms: i64) -> Vec<crate::ingest::SessionLink> {
+        let silent_since = |t: i64| now_ms.saturating_sub(t) > grace_ms;
         self.nodes
             .iter()
             .filter(|e| e.state == NodeState::Down)
-            .filter(|e| {
-                e.last_report_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) > grace_ms)
+            .filter(|e| e.last_report_ms.is_none_or(silent_since))
+            .filter_map(|e| {
+                let s = e.session.as_ref()?;
+                silent_since(s.started_ms).then(|| s.connection.clone())?
             })
-            .filter_map(|e| e.session.as_ref().and_then(|s| s.connection.clone()))
             .collect()
     }
 

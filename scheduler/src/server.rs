@@ -170,7 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )
     .await?;
 
-    let endpoint = crate::ingest::endpoint(config.quic_listen, quic_tls)?;
+    let ingest = crate::ingest::Ingest::bind(config.quic_listen, quic_tls)?;
     let grpc_listener = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -186,11 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             source,
         })?;
     let bound = Bound {
-        quic: endpoint.local_addr().map_err(|source| StartError::Bind {
-            what: "QUIC",
-            addr: config.quic_listen,
-            source,
-        })?,
+        quic: ingest.local_addr(),
         grpc: grpc_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -211,7 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     app.plan_once();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(crate::ingest::serve(app.clone(), endpoint));
+    tasks.spawn(crate::ingest::serve(app.clone(), ingest));
     tasks.spawn(app.clone().run_planner());
     tasks.spawn(app.clone().run_liveness());
     let grpc = grpc_server(app.clone(), &material, grpc_listener).await?;

@@ -77,6 +77,69 @@ pub async fn read<M: prost::Message + Default, R: AsyncRead + Unpin>(
     Ok(Some(M::decode(buf.as_slice())?))
 }
 
+/// Incremental frame decoder for code that is handed bytes as they arrive
+/// (the scheduler's QUIC event loop) instead of reading an `AsyncRead`.
+///
+/// The length prefix is checked against the limit as soon as its four bytes
+/// are in, so an oversized frame is refused before its body is buffered.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    pos: usize,
+}
+
+impl FrameReader {
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received and not yet consumed as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next complete frame, decoded, and its encoded length. `Ok(None)`
+    /// while the frame is incomplete.
+    pub fn next<M: prost::Message + Default>(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(M, usize)>, FrameError> {
+        let rest = &self.buf[self.pos..];
+        let Some(prefix) = rest.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        let Some(body) = rest.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let msg = M::decode(body)?;
+        self.pos += 4 + len;
+        if self.pos * 2 > self.buf.capacity() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        Ok(Some((msg, len)))
+    }
+
+    /// At the end of the stream: an error if a frame was cut off.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buffered() == 0 {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +186,46 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)));
+    }
+    #[test]
+    fn incremental_reader_reassembles_and_limits() {
+        let report = Report {
+            seq: 7,
+            ..Default::default()
+        };
+        let mut wire = encode(&report).to_vec();
+        wire.extend_from_slice(&encode(&report));
+        let mut r = FrameReader::default();
+        let mut got = Vec::new();
+        // Byte by byte: frames come out whole, exactly when complete.
+        for b in &wire {
+            r.push(std::slice::from_ref(b));
+            while let Some((m, len)) = r.next::<Report>(1024).unwrap() {
+                assert_eq!(len, wire.len() / 2 - 4);
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![report.clone(), report.clone()]);
+        assert!(r.finish().is_ok());
+
+        let mut r = FrameReader::default();
+        r.push(&encode(&report)[..3]);
+        assert!(r.next::<Report>(1024).unwrap().is_none());
+        assert!(matches!(r.finish(), Err(FrameError::Truncated)));
+
+        // Refused from the prefix alone, before the body arrives.
+        let mut r = FrameReader::default();
+        r.push(&[0, 1, 0, 0]);
+        assert!(matches!(
+            r.next::<Report>(1024),
+            Err(FrameError::TooLarge {
+                len: 65536,
+                max: 1024
+            })
+        ));
+
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(matches!(r.next::<Report>(1024), Err(FrameError::Decode(_))));
     }
 }

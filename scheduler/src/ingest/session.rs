@@ -1,13 +1,28 @@
-//! One agent's telemetry connection.
+//! The protocol of one agent's telemetry connection (DESIGN §3), as a state
+//! machine the event loop ([`super::driver`]) feeds with connection events:
+//!
+//! `Handshake` (TLS) → `Hello` (control stream and its first frame within
+//! 5 s) → `Admitting` (only while the store makes an enrollment durable) →
+//! `Telemetry` (Welcome sent; the report stream within 5 s) → `Running`
+//! (reports and alerts; a `Draining` announcement on the control stream) →
+//! `Finishing` (the agent finished its control stream: what is left of the
+//! report stream is read for up to 2 s) → `Ended`. A bad Hello goes
+//! `Rejecting` (a typed `Rejection`, up to 200 ms for the agent to read it)
+//! before the close.
 
+use super::{Command, Links, SessionLink};
 use crate::app::App;
 use crate::auth::Admission;
-use crate::registry::{NodeEntry, NodeInfo, NodeState, Session};
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use crate::registry::{NodeEntry, NodeInfo, NodeState, Session as RegistrySession};
+use bytes::Bytes;
+use quinn_proto::{
+    Connection, ConnectionError, Dir, Event, ReadError, StreamEvent, StreamId, VarInt, WriteError,
+};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tracing::{Span, debug, info, warn};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
 use vantage_proto::v1::{
     AgentControl, Hello, RejectReason, Rejection, SchedulerControl, TelemetryFrame, Welcome,
     agent_control, scheduler_control, telemetry_frame,
@@ -15,103 +30,631 @@ use vantage_proto::v1::{
 use vantage_shared::auth::hash_secret;
 use vantage_shared::clock::now_ms;
 use vantage_shared::close::CloseCode;
-use vantage_shared::frame::{self, FrameError};
+use vantage_shared::frame::{self, FrameError, FrameReader};
 use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamPattern;
 use vantage_shared::validate;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a rejection waits for the agent to read it before the close.
+const REJECT_LINGER: Duration = Duration::from_millis(200);
+/// How long the rest of the report stream is read after an orderly end.
+const FINISH_LINGER: Duration = Duration::from_secs(2);
 
-/// Why a session ended other than by an orderly close of the agent.
-enum Closed {
-    /// We close the connection with this code (bad input, shutdown, ...).
-    Close { code: CloseCode, reason: String },
-    /// The connection is gone (timeout, reset); nothing to close.
-    Lost(String),
+/// Why this side closes a connection: the code the agent sees and the reason.
+type Refusal = (CloseCode, String);
+
+fn refusal(code: CloseCode, reason: impl Into<String>) -> Refusal {
+    (code, reason.into())
 }
 
-fn closed(code: CloseCode, reason: impl Into<String>) -> Closed {
-    Closed::Close {
-        code,
-        reason: reason.into(),
-    }
+fn frame_refusal(e: FrameError) -> Refusal {
+    let code = match e {
+        FrameError::TooLarge { .. } => CloseCode::FrameTooLarge,
+        FrameError::Decode(_) => CloseCode::Undecodable,
+        FrameError::Truncated | FrameError::Io(_) => CloseCode::ProtocolViolation,
+    };
+    refusal(code, e.to_string())
 }
 
-/// Classifies an error read from a quinn stream.
-fn read_error(e: std::io::Error) -> Result<(), Closed> {
-    let inner = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<quinn::ReadError>());
-    match inner {
-        Some(quinn::ReadError::ConnectionLost(c)) => connection_end(c.clone()),
-        Some(quinn::ReadError::Reset(code)) => Err(closed(
-            CloseCode::ProtocolViolation,
-            format!("agent reset a stream (code {code})"),
-        )),
-        _ => Err(Closed::Lost(e.to_string())),
-    }
+/// What the event loop hands a session along with an event.
+pub(super) struct Ctx<'a> {
+    pub app: &'a Arc<App>,
+    pub links: &'a Arc<Links>,
+    pub now: Instant,
 }
 
-fn connection_end(e: quinn::ConnectionError) -> Result<(), Closed> {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0 => Ok(()),
-        other => Err(Closed::Lost(other.to_string())),
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Hello,
+    Admitting,
+    Telemetry,
+    Running,
+    Finishing,
+    Rejecting,
+    Ended,
 }
 
-fn frame_error(e: FrameError) -> Result<(), Closed> {
-    match e {
-        FrameError::TooLarge { .. } => Err(closed(CloseCode::FrameTooLarge, e.to_string())),
-        FrameError::Decode(_) => Err(closed(CloseCode::Undecodable, e.to_string())),
-        FrameError::Truncated => Err(closed(CloseCode::ProtocolViolation, e.to_string())),
-        FrameError::Io(e) => read_error(e),
-    }
+/// An admitted node waiting for the store before its Welcome.
+struct Joining {
+    node_id: String,
+    session_id: String,
+    credential: String,
+    info: NodeInfo,
+    agent_version: String,
+    held_route_version: u64,
 }
 
-pub async fn run(app: Arc<App>, conn: Connection) {
-    let peer_cn = conn
-        .peer_identity()
-        .and_then(|id| {
-            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().and_then(vantage_shared::tls::peer_node_id));
-    let mut node_id: Option<String> = None;
-    let mut agent_drain = false;
-    let result = session(
-        &app,
-        &conn,
-        peer_cn.as_deref(),
-        &mut node_id,
-        &mut agent_drain,
-    )
-    .await;
-    let orderly = match result {
-        Ok(()) => {
-            info!(node_id = ?node_id, "telemetry session ended by the agent");
-            conn.close(VarInt::from_u32(0), b"bye");
-            true
+/// One received stream: its id, the frames being reassembled, whether the
+/// agent finished it.
+#[derive(Default)]
+struct Inbound {
+    id: Option<StreamId>,
+    frames: FrameReader,
+    finished: bool,
+}
+
+impl Inbound {
+    /// Moves what the connection has received on the stream into `frames`.
+    fn pull(&mut self, conn: &mut Connection) -> Result<(), Refusal> {
+        let Some(id) = self.id else { return Ok(()) };
+        if self.finished {
+            return Ok(());
         }
-        Err(Closed::Lost(reason)) => {
-            info!(node_id = ?node_id, "telemetry connection lost: {reason}");
-            false
-        }
-        Err(Closed::Close { code, reason }) => {
-            match code {
-                CloseCode::Superseded | CloseCode::ShuttingDown | CloseCode::Normal => {
-                    debug!(node_id = ?node_id, code = code.label(), "closing telemetry connection: {reason}")
+        let mut stream = conn.recv_stream(id);
+        let Ok(mut chunks) = stream.read(true) else {
+            // Already finished and freed.
+            self.finished = true;
+            return Ok(());
+        };
+        let result = loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => self.frames.push(&chunk.bytes),
+                Ok(None) => {
+                    self.finished = true;
+                    break Ok(());
                 }
-                _ => {
-                    app.metrics.rejected(code.label());
-                    warn!(node_id = ?node_id, code = code.label(), "closing telemetry connection: {reason}");
+                Err(ReadError::Blocked) => break Ok(()),
+                Err(ReadError::Reset(code)) => {
+                    break Err(refusal(
+                        CloseCode::ProtocolViolation,
+                        format!("agent reset a stream (code {code})"),
+                    ));
                 }
             }
-            conn.close(VarInt::from_u32(code.code()), reason.as_bytes());
-            false
+        };
+        // Flow-control credit goes out with the next transmit either way.
+        let _ = chunks.finalize();
+        result
+    }
+
+    /// The next whole frame; `Ok(None)` if none is complete yet or the
+    /// stream ended cleanly between frames (see `ended`).
+    fn next<M: prost::Message + Default>(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(M, usize)>, Refusal> {
+        match self.frames.next(max).map_err(frame_refusal)? {
+            Some(m) => Ok(Some(m)),
+            None if self.finished => self.frames.finish().map(|()| None).map_err(frame_refusal),
+            None => Ok(None),
         }
-    };
-    if let Some(id) = node_id {
-        end_session(&app, &id, conn.stable_id(), orderly, agent_drain);
+    }
+
+    /// The agent finished the stream and every frame on it was consumed.
+    fn ended(&self) -> bool {
+        self.finished && self.frames.buffered() == 0
+    }
+}
+
+pub(super) struct Session {
+    /// The connection's id (see [`SessionLink::id`]).
+    id: u64,
+    remote: SocketAddr,
+    phase: Phase,
+    deadline: Option<Instant>,
+    /// Set once the Welcome went out: the registry entry this session feeds.
+    node_id: Option<String>,
+    joining: Option<Joining>,
+    /// The agent announced draining itself (see [`end_session`]).
+    agent_drain: bool,
+    /// The close code and detail of a rejection being delivered.
+    rejection: Option<Refusal>,
+    control: Inbound,
+    control_out: Vec<u8>,
+    reports: Inbound,
+}
+
+impl Session {
+    pub(super) fn new(id: u64, remote: SocketAddr) -> Self {
+        Self {
+            id,
+            remote,
+            phase: Phase::Handshake,
+            deadline: None,
+            node_id: None,
+            joining: None,
+            agent_drain: false,
+            rejection: None,
+            control: Inbound::default(),
+            control_out: Vec::new(),
+            reports: Inbound::default(),
+        }
+    }
+
+    /// When [`Session::on_deadline`] is due.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(super) fn on_event(&mut self, cx: &Ctx<'_>, conn: &mut Connection, event: Event) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        match event {
+            Event::Connected => {
+                cx.app.metrics.telemetry_connections.inc();
+                self.phase = Phase::Hello;
+                self.deadline = Some(cx.now + HELLO_TIMEOUT);
+                self.pump(cx, conn);
+            }
+            Event::ConnectionLost { reason } => self.lost(cx, reason),
+            Event::Stream(StreamEvent::Opened { .. } | StreamEvent::Readable { .. }) => {
+                self.pump(cx, conn)
+            }
+            Event::Stream(StreamEvent::Writable { .. }) => {
+                if let Err((code, reason)) = self.flush_control(conn) {
+                    self.close(cx, conn, code, reason);
+                }
+            }
+            Event::Stream(StreamEvent::Finished { id } | StreamEvent::Stopped { id, .. })
+                if self.phase == Phase::Rejecting && Some(id) == self.control.id =>
+            {
+                self.deliver_rejection(cx, conn)
+            }
+            _ => {}
+        }
+    }
+
+    /// The deadline of the current phase passed.
+    pub(super) fn on_deadline(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
+        self.deadline = None;
+        match self.phase {
+            Phase::Hello if self.control.id.is_none() => self.close(
+                cx,
+                conn,
+                CloseCode::HelloTimeout,
+                "no control stream within 5 s".into(),
+            ),
+            Phase::Hello => self.close(
+                cx,
+                conn,
+                CloseCode::HelloTimeout,
+                "no Hello within 5 s".into(),
+            ),
+            Phase::Telemetry => self.close(
+                cx,
+                conn,
+                CloseCode::ProtocolViolation,
+                "no telemetry stream within 5 s of Welcome".into(),
+            ),
+            Phase::Rejecting => self.deliver_rejection(cx, conn),
+            Phase::Finishing => self.end_orderly(cx, conn),
+            _ => {}
+        }
+    }
+
+    /// The store's answer to an enrollment.
+    pub(super) fn on_admitted(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        result: Result<(), String>,
+    ) {
+        if self.phase != Phase::Admitting {
+            return;
+        }
+        match result {
+            Ok(()) => self.welcome(cx, conn),
+            Err(e) => self.close(
+                cx,
+                conn,
+                CloseCode::ShuttingDown,
+                format!("store unavailable: {e}"),
+            ),
+        }
+    }
+
+    /// The connection is gone from the endpoint; ends the session if nothing
+    /// else did.
+    pub(super) fn on_drained(&mut self, cx: &Ctx<'_>) {
+        if self.phase != Phase::Ended {
+            info!(remote = %self.remote, node_id = ?self.node_id, "telemetry connection drained");
+            self.end(cx, false);
+        }
+    }
+
+    /// Closes the connection with `code` (bad input, superseded, shutdown).
+    pub(super) fn close(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        code: CloseCode,
+        reason: String,
+    ) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        match code {
+            CloseCode::Superseded | CloseCode::ShuttingDown | CloseCode::Normal => {
+                debug!(remote = %self.remote, node_id = ?self.node_id, code = code.label(), "closing telemetry connection: {reason}")
+            }
+            _ => {
+                cx.app.metrics.rejected(code.label());
+                warn!(remote = %self.remote, node_id = ?self.node_id, code = code.label(), "closing telemetry connection: {reason}");
+            }
+        }
+        conn.close(
+            cx.now,
+            VarInt::from_u32(code.code()),
+            Bytes::from(reason.into_bytes()),
+        );
+        self.end(cx, false);
+    }
+
+    fn end_orderly(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
+        info!(remote = %self.remote, node_id = ?self.node_id, "telemetry session ended by the agent");
+        conn.close(cx.now, VarInt::from_u32(0), Bytes::from_static(b"bye"));
+        self.end(cx, true);
+    }
+
+    fn lost(&mut self, cx: &Ctx<'_>, reason: ConnectionError) {
+        match reason {
+            _ if self.phase == Phase::Handshake => {
+                cx.app.metrics.rejected("handshake");
+                warn!(remote = %self.remote, "QUIC handshake failed: {reason}");
+                self.phase = Phase::Ended;
+            }
+            ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0 => {
+                info!(remote = %self.remote, node_id = ?self.node_id, "telemetry session ended by the agent");
+                self.end(cx, true);
+            }
+            other => {
+                info!(remote = %self.remote, node_id = ?self.node_id, "telemetry connection lost: {other}");
+                self.end(cx, false);
+            }
+        }
+    }
+
+    fn end(&mut self, cx: &Ctx<'_>, orderly: bool) {
+        self.phase = Phase::Ended;
+        self.deadline = None;
+        if let Some(j) = self.joining.take() {
+            // Admitted but never welcomed: forget the session it registered.
+            let id = self.id;
+            cx.app.registry.update(&j.node_id, |e| {
+                if e.session
+                    .as_ref()
+                    .and_then(|s| s.connection.as_ref())
+                    .is_some_and(|c| c.id() == id)
+                {
+                    e.session = None;
+                }
+            });
+        }
+        if let Some(node_id) = self.node_id.take() {
+            end_session(cx.app, &node_id, self.id, orderly, self.agent_drain);
+        }
+    }
+
+    /// Accepts the streams the current phase expects, reads what arrived
+    /// and acts on every complete frame.
+    fn pump(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
+        if let Err((code, reason)) = self.try_pump(cx, conn) {
+            self.close(cx, conn, code, reason);
+        }
+    }
+
+    fn try_pump(&mut self, cx: &Ctx<'_>, conn: &mut Connection) -> Result<(), Refusal> {
+        let max = cx.app.config.max_frame_bytes;
+        if self.phase == Phase::Hello && self.control.id.is_none() {
+            self.control.id = conn.streams().accept(Dir::Bi);
+        }
+        if self.phase == Phase::Telemetry && self.reports.id.is_none() {
+            self.reports.id = conn.streams().accept(Dir::Uni);
+            if self.reports.id.is_some() {
+                self.phase = Phase::Running;
+                self.deadline = None;
+            }
+        }
+        self.control.pull(conn)?;
+        match self.phase {
+            Phase::Hello => match self.control.next::<AgentControl>(max)? {
+                Some((first, _)) => return self.hello(cx, conn, first),
+                None if self.control.ended() => {
+                    return Err(refusal(
+                        CloseCode::ProtocolViolation,
+                        "control stream ended before Hello",
+                    ));
+                }
+                None => return Ok(()),
+            },
+            // Control messages wait for the report stream (a Draining or the
+            // end of the control stream refers to a running session).
+            Phase::Running => self.control_frames(cx, max)?,
+            _ => {}
+        }
+        if matches!(self.phase, Phase::Running | Phase::Finishing) {
+            self.report_frames(cx, conn, max)?;
+        }
+        Ok(())
+    }
+
+    /// Control messages after the Welcome: only `Draining`, then the end of
+    /// the stream (the agent's orderly shutdown).
+    fn control_frames(&mut self, cx: &Ctx<'_>, max: usize) -> Result<(), Refusal> {
+        while let Some((msg, _)) = self.control.next::<AgentControl>(max)? {
+            let Some(agent_control::Kind::Draining(d)) = msg.kind else {
+                return Err(refusal(
+                    CloseCode::ProtocolViolation,
+                    "unexpected control message",
+                ));
+            };
+            let node_id = self.node_id.as_deref().unwrap_or_default();
+            info!(
+                node_id,
+                grace_ms = d.grace_period_ms,
+                "agent announced draining"
+            );
+            let by_operator = cx
+                .app
+                .registry
+                .with(node_id, |e| e.draining)
+                .unwrap_or(false);
+            cx.app.drain(node_id, "agent");
+            // Lifted when this session ends (see end_session), unless an
+            // operator drained the node before.
+            self.agent_drain |= !by_operator;
+        }
+        if self.control.ended() {
+            // Wait (briefly) for the rest of the report stream.
+            self.phase = Phase::Finishing;
+            self.deadline = Some(cx.now + FINISH_LINGER);
+        }
+        Ok(())
+    }
+
+    fn report_frames(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        max: usize,
+    ) -> Result<(), Refusal> {
+        let pulled = self.reports.pull(conn);
+        let node_id = self.node_id.as_deref().unwrap_or_default();
+        if self.phase == Phase::Finishing {
+            // Whatever is complete still counts; a broken tail ends the session.
+            while let Ok(Some((f, len))) = self.reports.next::<TelemetryFrame>(max) {
+                handle_frame(cx.app, node_id, f, len)?;
+            }
+            if pulled.is_err() || self.reports.finished {
+                self.end_orderly(cx, conn);
+            }
+            return Ok(());
+        }
+        pulled?;
+        while let Some((f, len)) = self.reports.next::<TelemetryFrame>(max)? {
+            handle_frame(cx.app, node_id, f, len)?;
+        }
+        if self.reports.ended() {
+            return Err(refusal(
+                CloseCode::ProtocolViolation,
+                "telemetry stream finished",
+            ));
+        }
+        Ok(())
+    }
+
+    fn hello(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        first: AgentControl,
+    ) -> Result<(), Refusal> {
+        let Some(agent_control::Kind::Hello(hello)) = first.kind else {
+            return Err(refusal(
+                CloseCode::ProtocolViolation,
+                "first control message is not Hello",
+            ));
+        };
+        if let Err((reason, detail)) = check_hello(&hello) {
+            return self.reject(cx, conn, reason, detail);
+        }
+        let peer_cn = conn
+            .crypto_session()
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().and_then(vantage_shared::tls::peer_node_id));
+        let admission = match cx.app.auth.admit(&hello, peer_cn.as_deref()) {
+            Ok(a) => a,
+            Err(refusal) => return self.reject(cx, conn, refusal.reason, refusal.detail),
+        };
+        let node_id = hello.node_id.clone();
+        let session_id = hex::encode(rand::random::<[u8; 8]>());
+        let now = now_ms();
+        let info = node_info(&hello);
+        let mut credential = String::new();
+        let mut superseded: Option<SessionLink> = None;
+        let link = SessionLink {
+            conn: self.id,
+            links: cx.links.clone(),
+        };
+        cx.app.registry.upsert(
+            &node_id,
+            || NodeEntry::new(node_id.clone(), info.clone(), now),
+            |e| {
+                e.info = info.clone();
+                if let Admission::Enroll(c) = &admission {
+                    e.credential_hash = Some(hash_secret(&c.secret));
+                    e.enrolled_at_ms = now;
+                    credential = c.encode();
+                }
+                superseded = e.session.take().and_then(|s| s.connection);
+                e.session = Some(RegistrySession {
+                    id: session_id.clone(),
+                    started_ms: now,
+                    remote: self.remote.to_string(),
+                    connection: Some(link),
+                });
+            },
+        );
+        if let Some(old) = superseded {
+            old.close(
+                CloseCode::Superseded,
+                "a newer session of this node replaced this one",
+            );
+        }
+        self.joining = Some(Joining {
+            node_id: node_id.clone(),
+            session_id,
+            credential,
+            info,
+            agent_version: hello.agent_version.clone(),
+            held_route_version: hello.route_version,
+        });
+        self.phase = Phase::Admitting;
+        self.deadline = None;
+        let Some(rec) = cx.app.registry.with(&node_id, NodeEntry::to_record) else {
+            self.welcome(cx, conn);
+            return Ok(());
+        };
+        if matches!(admission, Admission::Enroll(_)) {
+            // Enrollment must be durable before the agent is told its
+            // credential: the store answers through the command queue.
+            let store = cx.app.store.clone();
+            let links = cx.links.clone();
+            let conn_id = self.id;
+            tokio::spawn(async move {
+                let result = store.upsert_node(&rec).await.map_err(|e| e.to_string());
+                links.send(Command::Admitted {
+                    conn: conn_id,
+                    result,
+                });
+            });
+        } else {
+            cx.app.store.record(crate::store::WriteOp::NodeInfo(rec));
+            self.welcome(cx, conn);
+        }
+        Ok(())
+    }
+
+    fn welcome(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
+        let Some(j) = self.joining.take() else { return };
+        let app = cx.app;
+        self.node_id = Some(j.node_id.clone());
+        app.metrics.telemetry_sessions.inc();
+        let welcome = SchedulerControl {
+            kind: Some(scheduler_control::Kind::Welcome(Welcome {
+                session_id: j.session_id.clone(),
+                report_interval_ms: app.report_interval_ms(),
+                scheduler_id: app.config.scheduler_id.clone(),
+                node_credential: j.credential.clone(),
+                max_frame_bytes: app.config.max_frame_bytes as u32,
+            })),
+        };
+        self.control_out.extend_from_slice(&frame::encode(&welcome));
+        if let Err((code, reason)) = self.flush_control(conn) {
+            return self.close(cx, conn, code, reason);
+        }
+        info!(
+            node_id = j.node_id,
+            session_id = j.session_id,
+            remote = %self.remote,
+            enrolled = !j.credential.is_empty(),
+            agent_version = j.agent_version,
+            held_route_version = j.held_route_version,
+            "agent joined"
+        );
+        if !j.credential.is_empty() {
+            app.event(&j.node_id, "enrolled", &self.remote.to_string());
+        }
+        if let Some(r) = &app.recorder {
+            r.node(
+                now_ms(),
+                &j.node_id,
+                "connect",
+                &j.session_id,
+                Some(&j.info),
+            );
+        }
+        app.trigger_replan();
+        self.phase = Phase::Telemetry;
+        self.deadline = Some(cx.now + HELLO_TIMEOUT);
+        // Frames that came in while the store was busy.
+        self.pump(cx, conn);
+    }
+
+    fn flush_control(&mut self, conn: &mut Connection) -> Result<(), Refusal> {
+        let Some(id) = self.control.id else {
+            return Ok(());
+        };
+        while !self.control_out.is_empty() {
+            match conn.send_stream(id).write(&self.control_out) {
+                Ok(n) => {
+                    self.control_out.drain(..n);
+                }
+                Err(WriteError::Blocked) => break,
+                Err(e) => {
+                    return Err(refusal(
+                        CloseCode::ProtocolViolation,
+                        format!("cannot send on the control stream: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a typed rejection, then closes once the agent has it (or after
+    /// [`REJECT_LINGER`]).
+    fn reject(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        reason: RejectReason,
+        detail: String,
+    ) -> Result<(), Refusal> {
+        debug!(remote = %self.remote, ?reason, "hello rejected");
+        let msg = SchedulerControl {
+            kind: Some(scheduler_control::Kind::Rejection(Rejection {
+                reason: reason as i32,
+                detail: detail.clone(),
+            })),
+        };
+        self.control_out.extend_from_slice(&frame::encode(&msg));
+        self.rejection = Some((CloseCode::from_reject(reason), detail));
+        self.phase = Phase::Rejecting;
+        self.deadline = Some(cx.now + REJECT_LINGER);
+        let sent = self.flush_control(conn).is_ok()
+            && self.control_out.is_empty()
+            && self
+                .control
+                .id
+                .is_some_and(|id| conn.send_stream(id).finish().is_ok());
+        if !sent {
+            self.deliver_rejection(cx, conn);
+        }
+        Ok(())
+    }
+
+    fn deliver_rejection(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
+        if let Some((code, detail)) = self.rejection.take() {
+            self.close(cx, conn, code, detail);
+        }
     }
 }
 
@@ -123,7 +666,7 @@ pub async fn run(app: Arc<App>, conn: Connection) {
 /// draining, so the restarted agent is eligible again. (A drain ordered
 /// through the API stays until an operator lifts it.) A still-draining agent
 /// that reconnects announces again.
-fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool, agent_drain: bool) {
+fn end_session(app: &App, node_id: &str, conn_id: u64, orderly: bool, agent_drain: bool) {
     let down = orderly || agent_drain;
     let now = now_ms();
     let ours = app
@@ -133,7 +676,7 @@ fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool, agent_dr
                 .session
                 .as_ref()
                 .and_then(|s| s.connection.as_ref())
-                .is_some_and(|c| c.stable_id() == conn_id);
+                .is_some_and(|c| c.id() == conn_id);
             if ours {
                 e.session = None;
                 if agent_drain {
@@ -171,208 +714,10 @@ fn end_session(app: &App, node_id: &str, conn_id: usize, orderly: bool, agent_dr
     }
 }
 
-async fn session(
-    app: &Arc<App>,
-    conn: &Connection,
-    peer_cn: Option<&str>,
-    node_id_out: &mut Option<String>,
-    agent_drain: &mut bool,
-) -> Result<(), Closed> {
-    let max = app.config.max_frame_bytes;
-    let mut buf = Vec::new();
-    let (mut ctl_send, mut ctl_recv) =
-        match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
-            Err(_) => {
-                return Err(closed(
-                    CloseCode::HelloTimeout,
-                    "no control stream within 5 s",
-                ));
-            }
-            Ok(Err(e)) => return connection_end(e),
-            Ok(Ok(s)) => s,
-        };
-    let first: AgentControl = match tokio::time::timeout(
-        HELLO_TIMEOUT,
-        frame::read(&mut ctl_recv, max, &mut buf),
-    )
-    .await
-    {
-        Err(_) => return Err(closed(CloseCode::HelloTimeout, "no Hello within 5 s")),
-        Ok(Err(e)) => return frame_error(e),
-        Ok(Ok(None)) => {
-            return Err(closed(
-                CloseCode::ProtocolViolation,
-                "control stream ended before Hello",
-            ));
-        }
-        Ok(Ok(Some(m))) => m,
-    };
-    let Some(agent_control::Kind::Hello(hello)) = first.kind else {
-        return Err(closed(
-            CloseCode::ProtocolViolation,
-            "first control message is not Hello",
-        ));
-    };
-    if let Err((reason, detail)) = check_hello(&hello) {
-        return reject(&mut ctl_send, reason, detail).await;
-    }
-    let admission = match app.auth.admit(&hello, peer_cn) {
-        Ok(a) => a,
-        Err(refusal) => return reject(&mut ctl_send, refusal.reason, refusal.detail).await,
-    };
-    let node_id = hello.node_id.clone();
-    Span::current().record("node_id", node_id.as_str());
-    let session_id = hex::encode(rand::random::<[u8; 8]>());
-    let now = now_ms();
-    let info = node_info(&hello);
-    let mut credential = String::new();
-    let mut superseded: Option<Connection> = None;
-    app.registry.upsert(
-        &node_id,
-        || NodeEntry::new(node_id.clone(), info.clone(), now),
-        |e| {
-            e.info = info.clone();
-            if let Admission::Enroll(c) = &admission {
-                e.credential_hash = Some(hash_secret(&c.secret));
-                e.enrolled_at_ms = now;
-                credential = c.encode();
-            }
-            superseded = e.session.take().and_then(|s| s.connection);
-            e.session = Some(Session {
-                id: session_id.clone(),
-                started_ms: now,
-                remote: conn.remote_address().to_string(),
-                connection: Some(conn.clone()),
-            });
-        },
-    );
-    if let Some(old) = superseded {
-        old.close(
-            VarInt::from_u32(CloseCode::Superseded.code()),
-            b"a newer session of this node replaced this one",
-        );
-    }
-    // Enrollment must be durable before the agent is told its credential.
-    if let Some(rec) = app.registry.with(&node_id, NodeEntry::to_record) {
-        let result = if matches!(admission, Admission::Enroll(_)) {
-            app.store.upsert_node(&rec).await.map_err(|e| e.to_string())
-        } else {
-            app.store.record(crate::store::WriteOp::NodeInfo(rec));
-            Ok(())
-        };
-        if let Err(e) = result {
-            app.registry.update(&node_id, |e| e.session = None);
-            return Err(closed(
-                CloseCode::ShuttingDown,
-                format!("store unavailable: {e}"),
-            ));
-        }
-    }
-    *node_id_out = Some(node_id.clone());
-    app.metrics.telemetry_sessions.inc();
-    let welcome = SchedulerControl {
-        kind: Some(scheduler_control::Kind::Welcome(Welcome {
-            session_id: session_id.clone(),
-            report_interval_ms: app.report_interval_ms(),
-            scheduler_id: app.config.scheduler_id.clone(),
-            node_credential: credential.clone(),
-            max_frame_bytes: max as u32,
-        })),
-    };
-    frame::write(&mut ctl_send, &welcome).await.map_err(|e| {
-        closed(
-            CloseCode::ProtocolViolation,
-            format!("cannot send Welcome: {e}"),
-        )
-    })?;
-    info!(
-        node_id,
-        session_id,
-        enrolled = !credential.is_empty(),
-        agent_version = hello.agent_version,
-        held_route_version = hello.route_version,
-        "agent joined"
-    );
-    if !credential.is_empty() {
-        app.event(&node_id, "enrolled", &conn.remote_address().to_string());
-    }
-    if let Some(r) = &app.recorder {
-        r.node(now, &node_id, "connect", &session_id, Some(&info));
-    }
-    app.trigger_replan();
-
-    let mut telemetry = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_uni()).await {
-        Err(_) => {
-            return Err(closed(
-                CloseCode::ProtocolViolation,
-                "no telemetry stream within 5 s of Welcome",
-            ));
-        }
-        Ok(Err(e)) => return connection_end(e),
-        Ok(Ok(s)) => s,
-    };
-    let mut ctl_buf = Vec::new();
-    loop {
-        tokio::select! {
-            _ = app.shutdown.cancelled() => {
-                return Err(closed(CloseCode::ShuttingDown, "scheduler shutting down"));
-            }
-            msg = frame::read::<TelemetryFrame, _>(&mut telemetry, max, &mut buf) => {
-                match msg {
-                    Ok(Some(f)) => handle_frame(app, &node_id, f, buf.len())?,
-                    Ok(None) => return Err(closed(CloseCode::ProtocolViolation, "telemetry stream finished")),
-                    Err(e) => return frame_error(e),
-                }
-            }
-            msg = frame::read::<AgentControl, _>(&mut ctl_recv, max, &mut ctl_buf) => {
-                match msg {
-                    Ok(Some(AgentControl { kind: Some(agent_control::Kind::Draining(d)) })) => {
-                        info!(grace_ms = d.grace_period_ms, "agent announced draining");
-                        let by_operator = app.registry.with(&node_id, |e| e.draining).unwrap_or(false);
-                        app.drain(&node_id, "agent");
-                        // Lifted when this session ends (see end_session),
-                        // unless an operator drained the node before.
-                        *agent_drain |= !by_operator;
-                    }
-                    Ok(Some(_)) => return Err(closed(CloseCode::ProtocolViolation, "unexpected control message")),
-                    Ok(None) => {
-                        // Control stream finished: wait for the telemetry stream to end.
-                        drain_remaining(app, &node_id, &mut telemetry, max, &mut buf).await?;
-                        return Ok(());
-                    }
-                    Err(e) => return frame_error(e),
-                }
-            }
-        }
-    }
-}
-
-/// Reads what is left on the telemetry stream after the agent finished its
-/// control stream (orderly shutdown).
-async fn drain_remaining(
-    app: &Arc<App>,
-    node_id: &str,
-    telemetry: &mut RecvStream,
-    max: usize,
-    buf: &mut Vec<u8>,
-) -> Result<(), Closed> {
-    loop {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            frame::read::<TelemetryFrame, _>(telemetry, max, buf),
-        )
-        .await
-        {
-            Ok(Ok(Some(f))) => handle_frame(app, node_id, f, buf.len())?,
-            _ => return Ok(()),
-        }
-    }
-}
-
-fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Result<(), Closed> {
+fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Result<(), Refusal> {
     match f.kind {
         Some(telemetry_frame::Kind::Report(r)) => {
-            validate::report(&r).map_err(|e| closed(CloseCode::InvalidValue, e.to_string()))?;
+            validate::report(&r).map_err(|e| refusal(CloseCode::InvalidValue, e.to_string()))?;
             let now = now_ms();
             if let Some(rec) = &app.recorder {
                 rec.report(now, node_id, &r);
@@ -395,7 +740,7 @@ fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Resu
             Ok(())
         }
         Some(telemetry_frame::Kind::Alert(a)) => {
-            validate::alert(&a).map_err(|e| closed(CloseCode::InvalidValue, e.to_string()))?;
+            validate::alert(&a).map_err(|e| refusal(CloseCode::InvalidValue, e.to_string()))?;
             let kind = vantage_proto::v1::AlertKind::try_from(a.kind)
                 .map(|k| {
                     k.as_str_name()
@@ -426,23 +771,8 @@ fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Resu
             app.trigger_replan();
             Ok(())
         }
-        None => Err(closed(CloseCode::Undecodable, "empty telemetry frame")),
+        None => Err(refusal(CloseCode::Undecodable, "empty telemetry frame")),
     }
-}
-
-async fn reject(send: &mut SendStream, reason: RejectReason, detail: String) -> Result<(), Closed> {
-    let msg = SchedulerControl {
-        kind: Some(scheduler_control::Kind::Rejection(Rejection {
-            reason: reason as i32,
-            detail: detail.clone(),
-        })),
-    };
-    if frame::write(send, &msg).await.is_ok() && send.finish().is_ok() {
-        // Give the agent a moment to read the rejection before the close.
-        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-    }
-    debug!(?reason, "hello rejected");
-    Err(closed(CloseCode::from_reject(reason), detail))
 }
 
 /// Validates the self-description in a Hello.

@@ -51,7 +51,7 @@ impl Default for ResolveConfig {
             default_n: 3,
             max_n: 20,
             retry_after_s: 5,
-            refresh_ms: 200,
+            refresh_ms: 1000,
             min_group_samples: p.min_group_samples,
             group_half_life_ms: p.group_half_life_ms,
             spread_band: p.spread_band,
