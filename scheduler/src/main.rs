@@ -12,6 +12,13 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use vantage_scheduler::config::{CertsCommand, Cli, Command, Config, LogFormat};
 
+/// mimalloc instead of the system allocator: every report is decoded into
+/// fresh strings and vectors and freed again on the ingest thread, thousands
+/// of times a second; glibc's malloc/free were ~10 % of that thread's CPU
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Certs(cmd)) = &cli.command {
