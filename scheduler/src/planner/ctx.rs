@@ -3,27 +3,28 @@
 //! targets, and the small helpers (hashing, threads) they use.
 
 use super::*;
+use std::hash::BuildHasherDefault;
+
 /// Index of "no node" in the planner's dense node indices (the consumer's
 /// own static origin URL, an unset primary).
 pub(super) const NONE: usize = usize::MAX;
 
-/// Read-only facts of one plan and the load accounting. Nodes are indexed
-/// densely in id order, so comparing indices is comparing ids.
+/// Read-only facts of one plan (the load accounting is [`Load`]). Nodes
+/// are indexed densely in id order, so comparing indices is comparing ids.
 pub(super) struct Ctx<'a> {
     pub(super) input: &'a PlanInput,
     pub(super) nodes: Vec<&'a NodeView>,
     /// Node index by id.
-    pub(super) index: HashMap<&'a str, usize>,
+    pub(super) index: HashMap<&'a str, usize, BuildHasherDefault<IdHasher>>,
     pub(super) eligible: Vec<bool>,
-    /// Projected egress per node (reported + assigned by this plan), Mbps.
-    pub(super) egress: Vec<f64>,
-    /// `load_weight · P(projected utilisation)` per node: the load term of
-    /// every edge leaving the node, kept in step with `egress`.
-    pub(super) load_term: Vec<f64>,
-    /// Per consumer: its best `relay_candidates` eligible peers with the
-    /// load-free part of their edge score, best first.
-    pub(super) neighbours: Vec<Vec<(usize, f64)>>,
-    pub(super) load_weight: f64,
+    /// Per consumer `v`: its best `relay_candidates` eligible peers with
+    /// the load-free part of their edge score, best first, as
+    /// `relays[relay_start[v]..relay_start[v + 1]]` (see [`Ctx::neighbours`]).
+    pub(super) relays: Vec<(usize, f64)>,
+    pub(super) relay_start: Vec<usize>,
+    /// Per node: its nearest probeable peers (`probe_nearest` at most),
+    /// nearest first.
+    pub(super) near_probes: Vec<Vec<usize>>,
     /// Nodes with coordinates as points on a sphere (km), for nearest
     /// neighbours in O(log n) instead of scanning every node.
     pub(super) spatial: RTree<GeomWithData<[f64; 3], usize>>,
@@ -46,7 +47,6 @@ impl<'a> Ctx<'a> {
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes.dedup_by(|a, b| a.id == b.id);
         let n = nodes.len();
-        let weight_sum = input.weights.sum().max(f64::MIN_POSITIVE);
         let spatial = RTree::bulk_load(
             nodes
                 .iter()
@@ -65,10 +65,9 @@ impl<'a> Ctx<'a> {
                 .map(|(i, v)| (v.id.as_str(), i))
                 .collect(),
             eligible: nodes.iter().map(|v| eligible(v, &input.ranges)).collect(),
-            egress: nodes.iter().map(|v| v.egress_mbps.max(0.0)).collect(),
-            load_term: vec![0.0; n],
-            neighbours: Vec::new(),
-            load_weight: input.weights.load / weight_sum,
+            relays: Vec::new(),
+            relay_start: vec![0; n + 1],
+            near_probes: Vec::new(),
             spatial,
             fnv_prefix: nodes
                 .iter()
@@ -105,9 +104,6 @@ impl<'a> Ctx<'a> {
                 p
             })
             .collect();
-        for u in 0..n {
-            ctx.load_term[u] = ctx.load_of(u);
-        }
         ctx
     }
 
@@ -140,19 +136,19 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub(super) fn util(&self, i: usize) -> f64 {
-        let cap = self.nodes[i].capacity_mbps;
-        if cap > 0.0 { self.egress[i] / cap } else { 1.0 }
+    pub(super) fn set_nearest_peers(&mut self, peers: NearestPeers) {
+        self.relays = peers.relays;
+        self.relay_start = peers.relay_start;
+        self.near_probes = peers.near_probes;
     }
 
-    pub(super) fn load_of(&self, u: usize) -> f64 {
-        self.load_weight * self.input.ranges.load_penalty(self.util(u))
-    }
-
-    /// Assigns a pull of `mbps` to `u`.
-    pub(super) fn add_egress(&mut self, u: usize, mbps: f64) {
-        self.egress[u] += mbps;
-        self.load_term[u] = self.load_of(u);
+    /// The relay candidates of consumer `v` with their load-free edge
+    /// scores, best first (empty before [`nearest_peers`]).
+    pub(super) fn neighbours(&self, v: usize) -> &[(usize, f64)] {
+        match (self.relay_start.get(v), self.relay_start.get(v + 1)) {
+            (Some(&a), Some(&b)) => &self.relays[a..b],
+            _ => &[],
+        }
     }
 
     /// Edge score without the load term (computed with utilisation 0,
@@ -160,28 +156,6 @@ impl<'a> Ctx<'a> {
     pub(super) fn static_edge(&self, u: usize, n: usize) -> f64 {
         let i = self.input;
         score_value(&i.weights, &i.ranges, &self.edge_inputs_at(u, n))
-    }
-
-    /// Up to `limit` nodes nearest to `i` (not `i` itself) passing `keep`,
-    /// looking at no more than `scan` candidates.
-    pub(super) fn nearest(
-        &self,
-        i: usize,
-        limit: usize,
-        scan: usize,
-        keep: impl Fn(usize) -> bool,
-    ) -> Vec<usize> {
-        let Some(c) = self.nodes[i].coord else {
-            return Vec::new();
-        };
-        self.spatial
-            .nearest_neighbor_iter(&c.sphere_point())
-            .map(|p| p.data)
-            .filter(|&u| u != i)
-            .take(scan)
-            .filter(|&u| keep(u))
-            .take(limit)
-            .collect()
     }
 
     /// [`rendezvous`]`(id of u, "{consumer id}\u{1f}{route}")`, `u` = [`NONE`]
@@ -193,6 +167,50 @@ impl<'a> Ctx<'a> {
         };
         let h = fnv(prefix, self.nodes[consumer].id.as_bytes());
         finalise(fnv(fnv(h, &[0x1f]), route.as_bytes()))
+    }
+}
+
+/// The load accounting of a plan: every primary assignment adds the
+/// stream's bit rate to the upstream's projected egress. Apart from [`Ctx`]
+/// so that the read-only facts can be shared while it changes.
+pub(super) struct Load<'a> {
+    ctx: &'a Ctx<'a>,
+    /// Projected egress per node (reported + assigned by this plan), Mbps.
+    egress: Vec<f64>,
+    /// `weight · P(projected utilisation)` per node: the load term of
+    /// every edge leaving the node, kept in step with `egress`.
+    pub(super) term: Vec<f64>,
+    weight: f64,
+}
+
+impl<'a> Load<'a> {
+    pub(super) fn new(ctx: &'a Ctx<'a>) -> Self {
+        let weights = &ctx.input.weights;
+        let mut load = Load {
+            ctx,
+            egress: ctx.nodes.iter().map(|v| v.egress_mbps.max(0.0)).collect(),
+            term: vec![0.0; ctx.nodes.len()],
+            weight: weights.load / weights.sum().max(f64::MIN_POSITIVE),
+        };
+        for u in 0..ctx.nodes.len() {
+            load.term[u] = load.term_of(u);
+        }
+        load
+    }
+
+    fn util(&self, i: usize) -> f64 {
+        let cap = self.ctx.nodes[i].capacity_mbps;
+        if cap > 0.0 { self.egress[i] / cap } else { 1.0 }
+    }
+
+    fn term_of(&self, u: usize) -> f64 {
+        self.weight * self.ctx.input.ranges.load_penalty(self.util(u))
+    }
+
+    /// Assigns a pull of `mbps` to `u`.
+    pub(super) fn add_egress(&mut self, u: usize, mbps: f64) {
+        self.egress[u] += mbps;
+        self.term[u] = self.term_of(u);
     }
 }
 
@@ -208,6 +226,29 @@ pub(super) fn haversine_km((a, cos_a): (Coord, f64), (b, cos_b): (Coord, f64)) -
 }
 
 pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The hasher of [`Ctx::index`]: FNV-1a with the splitmix finaliser. A plan
+/// looks ids up a few times per route (the previous plan's choices), and
+/// for short ids this is several times cheaper than the default SipHash,
+/// whose resistance to chosen colliding keys is not needed for the ids of
+/// the cluster's own nodes.
+pub(super) struct IdHasher(u64);
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        IdHasher(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv(self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        finalise(self.0)
+    }
+}
 
 /// FNV-1a over `bytes` from state `h` (the first half of [`rendezvous`]).
 pub(super) fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
@@ -227,37 +268,69 @@ pub(super) fn finalise(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Each node's best `relay_candidates` eligible peers by load-free edge
-/// score. Exact scores are computed only for a short list: the nearest
-/// eligible peers (2× the bound, from the R-tree) plus every peer with a
-/// path measurement in either direction — for unmeasured pairs the score
-/// grows with distance, so farther peers cannot beat the short list except
-/// through better buffer health, a deliberate simplification. Nodes
-/// without coordinates consider every eligible peer.
-pub(super) fn relay_candidates(ctx: &Ctx<'_>, threads: usize) -> Vec<Vec<(usize, f64)>> {
+/// [`Ctx::relays`] (when `relays` is set: the plan has sources) and
+/// [`Ctx::near_probes`], from one nearest-neighbour walk of the R-tree per
+/// node.
+///
+/// Relay candidates: each node's best `relay_candidates` eligible peers by
+/// load-free edge score. Exact scores are computed only for a short list:
+/// the nearest eligible peers (2× the bound among the nearest 16× the
+/// bound + 64) plus every peer with a path measurement in either direction
+/// — for unmeasured pairs the score grows with distance, so farther peers
+/// cannot beat the short list except through better buffer health, a
+/// deliberate simplification. Nodes without coordinates consider every
+/// eligible peer.
+///
+/// Nearest probe targets: the nearest `probe_nearest` peers that can be
+/// probed among the nearest `8 × probe_nearest + 32`.
+pub(super) fn nearest_peers(ctx: &Ctx<'_>, relays: bool, threads: usize) -> NearestPeers {
     let n = ctx.nodes.len();
-    let k = ctx.input.limits.relay_candidates.max(1);
+    let limits = &ctx.input.limits;
+    let k = limits.relay_candidates.max(1);
+    let (relay_scan, relay_limit) = if relays { (16 * k + 64, 2 * k) } else { (0, 0) };
+    let (probe_scan, probe_limit) = (8 * limits.probe_nearest + 32, limits.probe_nearest);
     // measured_by[v] = nodes that measured v (reverse of `paths`).
     let mut measured_by: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (u, node) in ctx.nodes.iter().enumerate() {
-        for peer in node.paths.keys() {
-            if let Some(&v) = ctx.index.get(peer.as_str()) {
+    if relays {
+        for (u, paths) in ctx.paths.iter().enumerate() {
+            for &(v, _) in paths {
                 measured_by[v].push(u);
             }
         }
     }
-    par_map(n, threads, |v| {
+    let probeable = |u: usize| {
+        !ctx.nodes[u].probe_addr.is_empty() && !matches!(ctx.nodes[u].health, Health::Down)
+    };
+    let per_node = par_map(n, threads, |v| {
+        // Nearest first (not `v` itself): each list takes the peers it
+        // keeps among its first `scan` until it has `limit` of them.
         let mut pool: Vec<usize> = Vec::new();
-        if ctx.nodes[v].coord.is_some() {
-            pool.extend(ctx.nearest(v, 2 * k, 16 * k + 64, |u| ctx.eligible[u]));
-        } else {
+        let mut near: Vec<usize> = Vec::new();
+        if let Some(c) = ctx.nodes[v].coord {
+            let nearest = ctx.spatial.nearest_neighbor_iter(&c.sphere_point());
+            for (seen, u) in nearest.map(|p| p.data).filter(|&u| u != v).enumerate() {
+                let relay_open = seen < relay_scan && pool.len() < relay_limit;
+                let probe_open = seen < probe_scan && near.len() < probe_limit;
+                if !relay_open && !probe_open {
+                    break;
+                }
+                if relay_open && ctx.eligible[u] {
+                    pool.push(u);
+                }
+                if probe_open && probeable(u) {
+                    near.push(u);
+                }
+            }
+        } else if relays {
             pool.extend((0..n).filter(|&u| u != v && ctx.eligible[u]));
         }
+        if !relays {
+            return (Vec::new(), near);
+        }
         pool.extend(
-            ctx.nodes[v]
-                .paths
-                .keys()
-                .filter_map(|p| ctx.index.get(p.as_str()).copied())
+            ctx.paths[v]
+                .iter()
+                .map(|&(u, _)| u)
                 .chain(measured_by[v].iter().copied())
                 .filter(|&u| u != v && ctx.eligible[u]),
         );
@@ -266,37 +339,91 @@ pub(super) fn relay_candidates(ctx: &Ctx<'_>, threads: usize) -> Vec<Vec<(usize,
         let mut e: Vec<(usize, f64)> = pool.iter().map(|&u| (u, ctx.static_edge(u, v))).collect();
         e.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         e.truncate(k);
-        e
-    })
+        (e, near)
+    });
+    let mut peers = NearestPeers {
+        relays: Vec::new(),
+        relay_start: vec![0],
+        near_probes: Vec::with_capacity(n),
+    };
+    for (relays, near) in per_node {
+        peers.relays.extend(relays);
+        peers.relay_start.push(peers.relays.len());
+        peers.near_probes.push(near);
+    }
+    peers
+}
+
+/// What [`nearest_peers`] finds, for [`Ctx::set_nearest_peers`].
+pub(super) struct NearestPeers {
+    relays: Vec<(usize, f64)>,
+    relay_start: Vec<usize>,
+    near_probes: Vec<Vec<usize>>,
 }
 
 /// Below this many nodes a plan takes a few milliseconds: no threads.
 pub(super) const PARALLEL_MIN_NODES: usize = 256;
 
-/// `(0..n).map(f).collect()`, on up to `threads` scoped threads over
-/// contiguous chunks, joined in order.
+/// `(0..n).map(f).collect()`, on up to `threads` threads over chunks of
+/// consecutive indices ([`par_tasks`]), joined in order.
 pub(super) fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if threads <= 1 || n < 2 {
         return (0..n).map(f).collect();
     }
-    let chunk = n.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|start| {
-                scope.spawn(move || (start..(start + chunk).min(n)).map(f).collect::<Vec<T>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(part) => part,
-                // A panic in a worker is a planner bug: re-raise it here.
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
+    // A few chunks per thread, so that a thread slowed down by others
+    // does not hold up the rest.
+    let chunk = n.div_ceil(4 * threads);
+    let chunks = par_tasks(n.div_ceil(chunk), threads, |c| {
+        (c * chunk..n.min((c + 1) * chunk))
+            .map(&f)
+            .collect::<Vec<T>>()
+    });
+    chunks.into_iter().flatten().collect()
+}
+
+/// `(0..tasks).map(f).collect()`: the tasks are taken in turn by up to
+/// `threads` threads (the caller one of them), so a thread that is done
+/// early takes more; the results come in task order, whatever thread ran
+/// each task.
+pub(super) fn par_tasks<T: Send>(
+    tasks: usize,
+    threads: usize,
+    f: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let threads = threads.min(tasks);
+    if threads <= 1 {
+        return (0..tasks).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= tasks {
+                return done;
+            }
+            done.push((i, f(i)));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(run)).collect();
+        let mut done = run();
+        for helper in helpers {
+            done.extend(joined(helper));
+        }
+        done
+    });
+    done.sort_unstable_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, value)| value).collect()
+}
+
+/// The result of a scoped thread; a panic in it (a planner bug) is
+/// re-raised here.
+pub(super) fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match handle.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// `upstreams`: the node's upstream candidates, sorted, without duplicates.
@@ -328,15 +455,7 @@ pub(super) fn probe_targets(ctx: &Ctx<'_>, i: usize, upstreams: &[usize]) -> Vec
         }
         push(&mut out, u, ProbeReason::Upstream);
     }
-    let probeable = |u: usize| {
-        !ctx.nodes[u].probe_addr.is_empty() && !matches!(ctx.nodes[u].health, Health::Down)
-    };
-    for u in ctx.nearest(
-        i,
-        limits.probe_nearest,
-        8 * limits.probe_nearest + 32,
-        probeable,
-    ) {
+    for &u in &ctx.near_probes[i] {
         push(&mut out, u, ProbeReason::Nearest);
     }
     // Random peers: a generator seeded by (node, rotation epoch), so the

@@ -36,8 +36,11 @@
 //!
 //! Code: this file holds the types and [`plan`]; `ctx` the plan's indexed
 //! view of the input (dense node indices in id order, edge scores, nearest
-//! peers, relay candidates, probe targets); `routes` the per-source steps
-//! (path costs, ranking, hysteresis, backups, route tables).
+//! peers, relay candidates, probe targets) and the load accounting;
+//! `previous` the previous plan's choices by index; `routes` the sources
+//! and the per-source pipeline: `paths` (path costs), `rank` (ranking,
+//! spreading, primary hysteresis), `decide` (primary and backups, backup
+//! hysteresis); `output` the route tables and the maps for the next plan.
 
 use rand::{Rng, SeedableRng};
 use rstar::RTree;
@@ -51,11 +54,21 @@ use vantage_shared::score::{Input, Inputs, Ranges, Stability, Weights, rendezvou
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
 mod ctx;
+mod decide;
+mod output;
+mod paths;
+mod previous;
+mod rank;
 mod routes;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use ctx::*;
+use decide::*;
+use output::*;
+use paths::*;
+use previous::*;
+use rank::*;
 use routes::*;
 
 /// Liveness of a node as the planner needs it.
@@ -268,105 +281,27 @@ pub fn plan_cancellable(
     } else {
         1
     };
-    if !sources.is_empty() {
-        ctx.neighbours = relay_candidates(&ctx, threads);
-    }
-    if cancelled() {
-        return None;
-    }
-    let previous = Previous::index(&ctx, &sources);
-    let mut work = Work::new(n);
-    let mut out = Emitted {
-        routes: (0..n).map(|_| Vec::with_capacity(sources.len())).collect(),
-        upstream_ids: vec![Vec::new(); n],
-        chosen: Vec::new(),
-        backup_ids: Vec::new(),
-    };
-
-    for (s, src) in sources.iter().enumerate() {
-        if cancelled() {
-            return None;
-        }
-        for &(r, _) in &src.roots {
-            work.is_root[r] = true;
-        }
-        root_edges(&ctx, src, &mut work);
-        path_costs(&ctx, src, &mut work);
-        rank_candidates(&mut ctx, src, &previous.primary[s], &mut work);
-        emit_routes(&ctx, s, src, &previous.backups[s], &mut work, &mut out);
-        for &(r, _) in &src.roots {
-            work.is_root[r] = false;
-        }
-    }
-    let Emitted {
-        mut routes,
-        mut upstream_ids,
-        mut chosen,
-        backup_ids,
-    } = out;
-
-    // Sorted by (node id, route) first, so building the map is one pass
-    // instead of a string-comparing insert per route.
-    let mut route_order: Vec<usize> = (0..sources.len()).collect();
-    route_order.sort_by(|&a, &b| sources[a].route.cmp(&sources[b].route));
-    let mut route_rank = vec![0; sources.len()];
-    for (pos, &s) in route_order.iter().enumerate() {
-        route_rank[s] = pos;
-    }
-    chosen.sort_unstable_by_key(|c| (c.consumer, route_rank[c.source]));
-    let id = |u: usize| match u {
-        NONE => String::new(),
-        u => ctx.nodes[u].id.clone(),
-    };
-    let key = |c: &Chosen| {
-        (
-            ctx.nodes[c.consumer].id.clone(),
-            sources[c.source].route.clone(),
-        )
-    };
-    let primaries = chosen.iter().map(|c| (key(c), id(c.primary))).collect();
-    let backups = chosen
-        .iter()
-        .filter(|c| c.backups.1 > 0)
-        .map(|c| {
-            let (start, len) = c.backups;
-            (
-                key(c),
-                backup_ids[start..start + len]
-                    .iter()
-                    .map(|&u| id(u))
-                    .collect(),
-            )
+    // The previous plan's choices are indexed beside the nearest peers.
+    let (peers, previous) = if threads > 1 {
+        std::thread::scope(|scope| {
+            let previous = scope.spawn(|| Previous::index(&ctx, &sources, threads));
+            let peers = nearest_peers(&ctx, !sources.is_empty(), threads);
+            (peers, joined(previous))
         })
-        .collect();
-    for ups in &mut upstream_ids {
-        ups.sort_unstable();
-        ups.dedup();
-    }
+    } else {
+        let peers = nearest_peers(&ctx, !sources.is_empty(), 1);
+        (peers, Previous::index(&ctx, &sources, 1))
+    };
+    ctx.set_nearest_peers(peers);
     if cancelled() {
         return None;
     }
-    let probes = par_map(n, threads, |i| probe_targets(&ctx, i, &upstream_ids[i]));
-    let mut tables = BTreeMap::new();
-    for (i, probe_targets) in probes.into_iter().enumerate() {
-        let node = ctx.nodes[i];
-        tables.insert(
-            node.id.clone(),
-            RouteTable {
-                node_id: node.id.clone(),
-                version: 0,
-                nonce: String::new(),
-                generated_at_ms: 0,
-                ttl_s: input.table_ttl_s,
-                report_interval_ms: input.report_interval_ms,
-                weights_version: input.weights_version,
-                streams: std::mem::take(&mut routes[i]),
-                probe_targets,
-                redirects: Vec::new(),
-                probe_key: input.probe_key.clone(),
-            },
-        );
+    let mut load = Load::new(&ctx);
+    let decided = route_sources(&ctx, &mut load, &sources, &previous, threads, cancelled)?;
+    if cancelled() {
+        return None;
     }
+    let (tables, primaries, backups) = build_output(&ctx, &sources, &decided, threads);
     Some(Plan {
         tables,
         primaries,

@@ -578,3 +578,330 @@ fn check_invariants(world: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
     }
     Ok(())
 }
+
+// The optimised stages against straightforward references.
+
+/// `arb_world` with, at random, exact ties (no coordinates, so every pair
+/// is equally far, and identical measurements), static-origin patterns
+/// that sort before the streams or share a stream's route, and other hop
+/// and candidate bounds.
+fn arb_tied_world() -> impl Strategy<Value = PlanInput> {
+    (arb_world(), any::<u64>()).prop_map(|(mut world, seed)| {
+        let bit = |k: u32| (seed >> k) & 1 == 1;
+        if bit(0) {
+            for (i, v) in world.nodes.iter_mut().enumerate() {
+                if bit(1) || i % 3 == 0 {
+                    v.coord = None;
+                }
+                v.egress_mbps = 100.0;
+                for p in v.paths.values_mut() {
+                    *p = PathStat {
+                        rtt_ms: 40.0,
+                        loss: 0.0,
+                        samples: 10,
+                    };
+                }
+            }
+        }
+        if bit(2) {
+            let n = world.nodes.len();
+            for (k, pattern) in ["live/*", "live/s1", "zz/*"].iter().enumerate() {
+                let o = (seed >> (8 + 4 * k)) as usize % n;
+                world.nodes[o].static_origins.insert(
+                    StreamPattern::parse(pattern).unwrap(),
+                    format!("http://origin{k}:80"),
+                );
+            }
+        }
+        if bit(3) {
+            world.limits.max_relay_hops = (seed >> 20) as u32 % 4;
+            world.limits.relay_candidates = 1 + (seed >> 24) as usize % 6;
+            world.limits.probe_nearest = (seed >> 28) as usize % 6;
+        }
+        world
+    })
+}
+
+/// The layered Bellman–Ford as first written: every offer in every round.
+fn path_costs_reference(
+    ctx: &Ctx<'_>,
+    load: &[f64],
+    src: &Source,
+    edges: &RootEdges,
+    is_root: &[bool],
+) -> (Vec<f64>, Vec<u32>) {
+    let n = ctx.nodes.len();
+    let max_hops = ctx.input.limits.max_relay_hops;
+    let mut cost = vec![f64::INFINITY; n];
+    let mut hops = vec![u32::MAX; n];
+    for &(r, _) in &src.roots {
+        cost[r] = 0.0;
+        hops[r] = 0;
+    }
+    for _edge in 0..=max_hops {
+        let (prev_cost, prev_hops) = (cost.clone(), hops.clone());
+        for v in (0..n).filter(|&v| !is_root[v]) {
+            let via_roots = src
+                .roots
+                .iter()
+                .enumerate()
+                .filter(|(_, (r, _))| ctx.eligible[*r])
+                .map(|(k, &(r, _))| (r, edges[k][v]));
+            for (u, e) in via_roots.chain(ctx.neighbours(v).iter().copied()) {
+                if !prev_cost[u].is_finite() || prev_hops[u] > max_hops {
+                    continue;
+                }
+                let c = prev_cost[u] + (e + load[u]);
+                if c < cost[v] - 1e-12 {
+                    cost[v] = c;
+                    hops[v] = prev_hops[u] + 1;
+                }
+            }
+        }
+    }
+    (cost, hops)
+}
+
+/// Each node's relay candidates and nearest probe targets as first
+/// written: two walks of the R-tree, peers by id.
+#[allow(clippy::type_complexity)]
+fn nearest_reference(ctx: &Ctx<'_>) -> (Vec<Vec<(usize, f64)>>, Vec<Vec<usize>>) {
+    let n = ctx.nodes.len();
+    let limits = &ctx.input.limits;
+    let nearest = |i: usize, limit: usize, scan: usize, keep: &dyn Fn(usize) -> bool| {
+        let Some(c) = ctx.nodes[i].coord else {
+            return Vec::new();
+        };
+        ctx.spatial
+            .nearest_neighbor_iter(&c.sphere_point())
+            .map(|p| p.data)
+            .filter(|&u| u != i)
+            .take(scan)
+            .filter(|&u| keep(u))
+            .take(limit)
+            .collect::<Vec<usize>>()
+    };
+    let k = limits.relay_candidates.max(1);
+    let relays = (0..n)
+        .map(|v| {
+            let mut pool = if ctx.nodes[v].coord.is_some() {
+                nearest(v, 2 * k, 16 * k + 64, &|u| ctx.eligible[u])
+            } else {
+                (0..n).filter(|&u| u != v && ctx.eligible[u]).collect()
+            };
+            for (u, node) in ctx.nodes.iter().enumerate() {
+                if node.paths.contains_key(&ctx.nodes[v].id) {
+                    pool.push(u);
+                }
+            }
+            pool.extend(
+                ctx.nodes[v]
+                    .paths
+                    .keys()
+                    .filter_map(|p| ctx.index.get(p.as_str()).copied()),
+            );
+            pool.retain(|&u| u != v && ctx.eligible[u]);
+            pool.sort_unstable();
+            pool.dedup();
+            let mut e: Vec<(usize, f64)> =
+                pool.iter().map(|&u| (u, ctx.static_edge(u, v))).collect();
+            e.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            e.truncate(k);
+            e
+        })
+        .collect();
+    let probeable = |u: usize| {
+        !ctx.nodes[u].probe_addr.is_empty() && !matches!(ctx.nodes[u].health, Health::Down)
+    };
+    let probes = (0..n)
+        .map(|i| {
+            let pn = limits.probe_nearest;
+            nearest(i, pn, 8 * pn + 32, &probeable)
+        })
+        .collect();
+    (relays, probes)
+}
+
+/// The previous plan's choices by source and consumer as first written:
+/// routes and ids hashed.
+#[allow(clippy::type_complexity)]
+fn previous_reference(
+    ctx: &Ctx<'_>,
+    sources: &[Source],
+) -> (Vec<Vec<usize>>, Vec<Vec<[u32; STICKY]>>) {
+    let n = ctx.nodes.len();
+    let mut by_route: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (s, src) in sources.iter().enumerate() {
+        by_route.entry(src.route.as_str()).or_default().push(s);
+    }
+    let mut primary = vec![Vec::new(); sources.len()];
+    let mut backups = vec![Vec::new(); sources.len()];
+    for ((node, route), up) in &ctx.input.previous {
+        let (Some(&c), Some(&u), Some(ss)) = (
+            ctx.index.get(node.as_str()),
+            ctx.index.get(up.as_str()),
+            by_route.get(route.as_str()),
+        ) else {
+            continue;
+        };
+        for &s in ss {
+            let v: &mut Vec<usize> = &mut primary[s];
+            if v.is_empty() {
+                v.resize(n, NONE);
+            }
+            v[c] = u;
+        }
+    }
+    for ((node, route), ups) in &ctx.input.previous_backups {
+        let (Some(&c), Some(ss)) = (ctx.index.get(node.as_str()), by_route.get(route.as_str()))
+        else {
+            continue;
+        };
+        let mut list = [NO_BACKUP; STICKY];
+        let known = ups.iter().filter_map(|id| match id.as_str() {
+            "" => Some(ORIGIN_BACKUP),
+            id => ctx.index.get(id).map(|&u| u as u32),
+        });
+        for (slot, u) in list.iter_mut().zip(known) {
+            *slot = u;
+        }
+        for &s in ss {
+            let v: &mut Vec<[u32; STICKY]> = &mut backups[s];
+            if v.is_empty() {
+                v.resize(n, [NO_BACKUP; STICKY]);
+            }
+            v[c] = list;
+        }
+    }
+    (primary, backups)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Relay candidates and nearest probe targets from one walk of the
+    /// R-tree per node are those of two separate walks.
+    #[test]
+    fn nearest_peers_equal_the_reference(world in arb_tied_world()) {
+        let mut ctx = Ctx::new(&world);
+        ctx.set_nearest_peers(nearest_peers(&ctx, true, 1));
+        let (relays, probes) = nearest_reference(&ctx);
+        for v in 0..ctx.nodes.len() {
+            prop_assert_eq!(format!("{:?}", ctx.neighbours(v)), format!("{:?}", relays[v]));
+            prop_assert_eq!(&ctx.near_probes[v], &probes[v]);
+        }
+    }
+
+    /// Path costs that skip repeated offers are those of every offer in
+    /// every round, bit for bit, whatever the load terms.
+    #[test]
+    fn path_costs_equal_the_reference(world in arb_tied_world(), loads in any::<u64>()) {
+        let mut ctx = Ctx::new(&world);
+        ctx.set_nearest_peers(nearest_peers(&ctx, true, 1));
+        let n = ctx.nodes.len();
+        // a few distinct load terms, so that offers tie exactly
+        let load: Vec<f64> = (0..n).map(|u| ((loads >> (u % 60)) & 3) as f64 * 0.05).collect();
+        let sources = collect_sources(&ctx);
+        let mut work = Work::new(n);
+        let (mut edges, mut hops) = (RootEdges::new(), vec![0; n]);
+        for src in &sources {
+            for &(r, _) in &src.roots {
+                work.is_root[r] = true;
+            }
+            root_edges(&ctx, src, &mut edges);
+            path_costs(&ctx, &load, src, &edges, &mut work, &mut hops);
+            let (want_cost, want_hops) =
+                path_costs_reference(&ctx, &load, src, &edges, &work.is_root);
+            for v in 0..n {
+                prop_assert_eq!(work.cost[v].to_bits(), want_cost[v].to_bits(), "{}", v);
+                prop_assert_eq!(hops[v], want_hops[v]);
+            }
+            for &(r, _) in &src.roots {
+                work.is_root[r] = false;
+            }
+        }
+    }
+
+    /// The previous plan's choices found by walking the sorted keys are
+    /// those found by hashing every key.
+    #[test]
+    fn previous_index_equals_the_reference(world in arb_tied_world(), seed in any::<u64>()) {
+        let first = plan(&world);
+        let mut next = world.clone();
+        next.previous = first.primaries;
+        next.previous_backups = first.backups;
+        // entries of nodes, routes and upstreams that are gone
+        next.previous.insert(("gone".into(), "live/s0".into()), "n1".into());
+        next.previous.insert(("n0".into(), "gone".into()), "n1".into());
+        next.previous.insert(("n1".into(), "live/s0".into()), "gone".into());
+        next.previous_backups.insert(
+            ("n2".into(), "live/s1".into()),
+            vec!["gone".into(), "".into(), "n0".into()],
+        );
+        if seed & 1 == 1 {
+            next.nodes.retain(|v| v.id != "n1");
+        }
+        let ctx = Ctx::new(&next);
+        let sources = collect_sources(&ctx);
+        let got = Previous::index(&ctx, &sources, 1 + (seed >> 1) as usize % 2);
+        let (primary, backups) = previous_reference(&ctx, &sources);
+        prop_assert_eq!(got.primary, primary);
+        prop_assert_eq!(got.backups, backups);
+    }
+
+    /// The primaries and backups for the next plan are the tables'
+    /// choices (for two sources of one route, the later one's; backups of
+    /// the later one that has any).
+    #[test]
+    fn primaries_and_backups_are_the_tables_choices(world in arb_tied_world()) {
+        let p = plan(&world);
+        let mut primaries = Primaries::new();
+        let mut backups = Backups::new();
+        for (id, t) in &p.tables {
+            for r in &t.streams {
+                let key = (id.clone(), r.stream.clone());
+                primaries.insert(key.clone(), r.upstreams[0].node_id.clone());
+                if r.upstreams.len() > 1 {
+                    let rest = r.upstreams[1..].iter().map(|u| u.node_id.clone()).collect();
+                    backups.insert(key, rest);
+                }
+            }
+        }
+        prop_assert_eq!(p.primaries, primaries);
+        prop_assert_eq!(p.backups, backups);
+    }
+
+    /// Candidates sorted as integers are in the order of `total_cmp` then
+    /// key, and decode to the same bits.
+    #[test]
+    fn rank_keys_sort_as_total_cmp(
+        totals in proptest::collection::vec(
+            prop_oneof![
+                any::<f64>(),
+                Just(0.0),
+                Just(-0.0),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(f64::NAN),
+                (0.0..1.0f64),
+            ],
+            1..40,
+        ),
+        nodes in proptest::collection::vec(prop_oneof![Just(NONE), 0usize..8], 40),
+    ) {
+        let cands: Vec<Cand> = totals
+            .iter()
+            .zip(&nodes)
+            .map(|(&total, &node)| Cand { node, total })
+            .collect();
+        let mut want = cands.clone();
+        want.sort_by(|a, b| a.total.total_cmp(&b.total).then(a.key().cmp(&b.key())));
+        let mut keys: Vec<u128> = cands.iter().map(Cand::rank_key).collect();
+        keys.sort_unstable();
+        for (k, w) in keys.iter().zip(&want) {
+            let c = Cand::from_rank_key(*k);
+            prop_assert_eq!(c.node, w.node);
+            prop_assert_eq!(c.total.to_bits(), w.total.to_bits());
+        }
+    }
+}
