@@ -363,6 +363,8 @@ impl App {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        let nodes = self.registry.planning_views(&self.input_rules());
+        let views_done = started.elapsed();
         let input = PlanInput {
             now_ms: now,
             weights: ws.weights,
@@ -372,7 +374,7 @@ impl App {
             limits: self.config.limits,
             report_interval_ms: self.report_interval_ms(),
             table_ttl_s: self.config.table_ttl_s,
-            nodes: self.registry.planning_views(&self.input_rules()),
+            nodes,
             previous,
             probe_key: self.probe_key.clone(),
             previous_backups,
@@ -388,6 +390,7 @@ impl App {
             self.metrics.plans_superseded.inc();
             return 0;
         };
+        let plan_done = started.elapsed();
         if let Some(r) = &self.recorder {
             // The input moves to the trace writer; decisions are copied
             // before the tables are published.
@@ -408,9 +411,15 @@ impl App {
             self.metrics.plans_superseded.inc();
         }
         self.metrics.plans.inc();
-        self.metrics
-            .plan_duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.plan_duration.observe(took.as_secs_f64());
+        debug!(
+            new_versions = published.new_versions,
+            views_ms = views_done.as_secs_f64() * 1e3,
+            plan_ms = (plan_done - views_done).as_secs_f64() * 1e3,
+            publish_ms = (took - plan_done).as_secs_f64() * 1e3,
+            "plan published"
+        );
         published.new_versions
     }
 
@@ -464,10 +473,8 @@ impl App {
             }
             let app = self.clone();
             let started = tokio::time::Instant::now();
-            match tokio::task::spawn_blocking(move || app.plan_once()).await {
-                Ok(changed) if changed > 0 => debug!(changed, "plan published"),
-                Ok(_) => {}
-                Err(e) => warn!("planning task failed: {e}"),
+            if let Err(e) = tokio::task::spawn_blocking(move || app.plan_once()).await {
+                warn!("planning task failed: {e}");
             }
             let took = started.elapsed();
             next_periodic = tokio::time::Instant::now() + interval.max(took * 2);
