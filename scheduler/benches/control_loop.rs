@@ -445,7 +445,8 @@ struct CpuSplit {
     quic: f64,
     /// The tokio worker threads (gRPC, HTTP, liveness, resolver, store writer).
     workers: f64,
-    /// The tokio blocking pool: planning (`spawn_blocking(plan_once)`).
+    /// Everything else: planning (`spawn_blocking(plan_once)` and the
+    /// planner's helper threads) and the store's thread.
     blocking: f64,
 }
 
@@ -506,11 +507,13 @@ impl CpuSample {
         end.ticks.saturating_sub(self.ticks) as f64 / CLOCK_TICKS_PER_S / secs
     }
 
-    /// Splits the scheduler's CPU between the tokio workers and the blocking
-    /// pool. Tokio starts its `workers` worker threads when the runtime is
-    /// built, before any blocking thread, so they are the tokio threads with
-    /// the lowest ids. Threads that exited during the window are only in
-    /// `total`.
+    /// Splits the scheduler's CPU between the QUIC ingest thread, the tokio
+    /// workers and the rest. Tokio starts its `workers` worker threads when
+    /// the runtime is built, before any blocking thread, so they are the
+    /// tokio threads with the lowest ids. The rest is `total` minus those:
+    /// the blocking pool (planning) and the planner's short-lived helper
+    /// threads, which have exited by the end of the window and so are only
+    /// in `total`, plus the store's thread.
     fn split_until(&self, end: &CpuSample, workers: usize) -> CpuSplit {
         let secs = end.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let mut split = CpuSplit {
@@ -528,14 +531,10 @@ impl CpuSample {
             .threads
             .iter()
             .filter(|(_, (name, _))| name.starts_with("tokio-r"));
-        for (i, (tid, (_, t))) in tokio_threads.enumerate() {
-            let cores = cores(tid, *t);
-            if i < workers {
-                split.workers += cores;
-            } else {
-                split.blocking += cores;
-            }
+        for (tid, (_, t)) in tokio_threads.take(workers) {
+            split.workers += cores(tid, *t);
         }
+        split.blocking = (split.total - split.quic - split.workers).max(0.0);
         split
     }
 }
@@ -1370,7 +1369,7 @@ impl IngestResult {
             self.accepted_per_s
         );
         println!(
-            "| scheduler CPU: total / QUIC ingest thread / tokio workers / blocking pool (planner) | {:.2} / {:.2} / {:.2} / {:.2} cores |",
+            "| scheduler CPU: total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
             self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.blocking
         );
         println!(
@@ -1704,7 +1703,7 @@ impl RoutesResult {
         );
         println!("| mean plan duration | {:.0} ms |", self.mean_plan_ms);
         println!(
-            "| CPU during the changes: scheduler total / QUIC ingest thread / tokio workers / blocking pool (planner) | {:.2} / {:.2} / {:.2} / {:.2} cores |",
+            "| CPU during the changes: scheduler total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
             self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.blocking
         );
         println!(
