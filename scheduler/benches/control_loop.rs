@@ -445,9 +445,9 @@ struct CpuSplit {
     quic: f64,
     /// The tokio worker threads (gRPC, HTTP, liveness, resolver, store writer).
     workers: f64,
-    /// Everything else: planning (`spawn_blocking(plan_once)` and the
-    /// planner's helper threads) and the store's thread.
-    blocking: f64,
+    /// Everything else: planning (the `planner` thread and its helper
+    /// threads) and the store's thread.
+    rest: f64,
 }
 
 /// `(comm, utime + stime)` of one `/proc/.../stat` line.
@@ -511,9 +511,9 @@ impl CpuSample {
     /// workers and the rest. Tokio starts its `workers` worker threads when
     /// the runtime is built, before any blocking thread, so they are the
     /// tokio threads with the lowest ids. The rest is `total` minus those:
-    /// the blocking pool (planning) and the planner's short-lived helper
-    /// threads, which have exited by the end of the window and so are only
-    /// in `total`, plus the store's thread.
+    /// the `planner` thread and its short-lived helper threads, which have
+    /// exited by the end of the window and so are only in `total`, plus the
+    /// store's thread.
     fn split_until(&self, end: &CpuSample, workers: usize) -> CpuSplit {
         let secs = end.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let mut split = CpuSplit {
@@ -534,7 +534,7 @@ impl CpuSample {
         for (tid, (_, t)) in tokio_threads.take(workers) {
             split.workers += cores(tid, *t);
         }
-        split.blocking = (split.total - split.quic - split.workers).max(0.0);
+        split.rest = (split.total - split.quic - split.workers).max(0.0);
         split
     }
 }
@@ -1370,7 +1370,7 @@ impl IngestResult {
         );
         println!(
             "| scheduler CPU: total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
-            self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.blocking
+            self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.rest
         );
         println!(
             "| **reports/s per scheduler core (total CPU)** | **{:.0}** |",
@@ -1704,7 +1704,7 @@ impl RoutesResult {
         println!("| mean plan duration | {:.0} ms |", self.mean_plan_ms);
         println!(
             "| CPU during the changes: scheduler total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
-            self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.blocking
+            self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.rest
         );
         println!(
             "| CPU during the changes: load generator / whole machine busy | {:.2} / {:.2} cores |",

@@ -450,9 +450,22 @@ impl App {
     /// planning never takes more than a third of a core in steady state
     /// however large the cluster, and is skipped while no node's inputs
     /// moved beyond the deadband; triggered replans are never delayed.
+    ///
+    /// Plans run on their own thread ([`PlanThread`]) at a lower CPU
+    /// priority than everything else, so that when the machine is short of
+    /// CPU the reports, ACKs and route pushes go first and the plans take
+    /// longer, instead of late reports turning into false `down` states and
+    /// the replans those trigger.
     pub async fn run_planner(self: Arc<Self>) {
         let interval = Duration::from_millis(u64::from(self.config.replan_interval_ms));
         let mut next_periodic = tokio::time::Instant::now() + interval;
+        let plans = match PlanThread::start(self.clone()) {
+            Ok(plans) => plans,
+            Err(e) => {
+                warn!("cannot start the planning thread: {e}; no plans will be made");
+                return;
+            }
+        };
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -471,10 +484,10 @@ impl App {
                     }
                 }
             }
-            let app = self.clone();
             let started = tokio::time::Instant::now();
-            if let Err(e) = tokio::task::spawn_blocking(move || app.plan_once()).await {
-                warn!("planning task failed: {e}");
+            if plans.plan().await.is_none() {
+                warn!("the planning thread has stopped; no more plans");
+                return;
             }
             let took = started.elapsed();
             next_periodic = tokio::time::Instant::now() + interval.max(took * 2);
@@ -582,5 +595,58 @@ impl App {
             .store_dropped
             .inc_by(stats.ops_dropped.saturating_sub(last.ops_dropped));
         stats
+    }
+}
+
+/// How much lower than the rest of the scheduler the planning thread runs
+/// (a nice increment; the planner's helper threads inherit it).
+const PLAN_NICE: i32 = 10;
+
+/// The thread that runs [`App::plan_once`], one plan at a time, on request.
+/// It ends when the `PlanThread` is dropped.
+struct PlanThread {
+    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<usize>>,
+}
+
+impl PlanThread {
+    fn start(app: Arc<App>) -> std::io::Result<Self> {
+        let (requests, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<usize>>();
+        // Inside the runtime's context, as a blocking task would be.
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("planner".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                // Linux: the nice value is per thread, and threads created
+                // from here start with it.
+                if let Err(e) = rustix::process::nice(PLAN_NICE) {
+                    warn!("cannot lower the planning thread's priority: {e}");
+                }
+                for reply in rx {
+                    let app = app.clone();
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        app.plan_once()
+                    })) {
+                        Ok(changed) => {
+                            let _ = reply.send(changed);
+                        }
+                        // A planner bug: log it, keep the last tables, plan again next time.
+                        Err(_) => warn!("a plan panicked; the tables in force stay"),
+                    }
+                }
+            })?;
+        Ok(PlanThread { requests })
+    }
+
+    /// Runs one plan; how many tables got a new version, or `None` if the
+    /// thread is gone.
+    async fn plan(&self) -> Option<usize> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests.send(tx).ok()?;
+        match rx.await {
+            Ok(changed) => Some(changed),
+            // The plan panicked (logged by the thread): the loop goes on.
+            Err(_) => Some(0),
+        }
     }
 }
