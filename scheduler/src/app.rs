@@ -451,7 +451,7 @@ impl App {
     /// however large the cluster, and is skipped while no node's inputs
     /// moved beyond the deadband; triggered replans are never delayed.
     ///
-    /// Plans run on their own thread ([`PlanThread`]) at a lower CPU
+    /// Plans run on their own thread (`PlanThread`) at a lower CPU
     /// priority than everything else, so that when the machine is short of
     /// CPU the reports, ACKs and route pushes go first and the plans take
     /// longer, instead of late reports turning into false `down` states and

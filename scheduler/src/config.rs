@@ -43,7 +43,7 @@ pub struct Cli {
     #[arg(long, env = "VANTAGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Development mode: create a CA, a server certificate and an enrollment
-    /// token under <data-dir>/dev/, and allow API changes without a token.
+    /// token under `<data-dir>/dev/`, and allow API changes without a token.
     #[arg(long, env = "VANTAGE_DEV")]
     pub dev: bool,
     /// State directory (SQLite database, dev PKI). Default ./vantage-data
@@ -148,7 +148,7 @@ pub enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue an agent client certificate whose CN is the node id (<ID>.pem, <ID>.key).
+    /// Issue an agent client certificate whose CN is the node id (`<ID>.pem`, `<ID>.key`).
     Agent {
         #[arg(long)]
         ca_dir: PathBuf,

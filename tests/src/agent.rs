@@ -1,5 +1,5 @@
 //! A real `vantage-agent` process on loopback, enrolled with a
-//! [`Scheduler`](crate::Scheduler) through its dev CA and enrollment token.
+//! [`crate::Scheduler`] through its dev CA and enrollment token.
 //!
 //! ```ignore
 //! let a = Agent::builder("edge-1", &sched).lat(48.85).lon(2.35).start().await;

@@ -6,7 +6,7 @@
 //! * [`Scheduler`] — `--dev` scheduler with its own data dir, fixed ports
 //!   (kept across restarts) and a SQLite or PostgreSQL [`Store`].
 //! * [`Agent`] — an agent enrolled with a scheduler's dev CA and token.
-//! * [`http`] — JSON over HTTP; [`eventually`]/[`assert_eventually!`] — bounded
+//! * [`http`] — JSON over HTTP; [`eventually()`]/[`assert_eventually!`] — bounded
 //!   polling instead of sleeps.
 //! * [`hostile`] — a QUIC client that speaks the telemetry ALPN and lies.
 //! * [`impair`] — UDP/TCP impairment proxies (delay, jitter, loss, rate).

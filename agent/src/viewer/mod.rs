@@ -16,7 +16,7 @@
 //! ```
 //!
 //! [`ViewerStats`] is cheap to clone and is a
-//! [`ReportSource`](crate::telemetry::ReportSource).
+//! [`crate::telemetry::ReportSource`].
 
 pub mod groups;
 pub mod tcp_info;

@@ -2,7 +2,7 @@
 //!
 //! Neither `socket2` nor `rustix` exposes `TCP_INFO`, so this module holds
 //! the agent's only `unsafe`: one `getsockopt` call into a byte buffer
-//! ([`sys`]). Parsing the buffer is safe code over the kernel's stable
+//! (`sys`). Parsing the buffer is safe code over the kernel's stable
 //! layout (`include/uapi/linux/tcp.h`: fields are only ever appended, and
 //! the kernel reports how many bytes it wrote, so fields an old kernel does
 //! not have come back as `None`).

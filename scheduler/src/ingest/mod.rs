@@ -1,6 +1,6 @@
 //! Telemetry ingest over QUIC (DESIGN §3).
 //!
-//! One thread runs the whole QUIC side ([`driver`]): it owns the UDP socket
+//! One thread runs the whole QUIC side (`driver`): it owns the UDP socket
 //! and the quinn protocol state machines (`quinn-proto`) of every agent
 //! connection, reads datagrams in batches (`recvmmsg`, GRO), feeds them to
 //! their connections, sends what the connections have to send (ACKs,
@@ -9,7 +9,7 @@
 //! those per-datagram costs were most of the scheduler's ingest CPU when each
 //! connection had its own tokio task (docs/benchmarks.md).
 //!
-//! [`session`] is the protocol of one connection on top of that: the
+//! `session` is the protocol of one connection on top of that: the
 //! control-stream handshake (Hello → Welcome or a typed rejection), then
 //! reports and alerts on one unidirectional stream, applied to the
 //! [`crate::registry`]. Any bad input closes only that connection, with the
@@ -20,6 +20,7 @@
 //! [`SessionLink`] (kept in the registry): closing it when a newer session
 //! supersedes it or liveness gives up on a silent node.
 
+mod apply;
 mod driver;
 mod session;
 

@@ -8,32 +8,30 @@
 //! `Finishing` (the agent finished its control stream: what is left of the
 //! report stream is read for up to 2 s) → `Ended`. A bad Hello goes
 //! `Rejecting` (a typed `Rejection`, up to 200 ms for the agent to read it)
-//! before the close.
+//! before the close. What the messages do to the scheduler (Hello checks,
+//! reports and alerts into the registry) is in [`super::apply`].
 
+use super::apply::{check_hello, end_session, handle_frame, node_info};
 use super::{Command, Links, SessionLink};
 use crate::app::App;
 use crate::auth::Admission;
-use crate::registry::{NodeEntry, NodeInfo, NodeState, Session as RegistrySession};
+use crate::registry::{NodeEntry, NodeInfo, Session as RegistrySession};
 use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionError, Dir, Event, ReadError, StreamEvent, StreamId, VarInt, WriteError,
 };
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use vantage_proto::v1::{
-    AgentControl, Hello, RejectReason, Rejection, SchedulerControl, TelemetryFrame, Welcome,
-    agent_control, scheduler_control, telemetry_frame,
+    AgentControl, RejectReason, Rejection, SchedulerControl, TelemetryFrame, Welcome,
+    agent_control, scheduler_control,
 };
 use vantage_shared::auth::hash_secret;
 use vantage_shared::clock::now_ms;
 use vantage_shared::close::CloseCode;
 use vantage_shared::frame::{self, FrameError, FrameReader};
-use vantage_shared::place::Coord;
-use vantage_shared::stream::StreamPattern;
-use vantage_shared::validate;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a rejection waits for the agent to read it before the close.
@@ -42,9 +40,9 @@ const REJECT_LINGER: Duration = Duration::from_millis(200);
 const FINISH_LINGER: Duration = Duration::from_secs(2);
 
 /// Why this side closes a connection: the code the agent sees and the reason.
-type Refusal = (CloseCode, String);
+pub(super) type Refusal = (CloseCode, String);
 
-fn refusal(code: CloseCode, reason: impl Into<String>) -> Refusal {
+pub(super) fn refusal(code: CloseCode, reason: impl Into<String>) -> Refusal {
     (code, reason.into())
 }
 
@@ -655,183 +653,5 @@ impl Session {
         if let Some((code, detail)) = self.rejection.take() {
             self.close(cx, conn, code, detail);
         }
-    }
-}
-
-/// Forgets the session (if still ours). An orderly close by the agent marks
-/// the node down at once; otherwise liveness decides from missed reports.
-///
-/// A drain the agent announced itself (SIGTERM) lasts as long as that
-/// session: when it ends, however it ends, the node is down and no longer
-/// draining, so the restarted agent is eligible again. (A drain ordered
-/// through the API stays until an operator lifts it.) A still-draining agent
-/// that reconnects announces again.
-fn end_session(app: &App, node_id: &str, conn_id: u64, orderly: bool, agent_drain: bool) {
-    let down = orderly || agent_drain;
-    let now = now_ms();
-    let ours = app
-        .registry
-        .update(node_id, |e| {
-            let ours = e
-                .session
-                .as_ref()
-                .and_then(|s| s.connection.as_ref())
-                .is_some_and(|c| c.id() == conn_id);
-            if ours {
-                e.session = None;
-                if agent_drain {
-                    e.draining = false;
-                }
-                if down {
-                    e.state = NodeState::Down;
-                    e.state_since_ms = now;
-                }
-            }
-            ours
-        })
-        .unwrap_or(false);
-    if ours {
-        app.metrics.telemetry_sessions.dec();
-        if let Some(r) = &app.recorder {
-            let how = if orderly { "orderly" } else { "lost" };
-            r.node(now, node_id, "disconnect", how, None);
-            if down {
-                r.node(now, node_id, "down", "session ended", None);
-            }
-        }
-        if agent_drain {
-            app.persist_node(node_id);
-        }
-        if down {
-            let why = if orderly {
-                "agent closed its session"
-            } else {
-                "draining agent's connection ended"
-            };
-            app.event(node_id, "down", why);
-            app.trigger_replan();
-        }
-    }
-}
-
-fn handle_frame(app: &App, node_id: &str, f: TelemetryFrame, len: usize) -> Result<(), Refusal> {
-    match f.kind {
-        Some(telemetry_frame::Kind::Report(r)) => {
-            validate::report(&r).map_err(|e| refusal(CloseCode::InvalidValue, e.to_string()))?;
-            let now = now_ms();
-            if let Some(rec) = &app.recorder {
-                rec.report(now, node_id, &r);
-            }
-            let finished = app
-                .registry
-                .update(node_id, |e| e.apply_report(r, now))
-                .flatten();
-            if let Some(minute) = finished {
-                // Once a minute per node: the roll-up and the last-seen time.
-                app.store
-                    .record(crate::store::WriteOp::Rollup(minute.to_store(node_id)));
-                app.store.record(crate::store::WriteOp::NodeSeen {
-                    node_id: node_id.to_owned(),
-                    at_ms: now,
-                });
-            }
-            app.metrics.reports.inc();
-            app.metrics.report_bytes.inc_by(len as u64);
-            Ok(())
-        }
-        Some(telemetry_frame::Kind::Alert(a)) => {
-            validate::alert(&a).map_err(|e| refusal(CloseCode::InvalidValue, e.to_string()))?;
-            let kind = vantage_proto::v1::AlertKind::try_from(a.kind)
-                .map(|k| {
-                    k.as_str_name()
-                        .trim_start_matches("ALERT_KIND_")
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_else(|_| "unknown".to_owned());
-            info!(
-                kind,
-                subject = a.subject,
-                detail = a.detail,
-                value = a.value,
-                "alert"
-            );
-            app.metrics
-                .alerts
-                .get_or_create(&crate::metrics::KindLabel { kind: kind.clone() })
-                .inc();
-            app.registry.update(node_id, |e| e.alerts += 1);
-            if let Some(r) = &app.recorder {
-                r.alert(now_ms(), node_id, &kind, &a);
-            }
-            app.event(
-                node_id,
-                &format!("alert:{kind}"),
-                &format!("{} {}", a.subject, a.detail),
-            );
-            app.trigger_replan();
-            Ok(())
-        }
-        None => Err(refusal(CloseCode::Undecodable, "empty telemetry frame")),
-    }
-}
-
-/// Validates the self-description in a Hello.
-fn check_hello(h: &Hello) -> Result<(), (RejectReason, String)> {
-    if h.protocol_version != vantage_proto::PROTOCOL_VERSION {
-        return Err((
-            RejectReason::VersionUnsupported,
-            format!(
-                "protocol version {} not supported (this scheduler speaks {})",
-                h.protocol_version,
-                vantage_proto::PROTOCOL_VERSION
-            ),
-        ));
-    }
-    let bad = |m: String| Err((RejectReason::InvalidHello, m));
-    if !vantage_shared::auth::valid_node_id(&h.node_id) {
-        return bad(format!("invalid node id {:?}", h.node_id));
-    }
-    if !(h.lat == 0.0 && h.lon == 0.0) && Coord::new(h.lat, h.lon).is_none() {
-        return bad(format!("coordinates out of range: {}, {}", h.lat, h.lon));
-    }
-    if !h.capacity_mbps.is_finite() || h.capacity_mbps <= 0.0 || h.capacity_mbps > 1e7 {
-        return bad(format!("capacity_mbps {} out of range", h.capacity_mbps));
-    }
-    if h.public_url.len() > 512 || h.region.len() > 64 || h.static_origins.len() > 256 {
-        return bad("field too long".into());
-    }
-    for o in &h.static_origins {
-        if StreamPattern::parse(&o.pattern).is_err() {
-            return bad(format!("invalid origin pattern {:?}", o.pattern));
-        }
-        if !(o.url.starts_with("http://") || o.url.starts_with("https://")) {
-            return bad(format!("origin URL must be http(s): {:?}", o.url));
-        }
-    }
-    Ok(())
-}
-
-fn node_info(h: &Hello) -> NodeInfo {
-    let coord = if h.lat == 0.0 && h.lon == 0.0 {
-        None
-    } else {
-        Coord::new(h.lat, h.lon)
-    };
-    NodeInfo {
-        region: h.region.clone(),
-        coord,
-        capacity_mbps: h.capacity_mbps,
-        public_url: h.public_url.clone(),
-        probe_addr: h.probe_addr.clone(),
-        agent_version: h.agent_version.clone(),
-        static_origins: h
-            .static_origins
-            .iter()
-            .filter_map(|o| {
-                StreamPattern::parse(&o.pattern)
-                    .ok()
-                    .map(|p| (p, o.url.clone()))
-            })
-            .collect::<BTreeMap<_, _>>(),
     }
 }

@@ -179,7 +179,7 @@ impl Publisher {
     /// work, so for large plans a second thread hashes the second half
     /// while this one hashes and publishes the first: the first tables go
     /// out at once, and the last ones no later than hashing on two cores
-    /// allows. `stop` is asked every [`STOP_CHECK_EVERY`] tables; when it
+    /// allows. `stop` is asked every `STOP_CHECK_EVERY` tables; when it
     /// says so, the rest is not published (tables already out stay valid).
     pub fn publish_plan(
         &self,

@@ -1,11 +1,11 @@
 //! Recording (`--record DIR`): the scheduler's inputs and decisions as
-//! rotating JSON-lines trace files, and a pure [`replay`] of them.
+//! rotating JSON-lines trace files, and a pure [`replay()`] of them.
 //!
 //! Inputs are agent reports, node events (connect, disconnect, up, suspect,
 //! down, draining, drain), alerts, weight changes and resolve requests with
 //! their answers; decisions are plans: everything the planner was given
 //! (enough to re-run it bit-exactly) and every node's resulting upstream and
-//! probe choices. The format is described in [`format`] and
+//! probe choices. The format is described in [`format`](mod@format) and
 //! `docs/simulator-traces.md`.
 //!
 //! Cost: callers hold an `Option<Recorder>`; with recording off nothing

@@ -1,5 +1,5 @@
-//! Baseline viewer-routing policies. They see only the [`View`]
-//! (crate::telemetry::View): reported utilisation (stale by the report
+//! Baseline viewer-routing policies. They see only the
+//! [`View`](crate::telemetry::View): reported utilisation (stale by the report
 //! interval plus delay, noisy), liveness from report age, per-group RTT
 //! where viewers were sent.
 
