@@ -1,0 +1,399 @@
+//! Phase `routes`: M agents subscribed over gRPC; weight changes timed until
+//! every agent ACKed.
+
+use super::*;
+
+/// A table received (and ACKed) by a subscribed agent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckEvent {
+    pub(crate) idx: usize,
+    pub(crate) weights_version: u64,
+    pub(crate) at: Instant,
+}
+
+/// One agent's RouteDiscovery stream: ACK every table, report each ACK.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn subscribe(
+    grpc: SocketAddr,
+    tls: ClientTlsConfig,
+    idx: usize,
+    node: String,
+    credential: String,
+    agent: Arc<AgentShared>,
+    events: mpsc::UnboundedSender<AckEvent>,
+    connected: tokio::sync::oneshot::Sender<Result<()>>,
+    sem: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    let setup = async {
+        let _permit = sem.acquire().await?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))?
+            .tls_config(tls)?
+            .connect_timeout(HANDSHAKE_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("gRPC connect")?;
+        let mut client = RouteDiscoveryClient::new(channel);
+        let (tx, rx) = mpsc::channel::<RouteRequest>(8);
+        tx.send(RouteRequest {
+            node_id: node.clone(),
+            version_info: 0,
+            response_nonce: String::new(),
+            error_detail: None,
+        })
+        .await?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::MetadataValue::try_from(format!("Bearer {credential}"))?,
+        );
+        let stream = client
+            .stream_routes(request)
+            .await
+            .context("StreamRoutes")?
+            .into_inner();
+        anyhow::Ok((tx, stream))
+    };
+    let (tx, mut stream) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, setup).await {
+        Ok(Ok(s)) => {
+            let _ = connected.send(Ok(()));
+            s
+        }
+        Ok(Err(e)) => {
+            let _ = connected.send(Err(e));
+            return;
+        }
+        Err(_) => {
+            let _ = connected.send(Err(anyhow!("subscription timed out")));
+            return;
+        }
+    };
+    let deadline = tokio::time::sleep(PHASE_DEADLINE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = &mut deadline => return,
+            msg = stream.message() => match msg {
+                Ok(Some(table)) => {
+                    let ack = RouteRequest {
+                        node_id: node.clone(),
+                        version_info: table.version,
+                        response_nonce: table.nonce.clone(),
+                        error_detail: None,
+                    };
+                    if tx.send(ack).await.is_err() {
+                        return;
+                    }
+                    agent.route_version.store(table.version, Ordering::Relaxed);
+                    let _ = events.send(AckEvent {
+                        idx,
+                        weights_version: table.weights_version,
+                        at: Instant::now(),
+                    });
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RoutesResult {
+    pub(crate) agents: usize,
+    pub(crate) changes: usize,
+    /// Per change: PUT → all agents ACKed, ms.
+    pub(crate) all_acked_ms: Vec<f64>,
+    /// Per change: PUT round trip, ms.
+    pub(crate) put_ms: Vec<f64>,
+    /// Per (change, agent): PUT → that agent ACKed, ms.
+    pub(crate) per_agent_ms: Vec<f64>,
+    pub(crate) confirmed: usize,
+    pub(crate) sampled: usize,
+    pub(crate) cpu: CpuSplit,
+    pub(crate) loadgen_cores: f64,
+    pub(crate) machine_cores: f64,
+    pub(crate) mean_plan_ms: f64,
+    pub(crate) pushes: f64,
+    pub(crate) acks: f64,
+    pub(crate) nacks: f64,
+    pub(crate) subscribe_s: f64,
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub(crate) fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s
+}
+
+impl RoutesResult {
+    pub(crate) fn all_acked(&self) -> Vec<f64> {
+        sorted(&self.all_acked_ms)
+    }
+
+    pub(crate) fn print(&self) {
+        let all = self.all_acked();
+        let per = sorted(&self.per_agent_ms);
+        let put = sorted(&self.put_ms);
+        println!(
+            "## Phase `routes`: {} agents (QUIC reports at 1 s + gRPC subscription), {} weight changes",
+            self.agents, self.changes
+        );
+        println!();
+        println!("| measure | p50 | p95 | p99 | max |");
+        println!("|---|---|---|---|---|");
+        let row = |name: &str, v: &[f64]| {
+            println!(
+                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                percentile(v, 50.0),
+                percentile(v, 95.0),
+                percentile(v, 99.0),
+                v.last().copied().unwrap_or(f64::NAN)
+            );
+        };
+        row("**PUT /v1/weights → all agents ACKed**", &all);
+        row("PUT → one agent ACKed (all agents × changes)", &per);
+        row("PUT /v1/weights round trip", &put);
+        println!();
+        println!("| measure | value |");
+        println!("|---|---|");
+        println!(
+            "| subscription setup ({} gRPC/TLS streams, first table ACKed) | {:.1} s |",
+            self.agents, self.subscribe_s
+        );
+        println!(
+            "| GET /v1/routes/{{id}} acked_version == version (sample) | {}/{} |",
+            self.confirmed, self.sampled
+        );
+        println!(
+            "| tables pushed / ACKs / NACKs during the changes | {:.0} / {:.0} / {:.0} |",
+            self.pushes, self.acks, self.nacks
+        );
+        println!("| mean plan duration | {:.0} ms |", self.mean_plan_ms);
+        println!(
+            "| CPU during the changes: scheduler total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
+            self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.rest
+        );
+        println!(
+            "| CPU during the changes: load generator / whole machine busy | {:.2} / {:.2} cores |",
+            self.loadgen_cores, self.machine_cores
+        );
+        println!();
+    }
+}
+
+/// Waits until every agent has ACKed a table with `weights_version >= v`;
+/// returns per-agent times from `t0`, ms.
+pub(crate) async fn wait_all_acked(
+    rx: &mut mpsc::UnboundedReceiver<AckEvent>,
+    acked: &mut [u64],
+    v: u64,
+    t0: Instant,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(acked.len());
+    let mut missing = acked.iter().filter(|&&w| w < v).count();
+    while missing > 0 {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| anyhow!("{missing} agents did not ACK weights version {v} in time"))?
+            .ok_or_else(|| anyhow!("every subscription ended"))?;
+        let slot = &mut acked[ev.idx];
+        if *slot < v && ev.weights_version >= v {
+            missing -= 1;
+            times.push(ev.at.duration_since(t0).as_secs_f64() * 1e3);
+        }
+        *slot = (*slot).max(ev.weights_version);
+    }
+    Ok(times)
+}
+
+pub(crate) async fn routes_phase(
+    args: &Args,
+    bin: &Path,
+    http: &reqwest::Client,
+) -> Result<RoutesResult> {
+    let m = args.route_agents.max(1);
+    eprintln!("[routes] starting the scheduler");
+    let mut sched = Scheduler::start(bin, 1_000, keep_log(args, "routes")?)?;
+    sched.wait_ready(http).await?;
+    let client = Client::new(&sched, args.client_endpoints)?;
+    eprintln!("[routes] enrolling {m} agents over QUIC");
+    let fleet = Fleet::enroll(&client, sched.quic, m, args.concurrency)
+        .await
+        .with_context(|| format!("[routes] enrollment; scheduler log:\n{}", sched.log_tail()))?;
+
+    eprintln!("[routes] subscribing {m} agents over gRPC");
+    let started = Instant::now();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<AckEvent>();
+    let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut subs = JoinSet::new();
+    let mut connected = Vec::with_capacity(m);
+    for (idx, a) in fleet.agents.iter().enumerate() {
+        let Some(a) = a else { continue };
+        let (ctx, crx) = tokio::sync::oneshot::channel();
+        connected.push((a.node_id.clone(), crx));
+        subs.spawn(subscribe(
+            sched.grpc,
+            client.grpc_tls.clone(),
+            idx,
+            a.node_id.clone(),
+            a.credential.clone(),
+            a.shared.clone(),
+            ev_tx.clone(),
+            ctx,
+            sem.clone(),
+            fleet.stop.clone(),
+        ));
+    }
+    drop(ev_tx);
+    let setup_deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for (id, c) in connected {
+        match tokio::time::timeout_at(setup_deadline, c).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => bail!("{id} could not subscribe: {e:#}"),
+            Ok(Err(_)) => bail!("{id} subscription task ended"),
+            Err(_) => bail!("gRPC subscriptions not set up within 120 s"),
+        }
+    }
+    // Every agent holds and has ACKed a first table. Agents that could not
+    // enroll (at most 1 %) count as done throughout.
+    let mut acked: Vec<u64> = fleet
+        .agents
+        .iter()
+        .map(|a| if a.is_some() { 0 } else { u64::MAX })
+        .collect();
+    let mut first: Vec<bool> = fleet.agents.iter().map(Option::is_none).collect();
+    let mut have = first.iter().filter(|f| **f).count();
+    let m = fleet.enrolled();
+    while have < first.len() {
+        let ev = tokio::time::timeout_at(setup_deadline, ev_rx.recv())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{} agents got no first table within 120 s",
+                    first.len() - have
+                )
+            })?
+            .ok_or_else(|| anyhow!("subscriptions ended"))?;
+        if !first[ev.idx] {
+            first[ev.idx] = true;
+            have += 1;
+        }
+        acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
+    }
+    let subscribe_s = started.elapsed().as_secs_f64();
+    eprintln!("[routes] all subscribed in {subscribe_s:.1} s; settling 3 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let m0 = sched.metrics(http).await?;
+    let c0 = sched.cpu()?;
+    let l0 = CpuSample::take(std::process::id())?;
+    let sys0 = system_jiffies();
+    let mut all_acked_ms = Vec::new();
+    let mut put_ms = Vec::new();
+    let mut per_agent_ms = Vec::new();
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut last_version = 0;
+    let weights_url = format!("{}/v1/weights", sched.base);
+    for k in 0..args.changes {
+        while let Ok(ev) = ev_rx.try_recv() {
+            acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
+        }
+        let latency = if k % 2 == 0 { 0.45 } else { 0.35 };
+        let t0 = Instant::now();
+        let resp = http
+            .put(&weights_url)
+            .json(
+                &serde_json::json!({ "latency": latency, "comment": format!("bench change {k}") }),
+            )
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        put_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        if !status.is_success() {
+            bail!("PUT /v1/weights: {status} {body}");
+        }
+        let v = body["version"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("PUT /v1/weights answered without a version: {body}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let times = wait_all_acked(&mut ev_rx, &mut acked, v, t0, deadline)
+            .await
+            .with_context(|| format!("weight change {k} (version {v})"))?;
+        let all = times.iter().copied().fold(0.0, f64::max);
+        eprintln!("[routes] change {k}: weights v{v} ACKed by all {m} agents in {all:.1} ms");
+        all_acked_ms.push(all);
+        per_agent_ms.extend(times);
+        last_version = v;
+        // Let the system settle, then change again at a random phase of the
+        // periodic replan.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..800))).await;
+    }
+    let m1 = sched.metrics(http).await?;
+    let c1 = sched.cpu()?;
+    let l1 = CpuSample::take(std::process::id())?;
+    let sys1 = system_jiffies();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    // Cross-check with the API: the agents' ACKs are recorded.
+    let sample = fleet.sample_ids();
+    let mut confirmed = 0;
+    for id in &sample {
+        let url = format!("{}/v1/routes/{id}", sched.base);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let r: serde_json::Value = http.get(&url).send().await?.json().await?;
+            let version = r["version"].as_u64();
+            let ok = version.is_some()
+                && r["acked_version"].as_u64() == version
+                && r["table"]["weights_version"].as_u64() >= Some(last_version);
+            if ok {
+                confirmed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let d = |k: &str| m1.get(k) - m0.get(k);
+    let plans = d("vantage_scheduler_plan_duration_seconds_count");
+    let result = RoutesResult {
+        agents: m,
+        changes: args.changes,
+        all_acked_ms,
+        put_ms,
+        per_agent_ms,
+        confirmed,
+        sampled: sample.len(),
+        cpu: c0.split_until(&c1, workers),
+        loadgen_cores: l0.cores_until(&l1),
+        machine_cores: system_cores(sys0, sys1, c1.at.duration_since(c0.at).as_secs_f64()),
+        mean_plan_ms: if plans > 0.0 {
+            d("vantage_scheduler_plan_duration_seconds_sum") / plans * 1e3
+        } else {
+            0.0
+        },
+        pushes: d("vantage_scheduler_route_pushes_total"),
+        acks: d("vantage_scheduler_route_acks_total"),
+        nacks: d("vantage_scheduler_route_nacks_total"),
+        subscribe_s,
+    };
+    fleet.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, subs.join_next()).await {}
+    subs.abort_all();
+    drop(sched);
+    client.close().await;
+    Ok(result)
+}
