@@ -413,6 +413,16 @@ impl App {
         self.metrics.plans.inc();
         let took = started.elapsed();
         self.metrics.plan_duration.observe(took.as_secs_f64());
+        for (stage, d) in [
+            ("views", views_done),
+            ("plan", plan_done - views_done),
+            ("publish", took - plan_done),
+        ] {
+            self.metrics
+                .plan_stage_duration
+                .get_or_create(&crate::metrics::StageLabel { stage })
+                .observe(d.as_secs_f64());
+        }
         debug!(
             new_versions = published.new_versions,
             views_ms = views_done.as_secs_f64() * 1e3,

@@ -24,6 +24,17 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A part of a planning round: `views` (the registry's snapshot), `plan`
+/// (the planner), `publish` (versions and hand-off to the gRPC streams).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+fn plan_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub telemetry_connections: Counter,
@@ -38,6 +49,7 @@ pub struct Metrics {
     pub plans_superseded: Counter,
     pub plans_skipped: Counter,
     pub plan_duration: Histogram,
+    pub plan_stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
     pub route_pushes: Counter,
     pub route_acks: Counter,
     pub route_nacks: Counter,
@@ -66,7 +78,8 @@ impl Metrics {
             plans: Counter::default(),
             plans_superseded: Counter::default(),
             plans_skipped: Counter::default(),
-            plan_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            plan_duration: plan_histogram(),
+            plan_stage_duration: Family::new_with_constructor(plan_histogram),
             route_pushes: Counter::default(),
             route_acks: Counter::default(),
             route_nacks: Counter::default(),
@@ -121,8 +134,13 @@ impl Metrics {
         );
         r.register(
             "plan_duration_seconds",
-            "Time to compute one plan",
+            "Time of one planning round: node views, plan and publish",
             m.plan_duration.clone(),
+        );
+        r.register(
+            "plan_stage_duration_seconds",
+            "Time of each part of a planning round (stage: views, plan, publish)",
+            m.plan_stage_duration.clone(),
         );
         r.register(
             "route_pushes",

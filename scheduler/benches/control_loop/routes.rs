@@ -115,6 +115,9 @@ pub(crate) struct RoutesResult {
     pub(crate) loadgen_cores: f64,
     pub(crate) machine_cores: f64,
     pub(crate) mean_plan_ms: f64,
+    /// Mean of each stage of a planning round (views, plan, publish), ms;
+    /// `None` for schedulers without `plan_stage_duration_seconds`.
+    pub(crate) stage_ms: Option<[f64; 3]>,
     pub(crate) pushes: f64,
     pub(crate) acks: f64,
     pub(crate) nacks: f64,
@@ -178,7 +181,13 @@ impl RoutesResult {
             "| tables pushed / ACKs / NACKs during the changes | {:.0} / {:.0} / {:.0} |",
             self.pushes, self.acks, self.nacks
         );
-        println!("| mean plan duration | {:.0} ms |", self.mean_plan_ms);
+        match self.stage_ms {
+            Some([views, plan, publish]) => println!(
+                "| mean planning round: total (node views / plan / publish) | {:.0} ms ({views:.1} / {plan:.1} / {publish:.1} ms) |",
+                self.mean_plan_ms
+            ),
+            None => println!("| mean planning round | {:.0} ms |", self.mean_plan_ms),
+        }
         println!(
             "| CPU during the changes: scheduler total / QUIC ingest thread / tokio workers / planner and the rest | {:.2} / {:.2} / {:.2} / {:.2} cores |",
             self.cpu.total, self.cpu.quic, self.cpu.workers, self.cpu.rest
@@ -384,6 +393,7 @@ pub(crate) async fn routes_phase(
         } else {
             0.0
         },
+        stage_ms: stage_means(&m0, &m1),
         pushes: d("vantage_scheduler_route_pushes_total"),
         acks: d("vantage_scheduler_route_acks_total"),
         nacks: d("vantage_scheduler_route_nacks_total"),
@@ -396,4 +406,19 @@ pub(crate) async fn routes_phase(
     drop(sched);
     client.close().await;
     Ok(result)
+}
+
+/// Mean duration of each planning stage between two `/metrics` samples, ms.
+fn stage_means(m0: &Metrics, m1: &Metrics) -> Option<[f64; 3]> {
+    let mean = |stage: &str| {
+        let series = |what: &str| {
+            let k = format!(
+                "vantage_scheduler_plan_stage_duration_seconds_{what}{{stage=\"{stage}\"}}"
+            );
+            m1.get(&k) - m0.get(&k)
+        };
+        let n = series("count");
+        (n > 0.0).then(|| series("sum") / n * 1e3)
+    };
+    Some([mean("views")?, mean("plan")?, mean("publish")?])
 }
