@@ -17,7 +17,7 @@
 //! crossing the hard limit), the set of published streams and of measured
 //! peers, and a path crossing the minimum-samples threshold.
 
-use crate::planner::{Health, PathStat};
+use crate::planner::{Health, NodeView, PathStat};
 use std::collections::BTreeMap;
 use vantage_shared::score::Ranges;
 use vantage_shared::stream::StreamKey;
@@ -74,6 +74,29 @@ pub struct Planned {
     pub paths: BTreeMap<String, PathStat>,
     /// Streams published to this node, with bit rate.
     pub published: BTreeMap<StreamKey, f64>,
+}
+
+impl Planned {
+    /// The inputs a planning view carries (the simulator builds views
+    /// directly; the scheduler's registry keeps `Planned` per node).
+    pub fn of_view(v: &NodeView) -> Planned {
+        Planned {
+            health: v.health,
+            egress_mbps: v.egress_mbps,
+            buffer_ms: v.buffer_ms,
+            paths: v.paths.clone(),
+            published: v.published.clone(),
+        }
+    }
+
+    /// Puts these inputs into `v`.
+    pub fn write_to(&self, v: &mut NodeView) {
+        v.health = self.health;
+        v.egress_mbps = self.egress_mbps;
+        v.buffer_ms = self.buffer_ms;
+        v.paths.clone_from(&self.paths);
+        v.published.clone_from(&self.published);
+    }
 }
 
 /// The cluster-wide settings [`Rules::hold`] applies.

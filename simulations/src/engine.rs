@@ -156,6 +156,8 @@ impl<'a> Engine<'a> {
                 w.nodes.iter().map(|x| x.id.clone()).collect(),
                 streams,
                 seed ^ 0x005e_ed0f_9e50_17e5,
+                // The oracle plans on ground truth every period.
+                (kind != PolicyKind::Oracle).then(|| s.qoe.deadband.unwrap_or_default()),
             )
         });
         let policy_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (kind as u64 + 1);
@@ -997,7 +999,7 @@ impl<'a> Engine<'a> {
         };
         let interval = self.s.telemetry.report_interval_ms;
         if let Some(q) = self.policy.qoe.as_mut() {
-            q.replan(nodes, self.now, interval);
+            q.replan(nodes, self.now, interval, !force);
         }
     }
 

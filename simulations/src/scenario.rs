@@ -206,6 +206,9 @@ pub struct QoeSpec {
     pub weights: Option<Weights>,
     pub ranges: Option<Ranges>,
     pub stability: Option<Stability>,
+    /// How far a node's inputs must move before the planner sees them
+    /// (the scheduler's `[deadband]`).
+    pub deadband: Option<vantage_scheduler::plan_inputs::Deadband>,
 }
 
 /// A PoP (edge) or an origin: at a measured city or at coordinates.
@@ -550,6 +553,11 @@ impl Scenario {
             && let Err(e) = r.validate()
         {
             return Err(self.err_key("ranges", "qoe.ranges", e.to_string()));
+        }
+        if let Some(d) = &self.qoe.deadband
+            && let Err(e) = d.validate()
+        {
+            return Err(self.err_key("deadband", "qoe.deadband", e));
         }
         if self.pops.is_empty() {
             return Err(self.err(None, "pops", "needs at least one [[pops]] entry"));

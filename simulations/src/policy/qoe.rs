@@ -10,14 +10,23 @@
 //!   [`LoadLedger`] per node for load accounting between reports — the
 //!   exact sequence the scheduler runs per `/play` request.
 //!
-//! The oracle uses the same planner, fed ground truth instead.
+//! - Planner inputs go through the scheduler's deadband
+//!   ([`vantage_scheduler::plan_inputs`]): a value reaches the planner only
+//!   when it moved beyond the band, and a periodic replan is skipped when
+//!   no node's inputs moved and the probe rotation epoch did not change —
+//!   as `App::run_planner` does. Backup hysteresis gets the previous plan's
+//!   backups.
+//!
+//! The oracle uses the same planner, fed ground truth instead, on every
+//! period and without a deadband.
 
 use super::Ask;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::{BTreeMap, HashMap};
 use vantage_proto::v1::GroupQoe;
-use vantage_scheduler::planner::{self, Limits, NodeView, PlanInput};
+use vantage_scheduler::plan_inputs::{Deadband, Planned, Rules};
+use vantage_scheduler::planner::{self, Backups, Limits, NodeView, PlanInput};
 use vantage_scheduler::resolve::learn::{DEFAULT_MAX_GROUPS, Learner};
 use vantage_scheduler::resolve::rank::{
     self, Candidate, LoadLedger, RankInput, RankParams, Viewer,
@@ -43,9 +52,18 @@ pub struct Qoe {
     routes: Vec<Vec<u16>>,
     probes: Vec<Vec<u16>>,
     previous: BTreeMap<(String, String), String>,
+    previous_backups: Backups,
+    /// The scheduler's deadband, `None` for the oracle (ground truth,
+    /// planned every period).
+    deadband: Option<Deadband>,
+    /// The inputs of the last plan, by node id, and its probe epoch.
+    planned: HashMap<String, Planned>,
+    planned_epoch: Option<i64>,
     /// Per viewer city: the nearest PoPs (the resolver's preselection).
     nearest: Vec<Vec<u16>>,
     pub plans: u64,
+    /// Periodic replans skipped: no node's inputs left the deadband.
+    pub plans_skipped: u64,
 }
 
 /// PoPs preselected by distance for every viewer, as the scheduler does.
@@ -64,6 +82,7 @@ impl Qoe {
         node_ids: Vec<String>,
         streams: usize,
         seed: u64,
+        deadband: Option<Deadband>,
     ) -> Self {
         let params = RankParams::default();
         let index = node_ids
@@ -92,8 +111,13 @@ impl Qoe {
             routes: vec![Vec::new(); n * streams],
             probes: vec![Vec::new(); n],
             previous: BTreeMap::new(),
+            previous_backups: Backups::new(),
+            deadband,
+            planned: HashMap::new(),
+            planned_epoch: None,
             nearest: Vec::new(),
             plans: 0,
+            plans_skipped: 0,
         }
     }
 
@@ -192,8 +216,39 @@ impl Qoe {
     }
 
     /// Runs the scheduler's planner on `nodes` and keeps the tables'
-    /// upstream lists and probe targets.
-    pub fn replan(&mut self, nodes: Vec<NodeView>, now_ms: u64, report_interval_ms: u32) {
+    /// upstream lists and probe targets. With a deadband, inputs that
+    /// stayed within it keep their planned values, and a `periodic` replan
+    /// that would see nothing new is skipped.
+    pub fn replan(
+        &mut self,
+        mut nodes: Vec<NodeView>,
+        now_ms: u64,
+        report_interval_ms: u32,
+        periodic: bool,
+    ) {
+        let epoch = (now_ms as i64).div_euclid(self.limits.probe_rotation_ms.max(1));
+        if let Some(band) = &self.deadband {
+            let rules = Rules {
+                band,
+                ranges: &self.ranges,
+                min_path_samples: self.limits.min_path_samples,
+            };
+            let mut moved = nodes.len() != self.planned.len();
+            let mut planned = HashMap::with_capacity(nodes.len());
+            for v in &mut nodes {
+                let last = self.planned.get(&v.id);
+                let held = rules.hold(v.capacity_mbps, last, Planned::of_view(v));
+                moved |= last != Some(&held);
+                held.write_to(v);
+                planned.insert(v.id.clone(), held);
+            }
+            if periodic && !moved && self.planned_epoch == Some(epoch) {
+                self.plans_skipped += 1;
+                return;
+            }
+            self.planned = planned;
+        }
+        self.planned_epoch = Some(epoch);
         let input = PlanInput {
             now_ms: now_ms as i64,
             weights: self.weights,
@@ -206,11 +261,12 @@ impl Qoe {
             nodes,
             previous: std::mem::take(&mut self.previous),
             probe_key: Vec::new(),
-            previous_backups: Default::default(),
+            previous_backups: std::mem::take(&mut self.previous_backups),
         };
         let plan = planner::plan(&input);
         self.plans += 1;
         self.previous = plan.primaries;
+        self.previous_backups = plan.backups;
         for r in &mut self.routes {
             r.clear();
         }
