@@ -54,6 +54,10 @@ buffer = 0.3
 load = 0.15
 distance = 0.05
 
+[qoe.deadband]
+rtt_ms = 3
+loss = 0.004
+
 [streams]
 count = 8
 origins = ["origin-osl", "origin-hel"]
@@ -272,6 +276,14 @@ fn broken_scenarios_name_field_and_line() {
     // Weights that do not validate.
     let e = broken("latency = 0.3", "latency = -1");
     assert!(e.contains("qoe.weights"), "{e}");
+
+    // A deadband that does not validate.
+    let e = broken("rtt_ms = 3", "rtt_ms = -3");
+    assert!(e.contains("qoe.deadband") && e.contains("rtt_ms"), "{e}");
+
+    // A deadband key the scheduler does not have.
+    let e = broken("loss = 0.004", "losses = 0.004");
+    assert!(e.contains("losses"), "{e}");
 }
 
 #[test]
