@@ -77,15 +77,16 @@ pub struct Planned {
 }
 
 impl Planned {
-    /// The inputs a planning view carries (the simulator builds views
-    /// directly; the scheduler's registry keeps `Planned` per node).
-    pub fn of_view(v: &NodeView) -> Planned {
+    /// The inputs a planning view carries, moved out of it (the simulator
+    /// builds views directly; the scheduler's registry keeps `Planned` per
+    /// node). [`Planned::write_to`] puts inputs back.
+    pub fn take_from(v: &mut NodeView) -> Planned {
         Planned {
             health: v.health,
             egress_mbps: v.egress_mbps,
             buffer_ms: v.buffer_ms,
-            paths: v.paths.clone(),
-            published: v.published.clone(),
+            paths: std::mem::take(&mut v.paths),
+            published: std::mem::take(&mut v.published),
         }
     }
 

@@ -75,31 +75,31 @@ use routes::*;
 
 /// Linux `USER_HZ`: the unit of utime/stime in `/proc/*/stat` (fixed at 100
 /// in the user ABI of every mainstream architecture).
-pub(crate) const CLOCK_TICKS_PER_S: f64 = 100.0;
+const CLOCK_TICKS_PER_S: f64 = 100.0;
 
 /// Agents per published (origin) stream.
-pub(crate) const AGENTS_PER_CHANNEL: usize = 250;
+const AGENTS_PER_CHANNEL: usize = 250;
 
 /// Upper bound of any phase, whatever the arguments.
-pub(crate) const PHASE_DEADLINE: Duration = Duration::from_secs(30 * 60);
+const PHASE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bound of one agent's enrollment, retries included.
-pub(crate) const ENROLL_TIMEOUT: Duration = Duration::from_secs(60);
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Receive/send buffer asked for on each load-generator UDP socket.
-pub(crate) const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
+const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
 
 /// Nodes sampled through the API (table churn, ACK cross-check).
-pub(crate) const ROUTE_SAMPLE: usize = 20;
+const ROUTE_SAMPLE: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Phase {
+enum Phase {
     /// N agents at the default report interval.
     Ingest,
     /// N agents at --fast-interval-ms.
@@ -113,34 +113,34 @@ pub(crate) enum Phase {
     name = "control_loop",
     about = "Control-loop benchmark of the real vantage-scheduler binary over loopback QUIC and gRPC"
 )]
-pub(crate) struct Args {
+struct Args {
     /// Simulated agents in the ingest phases.
     #[arg(long, default_value_t = 5_000)]
-    pub(crate) agents: usize,
+    agents: usize,
     /// Report interval of the `ingest` phase (scheduler --report-interval-ms).
     #[arg(long, default_value_t = 1_000)]
-    pub(crate) interval_ms: u32,
+    interval_ms: u32,
     /// Report interval of the `fast` phase.
     #[arg(long, default_value_t = 200)]
-    pub(crate) fast_interval_ms: u32,
+    fast_interval_ms: u32,
     /// Measurement window of the ingest phases, seconds.
     #[arg(long, default_value_t = 10)]
-    pub(crate) window_s: u64,
+    window_s: u64,
     /// Time between the last enrollment and the window, seconds.
     #[arg(long, default_value_t = 5)]
-    pub(crate) warmup_s: u64,
+    warmup_s: u64,
     /// Concurrent enrollments (QUIC handshake + Hello/Welcome) and gRPC connects.
     #[arg(long, default_value_t = 64)]
-    pub(crate) concurrency: usize,
+    concurrency: usize,
     /// Client QUIC endpoints (UDP sockets) the agents are spread over.
     #[arg(long, default_value_t = 1)]
-    pub(crate) client_endpoints: usize,
+    client_endpoints: usize,
     /// Agents of the `routes` phase (QUIC + gRPC).
     #[arg(long, default_value_t = 1_000)]
-    pub(crate) route_agents: usize,
+    route_agents: usize,
     /// Weight changes timed in the `routes` phase.
     #[arg(long, default_value_t = 20)]
-    pub(crate) changes: usize,
+    changes: usize,
     /// Phases to run, comma separated.
     #[arg(
         long,
@@ -148,20 +148,20 @@ pub(crate) struct Args {
         value_delimiter = ',',
         default_value = "ingest,fast,routes"
     )]
-    pub(crate) phases: Vec<Phase>,
+    phases: Vec<Phase>,
     /// Scheduler binary (default: $VANTAGE_SCHEDULER_BIN, else the one cargo
     /// built next to this bench, else target/release/vantage-scheduler).
     #[arg(long)]
-    pub(crate) scheduler_bin: Option<PathBuf>,
+    scheduler_bin: Option<PathBuf>,
     /// Copy each phase's scheduler log into this directory.
     #[arg(long)]
-    pub(crate) keep_logs: Option<PathBuf>,
+    keep_logs: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
-    pub(crate) bench: bool,
+    bench: bool,
 }
 
-pub(crate) fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,7 +182,7 @@ pub(crate) fn main() -> std::process::ExitCode {
     }
 }
 
-pub(crate) fn scheduler_bin(args: &Args) -> Result<PathBuf> {
+fn scheduler_bin(args: &Args) -> Result<PathBuf> {
     let candidates = [
         args.scheduler_bin.clone(),
         std::env::var_os("VANTAGE_SCHEDULER_BIN").map(PathBuf::from),
@@ -200,7 +200,7 @@ pub(crate) fn scheduler_bin(args: &Args) -> Result<PathBuf> {
     )
 }
 
-pub(crate) async fn run(args: Args) -> Result<()> {
+async fn run(args: Args) -> Result<()> {
     vantage_shared::tls::install_crypto_provider();
     let bin = scheduler_bin(&args)?;
     let http = reqwest::Client::builder()
@@ -255,7 +255,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
 // The scheduler process
 // ---------------------------------------------------------------------------
 
-pub(crate) fn print_summary(ingest: &[IngestResult], routes: Option<&RoutesResult>) {
+fn print_summary(ingest: &[IngestResult], routes: Option<&RoutesResult>) {
     println!("## Summary against the targets");
     println!();
     println!("| scenario | figure | target |");

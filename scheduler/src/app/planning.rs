@@ -18,7 +18,7 @@ impl App {
         let now = now_ms();
         let generation = self.weights_generation.load(Ordering::Relaxed);
         self.planned_epoch
-            .store(self.probe_epoch(now), Ordering::Relaxed);
+            .store(self.config.limits.probe_epoch(now), Ordering::Relaxed);
         let superseded = || self.weights_generation.load(Ordering::Relaxed) != generation;
         let ws = self.weights();
         // Taken, not cloned (a map per route); the plan puts its own back.
@@ -61,7 +61,7 @@ impl App {
         if let Some(r) = &self.recorder {
             // The input moves to the trace writer; decisions are copied
             // before the tables are published.
-            r.plan(now, started.elapsed(), input, &plan);
+            r.plan(now, plan_done, input, &plan);
         }
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = plan.primaries;
         *self
@@ -80,35 +80,29 @@ impl App {
         self.metrics.plans.inc();
         let took = started.elapsed();
         self.metrics.plan_duration.observe(took.as_secs_f64());
-        for (stage, d) in [
-            ("views", views_done),
-            ("plan", plan_done - views_done),
-            ("publish", took - plan_done),
-        ] {
+        let [views, plan, publish] =
+            [views_done, plan_done - views_done, took - plan_done].map(|d| d.as_secs_f64());
+        for (stage, secs) in [("views", views), ("plan", plan), ("publish", publish)] {
             self.metrics
                 .plan_stage_duration
                 .get_or_create(&crate::metrics::StageLabel { stage })
-                .observe(d.as_secs_f64());
+                .observe(secs);
         }
         debug!(
             new_versions = published.new_versions,
-            views_ms = views_done.as_secs_f64() * 1e3,
-            plan_ms = (plan_done - views_done).as_secs_f64() * 1e3,
-            publish_ms = (took - plan_done).as_secs_f64() * 1e3,
+            views_ms = views * 1e3,
+            plan_ms = plan * 1e3,
+            publish_ms = publish * 1e3,
             "plan published"
         );
         published.new_versions
-    }
-
-    fn probe_epoch(&self, now_ms: i64) -> i64 {
-        now_ms.div_euclid(self.config.limits.probe_rotation_ms.max(1))
     }
 
     /// Whether a periodic replan could change anything: some node's inputs
     /// left the deadband (`plan_inputs`), or a new probe rotation epoch
     /// began. Otherwise the plan would reproduce the tables in force.
     fn periodic_plan_due(&self) -> bool {
-        self.probe_epoch(now_ms()) != self.planned_epoch.load(Ordering::Relaxed)
+        self.config.limits.probe_epoch(now_ms()) != self.planned_epoch.load(Ordering::Relaxed)
             || self.registry.inputs_moved(&self.input_rules())
     }
 
@@ -162,7 +156,7 @@ impl App {
                 }
             }
             let started = tokio::time::Instant::now();
-            if plans.plan().await.is_none() {
+            if !plans.plan().await {
                 warn!("the planning thread has stopped; no more plans");
                 return;
             }
@@ -176,15 +170,16 @@ impl App {
 /// (a nice increment; the planner's helper threads inherit it).
 const PLAN_NICE: i32 = 10;
 
-/// The thread that runs [`App::plan_once`], one plan at a time, on request.
-/// It ends when the `PlanThread` is dropped.
+/// The thread that runs [`App::plan_once`], one plan at a time, on request
+/// (each request carries the sender that says the plan is done). It ends
+/// when the `PlanThread` is dropped.
 struct PlanThread {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<usize>>,
+    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl PlanThread {
     fn start(app: Arc<App>) -> std::io::Result<Self> {
-        let (requests, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<usize>>();
+        let (requests, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
         // Inside the runtime's context, as a blocking task would be.
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -196,31 +191,21 @@ impl PlanThread {
                 if let Err(e) = rustix::process::nice(PLAN_NICE) {
                     warn!("cannot lower the planning thread's priority: {e}");
                 }
-                for reply in rx {
-                    let app = app.clone();
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                        app.plan_once()
-                    })) {
-                        Ok(changed) => {
-                            let _ = reply.send(changed);
-                        }
-                        // A planner bug: log it, keep the last tables, plan again next time.
-                        Err(_) => warn!("a plan panicked; the tables in force stay"),
+                for done in rx {
+                    let plan = std::panic::AssertUnwindSafe(|| app.plan_once());
+                    if std::panic::catch_unwind(plan).is_err() {
+                        // A planner bug: keep the last tables, plan again next time.
+                        warn!("a plan panicked; the tables in force stay");
                     }
+                    let _ = done.send(());
                 }
             })?;
         Ok(PlanThread { requests })
     }
 
-    /// Runs one plan; how many tables got a new version, or `None` if the
-    /// thread is gone.
-    async fn plan(&self) -> Option<usize> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.requests.send(tx).ok()?;
-        match rx.await {
-            Ok(changed) => Some(changed),
-            // The plan panicked (logged by the thread): the loop goes on.
-            Err(_) => Some(0),
-        }
+    /// Runs one plan; `false` if the thread is gone.
+    async fn plan(&self) -> bool {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.requests.send(done).is_ok() && finished.await.is_ok()
     }
 }

@@ -54,9 +54,7 @@ impl<'a> Ctx<'a> {
                 .filter_map(|(i, v)| v.coord.map(|c| GeomWithData::new(c.sphere_point(), i)))
                 .collect(),
         );
-        let epoch = input
-            .now_ms
-            .div_euclid(input.limits.probe_rotation_ms.max(1));
+        let epoch = input.limits.probe_epoch(input.now_ms);
         let mut ctx = Ctx {
             input,
             index: nodes
@@ -415,6 +413,21 @@ pub(super) fn par_tasks<T: Send>(
     });
     done.sort_unstable_by_key(|&(i, _)| i);
     done.into_iter().map(|(_, value)| value).collect()
+}
+
+/// `(a(), b())`, with `b` on a second thread when `parallel`.
+pub(super) fn join<A, B: Send>(
+    parallel: bool,
+    a: impl FnOnce() -> A,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if !parallel {
+        return (a(), b());
+    }
+    std::thread::scope(|scope| {
+        let b = scope.spawn(b);
+        (a(), joined(b))
+    })
 }
 
 /// The result of a scoped thread; a panic in it (a planner bug) is

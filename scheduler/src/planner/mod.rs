@@ -155,6 +155,14 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The probe rotation epoch at `now_ms`: the random probe targets
+    /// change when it does.
+    pub fn probe_epoch(&self, now_ms: i64) -> i64 {
+        now_ms.div_euclid(self.probe_rotation_ms.max(1))
+    }
+}
+
 /// Everything a plan depends on.
 #[derive(Debug, Clone)]
 pub struct PlanInput {
@@ -282,16 +290,11 @@ pub fn plan_cancellable(
         1
     };
     // The previous plan's choices are indexed beside the nearest peers.
-    let (peers, previous) = if threads > 1 {
-        std::thread::scope(|scope| {
-            let previous = scope.spawn(|| Previous::index(&ctx, &sources, threads));
-            let peers = nearest_peers(&ctx, !sources.is_empty(), threads);
-            (peers, joined(previous))
-        })
-    } else {
-        let peers = nearest_peers(&ctx, !sources.is_empty(), 1);
-        (peers, Previous::index(&ctx, &sources, 1))
-    };
+    let (peers, previous) = join(
+        threads > 1,
+        || nearest_peers(&ctx, !sources.is_empty(), threads),
+        || Previous::index(&ctx, &sources, threads),
+    );
     ctx.set_nearest_peers(peers);
     if cancelled() {
         return None;

@@ -24,28 +24,13 @@ impl Previous {
     /// The primaries and the backups (on two threads if `threads` > 1).
     pub(super) fn index(ctx: &Ctx<'_>, sources: &[Source], threads: usize) -> Self {
         let routes = Routes::new(sources);
-        let routes = &routes;
-        let mut out = Previous {
-            primary: Vec::new(),
-            backups: Vec::new(),
-        };
-        for part in par_tasks(2, threads, |task| match task {
-            0 => PreviousPart::Primary(previous_primaries(ctx, sources.len(), routes)),
-            _ => PreviousPart::Backups(previous_backups(ctx, sources.len(), routes)),
-        }) {
-            match part {
-                PreviousPart::Primary(p) => out.primary = p,
-                PreviousPart::Backups(b) => out.backups = b,
-            }
-        }
-        out
+        let (primary, backups) = join(
+            threads > 1,
+            || previous_primaries(ctx, sources.len(), &routes),
+            || previous_backups(ctx, sources.len(), &routes),
+        );
+        Previous { primary, backups }
     }
-}
-
-/// A half of [`Previous`].
-enum PreviousPart {
-    Primary(Vec<Vec<usize>>),
-    Backups(Vec<Vec<[u32; STICKY]>>),
 }
 
 // Keys of the previous plan's maps are sorted by (node, route): one walk

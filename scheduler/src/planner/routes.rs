@@ -65,31 +65,31 @@ pub(super) fn route_sources(
     let n = ctx.nodes.len();
     let mut work = Work::new(n);
     let mut ranked = Ranked::new(n);
+    // The two steps of source `s`, the same on one thread or two.
+    let mut rank = |s: usize, edges: &RootEdges, work: &mut Work, ranked: &mut Ranked| {
+        rank_source(
+            ctx,
+            load,
+            &sources[s],
+            edges,
+            &previous.primary[s],
+            work,
+            ranked,
+        )
+    };
+    let decide = |s: usize, ranked: &Ranked, work: &mut DecideWork, out: &mut [Decided]| {
+        decide_routes(ctx, s, &previous.backups[s], ranked, work, out)
+    };
     if threads <= 1 || sources.len() < 2 {
         let mut decided = decided_for(ctx, sources);
-        let (mut edges, mut decide) = (RootEdges::new(), DecideWork::default());
+        let (mut edges, mut decide_work) = (RootEdges::new(), DecideWork::default());
         for (s, src) in sources.iter().enumerate() {
             if cancelled() {
                 return None;
             }
             root_edges(ctx, src, &mut edges);
-            rank_source(
-                ctx,
-                load,
-                src,
-                &edges,
-                &previous.primary[s],
-                &mut work,
-                &mut ranked,
-            );
-            decide_routes(
-                ctx,
-                s,
-                &previous.backups[s],
-                &ranked,
-                &mut decide,
-                &mut decided,
-            );
+            rank(s, &edges, &mut work, &mut ranked);
+            decide(s, &ranked, &mut decide_work, &mut decided);
         }
         return Some(decided);
     }
@@ -102,7 +102,7 @@ pub(super) fn route_sources(
         let (spare_tx, spare_rx) = mpsc::channel::<Ranked>();
         let helper = scope.spawn(move || {
             let mut decided = decided_for(ctx, sources);
-            let mut decide = DecideWork::default();
+            let mut decide_work = DecideWork::default();
             let mut free: Vec<RootEdges> = Vec::new();
             let edges_of = |s: usize, free: &mut Vec<RootEdges>| {
                 let mut edges = free.pop().unwrap_or_default();
@@ -115,20 +115,13 @@ pub(super) fn route_sources(
                     edges_tx.send(edges_of(s + 1, &mut free)).ok()?;
                 }
                 let (edges, ranked) = ranked_rx.recv().ok()?;
-                decide_routes(
-                    ctx,
-                    s,
-                    &previous.backups[s],
-                    &ranked,
-                    &mut decide,
-                    &mut decided,
-                );
+                decide(s, &ranked, &mut decide_work, &mut decided);
                 free.push(edges);
                 spare_tx.send(ranked).ok()?;
             }
             Some(decided)
         });
-        for (s, src) in sources.iter().enumerate() {
+        for s in 0..sources.len() {
             if cancelled() {
                 // Dropping the channels stops the helper.
                 return None;
@@ -137,15 +130,7 @@ pub(super) fn route_sources(
             let Ok(edges) = edges_rx.recv() else {
                 break;
             };
-            rank_source(
-                ctx,
-                load,
-                src,
-                &edges,
-                &previous.primary[s],
-                &mut work,
-                &mut ranked,
-            );
+            rank(s, &edges, &mut work, &mut ranked);
             let spare = spare_rx.try_recv().unwrap_or_else(|_| Ranked::new(n));
             if ranked_tx
                 .send((edges, std::mem::replace(&mut ranked, spare)))

@@ -62,8 +62,6 @@ pub struct Qoe {
     /// Per viewer city: the nearest PoPs (the resolver's preselection).
     nearest: Vec<Vec<u16>>,
     pub plans: u64,
-    /// Periodic replans skipped: no node's inputs left the deadband.
-    pub plans_skipped: u64,
 }
 
 /// PoPs preselected by distance for every viewer, as the scheduler does.
@@ -117,7 +115,6 @@ impl Qoe {
             planned_epoch: None,
             nearest: Vec::new(),
             plans: 0,
-            plans_skipped: 0,
         }
     }
 
@@ -226,7 +223,7 @@ impl Qoe {
         report_interval_ms: u32,
         periodic: bool,
     ) {
-        let epoch = (now_ms as i64).div_euclid(self.limits.probe_rotation_ms.max(1));
+        let epoch = self.limits.probe_epoch(now_ms as i64);
         if let Some(band) = &self.deadband {
             let rules = Rules {
                 band,
@@ -237,13 +234,12 @@ impl Qoe {
             let mut planned = HashMap::with_capacity(nodes.len());
             for v in &mut nodes {
                 let last = self.planned.get(&v.id);
-                let held = rules.hold(v.capacity_mbps, last, Planned::of_view(v));
+                let held = rules.hold(v.capacity_mbps, last, Planned::take_from(v));
                 moved |= last != Some(&held);
                 held.write_to(v);
                 planned.insert(v.id.clone(), held);
             }
             if periodic && !moved && self.planned_epoch == Some(epoch) {
-                self.plans_skipped += 1;
                 return;
             }
             self.planned = planned;
