@@ -307,7 +307,19 @@ async fn grpc_server(
         .add_service(reflection_v1alpha)
         .add_service(RouteDiscoveryServer::new(RouteService::new(app.clone())));
     let shutdown = app.shutdown.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Each route table is one small write that an agent answers with an ACK: Nagle's
+    // algorithm would only hold tables back (tonic's own `tcp_nodelay` applies to
+    // listeners it binds itself, not to an incoming stream).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |accepted| {
+            accepted.inspect(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    warn!("gRPC connection: TCP_NODELAY not set: {e}");
+                }
+            })
+        },
+    );
     Ok(async move {
         info!("routes (gRPC) listening");
         if let Err(e) = router
