@@ -6,7 +6,8 @@
 //! viewers), scenario events, report deliveries, reconnects. At each tick
 //! end the engine integrates every session's player over the tick with the
 //! delivery ratio the ground-truth network allows, recomputes node loads,
-//! emits reports on report ticks and lets planned policies replan.
+//! emits reports on report ticks and lets planned policies replan (each
+//! period, and at once when a node is seen down or back).
 //! Ordering is total (time, then insertion sequence) and all iteration is
 //! over vectors or ordered maps, so a seed fully determines the result.
 
@@ -134,6 +135,10 @@ pub struct Engine<'a> {
     /// Group sums gathered while advancing sessions on a report tick.
     agg: HashMap<(u16, u32), Sums, FastHash>,
     next_plan: u64,
+    /// Per node: down as the planner last saw it (from report age; ground
+    /// truth for the oracle). A change plans at once, as a node going
+    /// down or an agent's Hello does in the scheduler.
+    down_seen: Vec<bool>,
     stamp: u64,
 }
 
@@ -197,6 +202,7 @@ impl<'a> Engine<'a> {
             metrics: Collector::new(w, s, series),
             agg: HashMap::default(),
             next_plan: 0,
+            down_seen: vec![false; n],
             stamp: 0,
         }
     }
@@ -260,7 +266,8 @@ impl<'a> Engine<'a> {
             if report_tick {
                 self.reports();
             }
-            self.replan_if_due(false);
+            let triggered = self.liveness_changed();
+            self.replan_if_due(triggered);
         }
         // Sessions still running at the end are cut there.
         let open = std::mem::take(&mut self.sessions);
@@ -987,6 +994,28 @@ impl<'a> Engine<'a> {
 
     // ---- planning -------------------------------------------------------
 
+    /// Whether a node went down or came back since the last tick, as the
+    /// planner sees liveness. The scheduler replans at once on both (its
+    /// down and join triggers) instead of waiting for the next period.
+    fn liveness_changed(&mut self) -> bool {
+        if !self.kind.plans_upstreams() {
+            return false;
+        }
+        let mut changed = false;
+        for i in 0..self.n {
+            let down = if self.kind == PolicyKind::Oracle {
+                !self.up[i]
+            } else {
+                self.view.health(i, self.now) == Health::Down
+            };
+            changed |= std::mem::replace(&mut self.down_seen[i], down) != down;
+        }
+        changed
+    }
+
+    /// Plans when the period is over, or at once when `force`d (the first
+    /// plan, a liveness change); a forced plan is never skipped by the
+    /// deadband and restarts the period.
     fn replan_if_due(&mut self, force: bool) {
         if !self.kind.plans_upstreams() || (!force && self.now < self.next_plan) {
             return;
