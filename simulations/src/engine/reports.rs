@@ -1,0 +1,135 @@
+//! What the agents report each interval: load, buffer health, client
+//! groups and probe paths, with noise, delay and loss applied.
+
+use super::*;
+
+impl Engine<'_> {
+    fn gauss(&mut self) -> f64 {
+        // Box–Muller.
+        let u1: f64 = self.noise.random::<f64>().max(1e-12);
+        let u2: f64 = self.noise.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    fn noisy(&mut self, x: f64) -> f64 {
+        let k = self.s.telemetry.noise;
+        (x * (1.0 + k * self.gauss())).max(0.0)
+    }
+
+    pub(super) fn reports(&mut self) {
+        let tel = self.s.telemetry.clone();
+        // Group aggregates from the sessions each node served (summed in
+        // `advance`), in a fixed order.
+        let mut groups: Vec<Vec<(u32, GroupAgg)>> = vec![Vec::new(); self.n];
+        let mut agg: Vec<((u16, u32), Sums)> = self.agg.drain().collect();
+        agg.sort_unstable_by_key(|(k, _)| *k);
+        for ((node, city), (k, rtt, loss, buf, stalled)) in agg {
+            let kf = f64::from(k);
+            let g = GroupAgg {
+                viewers: k,
+                rtt_ms: self.noisy(rtt / kf),
+                loss: (loss / kf).min(1.0),
+                buffer_ms: buf / kf,
+                stall_rate: f64::from(stalled) / kf,
+            };
+            groups[usize::from(node)].push((city, g));
+        }
+        let extra: u32 = self.telemetry_delay.iter().map(|(_, d)| *d).sum();
+        let delay = u64::from(tel.delay_ms + extra);
+        let planned = self.kind.plans_upstreams();
+        for (node, node_groups) in groups.iter_mut().enumerate() {
+            let lost = self
+                .telemetry_loss
+                .iter()
+                .any(|(_, p)| p.is_none_or(|p| usize::from(p) == node));
+            if !self.up[node] || lost {
+                continue;
+            }
+            let egress = self.egress(node);
+            let cap = self.w.nodes[node].capacity_mbps;
+            let egress_seen = self.noisy(egress);
+            let buffer_ms = self.buffer_health(node);
+            let paths = if planned {
+                self.probe(node)
+            } else {
+                Vec::new()
+            };
+            let r = Report {
+                node: node as u16,
+                generated_ms: self.now,
+                egress_mbps: egress_seen,
+                utilisation: egress_seen / cap,
+                buffer_ms,
+                groups: std::mem::take(node_groups),
+                paths,
+            };
+            self.push(self.now + delay, Ev::Deliver(Box::new(r)));
+        }
+    }
+
+    /// Mean GOP-cache depth of a node's feeds: a full GOP when the upstream
+    /// keeps up, less in proportion when it does not.
+    pub(super) fn buffer_health(&mut self, node: usize) -> Option<f64> {
+        let mut sum = 0.0;
+        let mut k = 0u32;
+        for stream in 0..self.streams {
+            if self.feeds[node * self.streams + stream].active
+                || usize::from(self.w.stream_origin[stream]) == node
+                    && self.feeds[node * self.streams + stream].downstream > 0
+            {
+                let (r, _) = self.feed_ratio(node, stream, 0);
+                sum += self.w.gop_ms * f64::from(r);
+                k += 1;
+            }
+        }
+        (k > 0).then(|| sum / f64::from(k))
+    }
+
+    /// Probes from `node` to its table's probe targets: RTT with noise,
+    /// loss counted over `probes_per_interval` packets, EWMA-smoothed.
+    fn probe(&mut self, node: usize) -> Vec<(u16, PathStat)> {
+        let targets: Vec<u16> = self.policy.probe_targets(node).to_vec();
+        let k = self.s.telemetry.probes_per_interval.max(1);
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let u = usize::from(t);
+            if !self.up[u] {
+                continue;
+            }
+            let (xr, xl) = self.pair_degrade(u, node);
+            let rtt_true = self.w.rtt(u, node) + self.cong[u].queue_ms + xr;
+            let loss_true =
+                (network::path_loss(&self.s.network, self.w.km(u, node)) + self.cong[u].loss + xl)
+                    .min(0.9);
+            let jitter = self.w.jitter(u, node);
+            let rtt = (rtt_true + jitter * self.gauss().abs()).max(0.1);
+            let lost = (0..k)
+                .filter(|_| self.noise.random::<f64>() < loss_true)
+                .count() as u32;
+            let e = self.probes[node].entry(t).or_insert(Probe {
+                rtt,
+                window: std::collections::VecDeque::with_capacity(LOSS_WINDOW),
+                samples: 0,
+            });
+            e.rtt += 0.3 * (rtt - e.rtt);
+            if e.window.len() == LOSS_WINDOW {
+                e.window.pop_front();
+            }
+            e.window.push_back((k, lost));
+            let (sent, lost) = e
+                .window
+                .iter()
+                .fold((0u32, 0u32), |a, b| (a.0 + b.0, a.1 + b.1));
+            e.samples = e.samples.saturating_add(k);
+            out.push((
+                t,
+                PathStat {
+                    rtt_ms: e.rtt,
+                    loss: f64::from(lost) / f64::from(sent.max(1)),
+                    samples: e.samples,
+                },
+            ));
+        }
+        out
+    }
+}
