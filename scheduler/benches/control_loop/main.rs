@@ -48,9 +48,8 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig};
-use vantage_proto::v1::route_discovery_client::RouteDiscoveryClient;
 use vantage_proto::v1::{
-    AgentControl, ControlPath, Hello, Load, PathMeasurement, Report, RouteRequest,
+    AgentControl, ControlPath, Hello, Load, PathMeasurement, Report, RouteRequest, RouteTable,
     SchedulerControl, StaticOrigin, StreamRole, StreamState, TelemetryFrame, agent_control,
     scheduler_control, telemetry_frame,
 };
@@ -141,6 +140,11 @@ struct Args {
     /// Weight changes timed in the `routes` phase.
     #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// How the `routes` phase's agents decode a route table before the ACK:
+    /// `head` reads only version, nonce and weights version (prost skips
+    /// the rest), `full` decodes the whole table as the real agent does.
+    #[arg(long, value_enum, default_value = "head")]
+    table_decode: TableDecode,
     /// Phases to run, comma separated.
     #[arg(
         long,

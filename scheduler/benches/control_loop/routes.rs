@@ -11,9 +11,83 @@ pub(crate) struct AckEvent {
     pub(crate) at: Instant,
 }
 
+/// How a simulated agent decodes the route tables it ACKs (`--table-decode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TableDecode {
+    /// Only the fields the ACK needs ([`TableHead`]).
+    Head,
+    /// The whole [`RouteTable`], as `vantage-agent` does.
+    Full,
+}
+
+/// The fields of a `RouteTable` (routes.proto) an ACK needs. Decoding a
+/// table as this message skips its routes and probe targets without
+/// building them: on one VM the 1,000 simulated agents' decoding competes
+/// for the CPU the scheduler is measured on, where real agents decode on
+/// their own machines.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TableHead {
+    #[prost(uint64, tag = "2")]
+    pub(crate) version: u64,
+    #[prost(string, tag = "3")]
+    pub(crate) nonce: String,
+    #[prost(uint64, tag = "7")]
+    pub(crate) weights_version: u64,
+}
+
+impl From<RouteTable> for TableHead {
+    fn from(t: RouteTable) -> Self {
+        TableHead {
+            version: t.version,
+            nonce: t.nonce,
+            weights_version: t.weights_version,
+        }
+    }
+}
+
+/// The tables of one RouteDiscovery stream, decoded as `decode` says.
+enum Tables {
+    Head(tonic::Streaming<TableHead>),
+    Full(tonic::Streaming<RouteTable>),
+}
+
+impl Tables {
+    async fn open(
+        channel: tonic::transport::Channel,
+        request: tonic::Request<ReceiverStream<RouteRequest>>,
+        decode: TableDecode,
+    ) -> Result<Self> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.context("gRPC channel not ready")?;
+        let path = || {
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/vantage.v1.RouteDiscovery/StreamRoutes",
+            )
+        };
+        Ok(match decode {
+            TableDecode::Head => {
+                let codec = tonic_prost::ProstCodec::<RouteRequest, TableHead>::default();
+                Tables::Head(grpc.streaming(request, path(), codec).await?.into_inner())
+            }
+            TableDecode::Full => {
+                let codec = tonic_prost::ProstCodec::<RouteRequest, RouteTable>::default();
+                Tables::Full(grpc.streaming(request, path(), codec).await?.into_inner())
+            }
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<TableHead>, tonic::Status> {
+        match self {
+            Tables::Head(s) => s.message().await,
+            Tables::Full(s) => Ok(s.message().await?.map(TableHead::from)),
+        }
+    }
+}
+
 /// One agent's RouteDiscovery stream: ACK every table, report each ACK.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn subscribe(
+    decode: TableDecode,
     grpc: SocketAddr,
     tls: ClientTlsConfig,
     idx: usize,
@@ -34,7 +108,6 @@ pub(crate) async fn subscribe(
             .connect()
             .await
             .context("gRPC connect")?;
-        let mut client = RouteDiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel::<RouteRequest>(8);
         tx.send(RouteRequest {
             node_id: node.clone(),
@@ -48,12 +121,10 @@ pub(crate) async fn subscribe(
             "authorization",
             tonic::metadata::MetadataValue::try_from(format!("Bearer {credential}"))?,
         );
-        let stream = client
-            .stream_routes(request)
+        let tables = Tables::open(channel, request, decode)
             .await
-            .context("StreamRoutes")?
-            .into_inner();
-        anyhow::Ok((tx, stream))
+            .context("StreamRoutes")?;
+        anyhow::Ok((tx, tables))
     };
     let (tx, mut stream) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, setup).await {
         Ok(Ok(s)) => {
@@ -75,7 +146,7 @@ pub(crate) async fn subscribe(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = &mut deadline => return,
-            msg = stream.message() => match msg {
+            msg = stream.next() => match msg {
                 Ok(Some(table)) => {
                     let ack = RouteRequest {
                         node_id: node.clone(),
@@ -103,6 +174,7 @@ pub(crate) async fn subscribe(
 pub(crate) struct RoutesResult {
     pub(crate) agents: usize,
     pub(crate) changes: usize,
+    pub(crate) table_decode: TableDecode,
     /// Per change: PUT → all agents ACKed, ms.
     pub(crate) all_acked_ms: Vec<f64>,
     /// Per change: PUT round trip, ms.
@@ -148,8 +220,13 @@ impl RoutesResult {
         let per = sorted(&self.per_agent_ms);
         let put = sorted(&self.put_ms);
         println!(
-            "## Phase `routes`: {} agents (QUIC reports at 1 s + gRPC subscription), {} weight changes",
-            self.agents, self.changes
+            "## Phase `routes`: {} agents (QUIC reports at 1 s + gRPC subscription), {} weight changes, tables decoded: {}",
+            self.agents,
+            self.changes,
+            match self.table_decode {
+                TableDecode::Head => "version, nonce and weights version (--table-decode head)",
+                TableDecode::Full => "whole (--table-decode full)",
+            }
         );
         println!();
         println!("| measure | p50 | p95 | p99 | max |");
@@ -252,6 +329,7 @@ pub(crate) async fn routes_phase(
         let (ctx, crx) = tokio::sync::oneshot::channel();
         connected.push((a.node_id.clone(), crx));
         subs.spawn(subscribe(
+            args.table_decode,
             sched.grpc,
             client.grpc_tls.clone(),
             idx,
@@ -380,6 +458,7 @@ pub(crate) async fn routes_phase(
     let result = RoutesResult {
         agents: m,
         changes: args.changes,
+        table_decode: args.table_decode,
         all_acked_ms,
         put_ms,
         per_agent_ms,
