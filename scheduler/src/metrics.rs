@@ -45,6 +45,8 @@ pub struct Metrics {
     pub alerts: Family<KindLabel, Counter>,
     pub nodes: Family<StateLabel, Gauge>,
     pub node_transitions: Family<StateLabel, Counter>,
+    pub telemetry_socket_drops: Counter,
+    pub liveness_held: Gauge,
     pub plans: Counter,
     pub plans_superseded: Counter,
     pub plans_skipped: Counter,
@@ -75,6 +77,8 @@ impl Metrics {
             alerts: Family::default(),
             nodes: Family::default(),
             node_transitions: Family::default(),
+            telemetry_socket_drops: Counter::default(),
+            liveness_held: Gauge::default(),
             plans: Counter::default(),
             plans_superseded: Counter::default(),
             plans_skipped: Counter::default(),
@@ -120,6 +124,16 @@ impl Metrics {
             "node_transitions",
             "Node state changes, by new state",
             m.node_transitions.clone(),
+        );
+        r.register(
+            "telemetry_socket_drops",
+            "Datagrams the kernel dropped at the telemetry (QUIC) socket because its receive buffer was full",
+            m.telemetry_socket_drops.clone(),
+        );
+        r.register(
+            "liveness_held",
+            "Nodes kept from going down because the scheduler itself dropped telemetry datagrams lately",
+            m.liveness_held.clone(),
         );
         r.register("plans", "Plans computed", m.plans.clone());
         r.register(

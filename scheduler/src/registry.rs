@@ -232,7 +232,18 @@ impl NodeEntry {
 
     /// The state this node should be in at `now_ms` given the report
     /// interval: suspect after 2 missed intervals, down after 3.
-    pub fn evaluate(&self, now_ms: i64, interval_ms: i64) -> NodeState {
+    ///
+    /// Unless the scheduler itself is losing reports: a node that is not
+    /// down yet and still has its connection is held short of down (at
+    /// suspect, or draining) while `local_loss()` says the scheduler's
+    /// socket dropped datagrams lately, for at most [`held_down_after_ms`]. (A dead agent's connection ends at the QUIC idle timeout,
+    /// and then nothing is held.) `local_loss` is asked only for such a node.
+    pub fn evaluate(
+        &self,
+        now_ms: i64,
+        interval_ms: i64,
+        local_loss: &mut dyn FnMut() -> bool,
+    ) -> NodeState {
         let age = match self.last_report_ms {
             Some(t) => now_ms - t,
             None => return NodeState::Down,
@@ -240,7 +251,12 @@ impl NodeEntry {
         if self.session.is_none() && self.state == NodeState::Down {
             return NodeState::Down;
         }
-        if age > 3 * interval_ms {
+        let held = |e: &Self| {
+            e.state != NodeState::Down
+                && e.session.is_some()
+                && age <= held_down_after_ms(interval_ms)
+        };
+        if age > 3 * interval_ms && !(held(self) && local_loss()) {
             NodeState::Down
         } else if self.draining {
             NodeState::Draining
@@ -382,6 +398,25 @@ fn path_rtt(p: &PathMeasurement) -> f64 {
     }
 }
 
+/// While the scheduler is dropping telemetry datagrams, a node that
+/// still has its connection goes down only after this long without a
+/// report, not 3 intervals (see [`NodeEntry::evaluate`]): 10 report
+/// intervals, and at least the QUIC idle timeout (10 s), by which a dead
+/// agent's connection has ended anyway.
+pub fn held_down_after_ms(interval_ms: i64) -> i64 {
+    let idle_ms = i64::try_from(crate::ingest::IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    (10 * interval_ms).max(idle_ms)
+}
+
+/// What [`Registry::tick_aware`] did.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// State changes `(id, from, to)`, by id.
+    pub changes: Vec<(String, NodeState, NodeState)>,
+    /// Nodes held short of down because the scheduler was losing reports.
+    pub held: usize,
+}
+
 /// All nodes, by id.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -495,12 +530,34 @@ impl Registry {
             .collect()
     }
 
-    /// Re-evaluates every node's state. Returns the transitions
-    /// `(id, from, to)`.
+    /// Re-evaluates every node's state, with no local loss. Returns the
+    /// transitions `(id, from, to)`.
     pub fn tick(&self, now_ms: i64, interval_ms: i64) -> Vec<(String, NodeState, NodeState)> {
+        self.tick_aware(now_ms, interval_ms, || false).changes
+    }
+
+    /// Re-evaluates every node's state, holding nodes short of down while
+    /// `local_loss` (asked at most once, and only when a node would go
+    /// down) says the scheduler dropped reports itself: see
+    /// [`NodeEntry::evaluate`].
+    pub fn tick_aware(
+        &self,
+        now_ms: i64,
+        interval_ms: i64,
+        local_loss: impl FnOnce() -> bool,
+    ) -> Tick {
+        let mut local_loss = Some(local_loss);
+        let mut lossy: Option<bool> = None;
+        let mut held = 0;
+        // Asked only for a node that would go down and can be held.
+        let mut hold = || {
+            let lossy = *lossy.get_or_insert_with(|| local_loss.take().is_some_and(|f| f()));
+            held += usize::from(lossy);
+            lossy
+        };
         let mut changes = Vec::new();
         for mut e in self.nodes.iter_mut() {
-            let next = e.evaluate(now_ms, interval_ms);
+            let next = e.evaluate(now_ms, interval_ms, &mut hold);
             if next != e.state {
                 changes.push((e.id.clone(), e.state, next));
                 e.state = next;
@@ -508,7 +565,7 @@ impl Registry {
             }
         }
         changes.sort_by(|a, b| a.0.cmp(&b.0));
-        changes
+        Tick { changes, held }
     }
 
     /// Count of nodes per state.
@@ -565,6 +622,66 @@ mod tests {
         });
         assert_eq!(reg.tick(5_100, 1_000)[0].2, NodeState::Draining);
         assert_eq!(reg.state_counts()["draining"], 1);
+    }
+
+    #[test]
+    fn local_loss_holds_connected_nodes_short_of_down() {
+        let reg = Registry::new();
+        for id in ["a", "b"] {
+            let mut e = NodeEntry::new(id.into(), info(), 0);
+            e.session = Some(Session {
+                id: "s".into(),
+                started_ms: 0,
+                remote: "x".into(),
+                connection: None,
+            });
+            reg.insert(e);
+            reg.update(id, |e| {
+                e.apply_report(Report::default(), 1_000);
+            });
+        }
+        let lossy = || true;
+        assert_eq!(reg.tick_aware(1_500, 1_000, lossy).changes.len(), 2);
+        // b's connection ends (its agent died: QUIC idle timeout).
+        reg.update("b", |e| e.session = None);
+        // 3 intervals missed: the connected node is held at suspect, the
+        // one without a connection goes down.
+        let t = reg.tick_aware(4_001, 1_000, lossy);
+        assert_eq!(
+            t.changes,
+            vec![
+                ("a".into(), NodeState::Up, NodeState::Suspect),
+                ("b".into(), NodeState::Up, NodeState::Down),
+            ]
+        );
+        assert_eq!(t.held, 1);
+        // Held at most held_down_after_ms.
+        let limit = 1_000 + held_down_after_ms(1_000);
+        assert!(reg.tick_aware(limit, 1_000, lossy).changes.is_empty());
+        let t = reg.tick_aware(limit + 1, 1_000, lossy);
+        assert_eq!(
+            t.changes,
+            vec![("a".into(), NodeState::Suspect, NodeState::Down)]
+        );
+        assert_eq!(t.held, 0);
+        // Once down, a lossy scheduler does not bring it back.
+        assert!(reg.tick_aware(limit + 2, 1_000, lossy).changes.is_empty());
+        // Without local loss the same node goes down after 3 intervals, and
+        // the loss check is not even asked while no node would go down.
+        reg.update("a", |e| {
+            e.apply_report(Report::default(), 20_000);
+        });
+        let never = || -> bool { panic!("asked without a node going down") };
+        assert_eq!(
+            reg.tick_aware(20_100, 1_000, never).changes[0].2,
+            NodeState::Up
+        );
+        let t = reg.tick_aware(23_001, 1_000, || false);
+        assert_eq!(
+            t.changes,
+            vec![("a".into(), NodeState::Up, NodeState::Down)]
+        );
+        assert_eq!(t.held, 0);
     }
 
     #[test]

@@ -207,9 +207,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     app.plan_once();
 
     let mut tasks = tokio::task::JoinSet::new();
+    let socket_drops = ingest.socket_drops();
     tasks.spawn(crate::ingest::serve(app.clone(), ingest));
     tasks.spawn(app.clone().run_planner());
-    tasks.spawn(app.clone().run_liveness());
+    tasks.spawn(app.clone().run_liveness(socket_drops));
     let grpc = grpc_server(app.clone(), &material, grpc_listener).await?;
     tasks.spawn(grpc);
     let router = crate::api::router(app.clone());

@@ -5,8 +5,9 @@
 //! going down, an alert, a drain, a new node or a weight change (which also
 //! supersedes a plan in progress), and on a short period when some node's
 //! inputs moved beyond the deadband (`plan_inputs`). The planning loop and
-//! a planning round are in `planning`.
+//! a planning round are in `planning`, the liveness loop in `liveness`.
 
+mod liveness;
 mod planning;
 
 use crate::auth::Auth;
@@ -340,108 +341,5 @@ impl App {
         if let Some(rec) = self.registry.with(node_id, NodeEntry::to_record) {
             self.store.record(WriteOp::NodeInfo(rec));
         }
-    }
-
-    /// The liveness loop: re-evaluates node states every 50 ms.
-    pub async fn run_liveness(self: Arc<Self>) {
-        const TICK: Duration = Duration::from_millis(50);
-        /// Gauges and store counters are refreshed once a second (or at once
-        /// after a transition), not on every 50 ms liveness tick.
-        const GAUGE_EVERY: u32 = 20;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_stats = self.store.write_stats();
-        let mut ticks: u32 = 0;
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let changes = self
-                .registry
-                .tick(now_ms(), i64::from(self.report_interval_ms()));
-            let transitions = !changes.is_empty();
-            if transitions {
-                self.resolver.invalidate();
-            }
-            self.resolver.maybe_refresh(&self.registry, now_ms());
-            let mut replan = false;
-            for (id, from, to) in changes {
-                replan |= self.on_transition(&id, from, to);
-            }
-            if replan {
-                self.trigger_replan();
-            }
-            ticks = ticks.wrapping_add(1);
-            if ticks.is_multiple_of(GAUGE_EVERY) {
-                self.close_silent_sessions();
-            }
-            if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
-                last_stats = self.refresh_gauges(last_stats);
-            }
-        }
-    }
-
-    /// Logs, counts and records a node state change (a down node's session
-    /// is closed later, see [`App::close_silent_sessions`]). Returns whether
-    /// the change needs a replan.
-    fn on_transition(&self, id: &str, from: NodeState, to: NodeState) -> bool {
-        info!(
-            node_id = id,
-            from = from.label(),
-            to = to.label(),
-            "node state changed"
-        );
-        self.metrics
-            .node_transitions
-            .get_or_create(&StateLabel {
-                state: to.label().to_owned(),
-            })
-            .inc();
-        self.event(id, to.label(), &format!("from {}", from.label()));
-        if let Some(r) = &self.recorder {
-            r.node(now_ms(), id, to.label(), from.label(), None);
-        }
-        matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining)
-    }
-
-    /// A down node's session that stays silent is dead or stuck: closed so
-    /// `connected` is truthful and a live agent reconnects. Not at once when
-    /// the node goes down (3 report intervals): at short intervals a busy
-    /// moment would otherwise turn into thousands of reconnects with full
-    /// handshakes, making the scheduler busier still. A node whose reports
-    /// resume within the grace is simply up again.
-    fn close_silent_sessions(&self) {
-        let grace = (3 * i64::from(self.report_interval_ms())).max(SESSION_GRACE_MS);
-        for c in self.registry.silent_sessions(now_ms(), grace) {
-            c.close(
-                vantage_shared::close::CloseCode::ReportTimeout,
-                "no reports: the node is down",
-            );
-        }
-    }
-
-    /// Sets the per-state node gauges and adds the store writer's progress
-    /// since `last` to its counters; returns the new baseline.
-    fn refresh_gauges(&self, last: WriteStats) -> WriteStats {
-        for (state, n) in self.registry.state_counts() {
-            self.metrics
-                .nodes
-                .get_or_create(&StateLabel {
-                    state: state.to_owned(),
-                })
-                .set(n);
-        }
-        let stats = self.store.write_stats();
-        self.metrics
-            .store_ops
-            .inc_by(stats.ops_written.saturating_sub(last.ops_written));
-        self.metrics
-            .store_batches
-            .inc_by(stats.batches.saturating_sub(last.batches));
-        self.metrics
-            .store_dropped
-            .inc_by(stats.ops_dropped.saturating_sub(last.ops_dropped));
-        stats
     }
 }

@@ -22,7 +22,10 @@
 
 mod apply;
 mod driver;
+mod drops;
 mod session;
+
+pub use drops::SocketDrops;
 
 use crate::app::App;
 use quinn_proto::crypto::rustls::QuicServerConfig;
@@ -47,6 +50,7 @@ pub enum IngestError {
 pub struct Ingest {
     driver: driver::Driver,
     local_addr: SocketAddr,
+    drops: SocketDrops,
 }
 
 impl Ingest {
@@ -60,7 +64,7 @@ impl Ingest {
             .max_concurrent_bidi_streams(2u32.into())
             .max_concurrent_uni_streams(2u32.into())
             .max_idle_timeout(Some(
-                quinn_proto::IdleTimeout::try_from(Duration::from_secs(10))
+                quinn_proto::IdleTimeout::try_from(IDLE_TIMEOUT)
                     .map_err(|e| IngestError::Tls(e.to_string()))?,
             ))
             // No server-side keep-alive: agents send a PING after a second
@@ -73,15 +77,29 @@ impl Ingest {
         let local_addr = socket
             .local_addr()
             .map_err(|source| IngestError::Bind { addr, source })?;
+        let drops = SocketDrops::of(&socket);
         let driver = driver::Driver::new(socket, Arc::new(server))
             .map_err(|source| IngestError::Bind { addr, source })?;
-        Ok(Self { driver, local_addr })
+        Ok(Self {
+            driver,
+            local_addr,
+            drops,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// The kernel's drop count of the telemetry socket.
+    pub fn socket_drops(&self) -> SocketDrops {
+        self.drops.clone()
+    }
 }
+
+/// A connection with no datagram from its agent for this long has ended
+/// (the agent sends a PING after a second without other traffic).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Socket buffers for thousands of agents: the kernel default (~200 KiB)
 /// holds only milliseconds of report bursts; drops there turn into late

@@ -1,0 +1,179 @@
+//! The liveness loop of [`App`]: node states from report age (up →
+//! suspect → down), the replans and session closes that follow, the
+//! per-state gauges, and the scheduler's awareness of its own report loss
+//! ([`LocalHealth`]).
+
+use super::*;
+use crate::ingest::SocketDrops;
+
+impl App {
+    /// The liveness loop: re-evaluates node states every 50 ms.
+    ///
+    /// It knows when the scheduler itself loses reports (the telemetry
+    /// socket's drop count, `drops`): nodes that would go down then are
+    /// held short of it (see `NodeEntry::evaluate`), so an overloaded
+    /// scheduler does not declare healthy agents dead and replan around
+    /// them — the local health awareness of Lifeguard (Dadgar et al. 2018).
+    pub async fn run_liveness(self: Arc<Self>, drops: crate::ingest::SocketDrops) {
+        const TICK: Duration = Duration::from_millis(50);
+        /// Gauges and store counters are refreshed once a second (or at once
+        /// after a transition), not on every 50 ms liveness tick.
+        const GAUGE_EVERY: u32 = 20;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = self.store.write_stats();
+        let mut local = LocalHealth::default();
+        let mut ticks: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_ms();
+            let interval = i64::from(self.report_interval_ms());
+            let tick = self.registry.tick_aware(now, interval, || {
+                local.lossy(&drops, &self.metrics, now, 3 * interval)
+            });
+            local.report_held(tick.held, &self.metrics);
+            let changes = tick.changes;
+            let transitions = !changes.is_empty();
+            if transitions {
+                self.resolver.invalidate();
+            }
+            self.resolver.maybe_refresh(&self.registry, now_ms());
+            let mut replan = false;
+            for (id, from, to) in changes {
+                replan |= self.on_transition(&id, from, to);
+            }
+            if replan {
+                self.trigger_replan();
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(GAUGE_EVERY) {
+                self.close_silent_sessions();
+            }
+            if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
+                last_stats = self.refresh_gauges(last_stats);
+                local.lossy(&drops, &self.metrics, now, 3 * interval);
+            }
+        }
+    }
+
+    /// Logs, counts and records a node state change (a down node's session
+    /// is closed later, see [`App::close_silent_sessions`]). Returns whether
+    /// the change needs a replan.
+    fn on_transition(&self, id: &str, from: NodeState, to: NodeState) -> bool {
+        info!(
+            node_id = id,
+            from = from.label(),
+            to = to.label(),
+            "node state changed"
+        );
+        self.metrics
+            .node_transitions
+            .get_or_create(&StateLabel {
+                state: to.label().to_owned(),
+            })
+            .inc();
+        self.event(id, to.label(), &format!("from {}", from.label()));
+        if let Some(r) = &self.recorder {
+            r.node(now_ms(), id, to.label(), from.label(), None);
+        }
+        matches!(to, NodeState::Down | NodeState::Up | NodeState::Draining)
+    }
+
+    /// A down node's session that stays silent is dead or stuck: closed so
+    /// `connected` is truthful and a live agent reconnects. Not at once when
+    /// the node goes down (3 report intervals): at short intervals a busy
+    /// moment would otherwise turn into thousands of reconnects with full
+    /// handshakes, making the scheduler busier still. A node whose reports
+    /// resume within the grace is simply up again.
+    fn close_silent_sessions(&self) {
+        let grace = (3 * i64::from(self.report_interval_ms())).max(SESSION_GRACE_MS);
+        for c in self.registry.silent_sessions(now_ms(), grace) {
+            c.close(
+                vantage_shared::close::CloseCode::ReportTimeout,
+                "no reports: the node is down",
+            );
+        }
+    }
+
+    /// Sets the per-state node gauges and adds the store writer's progress
+    /// since `last` to its counters; returns the new baseline.
+    fn refresh_gauges(&self, last: WriteStats) -> WriteStats {
+        for (state, n) in self.registry.state_counts() {
+            self.metrics
+                .nodes
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .set(n);
+        }
+        let stats = self.store.write_stats();
+        self.metrics
+            .store_ops
+            .inc_by(stats.ops_written.saturating_sub(last.ops_written));
+        self.metrics
+            .store_batches
+            .inc_by(stats.batches.saturating_sub(last.batches));
+        self.metrics
+            .store_dropped
+            .inc_by(stats.ops_dropped.saturating_sub(last.ops_dropped));
+        stats
+    }
+}
+
+/// Whether the scheduler itself lost reports lately: new drops at the
+/// telemetry socket make it "lossy" for the next three report intervals,
+/// the span a missed report counts against a node.
+#[derive(Debug, Default)]
+struct LocalHealth {
+    /// The socket's drop count at the last reading.
+    drops: Option<u64>,
+    /// Missed reports may be the scheduler's fault until then.
+    lossy_until_ms: i64,
+    /// Nodes held short of down at the last tick.
+    held: usize,
+}
+
+impl LocalHealth {
+    /// Reads the drop count (counting new drops in `/metrics`) and says
+    /// whether the scheduler is lossy at `now_ms`.
+    fn lossy(
+        &mut self,
+        socket: &SocketDrops,
+        metrics: &Metrics,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> bool {
+        if let Some(drops) = socket.read() {
+            let new = drops.saturating_sub(self.drops.unwrap_or(0));
+            if new > 0 {
+                metrics.telemetry_socket_drops.inc_by(new);
+                self.lossy_until_ms = now_ms + window_ms;
+            }
+            self.drops = Some(drops);
+        }
+        now_ms < self.lossy_until_ms
+    }
+
+    /// Logs when nodes start and stop being held; sets the gauge.
+    fn report_held(&mut self, held: usize, metrics: &Metrics) {
+        if held == self.held {
+            return;
+        }
+        if self.held == 0 {
+            warn!(
+                nodes = held,
+                "the telemetry socket is dropping datagrams: nodes whose reports stopped \
+                 are held at suspect, not down (raise net.core.rmem_max, or add CPU)"
+            );
+        } else if held == 0 {
+            info!("no node is held short of down any more");
+        }
+        metrics
+            .liveness_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.held = held;
+    }
+}
