@@ -236,8 +236,9 @@ impl NodeEntry {
     /// Unless the scheduler itself is losing reports: a node that is not
     /// down yet and still has its connection is held short of down (at
     /// suspect, or draining) while `local_loss()` says the scheduler's
-    /// socket dropped datagrams lately, for at most [`held_down_after_ms`]. (A dead agent's connection ends at the QUIC idle timeout,
-    /// and then nothing is held.) `local_loss` is asked only for such a node.
+    /// socket dropped datagrams lately, for at most [`held_down_after_ms`].
+    /// (A dead agent's connection ends at the QUIC idle timeout, and then
+    /// nothing is held.) `local_loss` is asked only for such a node.
     pub fn evaluate(
         &self,
         now_ms: i64,
@@ -251,12 +252,10 @@ impl NodeEntry {
         if self.session.is_none() && self.state == NodeState::Down {
             return NodeState::Down;
         }
-        let held = |e: &Self| {
-            e.state != NodeState::Down
-                && e.session.is_some()
-                && age <= held_down_after_ms(interval_ms)
-        };
-        if age > 3 * interval_ms && !(held(self) && local_loss()) {
+        let holdable = self.state != NodeState::Down
+            && self.session.is_some()
+            && age <= held_down_after_ms(interval_ms);
+        if age > 3 * interval_ms && !(holdable && local_loss()) {
             NodeState::Down
         } else if self.draining {
             NodeState::Draining

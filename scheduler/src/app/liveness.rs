@@ -14,7 +14,7 @@ impl App {
     /// held short of it (see `NodeEntry::evaluate`), so an overloaded
     /// scheduler does not declare healthy agents dead and replan around
     /// them — the local health awareness of Lifeguard (Dadgar et al. 2018).
-    pub async fn run_liveness(self: Arc<Self>, drops: crate::ingest::SocketDrops) {
+    pub async fn run_liveness(self: Arc<Self>, drops: SocketDrops) {
         const TICK: Duration = Duration::from_millis(50);
         /// Gauges and store counters are refreshed once a second (or at once
         /// after a transition), not on every 50 ms liveness tick.
@@ -31,8 +31,11 @@ impl App {
             }
             let now = now_ms();
             let interval = i64::from(self.report_interval_ms());
+            // Missed reports count against a node for 3 intervals: drops
+            // within that span may be why its reports are missing.
+            let window = 3 * interval;
             let tick = self.registry.tick_aware(now, interval, || {
-                local.lossy(&drops, &self.metrics, now, 3 * interval)
+                local.lossy(&drops, &self.metrics, now, window)
             });
             local.report_held(tick.held, &self.metrics);
             let changes = tick.changes;
@@ -54,7 +57,9 @@ impl App {
             }
             if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
                 last_stats = self.refresh_gauges(last_stats);
-                local.lossy(&drops, &self.metrics, now, 3 * interval);
+                // Keeps the drop count current (and counted in /metrics)
+                // while no node is about to go down.
+                local.lossy(&drops, &self.metrics, now, window);
             }
         }
     }
