@@ -101,6 +101,17 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP: the process freezes (as in a VM pause or a long stall)
+    /// until [`Self::resume`]; the kernel keeps queueing what is sent to it.
+    pub fn pause(&self) {
+        self.signal(Signal::STOP);
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal(Signal::CONT);
+    }
+
     /// SIGKILL and reap. Returns the exit status.
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(s) = self.try_exit() {
@@ -278,6 +289,20 @@ impl Slot {
     pub fn kill(&mut self) {
         if let Some(p) = self.0.as_mut() {
             p.kill();
+        }
+    }
+
+    /// SIGSTOP (see [`Proc::pause`]); nothing if never started.
+    pub fn pause(&self) {
+        if let Some(p) = &self.0 {
+            p.pause();
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(p) = &self.0 {
+            p.resume();
         }
     }
 

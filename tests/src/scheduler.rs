@@ -359,6 +359,16 @@ impl Scheduler {
         self.proc.shutdown(grace).await
     }
 
+    /// SIGSTOP: frozen until [`Self::resume`].
+    pub fn pause(&self) {
+        self.proc.pause();
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.proc.resume();
+    }
+
     /// SIGKILL (no goodbye to the peer).
     pub fn kill(&mut self) {
         self.proc.kill();

@@ -146,14 +146,6 @@ async fn a_down_node_keeps_its_session_for_a_grace_period() {
     let mut agents = start_agents(&s, &IDS[..1]).await;
     let agent = &mut agents[0];
     wait_all_up(&s, &IDS[..1], Duration::from_secs(10)).await;
-    let pid = agent.pid().unwrap_or_else(|| panic!("agent not running"));
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .is_ok_and(|st| st.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
     let state = async || {
         s.node(IDS[0])
             .await
@@ -182,10 +174,10 @@ async fn a_down_node_keeps_its_session_for_a_grace_period() {
     let c0 = connections().await;
 
     // Short pause: down, then up again on the same session.
-    signal("-STOP");
+    agent.pause();
     let down_after = wait_state("down", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal("-CONT");
+    agent.resume();
     let up_after = wait_state("up", Duration::from_secs(5)).await;
     eprintln!("short pause: down after {down_after:?}, up {up_after:?} after SIGCONT");
     assert_eq!(
@@ -195,10 +187,10 @@ async fn a_down_node_keeps_its_session_for_a_grace_period() {
     );
 
     // Long pause: the session is closed; the agent reconnects once resumed.
-    signal("-STOP");
+    agent.pause();
     wait_state("down", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(7_000)).await;
-    signal("-CONT");
+    agent.resume();
     let up_after = wait_state("up", Duration::from_secs(15)).await;
     let c1 = connections().await;
     eprintln!("long pause: up {up_after:?} after SIGCONT, connections {c0} -> {c1}");

@@ -10,10 +10,11 @@ impl App {
     /// The liveness loop: re-evaluates node states every 50 ms.
     ///
     /// It knows when the scheduler itself loses reports (the telemetry
-    /// socket's drop count, `drops`): nodes that would go down then are
-    /// held short of it (see `NodeEntry::evaluate`), so an overloaded
-    /// scheduler does not declare healthy agents dead and replan around
-    /// them — the local health awareness of Lifeguard (Dadgar et al. 2018).
+    /// socket's drop count, `drops`, and its own stalls: [`LocalHealth`]):
+    /// nodes that would go down then are held short of it (see
+    /// `NodeEntry::evaluate`), so an overloaded or paused scheduler does not
+    /// declare healthy agents dead and replan around them — the local
+    /// health awareness of Lifeguard (Dadgar et al. 2018).
     pub async fn run_liveness(self: Arc<Self>, drops: SocketDrops) {
         const TICK: Duration = Duration::from_millis(50);
         /// Gauges and store counters are refreshed once a second (or at once
@@ -34,6 +35,7 @@ impl App {
             // Missed reports count against a node for 3 intervals: drops
             // within that span may be why its reports are missing.
             let window = 3 * interval;
+            local.ticked(now, interval, window);
             let tick = self.registry.tick_aware(now, interval, || {
                 local.lossy(&drops, &self.metrics, now, window)
             });
@@ -128,13 +130,18 @@ impl App {
     }
 }
 
-/// Whether the scheduler itself lost reports lately: new drops at the
-/// telemetry socket make it "lossy" for the next three report intervals,
-/// the span a missed report counts against a node.
+/// Whether the scheduler itself lost reports lately. Two signs make it
+/// "lossy" for the next three report intervals (the span a missed report
+/// counts against a node): new drops at the telemetry socket, and a
+/// liveness loop that did not run for a whole report interval (the process
+/// was paused or starved of CPU: the reports that arrived meanwhile are
+/// still queued, or were dropped).
 #[derive(Debug, Default)]
 struct LocalHealth {
     /// The socket's drop count at the last reading.
     drops: Option<u64>,
+    /// When the liveness loop last ran.
+    last_tick_ms: Option<i64>,
     /// Missed reports may be the scheduler's fault until then.
     lossy_until_ms: i64,
     /// Nodes held short of down at the last tick.
@@ -142,6 +149,22 @@ struct LocalHealth {
 }
 
 impl LocalHealth {
+    /// Notes a run of the liveness loop at `now_ms`; a gap of more than
+    /// `interval_ms` since the last one makes the scheduler lossy.
+    fn ticked(&mut self, now_ms: i64, interval_ms: i64, window_ms: i64) {
+        if let Some(last) = self.last_tick_ms.replace(now_ms)
+            && now_ms - last > interval_ms
+        {
+            warn!(
+                stalled_ms = now_ms - last,
+                "the liveness loop did not run for more than a report interval \
+                 (process paused or short of CPU): missed reports are not held \
+                 against nodes that are still connected"
+            );
+            self.lossy_until_ms = self.lossy_until_ms.max(now_ms + window_ms);
+        }
+    }
+
     /// Reads the drop count (counting new drops in `/metrics`) and says
     /// whether the scheduler is lossy at `now_ms`.
     fn lossy(
@@ -155,7 +178,7 @@ impl LocalHealth {
             let new = drops.saturating_sub(self.drops.unwrap_or(0));
             if new > 0 {
                 metrics.telemetry_socket_drops.inc_by(new);
-                self.lossy_until_ms = now_ms + window_ms;
+                self.lossy_until_ms = self.lossy_until_ms.max(now_ms + window_ms);
             }
             self.drops = Some(drops);
         }
@@ -170,8 +193,8 @@ impl LocalHealth {
         if self.held == 0 {
             warn!(
                 nodes = held,
-                "the telemetry socket is dropping datagrams: nodes whose reports stopped \
-                 are held at suspect, not down (raise net.core.rmem_max, or add CPU)"
+                "the scheduler lost reports itself (socket drops or a stall): nodes whose \
+                 reports stopped are held at suspect, not down (see docs/runbooks.md, Flapping)"
             );
         } else if held == 0 {
             info!("no node is held short of down any more");
@@ -180,5 +203,28 @@ impl LocalHealth {
             .liveness_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
         self.held = held;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_longer_than_an_interval_makes_the_scheduler_lossy() {
+        let socket = SocketDrops::unknown();
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let mut h = LocalHealth::default();
+        h.ticked(0, 1_000, 3_000);
+        h.ticked(50, 1_000, 3_000);
+        assert!(!h.lossy(&socket, &metrics, 50, 3_000));
+        // Regular ticks, even late ones, up to an interval apart: nothing.
+        h.ticked(1_050, 1_000, 3_000);
+        assert!(!h.lossy(&socket, &metrics, 1_050, 3_000));
+        // 4 s without a tick: lossy for 3 intervals from the resume.
+        h.ticked(5_050, 1_000, 3_000);
+        assert!(h.lossy(&socket, &metrics, 5_050, 3_000));
+        assert!(h.lossy(&socket, &metrics, 8_049, 3_000));
+        assert!(!h.lossy(&socket, &metrics, 8_050, 3_000));
     }
 }

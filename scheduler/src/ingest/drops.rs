@@ -31,6 +31,11 @@ impl SocketDrops {
         Self { inode }
     }
 
+    /// A count that is never known (a socket that is not a Linux one).
+    pub fn unknown() -> Self {
+        Self { inode: None }
+    }
+
     /// Datagrams dropped at the socket since it was opened; `None` when the
     /// kernel does not say.
     pub fn read(&self) -> Option<u64> {
