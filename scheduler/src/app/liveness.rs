@@ -10,7 +10,7 @@ impl App {
     /// The liveness loop: re-evaluates node states every 50 ms.
     ///
     /// It knows when the scheduler itself loses reports (the telemetry
-    /// socket's drop count, `drops`, and its own stalls: [`LocalHealth`]):
+    /// socket's drop count, `drops`, and its own stalls: `LocalHealth`):
     /// nodes that would go down then are held short of it (see
     /// `NodeEntry::evaluate`), so an overloaded or paused scheduler does not
     /// declare healthy agents dead and replan around them — the local
