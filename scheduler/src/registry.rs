@@ -252,10 +252,13 @@ impl NodeEntry {
         if self.session.is_none() && self.state == NodeState::Down {
             return NodeState::Down;
         }
-        let holdable = self.state != NodeState::Down
+        // Conditions of a hold, cheapest first: most ticks stop at the first.
+        let held = age > 3 * interval_ms
+            && self.state != NodeState::Down
             && self.session.is_some()
-            && age <= held_down_after_ms(interval_ms);
-        if age > 3 * interval_ms && !(holdable && local_loss()) {
+            && age <= held_down_after_ms(interval_ms)
+            && local_loss();
+        if age > 3 * interval_ms && !held {
             NodeState::Down
         } else if self.draining {
             NodeState::Draining
@@ -543,14 +546,13 @@ impl Registry {
         &self,
         now_ms: i64,
         interval_ms: i64,
-        local_loss: impl FnOnce() -> bool,
+        mut local_loss: impl FnMut() -> bool,
     ) -> Tick {
-        let mut local_loss = Some(local_loss);
         let mut lossy: Option<bool> = None;
         let mut held = 0;
         // Asked only for a node that would go down and can be held.
         let mut hold = || {
-            let lossy = *lossy.get_or_insert_with(|| local_loss.take().is_some_and(|f| f()));
+            let lossy = *lossy.get_or_insert_with(&mut local_loss);
             held += usize::from(lossy);
             lossy
         };
@@ -594,10 +596,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn up_suspect_down_by_missed_intervals() {
-        let reg = Registry::new();
-        let mut e = NodeEntry::new("a".into(), info(), 0);
+    /// A node `id` with a session and one report at `report_ms`.
+    fn connected(reg: &Registry, id: &str, report_ms: i64) {
+        let mut e = NodeEntry::new(id.into(), info(), 0);
         e.session = Some(Session {
             id: "s".into(),
             started_ms: 0,
@@ -605,9 +606,15 @@ mod tests {
             connection: None,
         });
         reg.insert(e);
-        reg.update("a", |e| {
-            e.apply_report(Report::default(), 1_000);
+        reg.update(id, |e| {
+            e.apply_report(Report::default(), report_ms);
         });
+    }
+
+    #[test]
+    fn up_suspect_down_by_missed_intervals() {
+        let reg = Registry::new();
+        connected(&reg, "a", 1_000);
         assert_eq!(
             reg.tick(1_500, 1_000),
             vec![("a".into(), NodeState::Down, NodeState::Up)]
@@ -627,17 +634,7 @@ mod tests {
     fn local_loss_holds_connected_nodes_short_of_down() {
         let reg = Registry::new();
         for id in ["a", "b"] {
-            let mut e = NodeEntry::new(id.into(), info(), 0);
-            e.session = Some(Session {
-                id: "s".into(),
-                started_ms: 0,
-                remote: "x".into(),
-                connection: None,
-            });
-            reg.insert(e);
-            reg.update(id, |e| {
-                e.apply_report(Report::default(), 1_000);
-            });
+            connected(&reg, id, 1_000);
         }
         let lossy = || true;
         assert_eq!(reg.tick_aware(1_500, 1_000, lossy).changes.len(), 2);

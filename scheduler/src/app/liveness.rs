@@ -23,7 +23,7 @@ impl App {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_stats = self.store.write_stats();
-        let mut local = LocalHealth::default();
+        let mut local = LocalHealth::new(drops);
         let mut ticks: u32 = 0;
         loop {
             tokio::select! {
@@ -36,9 +36,9 @@ impl App {
             // within that span may be why its reports are missing.
             let window = 3 * interval;
             local.ticked(now, interval, window);
-            let tick = self.registry.tick_aware(now, interval, || {
-                local.lossy(&drops, &self.metrics, now, window)
-            });
+            let tick = self
+                .registry
+                .tick_aware(now, interval, || local.lossy(&self.metrics, now, window));
             local.report_held(tick.held, &self.metrics);
             let changes = tick.changes;
             let transitions = !changes.is_empty();
@@ -56,12 +56,12 @@ impl App {
             ticks = ticks.wrapping_add(1);
             if ticks.is_multiple_of(GAUGE_EVERY) {
                 self.close_silent_sessions();
+                // Keeps the drop count current (and counted in /metrics)
+                // while no node is about to go down.
+                local.lossy(&self.metrics, now, window);
             }
             if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
                 last_stats = self.refresh_gauges(last_stats);
-                // Keeps the drop count current (and counted in /metrics)
-                // while no node is about to go down.
-                local.lossy(&drops, &self.metrics, now, window);
             }
         }
     }
@@ -136,8 +136,9 @@ impl App {
 /// liveness loop that did not run for a whole report interval (the process
 /// was paused or starved of CPU: the reports that arrived meanwhile are
 /// still queued, or were dropped).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LocalHealth {
+    socket: SocketDrops,
     /// The socket's drop count at the last reading.
     drops: Option<u64>,
     /// When the liveness loop last ran.
@@ -149,6 +150,16 @@ struct LocalHealth {
 }
 
 impl LocalHealth {
+    fn new(socket: SocketDrops) -> Self {
+        LocalHealth {
+            socket,
+            drops: None,
+            last_tick_ms: None,
+            lossy_until_ms: 0,
+            held: 0,
+        }
+    }
+
     /// Notes a run of the liveness loop at `now_ms`; a gap of more than
     /// `interval_ms` since the last one makes the scheduler lossy.
     fn ticked(&mut self, now_ms: i64, interval_ms: i64, window_ms: i64) {
@@ -167,14 +178,8 @@ impl LocalHealth {
 
     /// Reads the drop count (counting new drops in `/metrics`) and says
     /// whether the scheduler is lossy at `now_ms`.
-    fn lossy(
-        &mut self,
-        socket: &SocketDrops,
-        metrics: &Metrics,
-        now_ms: i64,
-        window_ms: i64,
-    ) -> bool {
-        if let Some(drops) = socket.read() {
+    fn lossy(&mut self, metrics: &Metrics, now_ms: i64, window_ms: i64) -> bool {
+        if let Some(drops) = self.socket.read() {
             let new = drops.saturating_sub(self.drops.unwrap_or(0));
             if new > 0 {
                 metrics.telemetry_socket_drops.inc_by(new);
@@ -212,19 +217,18 @@ mod tests {
 
     #[test]
     fn a_stall_longer_than_an_interval_makes_the_scheduler_lossy() {
-        let socket = SocketDrops::unknown();
         let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
-        let mut h = LocalHealth::default();
+        let mut h = LocalHealth::new(SocketDrops::unknown());
         h.ticked(0, 1_000, 3_000);
         h.ticked(50, 1_000, 3_000);
-        assert!(!h.lossy(&socket, &metrics, 50, 3_000));
+        assert!(!h.lossy(&metrics, 50, 3_000));
         // Regular ticks, even late ones, up to an interval apart: nothing.
         h.ticked(1_050, 1_000, 3_000);
-        assert!(!h.lossy(&socket, &metrics, 1_050, 3_000));
+        assert!(!h.lossy(&metrics, 1_050, 3_000));
         // 4 s without a tick: lossy for 3 intervals from the resume.
         h.ticked(5_050, 1_000, 3_000);
-        assert!(h.lossy(&socket, &metrics, 5_050, 3_000));
-        assert!(h.lossy(&socket, &metrics, 8_049, 3_000));
-        assert!(!h.lossy(&socket, &metrics, 8_050, 3_000));
+        assert!(h.lossy(&metrics, 5_050, 3_000));
+        assert!(h.lossy(&metrics, 8_049, 3_000));
+        assert!(!h.lossy(&metrics, 8_050, 3_000));
     }
 }

@@ -4,22 +4,25 @@
 //! (`App::run_liveness`), and `/metrics` exports it.
 //!
 //! Linux keeps the count per socket in the `drops` column of
-//! `/proc/net/udp` and `/proc/net/udp6`; the socket is found there by its
-//! inode (the `socket:[N]` link of its descriptor). Elsewhere, or when
-//! `/proc` cannot be read, the count is unknown and nothing is held.
+//! `/proc/net/udp` (IPv4 sockets) or `/proc/net/udp6` (IPv6 ones, dual
+//! stack included); the socket is found there by its inode (the
+//! `socket:[N]` link of its descriptor). Elsewhere, or when `/proc` cannot
+//! be read, the count is unknown and nothing is held.
 
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
 /// Reads the drop count of one UDP socket.
 #[derive(Debug, Clone)]
 pub struct SocketDrops {
-    inode: Option<u64>,
+    /// The socket's inode and the table that lists it.
+    row: Option<(u64, &'static str)>,
 }
 
 impl SocketDrops {
     /// The drop count of `socket` (which must stay open for the count to
     /// mean anything; the ingest thread owns it).
-    pub fn of(socket: &impl AsRawFd) -> Self {
+    pub fn of(socket: &UdpSocket) -> Self {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd()));
         let inode = link.ok().and_then(|l| {
             l.to_str()?
@@ -28,22 +31,25 @@ impl SocketDrops {
                 .parse()
                 .ok()
         });
-        Self { inode }
+        let table = match socket.local_addr() {
+            Ok(a) if a.is_ipv6() => "/proc/self/net/udp6",
+            _ => "/proc/self/net/udp",
+        };
+        Self {
+            row: inode.map(|i| (i, table)),
+        }
     }
 
     /// A count that is never known (a socket that is not a Linux one).
     pub fn unknown() -> Self {
-        Self { inode: None }
+        Self { row: None }
     }
 
     /// Datagrams dropped at the socket since it was opened; `None` when the
     /// kernel does not say.
     pub fn read(&self) -> Option<u64> {
-        let inode = self.inode?;
-        ["/proc/self/net/udp", "/proc/self/net/udp6"]
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .find_map(|table| drops_in(&table, inode))
+        let (inode, table) = self.row?;
+        drops_in(&std::fs::read_to_string(table).ok()?, inode)
     }
 }
 

@@ -176,7 +176,7 @@ impl<'a, T> Walk<'a, T> {
         // Gallop from `at` (before `s`) to the first item not before `s`.
         let before = |i: usize| key(&items[i]) < s;
         let (mut lo, mut step) = (self.at, 1);
-        let mut hi = loop {
+        let hi = loop {
             let probe = lo + step;
             if probe >= items.len() {
                 break items.len();
@@ -187,14 +187,8 @@ impl<'a, T> Walk<'a, T> {
             lo = probe;
             step *= 2;
         };
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if before(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
+        // Then search between the last probe before `s` and the first not.
+        let hi = lo + 1 + items[lo + 1..hi].partition_point(|item| key(item) < s);
         self.at = hi;
         items.get(hi).filter(|item| key(item) == s).map(|_| hi)
     }
