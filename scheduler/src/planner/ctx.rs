@@ -115,9 +115,10 @@ impl<'a> Ctx<'a> {
                 .ok()
                 .map(|i| p[i].1)
         };
+        let enough = |p: &PathStat| p.samples >= limits.min_path_samples;
         let measured = find(n, u)
-            .or_else(|| find(u, n))
-            .filter(|p| p.samples >= limits.min_path_samples);
+            .filter(enough)
+            .or_else(|| find(u, n).filter(enough));
         let km = match (self.nodes[u].coord, self.nodes[n].coord) {
             (Some(a), Some(b)) => {
                 Input::modelled(haversine_km((a, self.lat_rad[u].1), (b, self.lat_rad[n].1)))

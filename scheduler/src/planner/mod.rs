@@ -210,11 +210,14 @@ pub fn edge_inputs(
     limits: &Limits,
     util: f64,
 ) -> Inputs {
+    // The consumer's own probes of `u` first, else `u`'s probes of the
+    // consumer: whichever direction has enough samples.
+    let enough = |p: &&PathStat| p.samples >= limits.min_path_samples;
     let measured = n
         .paths
         .get(&u.id)
-        .or_else(|| u.paths.get(&n.id))
-        .filter(|p| p.samples >= limits.min_path_samples);
+        .filter(enough)
+        .or_else(|| u.paths.get(&n.id).filter(enough));
     let km = match (u.coord, n.coord) {
         (Some(a), Some(b)) => Input::modelled(a.km_to(&b)),
         _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),

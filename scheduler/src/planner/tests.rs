@@ -1,6 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
+use vantage_shared::score;
 
 /// An up node at (`lat`, `lon`) with 1 Gbit/s and nothing measured (also
 /// used by the trace tests).
@@ -149,6 +150,36 @@ fn a_degraded_direct_path_is_routed_around_through_a_relay() {
     assert_ne!(mad.upstreams[0].node_id, "par", "{:?}", ids(mad));
     assert_eq!(mad.upstreams[0].hops, 1);
     assert!(ids(mad).contains(&"par"), "origin stays as a backup");
+}
+
+#[test]
+fn a_fresh_path_does_not_hide_the_measured_reverse_direction() {
+    let nodes = europe();
+    let (par, fra) = (nodes[0].clone(), nodes[1].clone());
+    let path = |rtt, samples| PathStat {
+        rtt_ms: rtt,
+        loss: 0.0,
+        samples,
+    };
+    let (ranges, limits) = (Ranges::default(), Limits::default());
+    let rtt = |par: &NodeView, fra: &NodeView| {
+        let i = edge_inputs(par, fra, &ranges, &limits, 0.0);
+        (i.rtt_ms.value, i.rtt_ms.source)
+    };
+    // Only Paris has measured the pair: its samples count for Frankfurt.
+    let mut p = par.clone();
+    p.paths.insert("fra".into(), path(3.0, 20));
+    let mut f = fra.clone();
+    assert_eq!(rtt(&p, &f), (3.0, score::Source::Measured));
+    // Frankfurt's own first samples (too few to count) do not hide them.
+    f.paths.insert("par".into(), path(90.0, 2));
+    assert_eq!(rtt(&p, &f), (3.0, score::Source::Measured));
+    // Once Frankfurt's own are enough, they come first.
+    f.paths.insert("par".into(), path(9.0, 5));
+    assert_eq!(rtt(&p, &f), (9.0, score::Source::Measured));
+    // With neither direction measured, the distance models the RTT.
+    let (modelled, source) = rtt(&par, &fra);
+    assert_ne!(source, score::Source::Measured, "{modelled}");
 }
 
 #[test]
@@ -406,7 +437,8 @@ fn arb_world() -> impl Strategy<Value = PlanInput> {
                         PathStat {
                             rtt_ms: next() * 300.0,
                             loss: next() * 0.1,
-                            samples: 10,
+                            // Some too few to count (`min_path_samples`).
+                            samples: if next() < 0.2 { 2 } else { 10 },
                         },
                     );
                 }
