@@ -7,8 +7,9 @@
 //!
 //! 5. `live/x` is published (ffmpeg, H.264/AAC) to two agents, A (Paris) and
 //!    C (Brussels), so both are roots of the stream and B (Frankfurt) holds
-//!    a table with both as candidates. A viewer on B parses the FLV tags it
-//!    receives; B's first upstream is SIGKILLed. B fails over to the other
+//!    a table with both as candidates, ranked on measured paths. A viewer
+//!    on B parses the FLV tags it receives; the upstream B pulls from (its
+//!    table's first) is SIGKILLed. B fails over to the other
 //!    root within 1 s, the viewer sees no gap over 1 s and monotonic
 //!    timestamps, and an `upstream_lost` alert reaches the scheduler.
 //! 6. Two viewers on B send CMCD, one in the `CMCD=` query, one in `CMCD-*`
