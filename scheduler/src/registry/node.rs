@@ -1,0 +1,399 @@
+//! One node's entry: what its agent said in its Hello and last reports,
+//! its liveness state, the inputs its last plan saw and the current
+//! minute's roll-up.
+
+use crate::plan_inputs::{PATH_SMOOTHING, Planned, Rules};
+use crate::planner::{Health, NodeView, PathStat};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use vantage_proto::v1::{
+    ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
+};
+use vantage_shared::estimate::Ewma;
+use vantage_shared::place::Coord;
+use vantage_shared::stream::{StreamKey, StreamPattern};
+
+use super::held_down_after_ms;
+
+/// Liveness state shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Up,
+    Suspect,
+    Down,
+    Draining,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 4] = [
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Draining,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// Static facts about a node, from its Hello (or the store at startup).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfo {
+    pub region: String,
+    pub coord: Option<Coord>,
+    pub capacity_mbps: f64,
+    pub public_url: String,
+    pub probe_addr: String,
+    pub agent_version: String,
+    pub static_origins: BTreeMap<StreamPattern, String>,
+}
+
+/// Live session of a connected agent.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub started_ms: i64,
+    pub remote: String,
+    /// Closing this drops the agent (used when a newer session supersedes it).
+    pub connection: Option<crate::ingest::SessionLink>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    pub id: String,
+    pub info: NodeInfo,
+    pub credential_hash: Option<String>,
+    pub state: NodeState,
+    /// Operator or agent asked to drain; survives reconnects.
+    pub draining: bool,
+    pub session: Option<Session>,
+    pub enrolled_at_ms: i64,
+    /// Scheduler clock when the last report arrived.
+    pub last_report_ms: Option<i64>,
+    /// Scheduler clock when this state began (for "down since").
+    pub state_since_ms: i64,
+    pub reports: u64,
+    pub last_seq: u64,
+    pub load: Option<Load>,
+    pub utilisation_ewma: Ewma,
+    pub paths: BTreeMap<String, PathMeasurement>,
+    pub streams: Vec<StreamState>,
+    pub groups: Vec<GroupQoe>,
+    pub control_path: Option<ControlPath>,
+    pub route_version_in_use: u64,
+    pub alerts: u64,
+    /// Per peer: RTT and loss smoothed over reports, for the planner.
+    pub smoothed_paths: BTreeMap<String, (Ewma, Ewma)>,
+    /// The inputs the last plan saw (see [`crate::plan_inputs`]).
+    pub planned: Option<Planned>,
+    /// Aggregate of the current minute, flushed to the store as a roll-up.
+    pub rollup: RollupAcc,
+}
+
+/// Per-minute aggregate of a node's reports (DESIGN §9 roll-ups).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RollupAcc {
+    pub minute_ms: i64,
+    pub reports: u32,
+    pub cpu_sum: f64,
+    pub utilisation_sum: f64,
+    pub egress_sum: f64,
+    pub viewers_max: u32,
+}
+
+impl RollupAcc {
+    /// Adds a report at `now_ms`; returns the finished previous minute when
+    /// this report starts a new one.
+    pub fn add(
+        &mut self,
+        now_ms: i64,
+        cpu: f64,
+        util: f64,
+        egress: f64,
+        viewers: u32,
+    ) -> Option<RollupAcc> {
+        let minute = now_ms - now_ms.rem_euclid(60_000);
+        let done = (self.reports > 0 && minute != self.minute_ms).then(|| std::mem::take(self));
+        self.minute_ms = minute;
+        self.reports += 1;
+        self.cpu_sum += cpu;
+        self.utilisation_sum += util;
+        self.egress_sum += egress;
+        self.viewers_max = self.viewers_max.max(viewers);
+        done
+    }
+
+    pub fn to_store(&self, node_id: &str) -> crate::store::Rollup {
+        let n = f64::from(self.reports.max(1));
+        crate::store::Rollup {
+            node_id: node_id.to_owned(),
+            minute_ms: self.minute_ms,
+            reports: self.reports,
+            cpu_avg: self.cpu_sum / n,
+            utilisation_avg: self.utilisation_sum / n,
+            egress_mbps_avg: self.egress_sum / n,
+            viewers_max: self.viewers_max,
+        }
+    }
+}
+
+impl NodeEntry {
+    pub fn new(id: String, info: NodeInfo, now_ms: i64) -> Self {
+        Self {
+            id,
+            info,
+            credential_hash: None,
+            state: NodeState::Down,
+            draining: false,
+            session: None,
+            enrolled_at_ms: now_ms,
+            last_report_ms: None,
+            state_since_ms: now_ms,
+            reports: 0,
+            last_seq: 0,
+            load: None,
+            utilisation_ewma: Ewma::new(0.3),
+            paths: BTreeMap::new(),
+            streams: Vec::new(),
+            groups: Vec::new(),
+            control_path: None,
+            route_version_in_use: 0,
+            alerts: 0,
+            smoothed_paths: BTreeMap::new(),
+            planned: None,
+            rollup: RollupAcc::default(),
+        }
+    }
+
+    pub fn utilisation(&self) -> f64 {
+        match &self.load {
+            Some(l) if self.info.capacity_mbps > 0.0 => l.egress_mbps / self.info.capacity_mbps,
+            _ => 0.0,
+        }
+    }
+
+    /// Applies a validated report. Returns a finished per-minute roll-up
+    /// when this report starts a new minute.
+    pub fn apply_report(&mut self, r: Report, now_ms: i64) -> Option<RollupAcc> {
+        self.reports += 1;
+        self.last_seq = r.seq;
+        self.last_report_ms = Some(now_ms);
+        self.route_version_in_use = r.route_version;
+        if let Some(l) = r.load {
+            self.load = Some(l);
+            let u = self.utilisation();
+            self.utilisation_ewma.observe(u);
+        }
+        // In place: the peers rarely change between reports, so this moves
+        // the new values in without cloning ids or rebuilding the map.
+        self.paths
+            .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
+        self.smoothed_paths
+            .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
+        for p in r.paths {
+            let (rtt, loss) = match self.smoothed_paths.get_mut(&p.target_node_id) {
+                Some(s) => s,
+                None => self
+                    .smoothed_paths
+                    .entry(p.target_node_id.clone())
+                    .or_insert_with(|| (Ewma::new(PATH_SMOOTHING), Ewma::new(PATH_SMOOTHING))),
+            };
+            rtt.observe(path_rtt(&p));
+            loss.observe(p.loss);
+            match self.paths.get_mut(&p.target_node_id) {
+                Some(v) => *v = p,
+                None => {
+                    self.paths.insert(p.target_node_id.clone(), p);
+                }
+            }
+        }
+        self.streams = r.streams;
+        self.groups = r.groups;
+        if r.control_path.is_some() {
+            self.control_path = r.control_path;
+        }
+        let (cpu, egress, viewers) = self
+            .load
+            .as_ref()
+            .map(|l| (l.cpu, l.egress_mbps, l.viewers))
+            .unwrap_or_default();
+        let util = self.utilisation();
+        self.rollup.add(now_ms, cpu, util, egress, viewers)
+    }
+
+    /// The state this node should be in at `now_ms` given the report
+    /// interval: suspect after 2 missed intervals, down after 3.
+    ///
+    /// Unless the scheduler itself is losing reports: a node that is not
+    /// down yet and still has its connection is held short of down (at
+    /// suspect, or draining) while `local_loss()` says the scheduler's
+    /// socket dropped datagrams lately, for at most [`held_down_after_ms`].
+    /// (A dead agent's connection ends at the QUIC idle timeout, and then
+    /// nothing is held.) `local_loss` is asked only for such a node.
+    pub fn evaluate(
+        &self,
+        now_ms: i64,
+        interval_ms: i64,
+        local_loss: &mut dyn FnMut() -> bool,
+    ) -> NodeState {
+        let age = match self.last_report_ms {
+            Some(t) => now_ms - t,
+            None => return NodeState::Down,
+        };
+        if self.session.is_none() && self.state == NodeState::Down {
+            return NodeState::Down;
+        }
+        // Conditions of a hold, cheapest first: most ticks stop at the first.
+        let held = age > 3 * interval_ms
+            && self.state != NodeState::Down
+            && self.session.is_some()
+            && age <= held_down_after_ms(interval_ms)
+            && local_loss();
+        if age > 3 * interval_ms && !held {
+            NodeState::Down
+        } else if self.draining {
+            NodeState::Draining
+        } else if age > 2 * interval_ms {
+            NodeState::Suspect
+        } else {
+            NodeState::Up
+        }
+    }
+
+    /// What the store keeps of this node.
+    pub fn to_record(&self) -> crate::store::NodeRecord {
+        crate::store::NodeRecord {
+            id: self.id.clone(),
+            region: self.info.region.clone(),
+            lat: self.info.coord.map(|c| c.lat).unwrap_or(0.0),
+            lon: self.info.coord.map(|c| c.lon).unwrap_or(0.0),
+            capacity_mbps: self.info.capacity_mbps,
+            public_url: self.info.public_url.clone(),
+            probe_addr: self.info.probe_addr.clone(),
+            credential_hash: self.credential_hash.clone(),
+            enrolled_at_ms: self.enrolled_at_ms,
+            last_seen_ms: self.last_report_ms.unwrap_or(self.enrolled_at_ms),
+            drained: self.draining,
+        }
+    }
+
+    /// What the planner would see of this node from the latest report
+    /// alone (API, dashboard; the planner itself gets [`Self::planning_view`]).
+    pub fn view(&self) -> NodeView {
+        self.view_of(self.inputs(false))
+    }
+
+    /// The planner's view: smoothed, and held at the last plan's values
+    /// while they stay inside `band`. Records what it hands out as the
+    /// node's planned inputs.
+    pub fn planning_view(&mut self, rules: &Rules<'_>) -> NodeView {
+        let inputs = rules.hold(
+            self.info.capacity_mbps,
+            self.planned.as_ref(),
+            self.inputs(true),
+        );
+        self.planned = Some(inputs.clone());
+        self.view_of(inputs)
+    }
+
+    /// The view the last plan had of this node.
+    pub fn planned_view(&self) -> NodeView {
+        self.view_of(self.planned.clone().unwrap_or_else(|| self.inputs(true)))
+    }
+
+    /// Would [`Self::planning_view`] now differ from what the last plan saw?
+    pub fn inputs_moved(&self, rules: &Rules<'_>) -> bool {
+        match &self.planned {
+            None => true,
+            Some(p) => rules.hold(self.info.capacity_mbps, Some(p), self.inputs(true)) != *p,
+        }
+    }
+
+    /// Latest inputs; path RTT, loss and egress smoothed when `smoothed`.
+    fn inputs(&self, smoothed: bool) -> Planned {
+        let health = match self.state {
+            NodeState::Up => Health::Up,
+            NodeState::Suspect => Health::Suspect,
+            NodeState::Down => Health::Down,
+            NodeState::Draining => Health::Draining,
+        };
+        let buffers: Vec<f64> = self
+            .streams
+            .iter()
+            .map(|s| s.gop_cache_ms)
+            .filter(|b| b.is_finite())
+            .collect();
+        let buffer_ms =
+            (!buffers.is_empty()).then(|| buffers.iter().sum::<f64>() / buffers.len() as f64);
+        let published = self
+            .streams
+            .iter()
+            .filter(|s| s.role == StreamRole::Origin as i32)
+            .filter_map(|s| StreamKey::parse(&s.key).ok().map(|k| (k, s.bitrate_kbps)))
+            .collect();
+        let paths = self
+            .paths
+            .iter()
+            .map(|(k, p)| {
+                let (mut rtt_ms, mut loss) = (path_rtt(p), p.loss);
+                if let Some((r, l)) = self.smoothed_paths.get(k).filter(|_| smoothed) {
+                    rtt_ms = r.value().unwrap_or(rtt_ms);
+                    loss = l.value().unwrap_or(loss);
+                }
+                let samples = p.samples;
+                (
+                    k.clone(),
+                    PathStat {
+                        rtt_ms,
+                        loss,
+                        samples,
+                    },
+                )
+            })
+            .collect();
+        let raw_egress = self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0);
+        let egress_mbps = match self.utilisation_ewma.value() {
+            Some(u) if smoothed && self.info.capacity_mbps > 0.0 => u * self.info.capacity_mbps,
+            _ => raw_egress,
+        };
+        Planned {
+            health,
+            egress_mbps,
+            buffer_ms,
+            paths,
+            published,
+        }
+    }
+
+    fn view_of(&self, inputs: Planned) -> NodeView {
+        NodeView {
+            id: self.id.clone(),
+            health: inputs.health,
+            coord: self.info.coord,
+            capacity_mbps: self.info.capacity_mbps,
+            egress_mbps: inputs.egress_mbps,
+            buffer_ms: inputs.buffer_ms,
+            public_url: self.info.public_url.clone(),
+            probe_addr: self.info.probe_addr.clone(),
+            paths: inputs.paths,
+            published: inputs.published,
+            static_origins: self.info.static_origins.clone(),
+        }
+    }
+}
+
+/// A path's RTT as the planner uses it: the window's median, else the EWMA.
+fn path_rtt(p: &PathMeasurement) -> f64 {
+    if p.rtt_p50_ms > 0.0 {
+        p.rtt_p50_ms
+    } else {
+        p.rtt_ewma_ms
+    }
+}
