@@ -9,7 +9,12 @@
 //! report stream is read for up to 2 s) → `Ended`. A bad Hello goes
 //! `Rejecting` (a typed `Rejection`, up to 200 ms for the agent to read it)
 //! before the close. What the messages do to the scheduler (Hello checks,
-//! reports and alerts into the registry) is in [`super::apply`].
+//! reports and alerts into the registry) is in [`super::apply`]; here,
+//! `join` holds the Hello, Welcome and rejection steps and `inbound` the
+//! reassembly of a stream's frames.
+
+mod inbound;
+mod join;
 
 use super::apply::{check_hello, end_session, handle_frame, node_info};
 use super::{Command, Links, SessionLink};
@@ -17,9 +22,8 @@ use crate::app::App;
 use crate::auth::Admission;
 use crate::registry::{NodeEntry, NodeInfo, Session as RegistrySession};
 use bytes::Bytes;
-use quinn_proto::{
-    Connection, ConnectionError, Dir, Event, ReadError, StreamEvent, StreamId, VarInt, WriteError,
-};
+use inbound::Inbound;
+use quinn_proto::{Connection, ConnectionError, Dir, Event, StreamEvent, VarInt, WriteError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +35,7 @@ use vantage_proto::v1::{
 use vantage_shared::auth::hash_secret;
 use vantage_shared::clock::now_ms;
 use vantage_shared::close::CloseCode;
-use vantage_shared::frame::{self, FrameError, FrameReader};
+use vantage_shared::frame;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a rejection waits for the agent to read it before the close.
@@ -44,15 +48,6 @@ pub(super) type Refusal = (CloseCode, String);
 
 pub(super) fn refusal(code: CloseCode, reason: impl Into<String>) -> Refusal {
     (code, reason.into())
-}
-
-fn frame_refusal(e: FrameError) -> Refusal {
-    let code = match e {
-        FrameError::TooLarge { .. } => CloseCode::FrameTooLarge,
-        FrameError::Decode(_) => CloseCode::Undecodable,
-        FrameError::Truncated | FrameError::Io(_) => CloseCode::ProtocolViolation,
-    };
-    refusal(code, e.to_string())
 }
 
 /// What the event loop hands a session along with an event.
@@ -82,68 +77,6 @@ struct Joining {
     info: NodeInfo,
     agent_version: String,
     held_route_version: u64,
-}
-
-/// One received stream: its id, the frames being reassembled, whether the
-/// agent finished it.
-#[derive(Default)]
-struct Inbound {
-    id: Option<StreamId>,
-    frames: FrameReader,
-    finished: bool,
-}
-
-impl Inbound {
-    /// Moves what the connection has received on the stream into `frames`.
-    fn pull(&mut self, conn: &mut Connection) -> Result<(), Refusal> {
-        let Some(id) = self.id else { return Ok(()) };
-        if self.finished {
-            return Ok(());
-        }
-        let mut stream = conn.recv_stream(id);
-        let Ok(mut chunks) = stream.read(true) else {
-            // Already finished and freed.
-            self.finished = true;
-            return Ok(());
-        };
-        let result = loop {
-            match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => self.frames.push(&chunk.bytes),
-                Ok(None) => {
-                    self.finished = true;
-                    break Ok(());
-                }
-                Err(ReadError::Blocked) => break Ok(()),
-                Err(ReadError::Reset(code)) => {
-                    break Err(refusal(
-                        CloseCode::ProtocolViolation,
-                        format!("agent reset a stream (code {code})"),
-                    ));
-                }
-            }
-        };
-        // Flow-control credit goes out with the next transmit either way.
-        let _ = chunks.finalize();
-        result
-    }
-
-    /// The next whole frame; `Ok(None)` if none is complete yet or the
-    /// stream ended cleanly between frames (see `ended`).
-    fn next<M: prost::Message + Default>(
-        &mut self,
-        max: usize,
-    ) -> Result<Option<(M, usize)>, Refusal> {
-        match self.frames.next(max).map_err(frame_refusal)? {
-            Some(m) => Ok(Some(m)),
-            None if self.finished => self.frames.finish().map(|()| None).map_err(frame_refusal),
-            None => Ok(None),
-        }
-    }
-
-    /// The agent finished the stream and every frame on it was consumed.
-    fn ended(&self) -> bool {
-        self.finished && self.frames.buffered() == 0
-    }
 }
 
 pub(super) struct Session {
@@ -454,148 +387,6 @@ impl Session {
         Ok(())
     }
 
-    fn hello(
-        &mut self,
-        cx: &Ctx<'_>,
-        conn: &mut Connection,
-        first: AgentControl,
-    ) -> Result<(), Refusal> {
-        let Some(agent_control::Kind::Hello(hello)) = first.kind else {
-            return Err(refusal(
-                CloseCode::ProtocolViolation,
-                "first control message is not Hello",
-            ));
-        };
-        if let Err((reason, detail)) = check_hello(&hello) {
-            return self.reject(cx, conn, reason, detail);
-        }
-        let peer_cn = conn
-            .crypto_session()
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|certs| certs.first().and_then(vantage_shared::tls::peer_node_id));
-        let admission = match cx.app.auth.admit(&hello, peer_cn.as_deref()) {
-            Ok(a) => a,
-            Err(refusal) => return self.reject(cx, conn, refusal.reason, refusal.detail),
-        };
-        let node_id = hello.node_id.clone();
-        let session_id = hex::encode(rand::random::<[u8; 8]>());
-        let now = now_ms();
-        let info = node_info(&hello);
-        let mut credential = String::new();
-        let mut superseded: Option<SessionLink> = None;
-        let link = SessionLink {
-            conn: self.id,
-            links: cx.links.clone(),
-        };
-        cx.app.registry.upsert(
-            &node_id,
-            || NodeEntry::new(node_id.clone(), info.clone(), now),
-            |e| {
-                e.info = info.clone();
-                if let Admission::Enroll(c) = &admission {
-                    e.credential_hash = Some(hash_secret(&c.secret));
-                    e.enrolled_at_ms = now;
-                    credential = c.encode();
-                }
-                superseded = e.session.take().and_then(|s| s.connection);
-                e.session = Some(RegistrySession {
-                    id: session_id.clone(),
-                    started_ms: now,
-                    remote: self.remote.to_string(),
-                    connection: Some(link),
-                });
-            },
-        );
-        if let Some(old) = superseded {
-            old.close(
-                CloseCode::Superseded,
-                "a newer session of this node replaced this one",
-            );
-        }
-        self.joining = Some(Joining {
-            node_id: node_id.clone(),
-            session_id,
-            credential,
-            info,
-            agent_version: hello.agent_version.clone(),
-            held_route_version: hello.route_version,
-        });
-        self.phase = Phase::Admitting;
-        self.deadline = None;
-        let Some(rec) = cx.app.registry.with(&node_id, NodeEntry::to_record) else {
-            self.welcome(cx, conn);
-            return Ok(());
-        };
-        if matches!(admission, Admission::Enroll(_)) {
-            // Enrollment must be durable before the agent is told its
-            // credential: the store answers through the command queue.
-            let store = cx.app.store.clone();
-            let links = cx.links.clone();
-            let conn_id = self.id;
-            tokio::spawn(async move {
-                let result = store.upsert_node(&rec).await.map_err(|e| e.to_string());
-                links.send(Command::Admitted {
-                    conn: conn_id,
-                    result,
-                });
-            });
-        } else {
-            cx.app.store.record(crate::store::WriteOp::NodeInfo(rec));
-            self.welcome(cx, conn);
-        }
-        Ok(())
-    }
-
-    fn welcome(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
-        let Some(j) = self.joining.take() else { return };
-        let app = cx.app;
-        self.node_id = Some(j.node_id.clone());
-        app.metrics.telemetry_sessions.inc();
-        let welcome = SchedulerControl {
-            kind: Some(scheduler_control::Kind::Welcome(Welcome {
-                session_id: j.session_id.clone(),
-                report_interval_ms: app.report_interval_ms(),
-                scheduler_id: app.config.scheduler_id.clone(),
-                node_credential: j.credential.clone(),
-                max_frame_bytes: app.config.max_frame_bytes as u32,
-            })),
-        };
-        self.control_out.extend_from_slice(&frame::encode(&welcome));
-        if let Err((code, reason)) = self.flush_control(conn) {
-            return self.close(cx, conn, code, reason);
-        }
-        info!(
-            node_id = j.node_id,
-            session_id = j.session_id,
-            remote = %self.remote,
-            enrolled = !j.credential.is_empty(),
-            agent_version = j.agent_version,
-            held_route_version = j.held_route_version,
-            "agent joined"
-        );
-        if !j.credential.is_empty() {
-            app.event(&j.node_id, "enrolled", &self.remote.to_string());
-        }
-        if let Some(r) = &app.recorder {
-            r.node(
-                now_ms(),
-                &j.node_id,
-                "connect",
-                &j.session_id,
-                Some(&j.info),
-            );
-        }
-        app.trigger_replan();
-        self.phase = Phase::Telemetry;
-        self.deadline = Some(cx.now + HELLO_TIMEOUT);
-        // Frames that came in while the store was busy.
-        self.pump(cx, conn);
-    }
-
     fn flush_control(&mut self, conn: &mut Connection) -> Result<(), Refusal> {
         let Some(id) = self.control.id else {
             return Ok(());
@@ -615,43 +406,5 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Sends a typed rejection, then closes once the agent has it (or after
-    /// [`REJECT_LINGER`]).
-    fn reject(
-        &mut self,
-        cx: &Ctx<'_>,
-        conn: &mut Connection,
-        reason: RejectReason,
-        detail: String,
-    ) -> Result<(), Refusal> {
-        debug!(remote = %self.remote, ?reason, "hello rejected");
-        let msg = SchedulerControl {
-            kind: Some(scheduler_control::Kind::Rejection(Rejection {
-                reason: reason as i32,
-                detail: detail.clone(),
-            })),
-        };
-        self.control_out.extend_from_slice(&frame::encode(&msg));
-        self.rejection = Some((CloseCode::from_reject(reason), detail));
-        self.phase = Phase::Rejecting;
-        self.deadline = Some(cx.now + REJECT_LINGER);
-        let sent = self.flush_control(conn).is_ok()
-            && self.control_out.is_empty()
-            && self
-                .control
-                .id
-                .is_some_and(|id| conn.send_stream(id).finish().is_ok());
-        if !sent {
-            self.deliver_rejection(cx, conn);
-        }
-        Ok(())
-    }
-
-    fn deliver_rejection(&mut self, cx: &Ctx<'_>, conn: &mut Connection) {
-        if let Some((code, detail)) = self.rejection.take() {
-            self.close(cx, conn, code, detail);
-        }
     }
 }
