@@ -177,7 +177,7 @@ struct Shared {
     next_viewer: AtomicU64,
     cancel: CancellationToken,
     viewer_stats: OnceLock<ViewerStats>,
-    /// Set by the agent; while draining, new viewers are refused (server.rs).
+    /// Set by the agent; while draining, new viewers are refused (`server`).
     drain: OnceLock<crate::drain::Drain>,
 }
 

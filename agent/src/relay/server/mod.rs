@@ -15,6 +15,9 @@
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
 //! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
 
+mod publish;
+mod viewer_cmcd;
+
 use super::conn::{ConnShared, MeteredIo};
 use super::ingest::Session;
 use super::qoe::{self, Sample, UNKNOWN_GROUP};
@@ -229,64 +232,6 @@ impl Relay {
         resp
     }
 
-    /// CMCD of a play request (query and headers), counted.
-    fn request_cmcd(&self, req: &Request<Incoming>) -> Option<Cmcd> {
-        let mut out: Option<Cmcd> = None;
-        if let Some(q) = req.uri().query() {
-            match cmcd::parse_query(q) {
-                Ok(Some(p)) => {
-                    self.metrics().cmcd("query", "ok");
-                    out = Some(p.cmcd);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(error = %e, "bad CMCD query");
-                    self.metrics().cmcd("query", "invalid");
-                }
-            }
-        }
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()));
-        match cmcd::parse_headers(headers) {
-            Ok(Some(p)) => {
-                self.metrics().cmcd("headers", "ok");
-                match &mut out {
-                    Some(c) => c.merge(p.cmcd),
-                    None => out = Some(p.cmcd),
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                debug!(error = %e, "bad CMCD headers");
-                self.metrics().cmcd("headers", "invalid");
-            }
-        }
-        out
-    }
-
-    /// Records CMCD for a group; returns the group to use.
-    fn record_cmcd(&self, located: Option<String>, c: Option<&Cmcd>) -> Arc<str> {
-        let now = self.clock_ms();
-        let mut q = lock(&self.inner.qoe);
-        let sid = c.and_then(|c| c.sid.as_deref());
-        let group: Arc<str> = match (located, sid.and_then(|s| q.group_of_sid(s))) {
-            (Some(g), _) => Arc::from(g),
-            (None, Some(g)) => g,
-            (None, None) => Arc::from(UNKNOWN_GROUP),
-        };
-        if let Some(s) = sid
-            && &*group != UNKNOWN_GROUP
-        {
-            q.remember_sid(s, &group, now);
-        }
-        if let Some(sample) = c.and_then(|c| Sample::from_cmcd(c, now)) {
-            q.record(&group, sample);
-        }
-        group
-    }
-
     #[instrument(name = "play", skip_all, fields(stream = %key))]
     async fn play(&self, req: Request<Incoming>, key: StreamKey, conn: Conn) -> Resp {
         let mut via = via_list(req.headers());
@@ -384,147 +329,6 @@ impl Relay {
             return r;
         }
         error(StatusCode::NOT_FOUND, format!("stream {key} ended"))
-    }
-
-    #[instrument(name = "publish", skip_all, fields(stream = %key, %peer))]
-    async fn publish(&self, req: Request<Incoming>, key: StreamKey, peer: SocketAddr) -> Resp {
-        let Ok((stream, generation, cancel)) = self.stream_for_publish(&key) else {
-            self.metrics().publish("conflict");
-            return error(
-                StatusCode::CONFLICT,
-                format!("stream {key} is already being published to this node"),
-            );
-        };
-        self.metrics().publish("accepted");
-        info!("publish started");
-        let mut body = req.into_body();
-        let mut session = Session::new(self.config().max_tag_bytes);
-        let timeouts = Timeouts {
-            first: self.config().publish_timeout,
-            stall: self.config().publish_timeout,
-            coalesce: self.config().write_coalesce,
-        };
-        let stop = async {
-            cancel.cancelled().await;
-            Stop::Cancelled
-        };
-        // hyper drops this future when the publisher closes its connection
-        // without waiting for the answer: the guard still ends the stream.
-        let guard = PublishGuard {
-            relay: self,
-            stream: stream.clone(),
-            generation,
-            finished: false,
-        };
-        let end = source::drive(&stream, generation, &mut session, &mut body, timeouts, stop).await;
-        guard.finish();
-        let tags = session.tags;
-        let (status, result, msg) = match end {
-            End::Eof => match session.finish() {
-                Ok(()) => (StatusCode::OK, "ended", "publish ended".to_owned()),
-                Err(e) => (
-                    StatusCode::OK,
-                    "ended",
-                    format!("publish ended inside a tag ({e})"),
-                ),
-            },
-            End::Malformed(e) => {
-                self.metrics().malformed(e.label());
-                warn!(error = %e, "malformed FLV from publisher: publish refused");
-                drain(&mut body).await;
-                (
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
-                    format!("malformed FLV from publisher after {tags} tags: {e}"),
-                )
-            }
-            End::Body(e) => (
-                StatusCode::BAD_REQUEST,
-                "error",
-                format!("publish connection failed: {e}"),
-            ),
-            End::Stall(d) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!("no data from the publisher for {} ms", d.as_millis()),
-            ),
-            End::Stopped(_) | End::Replaced => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "error",
-                "the relay is shutting down".to_owned(),
-            ),
-        };
-        self.metrics().publish(result);
-        info!(tags, result, "publish finished");
-        if status == StatusCode::OK {
-            json(status, &serde_json::json!({ "status": msg, "tags": tags }))
-        } else {
-            error(status, msg)
-        }
-    }
-
-    async fn beacon(&self, req: Request<Incoming>) -> Resp {
-        let located = qoe::group_from_query(req.uri().query());
-        let body = match read_limited(req.into_body(), cmcd::MAX_JSON_LEN).await {
-            Ok(b) => b,
-            Err(msg) => {
-                self.metrics().cmcd("beacon", "invalid");
-                return error(StatusCode::BAD_REQUEST, msg);
-            }
-        };
-        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-        let parsed = match first {
-            Some(b'{') | Some(b'[') => cmcd::parse_json(&body),
-            _ => match std::str::from_utf8(&body) {
-                Ok(text) => cmcd::parse(text.trim()).map(|p| vec![p]),
-                Err(_) => Err(cmcd::CmcdError::BadEncoding),
-            },
-        };
-        match parsed {
-            Ok(items) => {
-                self.metrics().cmcd("beacon", "ok");
-                for p in &items {
-                    self.record_cmcd(located.clone(), Some(&p.cmcd));
-                }
-                let mut r = Response::new(MediaBody::empty());
-                *r.status_mut() = StatusCode::NO_CONTENT;
-                r.headers_mut().insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                r
-            }
-            Err(e) => {
-                self.metrics().cmcd("beacon", "invalid");
-                error(StatusCode::BAD_REQUEST, format!("bad CMCD beacon: {e}"))
-            }
-        }
-    }
-}
-
-/// Ends a published stream when its publish handler ends or is dropped.
-struct PublishGuard<'a> {
-    relay: &'a Relay,
-    stream: Arc<super::stream::Stream>,
-    generation: u64,
-    finished: bool,
-}
-
-impl PublishGuard<'_> {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for PublishGuard<'_> {
-    fn drop(&mut self) {
-        if self.stream.end_source(self.generation, Phase::Ended) {
-            self.relay.remove(&self.stream);
-        }
-        if !self.finished {
-            self.relay.metrics().publish("closed");
-            info!(stream = %self.stream.key, "publisher went away");
-        }
     }
 }
 
