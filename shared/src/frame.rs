@@ -228,4 +228,56 @@ mod tests {
         r.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
         assert!(matches!(r.next::<Report>(1024), Err(FrameError::Decode(_))));
     }
+
+    proptest::proptest! {
+        /// Whole frames followed by arbitrary bytes, in arbitrary chunks
+        /// (what a hostile agent can send): the reader never panics, hands
+        /// out the whole frames in order however they were cut, never a
+        /// frame over the limit, and every frame it decodes from the
+        /// garbage survives a re-encode.
+        #[test]
+        fn frames_then_arbitrary_bytes_never_panic(
+            seqs in proptest::collection::vec(proptest::prelude::any::<(u64, f64)>(), 0..8),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            chunk in 1usize..64,
+        ) {
+            use vantage_proto::v1::{Load, Report, TelemetryFrame, telemetry_frame};
+            let sent: Vec<Bytes> = seqs
+                .iter()
+                .map(|&(seq, cpu)| {
+                    encode(&TelemetryFrame {
+                        kind: Some(telemetry_frame::Kind::Report(Report {
+                            seq,
+                            load: Some(Load { cpu, ..Default::default() }),
+                            ..Default::default()
+                        })),
+                    })
+                })
+                .collect();
+            let mut wire: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+            wire.extend_from_slice(&garbage);
+            let mut r = FrameReader::default();
+            let mut got = Vec::new();
+            'stream: for piece in wire.chunks(chunk) {
+                r.push(piece);
+                loop {
+                    match r.next::<TelemetryFrame>(512) {
+                        Ok(Some((f, len))) => {
+                            proptest::prop_assert!(len <= 512);
+                            let again = encode(&f);
+                            let mut reader = FrameReader::default();
+                            reader.push(&again);
+                            let (g, _) = reader.next::<TelemetryFrame>(usize::MAX).unwrap().unwrap();
+                            proptest::prop_assert_eq!(&encode(&g), &again);
+                            got.push(again);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'stream,
+                    }
+                }
+            }
+            proptest::prop_assert!(got.len() >= sent.len(), "{} of {} frames", got.len(), sent.len());
+            proptest::prop_assert_eq!(&got[..sent.len()], &sent[..]);
+        }
+    }
 }
