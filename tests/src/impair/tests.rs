@@ -242,6 +242,10 @@ async fn udp_bursty_loss_comes_in_bursts() {
     );
 }
 
+/// An RTT over this on a 40 ± 20 ms path was held up by the machine, not
+/// the proxy's model.
+const STALLED_MS: f64 = 100.0;
+
 /// RFC 3550 interarrival jitter of a series of transit times.
 fn rfc3550(transits: &[f64]) -> f64 {
     let mut j = 0.0;
@@ -258,19 +262,28 @@ async fn udp_jitter_is_visible_and_matches_the_model() {
     let imp = Impairment::both(Link::new().delay_ms(20).jitter(jitter));
     let proxy = UdpImpair::start(any_port(), echo, imp).await.unwrap();
     let c = client().await;
-    let r = rtts(&c, proxy.local_addr(), 300, ms(2000)).await;
-    assert_eq!(r.len(), 300);
-    let (min, max) = r
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(a, b), x| (a.min(*x), b.max(*x)));
+    let all = rtts(&c, proxy.local_addr(), 300, ms(2000)).await;
+    assert_eq!(all.len(), 300);
+    // Never early. Late only by scheduling stalls of a busy machine (the
+    // model's maximum is 60 ms): at most 1 % of the samples, left out of
+    // the statistics below (one 200 ms stall moves E|D| by over 1 ms).
+    let min = all.iter().copied().fold(f64::MAX, f64::min);
+    let stalled: Vec<f64> = all.iter().copied().filter(|&x| x > STALLED_MS).collect();
+    let r: Vec<f64> = all.iter().copied().filter(|&x| x <= STALLED_MS).collect();
+    let max = r.iter().copied().fold(0.0f64, f64::max);
     let j = rfc3550(&r);
     let mean_abs_d = r.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (r.len() - 1) as f64;
     eprintln!(
-        "RTT 40±20 ms: min {min:.1} max {max:.1} median {:.1} E|D| {mean_abs_d:.2} rfc3550 {j:.2}",
+        "RTT 40±20 ms: min {min:.1} max {max:.1} median {:.1} E|D| {mean_abs_d:.2} rfc3550 {j:.2}; \
+         stalled (> {STALLED_MS} ms): {stalled:?}",
         median(&r)
     );
-    // Never early; late only by scheduling stalls on a busy machine.
-    assert!(min >= 20.0 && max <= 200.0, "RTTs {min}..{max}");
+    assert!(min >= 20.0, "an RTT of {min} ms is under the 20 ms delay");
+    assert!(
+        stalled.len() <= 3,
+        "{} RTTs over {STALLED_MS} ms",
+        stalled.len()
+    );
     assert!(min < 30.0 && max > 50.0, "jitter not visible: {min}..{max}");
     assert!((median(&r) - 40.0).abs() < 4.0);
     // Both directions jitter and RTTs are measured: D is a sum of four
