@@ -115,10 +115,7 @@ impl<'a> Ctx<'a> {
                 .ok()
                 .map(|i| p[i].1)
         };
-        let enough = |p: &PathStat| p.samples >= limits.min_path_samples;
-        let measured = find(n, u)
-            .filter(enough)
-            .or_else(|| find(u, n).filter(enough));
+        let measured = measured_path(find(n, u), || find(u, n), limits.min_path_samples);
         let km = match (self.nodes[u].coord, self.nodes[n].coord) {
             (Some(a), Some(b)) => {
                 Input::modelled(haversine_km((a, self.lat_rad[u].1), (b, self.lat_rad[n].1)))

@@ -202,6 +202,20 @@ pub struct Plan {
     pub backups: Backups,
 }
 
+/// The probe measurement of a pair the planner ranks on: the consumer's
+/// own (`own`) when it has `min_samples`, else the other node's probes of
+/// the consumer (`reverse`) when they have; `None` (RTT modelled from
+/// distance) otherwise. Used by [`edge_inputs`] and the plan's indexed copy
+/// of it alike.
+fn measured_path<P: std::borrow::Borrow<PathStat>>(
+    own: Option<P>,
+    reverse: impl FnOnce() -> Option<P>,
+    min_samples: u32,
+) -> Option<P> {
+    let enough = |p: &P| p.borrow().samples >= min_samples;
+    own.filter(enough).or_else(|| reverse().filter(enough))
+}
+
 /// Inputs of the QoE formula for `u` serving `n`.
 pub fn edge_inputs(
     u: &NodeView,
@@ -210,14 +224,11 @@ pub fn edge_inputs(
     limits: &Limits,
     util: f64,
 ) -> Inputs {
-    // The consumer's own probes of `u` first, else `u`'s probes of the
-    // consumer: whichever direction has enough samples.
-    let enough = |p: &&PathStat| p.samples >= limits.min_path_samples;
-    let measured = n
-        .paths
-        .get(&u.id)
-        .filter(enough)
-        .or_else(|| u.paths.get(&n.id).filter(enough));
+    let measured = measured_path(
+        n.paths.get(&u.id),
+        || u.paths.get(&n.id),
+        limits.min_path_samples,
+    );
     let km = match (u.coord, n.coord) {
         (Some(a), Some(b)) => Input::modelled(a.km_to(&b)),
         _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
