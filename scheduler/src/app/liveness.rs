@@ -32,20 +32,17 @@ impl App {
             }
             let now = now_ms();
             let interval = i64::from(self.report_interval_ms());
-            // Missed reports count against a node for 3 intervals: drops
-            // within that span may be why its reports are missing.
-            let window = 3 * interval;
-            local.ticked(now, interval, window);
+            local.ticked(now, interval);
             let tick = self
                 .registry
-                .tick_aware(now, interval, || local.lossy(&self.metrics, now, window));
+                .tick_aware(now, interval, || local.lossy(&self.metrics, now, interval));
             local.report_held(tick.held, &self.metrics);
             let changes = tick.changes;
             let transitions = !changes.is_empty();
             if transitions {
                 self.resolver.invalidate();
             }
-            self.resolver.maybe_refresh(&self.registry, now_ms());
+            self.resolver.maybe_refresh(&self.registry, now);
             let mut replan = false;
             for (id, from, to) in changes {
                 replan |= self.on_transition(&id, from, to);
@@ -58,7 +55,7 @@ impl App {
                 self.close_silent_sessions();
                 // Keeps the drop count current (and counted in /metrics)
                 // while no node is about to go down.
-                local.lossy(&self.metrics, now, window);
+                local.lossy(&self.metrics, now, interval);
             }
             if transitions || ticks.is_multiple_of(GAUGE_EVERY) {
                 last_stats = self.refresh_gauges(last_stats);
@@ -162,7 +159,7 @@ impl LocalHealth {
 
     /// Notes a run of the liveness loop at `now_ms`; a gap of more than
     /// `interval_ms` since the last one makes the scheduler lossy.
-    fn ticked(&mut self, now_ms: i64, interval_ms: i64, window_ms: i64) {
+    fn ticked(&mut self, now_ms: i64, interval_ms: i64) {
         if let Some(last) = self.last_tick_ms.replace(now_ms)
             && now_ms - last > interval_ms
         {
@@ -172,18 +169,24 @@ impl LocalHealth {
                  (process paused or short of CPU): missed reports are not held \
                  against nodes that are still connected"
             );
-            self.lossy_until_ms = self.lossy_until_ms.max(now_ms + window_ms);
+            self.lossy_from(now_ms, interval_ms);
         }
+    }
+
+    /// Missed reports count against a node for 3 intervals: losses within
+    /// that span may be why its reports are missing.
+    fn lossy_from(&mut self, now_ms: i64, interval_ms: i64) {
+        self.lossy_until_ms = self.lossy_until_ms.max(now_ms + 3 * interval_ms);
     }
 
     /// Reads the drop count (counting new drops in `/metrics`) and says
     /// whether the scheduler is lossy at `now_ms`.
-    fn lossy(&mut self, metrics: &Metrics, now_ms: i64, window_ms: i64) -> bool {
+    fn lossy(&mut self, metrics: &Metrics, now_ms: i64, interval_ms: i64) -> bool {
         if let Some(drops) = self.socket.read() {
             let new = drops.saturating_sub(self.drops.unwrap_or(0));
             if new > 0 {
                 metrics.telemetry_socket_drops.inc_by(new);
-                self.lossy_until_ms = self.lossy_until_ms.max(now_ms + window_ms);
+                self.lossy_from(now_ms, interval_ms);
             }
             self.drops = Some(drops);
         }
@@ -219,16 +222,16 @@ mod tests {
     fn a_stall_longer_than_an_interval_makes_the_scheduler_lossy() {
         let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
         let mut h = LocalHealth::new(SocketDrops::unknown());
-        h.ticked(0, 1_000, 3_000);
-        h.ticked(50, 1_000, 3_000);
-        assert!(!h.lossy(&metrics, 50, 3_000));
+        h.ticked(0, 1_000);
+        h.ticked(50, 1_000);
+        assert!(!h.lossy(&metrics, 50, 1_000));
         // Regular ticks, even late ones, up to an interval apart: nothing.
-        h.ticked(1_050, 1_000, 3_000);
-        assert!(!h.lossy(&metrics, 1_050, 3_000));
+        h.ticked(1_050, 1_000);
+        assert!(!h.lossy(&metrics, 1_050, 1_000));
         // 4 s without a tick: lossy for 3 intervals from the resume.
-        h.ticked(5_050, 1_000, 3_000);
-        assert!(h.lossy(&metrics, 5_050, 3_000));
-        assert!(h.lossy(&metrics, 8_049, 3_000));
-        assert!(!h.lossy(&metrics, 8_050, 3_000));
+        h.ticked(5_050, 1_000);
+        assert!(h.lossy(&metrics, 5_050, 1_000));
+        assert!(h.lossy(&metrics, 8_049, 1_000));
+        assert!(!h.lossy(&metrics, 8_050, 1_000));
     }
 }

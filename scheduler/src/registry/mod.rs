@@ -9,22 +9,12 @@ mod node;
 #[cfg(test)]
 mod tests;
 
-pub use node::{NodeEntry, NodeInfo, NodeState, RollupAcc, Session};
+pub use node::{NodeEntry, NodeInfo, NodeState, RollupAcc, Session, held_down_after_ms};
 
 use crate::plan_inputs::Rules;
 use crate::planner::NodeView;
 use dashmap::DashMap;
 use std::collections::BTreeMap;
-
-/// While the scheduler is dropping telemetry datagrams, a node that
-/// still has its connection goes down only after this long without a
-/// report, not 3 intervals (see [`NodeEntry::evaluate`]): 10 report
-/// intervals, and at least the QUIC idle timeout (10 s), by which a dead
-/// agent's connection has ended anyway.
-pub fn held_down_after_ms(interval_ms: i64) -> i64 {
-    let idle_ms = i64::try_from(crate::ingest::IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
-    (10 * interval_ms).max(idle_ms)
-}
 
 /// What [`Registry::tick_aware`] did.
 #[derive(Debug, Default)]

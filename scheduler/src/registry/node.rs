@@ -13,8 +13,6 @@ use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
-use super::held_down_after_ms;
-
 /// Liveness state shown to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -396,4 +394,14 @@ fn path_rtt(p: &PathMeasurement) -> f64 {
     } else {
         p.rtt_ewma_ms
     }
+}
+
+/// While the scheduler is dropping telemetry datagrams, a node that
+/// still has its connection goes down only after this long without a
+/// report, not 3 intervals (see [`NodeEntry::evaluate`]): 10 report
+/// intervals, and at least the QUIC idle timeout (10 s), by which a dead
+/// agent's connection has ended anyway.
+pub fn held_down_after_ms(interval_ms: i64) -> i64 {
+    let idle_ms = i64::try_from(crate::ingest::IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    (10 * interval_ms).max(idle_ms)
 }
