@@ -107,6 +107,18 @@ pub async fn wait_all_acked(
     .await
 }
 
+/// Starts agents `ids` against `s` ([`start_agents`]) and waits up to 10 s
+/// until all are up, then up to 10 s until every one holds a table the
+/// scheduler shows ACKed. Returns the agents and their `(version, routes
+/// JSON)`, in order.
+pub async fn start_settled(s: &Scheduler, ids: &[&str]) -> (Vec<Agent>, Vec<(u64, Value)>) {
+    let agents = start_agents(s, ids).await;
+    wait_all_up(s, ids, Duration::from_secs(10)).await;
+    let refs: Vec<_> = agents.iter().collect();
+    let acked = wait_all_acked(s, &refs, Duration::from_secs(10)).await;
+    (agents, acked)
+}
+
 /// The `table` object of a `/v1/routes/{id}` answer.
 pub fn table_of(routes: &Value) -> &Value {
     routes.get("table").unwrap_or(&Value::Null)

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use vantage_tests::cluster::{PLACES, start_agents, wait_all_acked, wait_all_up};
+use vantage_tests::cluster::{PLACES, start_agents, start_settled, wait_all_acked, wait_all_up};
 use vantage_tests::http::{as_u64, field};
 use vantage_tests::{Scheduler, Store, store_tests};
 
@@ -103,10 +103,7 @@ async fn a_quiet_cluster_is_not_replanned() {
         .arg("100")
         .start()
         .await;
-    let agents = start_agents(&s, &IDS).await;
-    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
-    let refs: Vec<_> = agents.iter().collect();
-    wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
+    let (_agents, _) = start_settled(&s, &IDS).await;
     // Let the smoothed inputs settle from their first samples.
     tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -10,7 +10,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use vantage_tests::agent::status_route_version;
-use vantage_tests::cluster::{start_agents, table_of, wait_all_acked, wait_all_up};
+use vantage_tests::cluster::{start_settled, table_of, wait_all_acked, wait_all_up};
 use vantage_tests::http::{as_u64, mentions};
 use vantage_tests::{Scheduler, Store, eventually_every, store_tests};
 
@@ -24,10 +24,7 @@ async fn killed_agent_is_routed_around(store: Store) {
         .report_interval_ms(INTERVAL_MS)
         .start()
         .await;
-    let mut agents = start_agents(&s, &IDS).await;
-    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
-    let refs: Vec<_> = agents.iter().collect();
-    let acked = wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
+    let (mut agents, acked) = start_settled(&s, &IDS).await;
     for a in &agents {
         let st = a.status().await;
         assert_eq!(

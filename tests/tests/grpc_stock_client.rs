@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use vantage_tests::cluster::{start_agents, wait_all_acked, wait_all_up};
+use vantage_tests::cluster::start_settled;
 use vantage_tests::http::{as_u64, field};
 use vantage_tests::pyclient::{PyClient, proto_dir, python_or_skip};
 use vantage_tests::{Scheduler, Store, eventually, store_tests};
@@ -29,11 +29,7 @@ async fn stock_grpc_client(store: Store) {
         .report_interval_ms(250)
         .start()
         .await;
-    let mut agents = start_agents(&s, &IDS).await;
-    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
-    let refs: Vec<_> = agents.iter().collect();
-    wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
-    drop(refs);
+    let (mut agents, _) = start_settled(&s, &IDS).await;
 
     // Borrow edge-1's identity: kill it, take its credential, let the
     // scheduler settle (down → replan) before subscribing in its place.

@@ -8,7 +8,7 @@
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use vantage_tests::cluster::{start_agents, wait_all_acked, wait_all_up};
+use vantage_tests::cluster::{start_settled, wait_all_up};
 use vantage_tests::{Scheduler, eventually};
 
 const IDS: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
@@ -25,10 +25,7 @@ async fn a_paused_scheduler_losing_reports_marks_no_node_down() {
         .report_interval_ms(INTERVAL_MS)
         .start()
         .await;
-    let agents = start_agents(&s, &IDS).await;
-    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
-    let refs: Vec<_> = agents.iter().collect();
-    wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
+    let (_agents, _) = start_settled(&s, &IDS).await;
     let downs = async || {
         s.metric(
             "vantage_scheduler_node_transitions_total",

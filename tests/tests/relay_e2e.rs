@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vantage_shared::flv::{DEFAULT_MAX_TAG_SIZE, Demuxer};
 use vantage_shared::group::{DEFAULT_PRECISION, geohash};
-use vantage_tests::cluster::{acked_version, upstreams, wait_all_up};
+use vantage_tests::cluster::{acked_version, first_upstream, upstreams, wait_all_up};
 use vantage_tests::eventually::try_eventually_every;
 use vantage_tests::media::{
     Publisher, paris_frankfurt_publishing, stream_role, tool, wait_routed_through,
@@ -235,7 +235,7 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
                 .await
                 .and_then(|st| status_upstream(&st, STREAM));
             let table_first = match acked_version(&s, &b).await {
-                Ok((_, routes)) => upstreams(&routes, STREAM).into_iter().next(),
+                Ok((_, routes)) => first_upstream(&routes, STREAM),
                 Err(_) => None,
             };
             match up {

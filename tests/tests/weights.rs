@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use vantage_tests::agent::status_route_version;
-use vantage_tests::cluster::{start_agents, table_weights_version, wait_all_acked, wait_all_up};
+use vantage_tests::cluster::{start_settled, table_weights_version};
 use vantage_tests::http::as_u64;
 use vantage_tests::{Scheduler, Store, eventually_every, store_tests};
 
@@ -29,10 +29,7 @@ const INVALID: [(&str, &str); 9] = [
 
 async fn weights_update_replans(store: Store) {
     let s = Scheduler::builder().store(store).start().await;
-    let agents = start_agents(&s, &IDS).await;
-    wait_all_up(&s, &IDS, Duration::from_secs(10)).await;
-    let refs: Vec<_> = agents.iter().collect();
-    let before_tables = wait_all_acked(&s, &refs, Duration::from_secs(10)).await;
+    let (agents, before_tables) = start_settled(&s, &IDS).await;
     let before = s.weights().await;
     let v0 = as_u64(before.get("version")).unwrap_or_else(|| panic!("no version: {before}"));
     for k in ["latency", "loss", "buffer", "load", "distance"] {
