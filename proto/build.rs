@@ -1,6 +1,6 @@
 //! Compiles `vantage/v1/*.proto` with protox (a pure-Rust protobuf compiler,
-//! so no system `protoc` is needed) and generates prost messages plus tonic
-//! client and server code. The encoded file descriptor set is kept for gRPC
+//! so no system `protoc` is needed) and generates prost messages plus (feature `grpc`)
+//! tonic client and server code. The encoded file descriptor set is kept for gRPC
 //! server reflection.
 
 use std::path::PathBuf;
@@ -16,9 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("vantage_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Messages always; the gRPC client and server only with feature `grpc`.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(grpc)
+        .build_server(grpc)
         .compile_fds(fds)?;
     Ok(())
 }

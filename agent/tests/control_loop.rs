@@ -49,6 +49,7 @@ fn table(version: u64) -> RouteTable {
         }],
         redirects: vec![],
         probe_key: vec![7; 16],
+        ..RouteTable::default()
     }
 }
 

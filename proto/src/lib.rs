@@ -10,7 +10,7 @@
 /// Generated code for package `vantage.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
-    tonic::include_proto!("vantage.v1");
+    include!(concat!(env!("OUT_DIR"), "/vantage.v1.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every `vantage.v1` file, for reflection.

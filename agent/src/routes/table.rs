@@ -265,6 +265,7 @@ pub(crate) mod tests {
                 }],
             }],
             probe_key: vec![1, 2, 3],
+            ..RouteTable::default()
         }
     }
 

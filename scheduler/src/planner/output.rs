@@ -83,6 +83,7 @@ fn table(ctx: &Ctx<'_>, sources: &[Source], decided: &[Decided], i: usize) -> (S
         probe_targets: probe_targets(ctx, i, &upstream_ids),
         redirects: Vec::new(),
         probe_key: input.probe_key.clone(),
+        ..RouteTable::default()
     };
     (node.id.clone(), table)
 }
