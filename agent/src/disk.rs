@@ -25,6 +25,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
     #[cfg(not(unix))]
     let _ = private;
     let mut f = opts.open(&tmp)?;
+    // The mode above only applies when the file is created: a temporary file
+    // left by a crash keeps its own.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -51,6 +58,13 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            // A temporary file a crash left behind does not lend its mode.
+            let tmp = dir.path().join(".f.tmp");
+            std::fs::write(&tmp, b"torn").unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_atomic(&p, b"three", true).unwrap();
             let mode = std::fs::metadata(&p).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
