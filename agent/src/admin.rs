@@ -50,7 +50,12 @@ pub struct RoutesView {
     pub source: &'static str,
     pub applied_at_ms: Option<i64>,
     pub acked: bool,
+    /// `streams` entries (patterns, or every stream in an old-format table).
     pub streams: usize,
+    /// Origin routes.
+    pub origins: usize,
+    /// Directory entries (streams of the cluster and their origins).
+    pub directory: usize,
     pub probe_targets: usize,
     pub subscribed: bool,
 }
@@ -69,6 +74,8 @@ impl AdminState {
                 applied_at_ms: Some(t.applied_at_ms),
                 acked: self.routes.acked(),
                 streams: t.table.streams.len(),
+                origins: t.table.origins.len(),
+                directory: t.table.directory.len(),
                 probe_targets: t.table.probe_targets.len(),
                 subscribed: self.routes.subscribed(),
             },
@@ -79,6 +86,8 @@ impl AdminState {
                 applied_at_ms: None,
                 acked: false,
                 streams: 0,
+                origins: 0,
+                directory: 0,
                 probe_targets: 0,
                 subscribed: self.routes.subscribed(),
             },

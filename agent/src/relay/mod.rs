@@ -35,7 +35,7 @@ pub mod source;
 pub mod stream;
 pub mod viewer;
 
-use crate::routes::TableReceiver;
+use crate::routes::{Lookup, TableReceiver};
 use crate::telemetry::AlertSender;
 use crate::viewer::ViewerStats;
 use hub::CacheLimits;
@@ -282,24 +282,30 @@ impl Relay {
         r
     }
 
-    /// Upstream candidates of `key`, best first: the route table's entry,
-    /// else the most specific static origin.
+    /// Upstream candidates of `key`, best first: the route table's
+    /// ([`AppliedTable::route_for`](crate::routes::AppliedTable::route_for):
+    /// directory and origin route, else `streams` patterns), else the most
+    /// specific static origin. None for a stream the table says is
+    /// published here.
     pub fn candidates(&self, key: &StreamKey) -> Vec<Candidate> {
-        if let Some(t) = self.inner.tables.borrow().as_ref()
-            && let Some(route) = t.route_for(key)
-        {
-            return route
-                .upstreams
-                .iter()
-                .map(|u| Candidate {
-                    label: if u.kind == UpstreamKind::Node as i32 {
-                        u.node_id.clone()
-                    } else {
-                        origin_url(&u.url, key)
-                    },
-                    url: origin_url(&u.url, key),
-                })
-                .collect();
+        if let Some(t) = self.inner.tables.borrow().as_ref() {
+            let lookup = t.route_for(key);
+            if lookup == Lookup::Local {
+                return Vec::new();
+            }
+            if let Some(upstreams) = lookup.upstreams() {
+                return upstreams
+                    .iter()
+                    .map(|u| Candidate {
+                        label: if u.kind == UpstreamKind::Node as i32 {
+                            u.node_id.clone()
+                        } else {
+                            origin_url(&u.url, key)
+                        },
+                        url: origin_url(&u.url, key),
+                    })
+                    .collect();
+            }
         }
         self.inner
             .static_origins

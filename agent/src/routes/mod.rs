@@ -7,7 +7,9 @@
 //! persisted to `<data-dir>/routes.pb`, then ACKed; an invalid one is NACKed
 //! with code 3 and the last good table stays in force.
 //!
-//! Other modules read the table in use through a [`TableReceiver`].
+//! Other modules read the table in use through a [`TableReceiver`] and look
+//! streams up with [`AppliedTable::route_for`] (the table model and lookup
+//! order are in [`table`]).
 
 pub mod persist;
 pub mod table;
@@ -29,7 +31,7 @@ use vantage_proto::v1::{ErrorDetail, RouteRequest, RouteTable};
 use vantage_shared::backoff::Backoff;
 use vantage_shared::clock::now_ms;
 
-pub use table::{AppliedTable, Route, TableError, TableSource};
+pub use table::{AppliedTable, Lookup, Route, TableError, TableSource};
 
 /// The table in use (`None` before the first table), shared with the relay
 /// and probe modules.
