@@ -2,9 +2,11 @@
 //!
 //! One [`Registry`] is built by the caller (the binary's `main`) and handed
 //! to [`Metrics::register`]; the admin server encodes it on `/metrics`.
-//! Labels have small fixed value sets (results and close-code labels).
+//! Labels have small fixed value sets (results, update kinds and close-code
+//! labels).
 
 use crate::load::LoadSample;
+use crate::routes::UpdateKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +17,11 @@ use std::sync::atomic::AtomicU64;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -33,6 +40,7 @@ pub struct Metrics {
     pub telemetry_closed: Family<CodeLabel, Counter>,
     pub route_version: Gauge,
     pub route_tables: Family<ResultLabel, Counter>,
+    pub route_updates: Family<KindLabel, Counter>,
     pub routes_subscribed: Gauge,
     pub cpu_ratio: Gauge<f64, AtomicU64>,
     pub memory_used_bytes: Gauge,
@@ -85,6 +93,17 @@ impl Metrics {
             m.route_tables.clone(),
         );
         r.register(
+            "route_updates",
+            "Route tables applied, by how they were sent (full, delta)",
+            m.route_updates.clone(),
+        );
+        // Both kinds show from the start (as 0).
+        for kind in [UpdateKind::Full, UpdateKind::Delta] {
+            let _ = m.route_updates.get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            });
+        }
+        r.register(
             "routes_subscribed",
             "1 while the route stream to the scheduler is open",
             m.routes_subscribed.clone(),
@@ -131,6 +150,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A table applied (ACKed), by how it was sent.
+    pub fn route_update(&self, kind: UpdateKind) {
+        self.route_updates
+            .get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
+    }
+
     pub fn record_load(&self, s: &LoadSample) {
         self.cpu_ratio.set(s.cpu);
         self.memory_used_bytes
@@ -159,6 +187,7 @@ mod tests {
         m.connect_result("welcomed");
         m.closed("shutting_down");
         m.table_result("ack");
+        m.route_update(UpdateKind::Delta);
         m.record_load(&LoadSample {
             cpu: 0.25,
             mem_used_bytes: 10,
@@ -170,6 +199,8 @@ mod tests {
             "vantage_agent_telemetry_connects_total{result=\"welcomed\"} 1",
             "vantage_agent_telemetry_closed_total{code=\"shutting_down\"} 1",
             "vantage_agent_route_tables_total{result=\"ack\"} 1",
+            "vantage_agent_route_updates_total{kind=\"delta\"} 1",
+            "vantage_agent_route_updates_total{kind=\"full\"} 0",
             "vantage_agent_cpu_ratio 0.25",
             "vantage_agent_memory_used_bytes 10",
             "vantage_agent_route_version 0",

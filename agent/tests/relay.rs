@@ -21,7 +21,8 @@ use vantage_agent::relay::{Relay, RelayConfig};
 use vantage_agent::routes::{AppliedTable, TableSource};
 use vantage_agent::telemetry::ReportSource;
 use vantage_proto::v1::{
-    Alert, AlertKind, Report, RouteTable, StaticOrigin, StreamRoute, Upstream, UpstreamKind,
+    Alert, AlertKind, DirectoryEntry, OriginRoute, Report, RouteTable, StaticOrigin, StreamRoute,
+    Upstream, UpstreamKind,
 };
 use vantage_shared::flv::{Demuxer, Tag, TagKind};
 use vantage_shared::synth::{Synth, SynthConfig};
@@ -95,6 +96,14 @@ impl TestRelay {
             ..Default::default()
         };
         let applied = AppliedTable::new(table, &self.node_id, TableSource::Scheduler, 0).unwrap();
+        self.tables.send_replace(Some(Arc::new(applied)));
+    }
+
+    /// Applies `t` (a whole table or a delta on the table held) as the
+    /// route client does.
+    fn apply(&self, t: RouteTable) {
+        let held = self.tables.borrow().clone();
+        let applied = AppliedTable::update(held.as_deref(), t, &self.node_id, 0).unwrap();
         self.tables.send_replace(Some(Arc::new(applied)));
     }
 
@@ -756,6 +765,82 @@ impl Drop for TestOrigin {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_reordering_the_origin_route_moves_the_pull_and_local_streams_are_not_pulled() {
+    let o1 = TestOrigin::start().await;
+    let o2 = TestOrigin::start().await;
+    let statics = [StaticOrigin {
+        pattern: "live/*".into(),
+        url: o1.url(),
+    }];
+    let b = TestRelay::start_with("edge-b", fast_cfg(), &statics).await;
+    let relay_at = |id: &str, o: &TestOrigin| Upstream {
+        kind: UpstreamKind::Node as i32,
+        node_id: id.into(),
+        url: format!("http://{}", o.addr),
+        ..Default::default()
+    };
+    let entry = |stream: &str, origin: &str| DirectoryEntry {
+        stream: stream.into(),
+        origin: origin.into(),
+    };
+    b.apply(RouteTable {
+        node_id: "edge-b".into(),
+        version: 1,
+        nonce: "n1".into(),
+        ttl_s: 300,
+        origins: vec![OriginRoute {
+            origin: "origin-o".into(),
+            upstreams: vec![relay_at("relay-1", &o1), relay_at("relay-2", &o2)],
+        }],
+        directory: vec![entry("live/x", "origin-o"), entry("live/mine", "edge-b")],
+        ..Default::default()
+    });
+    let mut v = Player::get(b.addr, "/live/x.flv", &[]).await;
+    assert_eq!(v.status, 200);
+    let mut last = 0;
+    let mut read_for = async |v: &mut Player, d: Duration| {
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            let t = v.next_tag().await.unwrap();
+            assert!(t.timestamp_ms >= last, "monotonic");
+            last = t.timestamp_ms;
+        }
+    };
+    read_for(&mut v, Duration::from_millis(800)).await;
+    assert_eq!(o1.requests.load(Ordering::SeqCst), 1);
+    // The delta only names the changed origin route.
+    b.apply(RouteTable {
+        node_id: "edge-b".into(),
+        version: 2,
+        nonce: "n2".into(),
+        ttl_s: 300,
+        base_version: 1,
+        origins: vec![OriginRoute {
+            origin: "origin-o".into(),
+            upstreams: vec![relay_at("relay-2", &o2), relay_at("relay-1", &o1)],
+        }],
+        ..Default::default()
+    });
+    read_for(&mut v, Duration::from_millis(800)).await;
+    assert_eq!(
+        o2.requests.load(Ordering::SeqCst),
+        1,
+        "moved to the new first"
+    );
+    assert_eq!(
+        b.metric("vantage_agent_relay_failovers_total{reason=\"table\"}"),
+        1.0
+    );
+    // The directory puts live/mine on this node: not pulled, not even from
+    // the static origin that matches it.
+    let mut p = Player::get(b.addr, "/live/mine.flv", &[]).await;
+    assert_eq!(p.status, 404);
+    assert!(p.text().await.contains("no upstream"));
+    assert_eq!(o1.requests.load(Ordering::SeqCst), 1);
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

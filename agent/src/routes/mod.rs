@@ -1,10 +1,12 @@
 //! Route tables from the scheduler (DESIGN §6).
 //!
 //! [`RouteClient`] keeps one `RouteDiscovery/StreamRoutes` subscription open
-//! (resubscribing with jittered backoff after any error). Every table is
-//! [validated](table::validate); a valid one is published as an
-//! `Arc<AppliedTable>` on a `watch` channel (atomic for every reader),
-//! persisted to `<data-dir>/routes.pb`, then ACKed; an invalid one is NACKed
+//! (resubscribing with jittered backoff after any error). A received table
+//! is a whole table or a delta on the version held; either way it becomes a
+//! whole table ([`AppliedTable::update`]) that is [validated](table::validate)
+//! in full. A valid one is published as an `Arc<AppliedTable>` on a `watch`
+//! channel (atomic for every reader), persisted to `<data-dir>/routes.pb`,
+//! then ACKed; an invalid one (or a delta on a version not held) is NACKed
 //! with code 3 and the last good table stays in force.
 //!
 //! Other modules read the table in use through a [`TableReceiver`] and look
@@ -31,7 +33,7 @@ use vantage_proto::v1::{ErrorDetail, RouteRequest, RouteTable};
 use vantage_shared::backoff::Backoff;
 use vantage_shared::clock::now_ms;
 
-pub use table::{AppliedTable, Lookup, Route, TableError, TableSource};
+pub use table::{AppliedTable, Lookup, Route, TableError, TableSource, UpdateKind};
 
 /// The table in use (`None` before the first table), shared with the relay
 /// and probe modules.
@@ -254,11 +256,14 @@ impl RouteClient {
         }
     }
 
-    /// Validates, applies, persists and answers one table.
+    /// Validates, applies (merging a delta), persists and answers one table.
     async fn handle(&self, table: RouteTable) -> RouteRequest {
         let version = table.version;
+        let base_version = table.base_version;
         let nonce = table.nonce.clone();
-        match AppliedTable::new(table, &self.node_id, TableSource::Scheduler, now_ms()) {
+        let kind = UpdateKind::of(&table);
+        let current = self.tables.borrow().clone();
+        match AppliedTable::update(current.as_deref(), table, &self.node_id, now_ms()) {
             Ok(applied) => {
                 let applied = Arc::new(applied);
                 self.tables.send_replace(Some(applied.clone()));
@@ -275,8 +280,10 @@ impl RouteClient {
                     Err(e) => error!(error = %e, "route table persistence task failed"),
                 }
                 self.metrics.table_result("ack");
+                self.metrics.route_update(kind);
                 self.status.acked.store(true, Ordering::Relaxed);
-                info!(version, nonce = %nonce, "applied route table");
+                info!(version, base_version, nonce = %nonce, kind = kind.as_str(),
+                    "applied route table");
                 RouteRequest {
                     node_id: self.node_id.clone(),
                     version_info: version,
@@ -287,7 +294,7 @@ impl RouteClient {
             Err(e) => {
                 self.metrics.table_result("nack");
                 let held = self.held_version();
-                warn!(version, nonce = %nonce, error = %e, kept_version = held,
+                warn!(version, base_version, nonce = %nonce, error = %e, kept_version = held,
                     "rejected route table (NACK)");
                 RouteRequest {
                     node_id: self.node_id.clone(),

@@ -1,5 +1,6 @@
-//! The route table model: what a table says and how the agent looks a
-//! stream up in it.
+//! The route table model: what a table says, how the agent looks a stream
+//! up in it, and how received tables (whole or deltas) become the table in
+//! use.
 //!
 //! # What a table holds
 //!
@@ -27,14 +28,23 @@
 //! 2. the `streams` entries, most specific first (an exact key beats any
 //!    pattern, a longer prefix beats a shorter one) ([`Lookup::Stream`]).
 //!
-//! [`validate`] is pure: a bad table never half-applies and the last good
-//! table stays in force.
+//! # Whole tables and deltas
+//!
+//! The scheduler sends either a whole table (`base_version` 0) or a delta on
+//! top of the version the agent holds ([`merge`]: upserts and removals by
+//! key). [`AppliedTable::update`] turns either into a whole table and
+//! [validates](validate) it in full before anything uses it; validation is
+//! pure, so a bad table or delta never half-applies and the last good table
+//! stays in force. The merged whole table is what other modules read, what
+//! is persisted and what `/v1/status` shows.
 
+mod delta;
 mod validate;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use delta::merge;
 pub use validate::{Checked, REPORT_INTERVAL_MS, validate};
 
 use serde::Serialize;
@@ -55,8 +65,24 @@ pub enum TableError {
     ZeroTtl,
     #[error("report_interval_ms {0} outside 100..=60000 (0 = unchanged)")]
     ReportInterval(u32),
+    /// A delta on a version other than the one held (`held` 0 = none).
+    #[error("delta for version {base}, holding {}", holding(*held))]
+    DeltaBase { base: u64, held: u64 },
+    #[error("delta version {version} is not newer than its base version {base}")]
+    DeltaVersion { version: u64, base: u64 },
+    /// A delta where a whole table is required.
+    #[error("table is a delta on version {0}, not a whole table")]
+    NotWhole(u64),
     #[error("{at}: {reason}")]
     Invalid { at: String, reason: String },
+}
+
+fn holding(held: u64) -> String {
+    if held == 0 {
+        "no table".to_owned()
+    } else {
+        held.to_string()
+    }
 }
 
 impl TableError {
@@ -80,6 +106,31 @@ pub enum TableSource {
     Scheduler,
     /// Loaded from `<data-dir>/routes.pb` at startup.
     Disk,
+}
+
+/// How a received table was sent: the whole table or a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    Full,
+    Delta,
+}
+
+impl UpdateKind {
+    pub fn of(table: &RouteTable) -> UpdateKind {
+        if table.base_version == 0 {
+            UpdateKind::Full
+        } else {
+            UpdateKind::Delta
+        }
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::Full => "full",
+            UpdateKind::Delta => "delta",
+        }
+    }
 }
 
 /// One `streams` entry with its parsed pattern.
@@ -137,13 +188,18 @@ pub struct AppliedTable {
 }
 
 impl AppliedTable {
-    /// Validates `table` for `node_id` and indexes it for lookups.
+    /// Validates the whole table `table` for `node_id` and indexes it for
+    /// lookups. A delta is refused ([`TableError::NotWhole`]): see
+    /// [`AppliedTable::update`].
     pub fn new(
         table: RouteTable,
         node_id: &str,
         source: TableSource,
         now_ms: i64,
     ) -> Result<Self, TableError> {
+        if table.base_version != 0 {
+            return Err(TableError::NotWhole(table.base_version));
+        }
         let Checked {
             mut routes,
             directory,
@@ -168,6 +224,25 @@ impl AppliedTable {
             source,
             applied_at_ms: now_ms,
         })
+    }
+
+    /// The table in use after receiving `received` from the scheduler while
+    /// holding `held`: a whole table replaces it, a delta is merged on top
+    /// of it ([`merge`]). The delta itself is validated (so errors name its
+    /// own entries), then the result in full. Pure: on `Err`, `held` stays
+    /// the table in use.
+    pub fn update(
+        held: Option<&AppliedTable>,
+        received: RouteTable,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<Self, TableError> {
+        if received.base_version == 0 {
+            return Self::new(received, node_id, TableSource::Scheduler, now_ms);
+        }
+        let merged = merge(held.map(|t| &t.table), &received)?;
+        validate(&received, node_id)?;
+        Self::new(merged, node_id, TableSource::Scheduler, now_ms)
     }
 
     pub fn version(&self) -> u64 {

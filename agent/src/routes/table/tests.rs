@@ -115,6 +115,22 @@ pub(crate) fn per_origin() -> RouteTable {
     }
 }
 
+/// An empty delta of edge-1 from `base` to `version`.
+pub(crate) fn delta(version: u64, base: u64) -> RouteTable {
+    RouteTable {
+        node_id: "edge-1".into(),
+        version,
+        nonce: format!("n{version}"),
+        generated_at_ms: 2,
+        ttl_s: 300,
+        report_interval_ms: 1000,
+        weights_version: 1,
+        probe_key: vec![1, 2, 3],
+        base_version: base,
+        ..RouteTable::default()
+    }
+}
+
 /// A broken table and the start of its NACK message.
 pub(crate) type Case = (fn(&mut RouteTable), &'static str);
 

@@ -2,8 +2,9 @@
 //!
 //! [`validate`] is pure: it decides ACK (`Ok`) or NACK (`Err` with a message
 //! naming the field, e.g. `origins[3].upstreams[0]: …`) without touching any
-//! state. A whole table has no `removed_*` and no `probe_targets_changed`
-//! (they belong to deltas).
+//! state. It checks every entry a message carries, whole table or delta;
+//! the whole-table rules (no `removed_*`, no `probe_targets_changed`) and the
+//! delta rule (newer than its base) depend on `base_version`.
 
 use super::{Route, TableError, invalid};
 use crate::config::{HostPort, parse_http_url};
@@ -53,6 +54,15 @@ fn check_header(table: &RouteTable, node_id: &str) -> Result<(), TableError> {
     }
     if table.report_interval_ms != 0 && !REPORT_INTERVAL_MS.contains(&table.report_interval_ms) {
         return Err(TableError::ReportInterval(table.report_interval_ms));
+    }
+    if table.base_version != 0 {
+        if table.version <= table.base_version {
+            return Err(TableError::DeltaVersion {
+                version: table.version,
+                base: table.base_version,
+            });
+        }
+        return Ok(());
     }
     for (field, list) in [
         ("removed_origins", &table.removed_origins),
