@@ -1,6 +1,11 @@
 //! The last good route table on disk (`<data-dir>/routes.pb`, protobuf
 //! `RouteTable`), written atomically after every applied table and read at
 //! startup so a restarted agent serves routes while the scheduler is down.
+//!
+//! The file holds the whole table in use (deltas already merged), owner-only
+//! (mode 0600: it carries the cluster's probe key). Tables written by agents
+//! from before per-origin routes (only `streams`) load and route as before;
+//! a stored delta is refused.
 
 use super::table::{AppliedTable, TableError, TableSource};
 use crate::disk::write_atomic;
@@ -23,11 +28,16 @@ pub enum PersistError {
     },
     #[error("{path}: stored table is not valid for this agent: {source}")]
     Invalid { path: PathBuf, source: TableError },
+    #[error(
+        "{path}: stored table is a delta on version {base_version}, not a whole table \
+         (only whole tables are stored)"
+    )]
+    Delta { path: PathBuf, base_version: u64 },
 }
 
-/// Atomically writes `table` to `path`.
+/// Atomically writes `table` (a whole table) to `path`, owner-only.
 pub fn save(path: &Path, table: &RouteTable) -> Result<(), PersistError> {
-    write_atomic(path, &table.encode_to_vec(), false).map_err(|source| PersistError::Io {
+    write_atomic(path, &table.encode_to_vec(), true).map_err(|source| PersistError::Io {
         path: path.to_owned(),
         source,
     })
@@ -54,11 +64,15 @@ pub fn load(path: &Path) -> Result<Option<RouteTable>, PersistError> {
 }
 
 /// Loads and validates the stored table for `node_id`. A missing file is
-/// `None`; a corrupt, unreadable or foreign one is logged and ignored, so a
-/// bad file never stops the agent.
+/// `None`; a corrupt, unreadable, foreign or delta one is logged and
+/// ignored, so a bad file never stops the agent.
 pub fn restore(path: &Path, node_id: &str, now_ms: i64) -> Option<AppliedTable> {
     let result = load(path).and_then(|t| match t {
         None => Ok(None),
+        Some(t) if t.base_version != 0 => Err(PersistError::Delta {
+            path: path.to_owned(),
+            base_version: t.base_version,
+        }),
         Some(t) => AppliedTable::new(t, node_id, TableSource::Disk, now_ms)
             .map(Some)
             .map_err(|source| PersistError::Invalid {
@@ -70,7 +84,9 @@ pub fn restore(path: &Path, node_id: &str, now_ms: i64) -> Option<AppliedTable> 
         Ok(Some(applied)) => {
             info!(
                 version = applied.version(),
-                streams = applied.routes.len(),
+                streams = applied.table.streams.len(),
+                origins = applied.table.origins.len(),
+                directory = applied.table.directory.len(),
                 path = %path.display(),
                 "serving the last route table from disk until the scheduler answers"
             );
@@ -87,7 +103,9 @@ pub fn restore(path: &Path, node_id: &str, now_ms: i64) -> Option<AppliedTable> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::table::tests::good;
+    use crate::routes::Lookup;
+    use crate::routes::table::tests::{delta, good, per_origin};
+    use vantage_shared::stream::StreamKey;
 
     #[test]
     fn round_trip_and_restore() {
@@ -95,14 +113,66 @@ mod tests {
         let path = dir.path().join("routes.pb");
         assert!(load(&path).unwrap().is_none());
         assert!(restore(&path, "edge-1", 1).is_none());
-        save(&path, &good()).unwrap();
-        assert_eq!(load(&path).unwrap(), Some(good()));
+        save(&path, &per_origin()).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(per_origin()));
         let applied = restore(&path, "edge-1", 7).unwrap();
         assert_eq!(applied.source, TableSource::Disk);
-        assert_eq!(applied.table, good());
+        assert_eq!(applied.table, per_origin());
         assert_eq!(applied.applied_at_ms, 7);
+        let a = StreamKey::parse("live/a").unwrap();
+        assert!(matches!(applied.route_for(&a), Lookup::Origin { .. }));
         // Another node's table is not served.
         assert!(restore(&path, "edge-2", 7).is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_stored_table_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.pb");
+        // Also when an older agent left a world-readable file behind, and a
+        // crash a world-readable temporary file.
+        let tmp = dir.path().join(".routes.pb.tmp");
+        for p in [&path, &tmp] {
+            std::fs::write(p, b"old").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        save(&path, &per_origin()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_table_stored_by_an_older_agent_routes_as_before() {
+        // Bytes of the per-stream format: no origins, no directory.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.pb");
+        std::fs::write(&path, good().encode_to_vec()).unwrap();
+        let applied = restore(&path, "edge-1", 7).unwrap();
+        assert_eq!(applied.version(), 4);
+        let route = |k: &str| match applied.route_for(&StreamKey::parse(k).unwrap()) {
+            Lookup::Stream(r) => Some(r.pattern.as_str().to_owned()),
+            _ => None,
+        };
+        assert_eq!(route("live/main").as_deref(), Some("live/main"));
+        assert_eq!(route("live/x").as_deref(), Some("live/*"));
+        assert_eq!(route("vod/x"), None);
+    }
+
+    #[test]
+    fn a_stored_delta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.pb");
+        save(&path, &delta(5, 4)).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap().base_version, 4);
+        assert!(restore(&path, "edge-1", 7).is_none());
+        let msg = PersistError::Delta {
+            path: path.clone(),
+            base_version: 4,
+        }
+        .to_string();
+        assert!(msg.contains("is a delta on version 4"), "{msg}");
     }
 
     #[test]
