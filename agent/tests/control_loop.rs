@@ -17,11 +17,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use vantage_agent::Agent;
 use vantage_agent::config::Config;
+use vantage_agent::routes::{AppliedTable, Lookup};
 use vantage_proto::v1::{
-    AlertKind, ProbeReason, ProbeTarget, RouteTable, StreamRoute, Upstream, UpstreamKind,
+    AlertKind, DirectoryEntry, OriginRoute, ProbeReason, ProbeTarget, RouteTable, StreamRoute,
+    Upstream, UpstreamKind,
 };
 use vantage_shared::auth::NodeCredential;
 use vantage_shared::close::CloseCode;
+use vantage_shared::stream::StreamKey;
 
 fn table(version: u64) -> RouteTable {
     RouteTable {
@@ -51,6 +54,89 @@ fn table(version: u64) -> RouteTable {
         probe_key: vec![7; 16],
         ..RouteTable::default()
     }
+}
+
+fn relay_at(node_id: &str, port: u16) -> Upstream {
+    Upstream {
+        kind: UpstreamKind::Node as i32,
+        node_id: node_id.into(),
+        url: format!("http://127.0.0.1:{port}"),
+        score: 0.3,
+        hops: 1,
+    }
+}
+
+fn entry(stream: &str, origin: &str) -> DirectoryEntry {
+    DirectoryEntry {
+        stream: stream.into(),
+        origin: origin.into(),
+    }
+}
+
+/// A whole per-origin table: streams of origin-a via edge-2, of origin-b
+/// direct, live/mine published here, and the static "live/*" of `table`.
+fn per_origin_table(version: u64) -> RouteTable {
+    RouteTable {
+        streams: vec![StreamRoute {
+            stream: "live/*".into(),
+            upstreams: vec![Upstream {
+                kind: UpstreamKind::Origin as i32,
+                url: "http://127.0.0.1:19000/{app}/{stream}.flv".into(),
+                ..Default::default()
+            }],
+        }],
+        origins: vec![
+            OriginRoute {
+                origin: "origin-a".into(),
+                upstreams: vec![relay_at("edge-2", 18082), relay_at("origin-a", 18090)],
+            },
+            OriginRoute {
+                origin: "origin-b".into(),
+                upstreams: vec![relay_at("origin-b", 18091)],
+            },
+        ],
+        directory: vec![
+            entry("live/a", "origin-a"),
+            entry("live/b", "origin-b"),
+            entry("live/mine", "edge-1"),
+        ],
+        ..table(version)
+    }
+}
+
+/// A delta of edge-1 from `base` to `version` that changes nothing yet.
+fn delta(version: u64, base: u64) -> RouteTable {
+    RouteTable {
+        streams: vec![],
+        probe_targets: vec![],
+        base_version: base,
+        ..table(version)
+    }
+}
+
+/// The node id (or URL) of the first upstream `stream` resolves to in the
+/// agent's table, "local" or "none".
+fn first_upstream(table: Option<&AppliedTable>, stream: &str) -> String {
+    let key = StreamKey::parse(stream).unwrap();
+    match table.map(|t| t.route_for(&key)) {
+        Some(Lookup::Local) => "local".into(),
+        Some(l) => l
+            .upstreams()
+            .and_then(|u| u.first())
+            .map(|u| {
+                if u.node_id.is_empty() {
+                    u.url.clone()
+                } else {
+                    u.node_id.clone()
+                }
+            })
+            .unwrap_or_else(|| "none".into()),
+        None => "none".into(),
+    }
+}
+
+fn stored(data: &Path) -> RouteTable {
+    RouteTable::decode(std::fs::read(data.join("routes.pb")).unwrap().as_slice()).unwrap()
 }
 
 fn agent_config(pki_dir: &Path, data: &Path, quic: SocketAddr, grpc: SocketAddr) -> Config {
@@ -266,6 +352,8 @@ async fn enrolls_reports_applies_tables_and_survives_restarts() {
     assert_eq!(st["routes"]["acked"], true);
     assert_eq!(st["routes"]["subscribed"], true);
     assert_eq!(st["routes"]["streams"], 1);
+    assert_eq!(st["routes"]["origins"], 0);
+    assert_eq!(st["routes"]["directory"], 0);
     assert_eq!(st["routes"]["probe_targets"], 1);
     assert_eq!(st["telemetry"]["connected"], true);
     assert_eq!(st["telemetry"]["session_id"], "s-1");
@@ -538,5 +626,179 @@ async fn mtls_identity_replaces_token_and_credential() {
     assert!(!data.join("node.credential").exists());
     agent.stop().await;
     quic.stop().await;
+    grpc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_origin_tables_and_deltas_are_merged_persisted_and_served_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let credential = NodeCredential::issue("edge-1").encode();
+    std::fs::write(data.join("node.credential"), &credential).unwrap();
+    // Route tables only: telemetry has no scheduler and keeps retrying.
+    let (tables_tx, tables_rx) = watch::channel(None::<RouteTable>);
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    let grpc = FakeRoutes::start(&pki, "127.0.0.1:0".parse().unwrap(), tables_rx, req_tx).await;
+    let config = || agent_config(&pki_dir, &data, free_addr(), grpc.addr);
+    let agent = start_agent(config()).await;
+    let (_, first) = next_request(&mut requests).await;
+    assert_eq!(first.version_info, 0);
+
+    // A whole per-origin table.
+    tables_tx.send_replace(Some(per_origin_table(1)));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (1, None));
+    let route = |stream: &str| first_upstream(agent.routes.borrow().as_deref(), stream);
+    assert_eq!(route("live/a"), "edge-2");
+    assert_eq!(route("live/b"), "origin-b");
+    assert_eq!(route("live/mine"), "local");
+    assert_eq!(
+        route("live/other"),
+        "http://127.0.0.1:19000/{app}/{stream}.flv"
+    );
+    assert_eq!(stored(&data), per_origin_table(1));
+
+    // A delta: origin-a is now pulled direct, origin-c and live/c appear,
+    // live/b leaves the directory (then "live/*" serves it), the probe
+    // targets are replaced.
+    let mut d2 = delta(2, 1);
+    d2.origins = vec![
+        OriginRoute {
+            origin: "origin-a".into(),
+            upstreams: vec![relay_at("origin-a", 18090)],
+        },
+        OriginRoute {
+            origin: "origin-c".into(),
+            upstreams: vec![relay_at("edge-3", 18083)],
+        },
+    ];
+    d2.directory = vec![entry("live/c", "origin-c")];
+    d2.removed_streams = vec!["live/b".into()];
+    d2.probe_targets = vec![ProbeTarget {
+        node_id: "edge-3".into(),
+        addr: "127.0.0.1:17403".into(),
+        reason: ProbeReason::Upstream as i32,
+    }];
+    d2.probe_targets_changed = true;
+    tables_tx.send_replace(Some(d2.clone()));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!(
+        (
+            ack.version_info,
+            ack.response_nonce.as_str(),
+            ack.error_detail
+        ),
+        (2, "n2", None)
+    );
+    assert_eq!(route("live/a"), "origin-a");
+    assert_eq!(route("live/c"), "edge-3");
+    assert_eq!(route("live/b"), "http://127.0.0.1:19000/{app}/{stream}.flv");
+    let merged = agent.routes.borrow().as_ref().unwrap().table.clone();
+    assert_eq!((merged.version, merged.base_version), (2, 0));
+    assert!(merged.removed_streams.is_empty() && !merged.probe_targets_changed);
+    assert_eq!(merged.probe_targets, d2.probe_targets);
+    assert_eq!(merged.origins.len(), 3);
+    assert_eq!(merged.directory.len(), 3);
+    assert_eq!(stored(&data), merged, "routes.pb holds the merged table");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("routes.pb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "routes.pb carries the probe key");
+    }
+    let st = status_json(agent.admin).await;
+    assert_eq!(st["routes"]["version"], 2);
+    assert_eq!(st["routes"]["origins"], 3);
+    assert_eq!(st["routes"]["directory"], 3);
+    assert_eq!(st["routes"]["streams"], 1);
+    assert_eq!(st["routes"]["probe_targets"], 1);
+
+    // A delta on a version not held is NACKed naming both versions.
+    tables_tx.send_replace(Some(delta(3, 1)));
+    let (_, nack) = next_request(&mut requests).await;
+    assert_eq!((nack.version_info, nack.response_nonce.as_str()), (2, "n3"));
+    let detail = nack.error_detail.unwrap();
+    assert_eq!(detail.code, 3);
+    assert_eq!(detail.message, "delta for version 1, holding 2");
+
+    // An invalid delta is NACKed naming its entry; version 2 stays in use,
+    // on disk and in the status.
+    let mut bad = delta(4, 2);
+    bad.origins = vec![OriginRoute {
+        origin: "origin-d".into(),
+        upstreams: vec![Upstream {
+            url: "ftp://nowhere".into(),
+            ..relay_at("edge-4", 1)
+        }],
+    }];
+    bad.removed_origins = vec!["origin-a".into()];
+    tables_tx.send_replace(Some(bad));
+    let (_, nack) = next_request(&mut requests).await;
+    assert_eq!((nack.version_info, nack.response_nonce.as_str()), (2, "n4"));
+    let detail = nack.error_detail.unwrap();
+    assert!(
+        detail.message.starts_with("origins[0].upstreams[0]: url"),
+        "{}",
+        detail.message
+    );
+    assert_eq!(route("live/a"), "origin-a", "nothing of it applied");
+    assert_eq!(stored(&data), merged);
+    let st = status_json(agent.admin).await;
+    assert_eq!(
+        (
+            st["routes"]["version"].as_u64(),
+            st["routes"]["origins"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    let m = agent.metrics().await;
+    for needle in [
+        "vantage_agent_route_tables_total{result=\"ack\"} 2",
+        "vantage_agent_route_tables_total{result=\"nack\"} 2",
+        "vantage_agent_route_updates_total{kind=\"full\"} 1",
+        "vantage_agent_route_updates_total{kind=\"delta\"} 1",
+        "vantage_agent_route_version 2",
+    ] {
+        assert!(m.contains(needle), "missing {needle:?} in\n{m}");
+    }
+
+    // Restart: the merged table is served from disk, and a delta on it
+    // applies.
+    tables_tx.send_replace(None);
+    agent.stop().await;
+    let agent = start_agent(config()).await;
+    let route = |stream: &str| first_upstream(agent.routes.borrow().as_deref(), stream);
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().table, merged);
+    assert_eq!(route("live/a"), "origin-a");
+    assert_eq!(route("live/c"), "edge-3");
+    assert_eq!(route("live/mine"), "local");
+    let st = status_json(agent.admin).await;
+    assert_eq!(st["routes"]["source"], "disk");
+    assert_eq!(st["routes"]["version"], 2);
+    assert_eq!(st["routes"]["directory"], 3);
+    let again = loop {
+        let (_, req) = next_request(&mut requests).await;
+        if req.response_nonce.is_empty() {
+            break req;
+        }
+    };
+    assert_eq!(again.version_info, 2);
+    let mut d5 = delta(5, 2);
+    d5.removed_origins = vec!["origin-c".into()];
+    tables_tx.send_replace(Some(d5));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (5, None));
+    assert_eq!(route("live/c"), "http://127.0.0.1:19000/{app}/{stream}.flv");
+    assert_eq!(stored(&data).version, 5);
+    let st = status_json(agent.admin).await;
+    assert_eq!(st["routes"]["source"], "scheduler");
+    assert_eq!(st["routes"]["origins"], 2);
+    agent.stop().await;
     grpc.stop().await;
 }
