@@ -33,7 +33,7 @@
 //! The scheduler sends either a whole table (`base_version` 0) or a delta on
 //! top of the version the agent holds ([`merge`]: upserts and removals by
 //! key). [`AppliedTable::update`] turns either into a whole table and
-//! [validates](validate) it in full before anything uses it; validation is
+//! [validates](validate()) it in full before anything uses it; validation is
 //! pure, so a bad table or delta never half-applies and the last good table
 //! stays in force. The merged whole table is what other modules read, what
 //! is persisted and what `/v1/status` shows.
