@@ -1,0 +1,170 @@
+//! The QoE score of one node serving another (an *edge* of the relay
+//! graph): which measurement counts, the RTT model where none does, and the
+//! small hashing helpers the planner uses for ids and load spreading.
+
+use crate::node::{NodeView, PathStat};
+use crate::settings::Limits;
+use vantage_shared::place::{Coord, modelled_rtt_ms};
+use vantage_shared::score::{Input, Inputs, Ranges, Source};
+
+/// The probe measurement of a pair the planner ranks on: the consumer's
+/// own (`own`) when it has `min_samples`, else the other node's probes of
+/// the consumer (`reverse`) when they have; `None` (RTT modelled from
+/// distance) otherwise.
+pub fn measured_path<P: std::borrow::Borrow<PathStat>>(
+    own: Option<P>,
+    reverse: impl FnOnce() -> Option<P>,
+    min_samples: u32,
+) -> Option<P> {
+    let enough = |p: &P| p.borrow().samples >= min_samples;
+    own.filter(enough).or_else(|| reverse().filter(enough))
+}
+
+/// Inputs of the QoE formula for `u` serving `n` at utilisation `util`.
+pub fn edge_inputs(
+    u: &NodeView,
+    n: &NodeView,
+    ranges: &Ranges,
+    limits: &Limits,
+    util: f64,
+) -> Inputs {
+    let measured = measured_path(
+        n.paths.get(&u.id),
+        || u.paths.get(&n.id),
+        limits.min_path_samples,
+    );
+    let km = match (u.coord, n.coord) {
+        (Some(a), Some(b)) => Input::modelled(a.km_to(&b)),
+        _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
+    };
+    let (rtt_ms, loss) = rtt_and_loss(measured, &km);
+    Inputs {
+        rtt_ms,
+        loss,
+        buffer_ms: buffer_input(u.buffer_ms, ranges),
+        utilisation: Input::measured(util),
+        km,
+    }
+}
+
+/// A node's buffer input: measured, or the neutral default (the top of
+/// the range: no penalty for a node that holds no streams yet).
+pub fn buffer_input(buffer_ms: Option<f64>, ranges: &Ranges) -> Input {
+    match buffer_ms {
+        Some(b) => Input::measured(b),
+        None => Input::default_value(ranges.buffer_ms.hi),
+    }
+}
+
+/// RTT and loss inputs of an edge: measured when the path has enough
+/// samples, else RTT modelled from the distance `km` (and loss 0 by
+/// default).
+pub fn rtt_and_loss(measured: Option<&PathStat>, km: &Input) -> (Input, Input) {
+    match measured {
+        Some(p) => (Input::measured(p.rtt_ms), Input::measured(p.loss)),
+        None => (
+            if km.source == Source::Modelled {
+                Input::modelled(modelled_rtt_ms(km.value))
+            } else {
+                Input::default_value(modelled_rtt_ms(km.value))
+            },
+            Input::default_value(0.0),
+        ),
+    }
+}
+
+/// `a.km_to(&b)` ([`Coord::km_to`], geo's haversine on its mean Earth
+/// radius) with `cos(lat)` of both ends precomputed: the same operations in
+/// the same order, so the same bits (checked by a test).
+pub fn haversine_km((a, cos_a): (Coord, f64), (b, cos_b): (Coord, f64)) -> f64 {
+    const RADIUS_M: f64 = 6_371_008.8;
+    let delta_theta = (b.lat - a.lat).to_radians();
+    let delta_lambda = (b.lon - a.lon).to_radians();
+    let h = (delta_theta / 2.0).sin().powi(2) + cos_a * cos_b * (delta_lambda / 2.0).sin().powi(2);
+    RADIUS_M * (2.0 * h.sqrt().asin()) / 1000.0
+}
+
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes` from state `h` (the first half of
+/// [`vantage_shared::score::rendezvous`]).
+pub(crate) fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The splitmix64 finaliser of [`vantage_shared::score::rendezvous`].
+pub(crate) fn finalise(mut h: u64) -> u64 {
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The hasher of the planner's id maps: FNV-1a with the splitmix
+/// finaliser. Several times cheaper than SipHash for short ids, whose
+/// resistance to chosen colliding keys is not needed for the ids of the
+/// cluster's own enrolled nodes.
+pub(crate) struct IdHasher(u64);
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        IdHasher(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv(self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        finalise(self.0)
+    }
+}
+
+pub(crate) type IdMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// `x` as an unsigned integer in the order of [`f64::total_cmp`].
+pub(crate) fn total_order_bits(x: f64) -> u64 {
+    let bits = x.to_bits() as i64;
+    (bits ^ ((((bits >> 63) as u64) >> 1) as i64)) as u64 ^ (1 << 63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haversine_with_precomputed_cosines_is_bit_identical() {
+        let pts = [
+            (48.85, 2.35),
+            (35.68, 139.65),
+            (-33.9, 18.4),
+            (40.7, -74.0),
+            (0.0, 0.0),
+        ];
+        for &(la, lo) in &pts {
+            for &(lb, lob) in &pts {
+                let (a, b) = (Coord::new(la, lo).unwrap(), Coord::new(lb, lob).unwrap());
+                let fast =
+                    haversine_km((a, a.lat.to_radians().cos()), (b, b.lat.to_radians().cos()));
+                assert_eq!(fast.to_bits(), a.km_to(&b).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn total_order_bits_sort_like_total_cmp() {
+        let mut xs = vec![3.5, -1.0, 0.0, -0.0, f64::INFINITY, 1e-300, -7.25];
+        let mut ys = xs.clone();
+        xs.sort_by(f64::total_cmp);
+        ys.sort_by_key(|&x| total_order_bits(x));
+        assert_eq!(xs, ys);
+    }
+}

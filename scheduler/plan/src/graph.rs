@@ -1,0 +1,477 @@
+//! The relay graph: every node by a dense index in id order, what each
+//! offers as an upstream (eligibility, load term, buffer input), its
+//! nearest peers, and its *relay candidates* — the best
+//! `relay_candidates` eligible peers by load-free edge score — with the
+//! reverse indices that tell which candidate lists a change can touch.
+//!
+//! Candidate lists are chosen from a short list: a node's nearest
+//! `2 × relay_candidates` peers (whatever their state) plus every peer with
+//! a path measurement in either direction; a node without coordinates
+//! considers every peer. For unmeasured pairs the score grows with
+//! distance, so farther peers cannot beat the short list except through
+//! better buffer health, a deliberate simplification.
+//!
+//! [`Graph::build`] computes everything from the node views;
+//! [`Graph::update`] takes new inputs of some nodes (same membership and
+//! facts) and recomputes only the candidate lists they can touch, reporting
+//! what changed to the per-source planning.
+
+use crate::edge::{
+    FNV_OFFSET, IdMap, buffer_input, finalise, fnv, haversine_km, measured_path, rtt_and_loss,
+};
+use crate::node::{Health, NodeView, PathStat, eligible};
+use crate::settings::PlanSettings;
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
+use std::sync::Arc;
+use vantage_shared::score::{Input, Inputs, score_value};
+
+/// "No node": an origin URL as upstream, an unset primary.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// The indexed nodes and their candidate lists.
+#[derive(Clone)]
+pub(crate) struct Graph {
+    pub(crate) views: Vec<NodeView>,
+    pub(crate) ids: Vec<Arc<str>>,
+    pub(crate) index: IdMap<Arc<str>, u32>,
+    pub(crate) eligible: Vec<bool>,
+    /// Can be probed: has a probe address and is not down.
+    pub(crate) probeable: Vec<bool>,
+    /// `w_load · P(utilisation) / Σw`: the load term of every edge leaving
+    /// the node.
+    pub(crate) load: Vec<f64>,
+    pub(crate) buffer: Vec<Input>,
+    pub(crate) cos_lat: Vec<f64>,
+    /// Own measurements by peer index (known peers only), sorted.
+    pub(crate) paths: Vec<Vec<(u32, PathStat)>>,
+    /// Nodes that measured this one (reverse of `paths`), sorted.
+    pub(crate) measured_by: Vec<Vec<u32>>,
+    /// Nearest peers, nearest first, whatever their state.
+    pub(crate) near: Vec<Vec<u32>>,
+    /// `(v, position)` for every `near[v]` holding this node.
+    pub(crate) near_rev: Vec<Vec<(u32, u16)>>,
+    /// Nodes without coordinates (their short list is every peer).
+    pub(crate) no_coord: Vec<u32>,
+    /// Relay candidates with their load-free edge score, best first.
+    pub(crate) cands: Vec<Vec<(u32, f64)>>,
+    /// Per consumer, beside `cands`: each candidate's edge plus its load
+    /// term, `e(u→v) + L(u)`, what a relay adds to a path.
+    pub(crate) offers: Vec<Vec<f64>>,
+    /// Consumers whose candidate list holds this node (unordered).
+    pub(crate) kin_rev: Vec<Vec<u32>>,
+    /// FNV-1a state after each node's id and separator (spreading hashes).
+    pub(crate) fnv_prefix: Vec<u64>,
+    /// Hash of each node's id and public URL (route entry hashes).
+    pub(crate) node_hash: Vec<u64>,
+    /// Length of the nearest-peer lists ([`near_len`]).
+    near_len: usize,
+}
+
+/// What [`Graph::update`] changed, for the per-source planning.
+#[derive(Debug, Default)]
+pub(crate) struct GraphDelta {
+    /// Consumers whose candidate list changed (members or scores).
+    pub(crate) cands_changed: Vec<u32>,
+    /// Nodes whose load term changed.
+    pub(crate) load_changed: Vec<u32>,
+    /// Nodes whose own edges all changed (buffer) or whose eligibility did.
+    pub(crate) offer_changed: Vec<u32>,
+    /// Pairs `(u, v)` whose edge `u → v` changed (path measurements).
+    pub(crate) edges_changed: Vec<(u32, u32)>,
+    /// Some node became probeable or stopped being.
+    pub(crate) probeable_changed: bool,
+    /// Nodes whose health or published streams changed.
+    pub(crate) streams_changed: Vec<u32>,
+}
+
+impl Graph {
+    /// Indexes `views` (sorted by id, distinct ids) and computes every
+    /// candidate list.
+    pub(crate) fn build(views: Vec<NodeView>, st: &PlanSettings, threads: usize) -> Graph {
+        Graph::build_with(views, st, threads, None)
+    }
+
+    /// [`Graph::build`], reusing the nearest-peer lists of `old` when it
+    /// indexed the same nodes at the same places (a change of settings or
+    /// of a node's URLs).
+    pub(crate) fn build_with(
+        views: Vec<NodeView>,
+        st: &PlanSettings,
+        threads: usize,
+        old: Option<Graph>,
+    ) -> Graph {
+        let n = views.len();
+        let ids: Vec<Arc<str>> = views.iter().map(|v| Arc::from(v.id.as_str())).collect();
+        let index: IdMap<Arc<str>, u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        let mut g = Graph {
+            eligible: views.iter().map(|v| eligible(v, &st.ranges)).collect(),
+            probeable: views.iter().map(probeable).collect(),
+            load: views.iter().map(|v| load_term(v, st)).collect(),
+            buffer: views
+                .iter()
+                .map(|v| buffer_input(v.buffer_ms, &st.ranges))
+                .collect(),
+            cos_lat: views
+                .iter()
+                .map(|v| v.coord.map_or(1.0, |c| c.lat.to_radians().cos()))
+                .collect(),
+            paths: Vec::with_capacity(n),
+            measured_by: vec![Vec::new(); n],
+            near: Vec::new(),
+            near_rev: vec![Vec::new(); n],
+            no_coord: (0..n as u32)
+                .filter(|&i| views[i as usize].coord.is_none())
+                .collect(),
+            cands: Vec::new(),
+            offers: Vec::new(),
+            kin_rev: vec![Vec::new(); n],
+            fnv_prefix: ids
+                .iter()
+                .map(|id| fnv(fnv(FNV_OFFSET, id.as_bytes()), &[0xff]))
+                .collect(),
+            near_len: near_len(st),
+            node_hash: views
+                .iter()
+                .map(|v| {
+                    let h = fnv(fnv(FNV_OFFSET, v.id.as_bytes()), &[0x1f]);
+                    finalise(fnv(h, v.public_url.as_bytes()))
+                })
+                .collect(),
+            ids,
+            index,
+            views,
+        };
+        for v in 0..n {
+            let p = g.resolve_paths(v);
+            g.paths.push(p);
+        }
+        for v in 0..n {
+            for &(u, _) in &g.paths[v] {
+                g.measured_by[u as usize].push(v as u32);
+            }
+        }
+        let same_places = old.as_ref().is_some_and(|o| {
+            o.ids == g.ids
+                && o.near_len == near_len(st)
+                && o.views
+                    .iter()
+                    .zip(&g.views)
+                    .all(|(a, b)| a.coord == b.coord)
+        });
+        match old {
+            Some(o) if same_places => {
+                g.near = o.near;
+                g.near_rev = o.near_rev;
+            }
+            _ => {
+                g.near = nearest(&g.views, near_len(st), threads);
+                for (v, list) in g.near.iter().enumerate() {
+                    for (pos, &u) in list.iter().enumerate() {
+                        g.near_rev[u as usize].push((v as u32, pos as u16));
+                    }
+                }
+            }
+        }
+        g.cands = crate::par::map(n, threads, |v| g.candidates_of(v as u32, st));
+        for (v, list) in g.cands.iter().enumerate() {
+            for &(u, _) in list {
+                g.kin_rev[u as usize].push(v as u32);
+            }
+        }
+        g.offers = (0..n).map(|v| g.offers_of(v)).collect();
+        g
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Own paths of `v` by peer index, sorted.
+    fn resolve_paths(&self, v: usize) -> Vec<(u32, PathStat)> {
+        let mut p: Vec<(u32, PathStat)> = self.views[v]
+            .paths
+            .iter()
+            .filter_map(|(peer, s)| self.index.get(peer.as_str()).map(|&u| (u, *s)))
+            .filter(|&(u, _)| u as usize != v)
+            .collect();
+        p.sort_by_key(|&(u, _)| u);
+        p
+    }
+
+    fn path(&self, from: u32, to: u32) -> Option<PathStat> {
+        let p = &self.paths[from as usize];
+        p.binary_search_by_key(&to, |&(v, _)| v)
+            .ok()
+            .map(|i| p[i].1)
+    }
+
+    /// [`crate::edge::edge_inputs`]`(u, v, …, 0.0)` on indices: the same
+    /// numbers, bit for bit.
+    pub(crate) fn inputs_at(&self, u: u32, v: u32, st: &PlanSettings) -> Inputs {
+        let ranges = &st.ranges;
+        let measured = measured_path(
+            self.path(v, u),
+            || self.path(u, v),
+            st.limits.min_path_samples,
+        );
+        let (ui, vi) = (u as usize, v as usize);
+        let km = match (self.views[ui].coord, self.views[vi].coord) {
+            (Some(a), Some(b)) => {
+                Input::modelled(haversine_km((a, self.cos_lat[ui]), (b, self.cos_lat[vi])))
+            }
+            _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
+        };
+        let (rtt_ms, loss) = rtt_and_loss(measured.as_ref(), &km);
+        Inputs {
+            rtt_ms,
+            loss,
+            buffer_ms: self.buffer[ui],
+            utilisation: Input::measured(0.0),
+            km,
+        }
+    }
+
+    /// Edge score `u → v` without the load term.
+    pub(crate) fn static_edge(&self, u: u32, v: u32, st: &PlanSettings) -> f64 {
+        score_value(&st.weights, &st.ranges, &self.inputs_at(u, v, st))
+    }
+
+    /// The relay candidates of `v` from its short list.
+    fn candidates_of(&self, v: u32, st: &PlanSettings) -> Vec<(u32, f64)> {
+        let k = st.limits.relay_candidates.max(1);
+        let vi = v as usize;
+        let mut pool: Vec<u32> = if self.views[vi].coord.is_some() {
+            let near = &self.near[vi];
+            near[..near.len().min(2 * k)].to_vec()
+        } else {
+            (0..self.len() as u32).collect()
+        };
+        pool.extend(self.paths[vi].iter().map(|&(u, _)| u));
+        pool.extend(self.measured_by[vi].iter().copied());
+        pool.retain(|&u| u != v && self.eligible[u as usize]);
+        pool.sort_unstable();
+        pool.dedup();
+        let mut e: Vec<(u32, f64)> = pool
+            .into_iter()
+            .map(|u| (u, self.static_edge(u, v, st)))
+            .collect();
+        e.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        e.truncate(k);
+        e
+    }
+
+    /// Consumers whose short list holds `u` (superset of those whose
+    /// candidate list does), sorted.
+    fn shortlisting(&self, u: u32, st: &PlanSettings) -> Vec<u32> {
+        let k2 = 2 * st.limits.relay_candidates.max(1);
+        let ui = u as usize;
+        let mut out: Vec<u32> = self.near_rev[ui]
+            .iter()
+            .filter(|&&(_, pos)| (pos as usize) < k2)
+            .map(|&(v, _)| v)
+            .collect();
+        out.extend(self.paths[ui].iter().map(|&(v, _)| v));
+        out.extend(self.measured_by[ui].iter().copied());
+        out.extend(self.no_coord.iter().copied());
+        out.retain(|&v| v != u);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Takes new planned inputs of existing nodes (same facts) and
+    /// recomputes what they touch. `views` by index.
+    pub(crate) fn update(&mut self, views: Vec<(u32, NodeView)>, st: &PlanSettings) -> GraphDelta {
+        let mut d = GraphDelta::default();
+        let mut recompute: Vec<u32> = Vec::new();
+        for (u, new) in views {
+            let ui = u as usize;
+            let old = std::mem::replace(&mut self.views[ui], new);
+            let new = &self.views[ui];
+            let (el, pr) = (eligible(new, &st.ranges), probeable(new));
+            let load = load_term(new, st);
+            let buffer = buffer_input(new.buffer_ms, &st.ranges);
+            if old.health != new.health || old.published != new.published {
+                d.streams_changed.push(u);
+            }
+            if pr != self.probeable[ui] {
+                self.probeable[ui] = pr;
+                d.probeable_changed = true;
+            }
+            if load.to_bits() != self.load[ui].to_bits() {
+                self.load[ui] = load;
+                d.load_changed.push(u);
+            }
+            let offer = el != self.eligible[ui] || buffer != self.buffer[ui];
+            self.eligible[ui] = el;
+            self.buffer[ui] = buffer;
+            if offer {
+                d.offer_changed.push(u);
+                recompute.extend(self.shortlisting(u, st));
+            }
+            if old.paths != new.paths {
+                let paths = self.resolve_paths(ui);
+                let old_paths = std::mem::replace(&mut self.paths[ui], paths);
+                for (peer, changed) in path_changes(&old_paths, &self.paths[ui]) {
+                    let list = &mut self.measured_by[peer as usize];
+                    match (changed, list.binary_search(&u)) {
+                        (PathChange::Added, Err(at)) => list.insert(at, u),
+                        (PathChange::Removed, Ok(at)) => {
+                            list.remove(at);
+                        }
+                        _ => {}
+                    }
+                    // u measures peer: edges peer → u (u's own) and
+                    // u → peer (the reverse direction for peer).
+                    d.edges_changed.push((peer, u));
+                    d.edges_changed.push((u, peer));
+                    recompute.push(u);
+                    recompute.push(peer);
+                }
+            }
+        }
+        recompute.sort_unstable();
+        recompute.dedup();
+        for v in recompute {
+            let fresh = self.candidates_of(v, st);
+            let vi = v as usize;
+            if fresh == self.cands[vi] {
+                continue;
+            }
+            for &(u, _) in &self.cands[vi] {
+                let list = &mut self.kin_rev[u as usize];
+                if let Some(at) = list.iter().position(|&w| w == v) {
+                    list.swap_remove(at);
+                }
+            }
+            for &(u, _) in &fresh {
+                self.kin_rev[u as usize].push(v);
+            }
+            self.cands[vi] = fresh;
+            d.cands_changed.push(v);
+        }
+        let mut offers: Vec<u32> = d.cands_changed.clone();
+        for &u in &d.load_changed {
+            offers.extend(&self.kin_rev[u as usize]);
+        }
+        offers.sort_unstable();
+        offers.dedup();
+        for v in offers {
+            self.offers[v as usize] = self.offers_of(v as usize);
+        }
+        d.edges_changed.sort_unstable();
+        d.edges_changed.dedup();
+        d
+    }
+
+    /// `e(u→v) + L(u)` for every candidate `u` of `v`.
+    fn offers_of(&self, v: usize) -> Vec<f64> {
+        self.cands[v]
+            .iter()
+            .map(|&(u, e)| e + self.load[u as usize])
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PathChange {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// Peers whose measurement appeared, went or changed between two sorted
+/// path lists.
+fn path_changes(old: &[(u32, PathStat)], new: &[(u32, PathStat)]) -> Vec<(u32, PathChange)> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                if a.1 != b.1 {
+                    out.push((a.0, PathChange::Changed));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                out.push((a.0, PathChange::Removed));
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.push((a.0, PathChange::Removed));
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.push((b.0, PathChange::Added));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+/// Length of every node's nearest-peer list: the candidates' short list
+/// and the nearest probe targets' scan.
+pub(crate) fn near_len(st: &PlanSettings) -> usize {
+    (2 * st.limits.relay_candidates.max(1)).max(8 * st.limits.probe_nearest + 32)
+}
+
+fn probeable(v: &NodeView) -> bool {
+    !v.probe_addr.is_empty() && v.health != Health::Down
+}
+
+/// The load term of every edge leaving `v`.
+pub(crate) fn load_term(v: &NodeView, st: &PlanSettings) -> f64 {
+    let w = &st.weights;
+    let weight = w.load / w.sum().max(f64::MIN_POSITIVE);
+    weight * st.ranges.load_penalty(v.utilisation().max(0.0))
+}
+
+/// Each node's `len` nearest peers (nodes with coordinates only), nearest
+/// first, ties by index.
+fn nearest(views: &[NodeView], len: usize, threads: usize) -> Vec<Vec<u32>> {
+    let tree = RTree::bulk_load(
+        views
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                v.coord
+                    .map(|c| GeomWithData::new(c.sphere_point(), i as u32))
+            })
+            .collect(),
+    );
+    crate::par::map(views.len(), threads, |v| {
+        let Some(c) = views[v].coord else {
+            return Vec::new();
+        };
+        let p = c.sphere_point();
+        let dist = |q: &[f64; 3]| {
+            let (dx, dy, dz) = (q[0] - p[0], q[1] - p[1], q[2] - p[2]);
+            dx * dx + dy * dy + dz * dz
+        };
+        // The tree's order among equal distances is not specified: take
+        // every peer as far as the last one kept, then order by (distance,
+        // index), so the list depends only on the nodes.
+        let mut found: Vec<(f64, u32)> = Vec::with_capacity(len + 1);
+        for g in tree.nearest_neighbor_iter(&p) {
+            if g.data as usize == v {
+                continue;
+            }
+            let d = dist(g.geom());
+            if found.len() >= len && found.last().is_some_and(|&(last, _)| d > last) {
+                break;
+            }
+            found.push((d, g.data));
+        }
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        found.truncate(len);
+        found.into_iter().map(|(_, u)| u).collect()
+    })
+}

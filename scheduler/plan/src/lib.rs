@@ -1,0 +1,31 @@
+//! The Vantage planning core: everything that decides routes, shared by
+//! the scheduler and the simulator, without I/O (no sockets, no database,
+//! no clock: `now` is an argument).
+//!
+//! * [`node`] — what the planner knows of a node ([`NodeView`]);
+//! * [`inputs`] — smoothing and the deadband between telemetry and plans;
+//! * [`edge`] — the QoE score of one node serving another;
+//! * [`session`] — [`PlanSession`], the plan's state and the one object
+//!   that changes it, step by step (incrementally where it can);
+//! * [`settings`] — weights, ranges, limits and the rest of what a plan is
+//!   made with.
+//!
+//! Internals: `graph` (indexed nodes and relay candidates), `source`
+//! (path costs and routes of one origin or pattern), `par` (scoped
+//! threads).
+
+#![forbid(unsafe_code)]
+
+pub mod edge;
+mod graph;
+pub mod inputs;
+pub mod node;
+mod par;
+pub mod session;
+pub mod settings;
+mod source;
+
+pub use node::{Health, NodeView, PathStat, eligible};
+pub use session::{Offered, PlanSession, StepReport, TableChange, TableUpdate};
+pub use settings::{Limits, PlanSettings};
+pub use source::SourceKey;
