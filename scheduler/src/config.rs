@@ -3,12 +3,12 @@
 //! Unknown keys are errors. `deploy/config/scheduler.toml` documents every
 //! key and a test parses it with this loader.
 
-use crate::planner::Limits;
 use crate::record::RecordLimits;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use vantage_plan::Limits;
 use vantage_shared::score::{Ranges, Stability, Weights};
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +231,7 @@ pub struct FileConfig {
     pub stability: Option<Stability>,
     pub planner: Option<Limits>,
     /// How far telemetry may wobble before the planner sees it.
-    pub deadband: Option<crate::plan_inputs::Deadband>,
+    pub deadband: Option<vantage_plan::inputs::Deadband>,
     /// Viewer routing (`/v1/resolve`, `/play`).
     pub resolve: Option<crate::resolve::ResolveConfig>,
     /// Trace directory (`--record`); recording is off without it.
@@ -292,7 +292,7 @@ pub struct Config {
     pub ranges: Ranges,
     pub stability: Stability,
     pub limits: Limits,
-    pub deadband: crate::plan_inputs::Deadband,
+    pub deadband: vantage_plan::inputs::Deadband,
     pub config_path: Option<PathBuf>,
     pub resolve: crate::resolve::ResolveConfig,
     /// The GeoIP databases of `resolve`, opened once.
@@ -470,6 +470,7 @@ impl Config {
         self.deadband
             .validate()
             .map_err(|e| invalid("deadband", e))?;
+        self.limits.validate().map_err(|e| invalid("planner", e))?;
         self.resolve
             .validate()
             .map_err(|(key, m)| invalid(key, m))?;

@@ -24,8 +24,9 @@ pub struct KindLabel {
     pub kind: String,
 }
 
-/// A part of a planning round: `views` (the registry's snapshot), `plan`
-/// (the planner), `publish` (versions and hand-off to the gRPC streams).
+/// A part of a planning round: `views` (offering what the registry learned
+/// to the planning session), `plan` (the step), `publish` (new versions
+/// handed to the gRPC streams).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
     pub stage: &'static str,
@@ -48,11 +49,15 @@ pub struct Metrics {
     pub telemetry_socket_drops: Counter,
     pub liveness_held: Gauge,
     pub plans: Counter,
-    pub plans_superseded: Counter,
+    pub plan_steps: Family<KindLabel, Counter>,
+    pub plan_drift: Counter,
+    pub plan_routes_changed: Counter,
     pub plans_skipped: Counter,
     pub plan_duration: Histogram,
     pub plan_stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
     pub route_pushes: Counter,
+    pub route_updates: Family<KindLabel, Counter>,
+    pub route_push_bytes: Family<KindLabel, Counter>,
     pub route_acks: Counter,
     pub route_nacks: Counter,
     pub route_subscribers: Gauge,
@@ -80,11 +85,15 @@ impl Metrics {
             telemetry_socket_drops: Counter::default(),
             liveness_held: Gauge::default(),
             plans: Counter::default(),
-            plans_superseded: Counter::default(),
+            plan_steps: Family::default(),
+            plan_drift: Counter::default(),
+            plan_routes_changed: Counter::default(),
             plans_skipped: Counter::default(),
             plan_duration: plan_histogram(),
             plan_stage_duration: Family::new_with_constructor(plan_histogram),
             route_pushes: Counter::default(),
+            route_updates: Family::default(),
+            route_push_bytes: Family::default(),
             route_acks: Counter::default(),
             route_nacks: Counter::default(),
             route_subscribers: Gauge::default(),
@@ -135,20 +144,30 @@ impl Metrics {
             "Nodes kept from going down because the scheduler itself dropped telemetry datagrams lately",
             m.liveness_held.clone(),
         );
-        r.register("plans", "Plans computed", m.plans.clone());
+        r.register("plans", "Plan steps made", m.plans.clone());
         r.register(
-            "plans_superseded",
-            "Plans abandoned because a weight change arrived while they ran",
-            m.plans_superseded.clone(),
+            "plan_steps",
+            "Plan steps by kind: incremental (only what changed), full (re-indexed or planned from scratch)",
+            m.plan_steps.clone(),
+        );
+        r.register(
+            "plan_drift",
+            "Routes the periodic plan from scratch decided differently from the incremental state (should stay 0)",
+            m.plan_drift.clone(),
+        );
+        r.register(
+            "plan_routes_changed",
+            "(node, origin or pattern) routes whose upstreams changed in a plan step",
+            m.plan_routes_changed.clone(),
         );
         r.register(
             "plans_skipped",
-            "Periodic replans skipped: no node's inputs moved beyond the deadband",
+            "Planning rounds with nothing due: no node's inputs moved beyond the deadband",
             m.plans_skipped.clone(),
         );
         r.register(
             "plan_duration_seconds",
-            "Time of one planning round: node views, plan and publish",
+            "Time of one planning round that stepped the plan: offers, step and publish",
             m.plan_duration.clone(),
         );
         r.register(
@@ -158,8 +177,18 @@ impl Metrics {
         );
         r.register(
             "route_pushes",
-            "Route tables sent to agents",
+            "Route tables sent to agents (whole tables and deltas)",
             m.route_pushes.clone(),
+        );
+        r.register(
+            "route_updates",
+            "Route tables sent to agents, by kind: full (whole table) or delta",
+            m.route_updates.clone(),
+        );
+        r.register(
+            "route_push_bytes",
+            "Encoded bytes of the route tables sent, by kind: full or delta",
+            m.route_push_bytes.clone(),
         );
         r.register("route_acks", "Route tables ACKed", m.route_acks.clone());
         r.register("route_nacks", "Route tables NACKed", m.route_nacks.clone());
@@ -204,6 +233,18 @@ impl Metrics {
             m.http_errors.clone(),
         );
         m
+    }
+
+    /// A route table went out: whole (`delta` false) or a delta.
+    pub fn route_pushed(&self, delta: bool, bytes: usize) {
+        let kind = KindLabel {
+            kind: if delta { "delta" } else { "full" }.to_owned(),
+        };
+        self.route_pushes.inc();
+        self.route_updates.get_or_create(&kind).inc();
+        self.route_push_bytes
+            .get_or_create(&kind)
+            .inc_by(bytes as u64);
     }
 
     pub fn rejected(&self, reason: &str) {

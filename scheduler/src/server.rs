@@ -204,7 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
 
     // First plan before accepting anyone, so tables exist for known nodes.
-    app.plan_once();
+    app.plan_round(true);
 
     let mut tasks = tokio::task::JoinSet::new();
     let socket_drops = ingest.socket_drops();

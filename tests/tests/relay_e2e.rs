@@ -48,7 +48,7 @@ fn status_upstream(status: &Value, stream: &str) -> Option<String> {
 /// Whether the scheduler holds enough probe samples of the pair `x`–`y`
 /// (either direction) for the planner to rank on them instead of distance.
 async fn pair_measured(s: &Scheduler, x: &str, y: &str) -> bool {
-    let min = u64::from(vantage_scheduler::planner::Limits::default().min_path_samples);
+    let min = u64::from(vantage_plan::Limits::default().min_path_samples);
     for (from, to) in [(x, y), (y, x)] {
         let Some(node) = s.node(from).await else {
             continue;

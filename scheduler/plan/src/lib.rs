@@ -5,6 +5,9 @@
 //! * [`node`] — what the planner knows of a node ([`NodeView`]);
 //! * [`inputs`] — smoothing and the deadband between telemetry and plans;
 //! * [`edge`] — the QoE score of one node serving another;
+//! * [`liveness`] — up, suspect, down from report age;
+//! * [`resolve`] — viewer routing: ranking edges for a viewer, learning
+//!   per client group;
 //! * [`session`] — [`PlanSession`], the plan's state and the one object
 //!   that changes it, step by step (incrementally where it can);
 //! * [`settings`] — weights, ranges, limits and the rest of what a plan is
@@ -19,13 +22,15 @@
 pub mod edge;
 mod graph;
 pub mod inputs;
+pub mod liveness;
 pub mod node;
 mod par;
+pub mod resolve;
 pub mod session;
 pub mod settings;
 mod source;
 
 pub use node::{Health, NodeView, PathStat, eligible};
-pub use session::{Offered, PlanSession, StepReport, TableChange, TableUpdate};
+pub use session::{Offered, PlanSession, RouteEntry, StepReport, TableChange, TableUpdate};
 pub use settings::{Limits, PlanSettings};
 pub use source::SourceKey;

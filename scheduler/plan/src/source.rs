@@ -910,6 +910,21 @@ impl Source {
         }
     }
 
+    /// Sets consumer `v`'s route (nodes and hop counts; scores 0): a
+    /// recorded decision taken as the previous one.
+    pub(crate) fn set_route(&mut self, v: u32, ups: &[(u32, u8)]) {
+        let at = v as usize * self.stride;
+        let len = ups.len().min(self.stride);
+        for (slot, &(node, hops)) in self.ups[at..at + len].iter_mut().zip(ups) {
+            *slot = Up {
+                node,
+                score: 0.0,
+                hops,
+            };
+        }
+        self.len[v as usize] = len as u8;
+    }
+
     /// Whether two plans of the same source over the same nodes decided
     /// the same (costs, hop counts, primaries, depths, routes).
     pub(crate) fn same_plan(&self, other: &Source) -> bool {

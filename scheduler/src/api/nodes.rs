@@ -150,8 +150,13 @@ pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResu
 /// each term's input, its source (measured / modelled / default) and its
 /// contribution: the explanation behind the planner's edge costs.
 fn upstream_scores(app: &App, id: &str) -> Value {
-    use crate::planner::{edge_inputs, eligible};
-    let views = app.registry.views();
+    use vantage_plan::edge::edge_inputs;
+    use vantage_plan::eligible;
+    let views = app
+        .plan
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .planned_views();
     let Some(me) = views.iter().find(|v| v.id == id) else {
         return Value::Array(Vec::new());
     };
@@ -191,9 +196,13 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
     if !app.registry.contains(&id) {
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
-    let ch = app.publisher.channel(&id);
-    let st = ch.status();
-    let table = ch.current().map(|t| crate::publish::table_json(&t));
+    let st = app.publisher.channel(&id).status();
+    let table = app
+        .plan
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .table(&id);
+    let table = table.map(|t| crate::publish::table_json(&t));
     Ok(Json(json!({
         "node_id": id,
         "version": st.version,
@@ -201,6 +210,7 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         "acked_version": st.acked_version,
         "acked_at_ms": st.acked_at_ms,
         "nacked": st.nacked,
+        "sent": {"full": st.sent_full, "delta": st.sent_delta, "bytes": st.sent_bytes},
         "table": table,
     })))
 }

@@ -1,11 +1,13 @@
 //! The running scheduler: every component in one place, and the two loops
 //! that own time — liveness (up → suspect → down) and planning.
 //!
-//! Planning runs immediately (debounced by 10 ms) when triggered by a node
-//! going down, an alert, a drain, a new node or a weight change (which also
-//! supersedes a plan in progress), and on a short period when some node's
-//! inputs moved beyond the deadband (`plan_inputs`). The planning loop and
-//! a planning round are in `planning`, the liveness loop in `liveness`.
+//! Planning is the `vantage-plan` session ([`PlanSession`]): every round
+//! offers it what the registry learned, and steps it when something is due
+//! — at once (debounced by 10 ms) on a node going down or coming back, an
+//! alert, a drain, a new node or a weight change; within the replan
+//! interval when some node's inputs moved beyond the deadband. The
+//! planning loop and a planning round are in `planning`, the liveness loop
+//! in `liveness`.
 
 mod liveness;
 mod planning;
@@ -13,17 +15,17 @@ mod planning;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{Metrics, StateLabel};
-use crate::planner::{self, PlanInput};
 use crate::publish::Publisher;
 use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
 use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp, WriteStats};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use vantage_plan::{PlanSession, PlanSettings};
 use vantage_shared::clock::now_ms;
 use vantage_shared::place::Coord;
 use vantage_shared::score::Weights;
@@ -37,6 +39,9 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub auth: Auth,
     pub publisher: Publisher,
+    /// The plan: every node's routes, probe targets and table versions.
+    /// Written by the planning thread, read by route streams and the API.
+    pub plan: RwLock<PlanSession>,
     pub store: Store,
     pub metrics: Metrics,
     pub prometheus: prometheus_client::registry::Registry,
@@ -49,20 +54,33 @@ pub struct App {
     replan: Notify,
     /// Set with a trigger that must not wait for the debounce (weights).
     replan_now: AtomicBool,
-    /// Probe rotation epoch of the last plan (a new epoch rotates the
-    /// random probe targets, so it is due even when no input moved).
-    planned_epoch: AtomicI64,
-    /// Bumped by every weight change: a plan started under an older value
-    /// is superseded and gives up (see [`App::plan_once`]).
-    weights_generation: AtomicU64,
-    previous: Mutex<BTreeMap<(String, String), String>>,
-    /// Backups of the last plan: the next plan's backup hysteresis.
-    previous_backups: Mutex<planner::Backups>,
     ready: AtomicBool,
     /// Cluster secret for probe authenticators (DESIGN §4), shared by all
     /// replicas through the store and sent to agents in every table.
     probe_key: Vec<u8>,
 }
+
+/// What the planning session is made with: the configuration, the weight
+/// set in force and the cluster probe key.
+pub fn plan_settings(config: &Config, weights: &WeightSet, probe_key: &[u8]) -> PlanSettings {
+    PlanSettings {
+        weights: weights.weights,
+        weights_version: weights.version,
+        ranges: config.ranges,
+        stability: config.stability,
+        limits: config.limits,
+        deadband: config.deadband,
+        report_interval_ms: config.report_interval_ms,
+        table_ttl_s: config.table_ttl_s,
+        probe_key: probe_key.to_vec(),
+        replan_interval_ms: config.replan_interval_ms,
+        full_plan_interval_ms: FULL_PLAN_INTERVAL_MS,
+    }
+}
+
+/// How often the planning session checks its incremental state with a
+/// plan from scratch.
+const FULL_PLAN_INTERVAL_MS: u32 = 60_000;
 
 /// Partial weights for `PUT /v1/weights`: missing keys keep their value.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -175,7 +193,8 @@ impl App {
             e.draining = rec.drained;
             registry.insert(e);
         }
-        let publisher = Publisher::new(store.clone(), store.route_heads().await?);
+        let heads = store.route_heads().await?;
+        let publisher = Publisher::new(store.clone(), &heads);
         let key_hex = store
             .cluster_setting("probe_key", &hex::encode(rand::random::<[u8; 32]>()), now)
             .await?;
@@ -188,10 +207,17 @@ impl App {
             weights_version = weights.version,
             "state loaded"
         );
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let mut plan = PlanSession::new(plan_settings(&config, &weights, &probe_key), threads);
+        plan.restore_versions(heads.iter().map(|h| {
+            let hash = crate::publish::parse_hash(&h.hash).unwrap_or(0);
+            (h.node_id.clone(), h.version, hash)
+        }));
         Ok(Arc::new(Self {
             auth: crate::auth::Auth::new(auth_mode, registry.clone()),
             registry,
             publisher,
+            plan: RwLock::new(plan),
             store,
             metrics,
             prometheus,
@@ -201,10 +227,6 @@ impl App {
             weights: RwLock::new(weights),
             replan: Notify::new(),
             replan_now: AtomicBool::new(false),
-            weights_generation: AtomicU64::new(0),
-            planned_epoch: AtomicI64::new(i64::MIN),
-            previous: Mutex::new(BTreeMap::new()),
-            previous_backups: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             probe_key,
             config,
@@ -258,7 +280,11 @@ impl App {
             r.weights(now_ms(), &ws);
         }
         info!(version = ws.version, ?next, actor, "weights changed");
-        self.weights_generation.fetch_add(1, Ordering::Relaxed);
+        let settings = plan_settings(&self.config, &ws, &self.probe_key);
+        self.plan
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_settings(settings);
         self.replan_now.store(true, Ordering::Relaxed);
         self.trigger_replan();
         Ok(ws)

@@ -2,6 +2,7 @@
 //! agent, xDS-style (see `proto/vantage/v1/routes.proto`).
 
 use crate::app::App;
+use prost::Message;
 use rand::RngCore;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -123,10 +124,14 @@ fn nonce() -> String {
     hex::encode(b)
 }
 
-/// Sends the node's table whenever it changes to a version the agent does
-/// not hold and that is not parked, and records ACKs and NACKs.
+/// Sends the node's table whenever its version moves — a delta on top of
+/// what the agent holds when the plan's log reaches back to it, the whole
+/// table otherwise — one at a time (the next goes out once the agent
+/// answered), and records ACKs and NACKs. After a NACK the agent's content
+/// is unknown: the next version goes out whole, and the NACKed one is
+/// never resent.
 async fn serve(
-    app: &App,
+    app: &Arc<App>,
     node_id: &str,
     held: u64,
     mut inbound: Streaming<RouteRequest>,
@@ -134,24 +139,50 @@ async fn serve(
 ) {
     let channel = app.publisher.channel(node_id);
     let mut watch = channel.subscribe();
+    // The version the agent holds as far as we know (0: unknown).
+    let mut base = held;
     let mut last_sent = held;
     let mut pending: Option<(String, u64)> = None;
     loop {
-        let current = watch.borrow_and_update().clone();
-        if let Some(table) = current
-            && table.version != last_sent
-            && !channel.is_parked(table.version)
+        let current = *watch.borrow_and_update();
+        if pending.is_none() && current != 0 && current != last_sent && !channel.is_parked(current)
         {
-            let mut t = (*table).clone();
-            t.nonce = nonce();
-            app.publisher.set_nonce(node_id, &t.nonce);
-            pending = Some((t.nonce.clone(), t.version));
-            last_sent = t.version;
-            debug!(version = t.version, "sending route table");
-            if tx.send(Ok(t)).await.is_err() {
-                return;
+            let plan = app.clone();
+            let id = node_id.to_owned();
+            let update = tokio::task::spawn_blocking(move || {
+                plan.plan
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .table_update(&id, base)
+            })
+            .await
+            .ok()
+            .flatten();
+            match update {
+                Some(update) => {
+                    let delta = update.is_delta();
+                    let mut t = update.into_table();
+                    t.nonce = nonce();
+                    t.generated_at_ms = now_ms();
+                    let bytes = t.encoded_len();
+                    app.publisher.sent(node_id, &t.nonce, delta, bytes);
+                    app.metrics.route_pushed(delta, bytes);
+                    pending = Some((t.nonce.clone(), t.version));
+                    last_sent = t.version;
+                    debug!(
+                        version = t.version,
+                        base = t.base_version,
+                        delta,
+                        bytes,
+                        "sending route table"
+                    );
+                    if tx.send(Ok(t)).await.is_err() {
+                        return;
+                    }
+                }
+                // The agent holds the current version already.
+                None => last_sent = current,
             }
-            app.metrics.route_pushes.inc();
         }
         tokio::select! {
             _ = app.shutdown.cancelled() => {
@@ -159,7 +190,7 @@ async fn serve(
                 return;
             }
             _ = tx.closed() => return,
-            changed = watch.changed() => {
+            changed = watch.changed(), if pending.is_none() => {
                 if changed.is_err() {
                     return;
                 }
@@ -185,11 +216,15 @@ async fn serve(
                             app.metrics.route_nacks.inc();
                             app.publisher.nack(node_id, version, &err.message, now);
                             app.event(node_id, "route_nack", &format!("v{version}: {}", err.message));
+                            base = 0;
                         }
                         None => {
                             if req.version_info == version {
                                 app.metrics.route_acks.inc();
                                 app.publisher.ack(node_id, version, now);
+                                base = version;
+                            } else {
+                                base = 0;
                             }
                         }
                     }

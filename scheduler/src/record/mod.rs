@@ -18,27 +18,18 @@
 //! keeps the newest `max_files` files.
 
 pub mod format;
-pub mod replay;
 
-#[cfg(test)]
-mod tests;
+pub use format::Line;
 
-pub use format::{Decisions, Line, NodeDecision, decisions_of};
-pub use replay::{
-    Difference, PlanRecord, PreviousMode, Record, ReplayOptions, ReplayReport, Trace, TraceError,
-    replay,
-};
-
-use crate::planner::{Plan, PlanInput};
 use base64::Engine;
-use format::{AlertLine, Header, InputLine, NodeEvent, NodeInfoLine, PlanLine, ReportLine};
+use format::{AlertLine, Header, NodeEvent, NodeInfoLine, ReportLine};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -139,13 +130,6 @@ enum Entry {
         pb: Vec<u8>,
     },
     Line(Box<format::Line>),
-    Plan {
-        at_ms: i64,
-        plan_seq: u64,
-        duration_us: u64,
-        input: Box<PlanInput>,
-        decisions: Decisions,
-    },
     /// Stop after writing what came before ([`Recorder::close`]).
     Close,
 }
@@ -219,8 +203,6 @@ impl Recorder {
             weights,
             next_seq,
             open: None,
-            chained: None,
-            chained_backups: None,
             metrics: metrics.clone(),
             failed_at: None,
         };
@@ -327,19 +309,6 @@ impl Recorder {
         ))));
     }
 
-    /// A plan: its input (moved in; serialised on the writer thread) and
-    /// the decisions taken from `plan` before its tables are published.
-    pub fn plan(&self, at_ms: i64, took: Duration, input: PlanInput, plan: &Plan) {
-        let plan_seq = self.plan_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.send(Entry::Plan {
-            at_ms,
-            plan_seq,
-            duration_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            input: Box::new(input),
-            decisions: decisions_of(plan),
-        });
-    }
-
     /// Stops the writer after it wrote everything queued (flushed and
     /// fsynced). Later records are dropped.
     pub fn close(&self) {
@@ -366,9 +335,6 @@ struct Writer {
     weights: (u64, Weights),
     next_seq: u64,
     open: Option<OpenFile>,
-    /// Primaries of the last plan line of the current file.
-    chained: Option<format::Primaries>,
-    chained_backups: Option<format::Backups>,
     metrics: RecordMetrics,
     failed_at: Option<Instant>,
 }
@@ -445,8 +411,6 @@ impl Writer {
             bytes: 0,
             opened: Instant::now(),
         });
-        self.chained = None;
-        self.chained_backups = None;
         let header = format::Line::Header(Header {
             at_ms,
             format: format::FORMAT.to_owned(),
@@ -485,7 +449,7 @@ impl Writer {
 
     fn write(&mut self, e: Entry) {
         let at_ms = match &e {
-            Entry::Report { at_ms, .. } | Entry::Plan { at_ms, .. } => *at_ms,
+            Entry::Report { at_ms, .. } => *at_ms,
             Entry::Line(l) => l.at_ms(),
             Entry::Close => return,
         };
@@ -523,29 +487,6 @@ impl Writer {
                 *l
             }
             Entry::Close => return,
-            Entry::Plan {
-                at_ms,
-                plan_seq,
-                duration_us,
-                input,
-                decisions,
-            } => {
-                self.weights = (input.weights_version, input.weights);
-                let input = InputLine::from_input(
-                    &input,
-                    self.chained.as_ref(),
-                    self.chained_backups.as_ref(),
-                );
-                self.chained = Some(format::primaries_of(&decisions));
-                self.chained_backups = Some(format::backups_of(&decisions));
-                format::Line::Plan(PlanLine {
-                    at_ms,
-                    plan_seq,
-                    duration_us,
-                    input,
-                    decisions,
-                })
-            }
         };
         if let Err(err) = self.put(&line) {
             self.fail(&err);
@@ -562,7 +503,6 @@ impl format::Line {
             format::Line::Alert(a) => a.at_ms,
             format::Line::Weights(w) => w.at_ms,
             format::Line::Resolve(r) => r.at_ms,
-            format::Line::Plan(p) => p.at_ms,
         }
     }
 }

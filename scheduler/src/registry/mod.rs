@@ -11,10 +11,9 @@ mod tests;
 
 pub use node::{NodeEntry, NodeInfo, NodeState, RollupAcc, Session, held_down_after_ms};
 
-use crate::plan_inputs::Rules;
-use crate::planner::NodeView;
 use dashmap::DashMap;
 use std::collections::BTreeMap;
+use vantage_plan::NodeView;
 
 /// What [`Registry::tick_aware`] did.
 #[derive(Debug, Default)]
@@ -49,9 +48,13 @@ impl Registry {
         self.nodes.get(id).map(|e| f(&e))
     }
 
-    /// Runs `f` on a node's entry mutably, if it exists.
+    /// Runs `f` on a node's entry mutably, if it exists (and marks it
+    /// changed for the planner).
     pub fn update<R>(&self, id: &str, f: impl FnOnce(&mut NodeEntry) -> R) -> Option<R> {
-        self.nodes.get_mut(id).map(|mut e| f(&mut e))
+        self.nodes.get_mut(id).map(|mut e| {
+            e.touched += 1;
+            f(&mut e)
+        })
     }
 
     /// Inserts with `make` when missing, then runs `f`.
@@ -62,6 +65,7 @@ impl Registry {
         f: impl FnOnce(&mut NodeEntry) -> R,
     ) -> R {
         let mut e = self.nodes.entry(id.to_owned()).or_insert_with(make);
+        e.touched += 1;
         f(&mut e)
     }
 
@@ -79,31 +83,20 @@ impl Registry {
         self.nodes.is_empty()
     }
 
-    /// Every node as the last plan saw it (the planned inputs; the latest
-    /// smoothed ones for a node not planned yet), sorted by id: what the
-    /// API's score explanations are computed from.
-    pub fn views(&self) -> Vec<NodeView> {
-        let mut v: Vec<NodeView> = self.nodes.iter().map(|e| e.planned_view()).collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
-    }
-
-    /// The planner's input: [`NodeEntry::planning_view`] of every node,
-    /// sorted by id (and recorded as what the plan saw).
-    pub fn planning_views(&self, rules: &Rules<'_>) -> Vec<NodeView> {
+    /// What the planner should be offered: the fresh view of every node
+    /// changed since it was last offered (by id).
+    pub fn changed_views(&self) -> Vec<NodeView> {
         let mut v: Vec<NodeView> = self
             .nodes
             .iter_mut()
-            .map(|mut e| e.planning_view(rules))
+            .filter(|e| e.touched != e.offered)
+            .map(|mut e| {
+                e.offered = e.touched;
+                e.fresh_view()
+            })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
-    }
-
-    /// Whether any node's planner inputs left the deadband since the last
-    /// [`Registry::planning_views`] (a node never planned counts as moved).
-    pub fn inputs_moved(&self, rules: &Rules<'_>) -> bool {
-        self.nodes.iter().any(|e| e.inputs_moved(rules))
     }
 
     /// Runs `f` on every entry without cloning (one shard lock at a time,
@@ -169,6 +162,7 @@ impl Registry {
                 changes.push((e.id.clone(), e.state, next));
                 e.state = next;
                 e.state_since_ms = now_ms;
+                e.touched += 1;
             }
         }
         changes.sort_by(|a, b| a.0.cmp(&b.0));

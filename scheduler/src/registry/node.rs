@@ -2,10 +2,11 @@
 //! its liveness state, the inputs its last plan saw and the current
 //! minute's roll-up.
 
-use crate::plan_inputs::{PATH_SMOOTHING, Planned, Rules};
-use crate::planner::{Health, NodeView, PathStat};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use vantage_plan::inputs::{PATH_SMOOTHING, Planned};
+use vantage_plan::liveness::{self, Liveness};
+use vantage_plan::{Health, NodeView, PathStat};
 use vantage_proto::v1::{
     ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
 };
@@ -13,33 +14,8 @@ use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
-/// Liveness state shown to operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    Up,
-    Suspect,
-    Down,
-    Draining,
-}
-
-impl NodeState {
-    pub const ALL: [NodeState; 4] = [
-        NodeState::Up,
-        NodeState::Suspect,
-        NodeState::Down,
-        NodeState::Draining,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            NodeState::Up => "up",
-            NodeState::Suspect => "suspect",
-            NodeState::Down => "down",
-            NodeState::Draining => "draining",
-        }
-    }
-}
+/// Liveness state shown to operators: the planner's [`Health`].
+pub use vantage_plan::Health as NodeState;
 
 /// Static facts about a node, from its Hello (or the store at startup).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,8 +65,10 @@ pub struct NodeEntry {
     pub alerts: u64,
     /// Per peer: RTT and loss smoothed over reports, for the planner.
     pub smoothed_paths: BTreeMap<String, (Ewma, Ewma)>,
-    /// The inputs the last plan saw (see [`crate::plan_inputs`]).
-    pub planned: Option<Planned>,
+    /// Bumped by every change made through the registry; the planning loop
+    /// offers the node's inputs again when it moved since `offered`.
+    pub touched: u64,
+    pub offered: u64,
     /// Aggregate of the current minute, flushed to the store as a roll-up.
     pub rollup: RollupAcc,
 }
@@ -165,7 +143,8 @@ impl NodeEntry {
             route_version_in_use: 0,
             alerts: 0,
             smoothed_paths: BTreeMap::new(),
-            planned: None,
+            touched: 1,
+            offered: 0,
             rollup: RollupAcc::default(),
         }
     }
@@ -241,28 +220,19 @@ impl NodeEntry {
         interval_ms: i64,
         local_loss: &mut dyn FnMut() -> bool,
     ) -> NodeState {
-        let age = match self.last_report_ms {
-            Some(t) => now_ms - t,
-            None => return NodeState::Down,
+        let node = Liveness {
+            last_report_ms: self.last_report_ms,
+            state: self.state,
+            connected: self.session.is_some(),
+            draining: self.draining,
         };
-        if self.session.is_none() && self.state == NodeState::Down {
-            return NodeState::Down;
-        }
-        // Conditions of a hold, cheapest first: most ticks stop at the first.
-        let held = age > 3 * interval_ms
-            && self.state != NodeState::Down
-            && self.session.is_some()
-            && age <= held_down_after_ms(interval_ms)
-            && local_loss();
-        if age > 3 * interval_ms && !held {
-            NodeState::Down
-        } else if self.draining {
-            NodeState::Draining
-        } else if age > 2 * interval_ms {
-            NodeState::Suspect
-        } else {
-            NodeState::Up
-        }
+        liveness::evaluate(
+            &node,
+            now_ms,
+            interval_ms,
+            held_down_after_ms(interval_ms),
+            local_loss,
+        )
     }
 
     /// What the store keeps of this node.
@@ -288,40 +258,16 @@ impl NodeEntry {
         self.view_of(self.inputs(false))
     }
 
-    /// The planner's view: smoothed, and held at the last plan's values
-    /// while they stay inside `band`. Records what it hands out as the
-    /// node's planned inputs.
-    pub fn planning_view(&mut self, rules: &Rules<'_>) -> NodeView {
-        let inputs = rules.hold(
-            self.info.capacity_mbps,
-            self.planned.as_ref(),
-            self.inputs(true),
-        );
-        self.planned = Some(inputs.clone());
-        self.view_of(inputs)
-    }
-
-    /// The view the last plan had of this node.
-    pub fn planned_view(&self) -> NodeView {
-        self.view_of(self.planned.clone().unwrap_or_else(|| self.inputs(true)))
-    }
-
-    /// Would [`Self::planning_view`] now differ from what the last plan saw?
-    pub fn inputs_moved(&self, rules: &Rules<'_>) -> bool {
-        match &self.planned {
-            None => true,
-            Some(p) => rules.hold(self.info.capacity_mbps, Some(p), self.inputs(true)) != *p,
-        }
+    /// What the planner is offered: the latest inputs with path RTT, loss
+    /// and egress smoothed (the planning session holds them inside its
+    /// deadband).
+    pub fn fresh_view(&self) -> NodeView {
+        self.view_of(self.inputs(true))
     }
 
     /// Latest inputs; path RTT, loss and egress smoothed when `smoothed`.
     fn inputs(&self, smoothed: bool) -> Planned {
-        let health = match self.state {
-            NodeState::Up => Health::Up,
-            NodeState::Suspect => Health::Suspect,
-            NodeState::Down => Health::Down,
-            NodeState::Draining => Health::Draining,
-        };
+        let health: Health = self.state;
         let buffers: Vec<f64> = self
             .streams
             .iter()
@@ -398,10 +344,8 @@ fn path_rtt(p: &PathMeasurement) -> f64 {
 
 /// While the scheduler is dropping telemetry datagrams, a node that
 /// still has its connection goes down only after this long without a
-/// report, not 3 intervals (see [`NodeEntry::evaluate`]): 10 report
-/// intervals, and at least the QUIC idle timeout (10 s), by which a dead
-/// agent's connection has ended anyway.
+/// report (see [`liveness::held_down_after_ms`]).
 pub fn held_down_after_ms(interval_ms: i64) -> i64 {
     let idle_ms = i64::try_from(crate::ingest::IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
-    (10 * interval_ms).max(idle_ms)
+    liveness::held_down_after_ms(interval_ms, idle_ms)
 }

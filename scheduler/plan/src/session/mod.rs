@@ -40,6 +40,15 @@ use vantage_shared::stream::StreamKey;
 
 pub use tables::{TableChange, TableUpdate};
 
+/// One route of the plan: a node's upstreams for a source, best first,
+/// with hop counts ("" = the node's static origin URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub node: String,
+    pub source: SourceKey,
+    pub upstreams: Vec<(String, u32)>,
+}
+
 /// What an [`offer`](PlanSession::offer) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Offered {
@@ -95,6 +104,8 @@ pub struct PlanSession {
     removed: BTreeSet<String>,
     /// Membership, facts or settings changed: re-index at the next step.
     rebuild: bool,
+    /// Routes to take as the previous decisions at the next re-index.
+    seeds: Vec<RouteEntry>,
     urgent: bool,
     epoch: Option<i64>,
     last_plan_ms: Option<i64>,
@@ -134,6 +145,7 @@ impl PlanSession {
             pending: BTreeMap::new(),
             removed: BTreeSet::new(),
             rebuild: false,
+            seeds: Vec::new(),
             urgent: false,
             epoch: None,
             last_plan_ms: None,
@@ -227,6 +239,60 @@ impl PlanSession {
             moved: true,
             urgent,
         }
+    }
+
+    /// Takes `view` as the node's planned inputs as they are (no deadband):
+    /// inputs recorded after the deadband, replayed.
+    pub fn set_planned(&mut self, view: NodeView) {
+        self.removed.remove(&view.id);
+        let known = self
+            .planned(&view.id)
+            .map(|p| (*p == view, p.same_facts(&view), p.health));
+        match known {
+            Some((true, _, _)) => {}
+            Some((false, same_facts, health)) => {
+                self.rebuild |= !same_facts;
+                self.urgent |= urgent_change(health, view.health);
+                self.pending.insert(view.id.clone(), view);
+            }
+            None => {
+                self.rebuild = true;
+                self.urgent = true;
+                self.pending.insert(view.id.clone(), view);
+            }
+        }
+    }
+
+    /// Routes the next step takes as the previous decisions (hysteresis
+    /// input): a replay starting from a recorded state. The next step
+    /// re-indexes and plans everything.
+    pub fn seed_routes(&mut self, routes: Vec<RouteEntry>) {
+        self.seeds = routes;
+        self.rebuild = true;
+        self.urgent = true;
+    }
+
+    /// Every route of the plan: (node, source, upstreams with hop counts;
+    /// "" = the node's static origin URL), by source then node.
+    pub fn routes(&self) -> Vec<RouteEntry> {
+        let mut out = Vec::new();
+        for s in &self.sources {
+            for (v, _) in s.routed() {
+                out.push(RouteEntry {
+                    node: self.graph.ids[v as usize].to_string(),
+                    source: s.key.clone(),
+                    upstreams: s
+                        .route(v)
+                        .iter()
+                        .map(|up| match up.node {
+                            crate::graph::NONE => (String::new(), 0),
+                            u => (self.graph.ids[u as usize].to_string(), u32::from(up.hops)),
+                        })
+                        .collect(),
+                });
+            }
+        }
+        out
     }
 
     /// Forgets a node (it left the cluster).

@@ -74,6 +74,29 @@ impl PlanSession {
                 }
             }
         }
+        // Seeded routes (a replay's recorded state) are the previous
+        // decisions where given.
+        for seed in std::mem::take(&mut self.seeds) {
+            let (Some(s), Some(&v)) = (
+                self.source_index_of(&seed.source),
+                self.graph.index.get(seed.node.as_str()),
+            ) else {
+                continue;
+            };
+            let ups: Vec<(u32, u8)> = seed
+                .upstreams
+                .iter()
+                .filter_map(|(id, hops)| {
+                    let node = if id.is_empty() {
+                        crate::graph::NONE
+                    } else {
+                        *self.graph.index.get(id.as_str())?
+                    };
+                    Some((node, u8::try_from(*hops).unwrap_or(u8::MAX)))
+                })
+                .collect();
+            self.sources[s].set_route(v, &ups);
+        }
         let removed_sources = old
             .into_values()
             .map(|s| Removed {
@@ -105,6 +128,12 @@ impl PlanSession {
             removed: removed_sources,
             dir_changes,
         }
+    }
+
+    /// The index of a source among `self.sources` (before `source_index`
+    /// is rebuilt).
+    fn source_index_of(&self, key: &SourceKey) -> Option<usize> {
+        self.sources.iter().position(|s| s.key == *key)
     }
 
     /// Plans every source from scratch — a graph built anew from the

@@ -29,7 +29,7 @@
 //! ([`LoadLedger::assign`]) until that edge's next reports show it.
 
 use super::learn::GroupEstimate;
-use crate::planner::Health;
+use crate::node::Health;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vantage_shared::place::{Coord, modelled_rtt_ms};

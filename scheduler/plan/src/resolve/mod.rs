@@ -1,0 +1,324 @@
+//! Viewer routing (DESIGN §5, §8): where should this viewer watch this
+//! stream? Pure — no locks, no clock, no I/O — so the scheduler's
+//! `/v1/resolve` and `/play` and the simulator's `qoe` policy run the same
+//! code:
+//!
+//! * [`rank`] — ranking of candidate edges (eligibility, scores,
+//!   exploration, spreading);
+//! * [`learn`] — per (node, client group) estimates with decay;
+//! * [`Edges`] and [`resolve`] — the cluster as viewer routing sees it (up
+//!   nodes in a spatial index, the streams it knows) and one resolve:
+//!   candidates preselected (the `nearest` nearest up nodes plus every node
+//!   with an estimate for the viewer's group; every up node when the
+//!   location is unknown or none of those is eligible), so its cost does
+//!   not grow with the cluster, then ranked.
+
+pub mod learn;
+pub mod rank;
+
+use crate::node::Health;
+use learn::{GroupEstimate, Learner};
+use rand::Rng;
+use rank::{Candidate, Decision, RankInput, RankParams, Viewer};
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
+use std::collections::HashMap;
+use std::sync::Arc;
+use vantage_shared::group::{Cell, GroupKey};
+use vantage_shared::place::Coord;
+use vantage_shared::score::{Breakdown, Ranges, Source, Weights};
+use vantage_shared::stream::{StreamKey, StreamPattern};
+
+/// Where a viewer's location came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationSource {
+    /// `lat`/`lon` query parameters.
+    Query,
+    /// The trusted location header.
+    Header,
+    /// The client IP in the GeoIP City database.
+    Geoip,
+    /// None of the above: distance-free ranking.
+    Unknown,
+}
+
+/// A resolve request after parsing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub stream: StreamKey,
+    pub coord: Option<Coord>,
+    pub source: LocationSource,
+    pub asn: Option<u32>,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "no origin is known for stream {0}: no agent publishes it and no agent has a static origin matching it"
+    )]
+    UnknownStream(StreamKey),
+    #[error("no eligible edge for {stream}: {up} of {known} nodes up, none with capacity left")]
+    NoEligible {
+        stream: StreamKey,
+        known: usize,
+        up: usize,
+    },
+}
+
+/// One edge of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerEdge {
+    /// Index in [`Edges::nodes`].
+    pub index: usize,
+    pub node_id: Arc<str>,
+    pub public_url: Arc<str>,
+    pub score: f64,
+    pub breakdown: Breakdown,
+    /// Effective samples of this node's estimate for the group (0 = none).
+    pub group_samples: f64,
+}
+
+impl AnswerEdge {
+    /// Whether the group's own measurements drove this score.
+    pub fn measured(&self) -> bool {
+        self.breakdown
+            .terms
+            .iter()
+            .any(|t| matches!(t.name, "latency" | "buffer") && t.source == Source::Measured)
+    }
+}
+
+/// The answer to a resolve; the chosen edge is the first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub group: String,
+    pub decision: Decision,
+    pub eligible: usize,
+    pub bitrate_mbps: f64,
+    pub edges: Vec<AnswerEdge>,
+}
+
+/// What viewer routing needs of one node.
+#[derive(Debug, Clone)]
+pub struct EdgeNode {
+    pub id: Arc<str>,
+    /// Without a trailing `/`.
+    pub public_url: Arc<str>,
+    pub health: Health,
+    pub coord: Option<Coord>,
+    pub capacity_mbps: f64,
+    pub egress_mbps: f64,
+}
+
+/// An immutable picture of the cluster for resolves.
+#[derive(Debug, Default)]
+pub struct Edges {
+    pub nodes: Vec<EdgeNode>,
+    pub by_id: HashMap<Arc<str>, usize>,
+    /// Up nodes with coordinates.
+    spatial: RTree<GeomWithData<[f64; 3], usize>>,
+    /// Up nodes with a public URL.
+    pub up: Vec<usize>,
+    /// Streams published to a node that is not down, with bit rate (kbps).
+    published: HashMap<StreamKey, f64>,
+    /// Static origin patterns of nodes that are not down.
+    patterns: Vec<StreamPattern>,
+}
+
+impl Edges {
+    /// Indexes `nodes`; `published` and `patterns` are the streams the
+    /// cluster can serve (of nodes that are not down).
+    pub fn new(
+        nodes: Vec<EdgeNode>,
+        published: HashMap<StreamKey, f64>,
+        mut patterns: Vec<StreamPattern>,
+    ) -> Self {
+        patterns.sort();
+        patterns.dedup();
+        let up: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.health == Health::Up && !n.public_url.is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        let spatial = RTree::bulk_load(
+            up.iter()
+                .filter_map(|&i| {
+                    nodes[i]
+                        .coord
+                        .map(|c| GeomWithData::new(c.sphere_point(), i))
+                })
+                .collect(),
+        );
+        Edges {
+            by_id: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id.clone(), i))
+                .collect(),
+            nodes,
+            spatial,
+            up,
+            published,
+            patterns,
+        }
+    }
+
+    /// Bit rate of `stream` in kbps (`default_kbps` when it is unknown but
+    /// a static pattern serves it); `None` when nothing serves it.
+    pub fn bitrate_kbps(&self, stream: &StreamKey, default_kbps: f64) -> Option<f64> {
+        match self.published.get(stream) {
+            Some(&k) if k > 0.0 && k.is_finite() => Some(k),
+            Some(_) => Some(default_kbps),
+            None if self.patterns.iter().any(|p| p.matches(stream)) => Some(default_kbps),
+            None => None,
+        }
+    }
+}
+
+/// How resolves are made.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolveParams<'a> {
+    pub weights: &'a Weights,
+    pub ranges: &'a Ranges,
+    pub rank: &'a RankParams,
+    /// Nearest up nodes scored per resolve.
+    pub nearest: usize,
+    /// Geohash characters of a client group.
+    pub group_precision: usize,
+    pub default_bitrate_kbps: f64,
+}
+
+/// The client group of a location and ASN.
+pub fn group_of(coord: Option<Coord>, asn: Option<u32>, precision: usize) -> GroupKey {
+    GroupKey::locate(coord.map(|c| (c.lat, c.lon)), precision).with_asn(asn)
+}
+
+/// Ranks edges for one viewer. `assigned(i)`: the load the caller
+/// assigned to node `i` since its last report (Mbps); the caller accounts
+/// the viewer's bit rate to the chosen edge (`answer.edges[0].index`).
+pub fn resolve<R: Rng + ?Sized>(
+    edges: &Edges,
+    learner: &Learner,
+    assigned: &dyn Fn(usize) -> f64,
+    req: &Request,
+    p: &ResolveParams<'_>,
+    now_ms: i64,
+    rng: &mut R,
+) -> Result<Answer, ResolveError> {
+    let kbps = edges
+        .bitrate_kbps(&req.stream, p.default_bitrate_kbps)
+        .ok_or_else(|| ResolveError::UnknownStream(req.stream.clone()))?;
+    let bitrate_mbps = kbps / 1000.0;
+    let key = group_of(req.coord, req.asn, p.group_precision);
+    let label = key.to_string();
+    // Agents label groups by cell only: an ASN-qualified group falls back
+    // to its cell's estimates.
+    let cell_label = (key.asn.is_some()).then(|| {
+        GroupKey {
+            asn: None,
+            ..key.clone()
+        }
+        .to_string()
+    });
+    // This group's estimates by node index (the exact group first, then
+    // its cell): one pass over the group's list, O(1) per candidate.
+    let mut estimates: HashMap<usize, &GroupEstimate> = HashMap::new();
+    for l in [cell_label.as_deref(), Some(label.as_str())]
+        .into_iter()
+        .flatten()
+    {
+        for (id, est) in learner.group(l) {
+            if let Some(&i) = edges.by_id.get(id) {
+                estimates.insert(i, est);
+            }
+        }
+    }
+    let mut picked: Vec<usize> = Vec::with_capacity(p.nearest + 8);
+    if let (Some(c), Cell::Geohash(_)) = (req.coord, &key.cell) {
+        picked.extend(
+            edges
+                .spatial
+                .nearest_neighbor_iter(&c.sphere_point())
+                .take(p.nearest)
+                .map(|g| g.data),
+        );
+        let mut learned: Vec<usize> = estimates
+            .keys()
+            .copied()
+            .filter(|&i| edges.nodes[i].health == Health::Up && !picked.contains(&i))
+            .collect();
+        learned.sort_unstable();
+        picked.extend(learned);
+    }
+    let input = RankInput {
+        now_ms,
+        weights: p.weights,
+        ranges: p.ranges,
+        params: p.rank,
+        viewer: Viewer {
+            coord: req.coord,
+            bitrate_mbps,
+        },
+        n: req.n.max(1),
+    };
+    let build = |set: &[usize]| -> Vec<Candidate<'_>> {
+        set.iter()
+            .map(|&i| {
+                let n = &edges.nodes[i];
+                Candidate {
+                    id: &n.id,
+                    public_url: &n.public_url,
+                    health: n.health,
+                    coord: n.coord,
+                    capacity_mbps: n.capacity_mbps,
+                    egress_mbps: n.egress_mbps,
+                    assigned_mbps: assigned(i),
+                    group: estimates.get(&i).copied(),
+                }
+            })
+            .collect()
+    };
+    let mut set = picked;
+    let mut cands = build(&set);
+    let mut ranking = rank::rank(&input, &cands, rng);
+    if ranking.edges.is_empty() && set.len() < edges.up.len() {
+        set = edges.up.clone();
+        cands = build(&set);
+        ranking = rank::rank(&input, &cands, rng);
+    }
+    if ranking.chosen().is_none() {
+        return Err(ResolveError::NoEligible {
+            stream: req.stream.clone(),
+            known: edges.nodes.len(),
+            up: edges.up.len(),
+        });
+    }
+    let answer_edges = ranking
+        .edges
+        .iter()
+        .map(|e| {
+            let i = set[e.index];
+            let n = &edges.nodes[i];
+            AnswerEdge {
+                index: i,
+                node_id: n.id.clone(),
+                public_url: n.public_url.clone(),
+                score: e.score,
+                breakdown: e.breakdown.clone(),
+                group_samples: cands[e.index]
+                    .group
+                    .map_or(0.0, |g| g.at(now_ms, p.rank.group_half_life_ms).samples),
+            }
+        })
+        .collect();
+    Ok(Answer {
+        group: label,
+        decision: ranking.decision,
+        eligible: ranking.eligible,
+        bitrate_mbps,
+        edges: answer_edges,
+    })
+}
