@@ -22,8 +22,9 @@ use vantage_shared::stream::StreamPattern;
 use crate::relay::RelayConfig;
 
 mod values;
+pub use crate::addr::{HostPort, parse_http_url};
 use values::hostname;
-pub use values::{ClientCert, HostPort, TokenSource, parse_http_url};
+pub use values::{ClientCert, TokenSource};
 
 /// Default QUIC telemetry address of the scheduler.
 pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7400";

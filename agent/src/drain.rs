@@ -14,7 +14,6 @@
 //! left or the grace period (`--drain-grace-s`, default 30 s) is over, and
 //! stops the agent. A second signal ends the wait at once.
 
-use crate::relay::Relay;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -105,13 +104,13 @@ impl Drain {
         self.inner.announced.store(true, Ordering::Relaxed);
     }
 
-    /// Waits until `relay` has no viewer left or the grace period is over.
-    /// Viewers include downstream agents pulling from this one; the
-    /// scheduler moves them away, so they leave on their own.
-    pub async fn wait_idle(&self, relay: &Relay) -> DrainEnd {
+    /// Waits until `viewers()` (the relay's viewer count) is 0 or the grace
+    /// period is over. Viewers include downstream agents pulling from this
+    /// one; the scheduler moves them away, so they leave on their own.
+    pub async fn wait_idle(&self, viewers: impl Fn() -> i64) -> DrainEnd {
         let deadline = tokio::time::Instant::now() + self.remaining();
         loop {
-            let viewers = relay.viewer_count();
+            let viewers = viewers();
             if viewers <= 0 {
                 return DrainEnd::Idle;
             }

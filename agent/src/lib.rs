@@ -25,6 +25,7 @@
 // `getsockopt(TCP_INFO)` call, with its SAFETY argument beside it.
 #![deny(unsafe_code)]
 
+pub mod addr;
 pub mod admin;
 pub mod config;
 mod disk;

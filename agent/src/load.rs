@@ -144,7 +144,7 @@ pub fn spawn(
 ) -> (watch::Receiver<LoadSample>, tokio::task::JoinHandle<()>) {
     let mut sampler = LoadSampler::new();
     let first = sampler.sample().unwrap_or_default();
-    metrics.record_load(&first);
+    metrics.record_load(first.cpu, first.mem_used_bytes, first.mem_total_bytes);
     let (tx, rx) = watch::channel(first);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -155,7 +155,7 @@ pub fn spawn(
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => match sampler.sample() {
                     Ok(s) => {
-                        metrics.record_load(&s);
+                        metrics.record_load(s.cpu, s.mem_used_bytes, s.mem_total_bytes);
                         tx.send_replace(s);
                     }
                     Err(e) => debug!(error = %e, "load sample failed"),

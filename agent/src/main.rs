@@ -105,7 +105,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let forced = tokio::select! {
         r = &mut run => return r.context("agent"),
-        end = drain.wait_idle(&relay) => {
+        end = drain.wait_idle(|| relay.viewer_count()) => {
             match end {
                 DrainEnd::Idle => info!(announced = drain.announced(), "drained: no viewer left"),
                 DrainEnd::GraceExpired { viewers } => warn!(

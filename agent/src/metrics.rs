@@ -5,8 +5,6 @@
 //! Labels have small fixed value sets (results, update kinds and close-code
 //! labels).
 
-use crate::load::LoadSample;
-use crate::routes::UpdateKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -98,9 +96,9 @@ impl Metrics {
             m.route_updates.clone(),
         );
         // Both kinds show from the start (as 0).
-        for kind in [UpdateKind::Full, UpdateKind::Delta] {
+        for kind in ["full", "delta"] {
             let _ = m.route_updates.get_or_create(&KindLabel {
-                kind: kind.as_str().to_owned(),
+                kind: kind.to_owned(),
             });
         }
         r.register(
@@ -150,21 +148,22 @@ impl Metrics {
             .inc();
     }
 
-    /// A table applied (ACKed), by how it was sent.
-    pub fn route_update(&self, kind: UpdateKind) {
+    /// A table applied (ACKed), by how it was sent: `full` or `delta`.
+    pub fn route_update(&self, kind: &str) {
         self.route_updates
             .get_or_create(&KindLabel {
-                kind: kind.as_str().to_owned(),
+                kind: kind.to_owned(),
             })
             .inc();
     }
 
-    pub fn record_load(&self, s: &LoadSample) {
-        self.cpu_ratio.set(s.cpu);
+    /// Sets the load gauges: CPU share (0–1) and memory in bytes.
+    pub fn record_load(&self, cpu: f64, mem_used_bytes: u64, mem_total_bytes: u64) {
+        self.cpu_ratio.set(cpu);
         self.memory_used_bytes
-            .set(i64::try_from(s.mem_used_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(mem_used_bytes).unwrap_or(i64::MAX));
         self.memory_total_bytes
-            .set(i64::try_from(s.mem_total_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(mem_total_bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -187,12 +186,8 @@ mod tests {
         m.connect_result("welcomed");
         m.closed("shutting_down");
         m.table_result("ack");
-        m.route_update(UpdateKind::Delta);
-        m.record_load(&LoadSample {
-            cpu: 0.25,
-            mem_used_bytes: 10,
-            mem_total_bytes: 20,
-        });
+        m.route_update("delta");
+        m.record_load(0.25, 10, 20);
         let text = encode(&reg).unwrap();
         for needle in [
             "vantage_agent_reports_sent_total 1",

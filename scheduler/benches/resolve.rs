@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use vantage_proto::v1::{GroupQoe, Load, Report, StreamRole, StreamState};
 use vantage_scheduler::app::App;
-use vantage_scheduler::config::{Cli, Config, FileConfig};
+use vantage_scheduler::config::{Config, Settings};
 use vantage_scheduler::registry::{NodeEntry, NodeInfo, Session};
 use vantage_scheduler::store::Store;
 use vantage_shared::group::geohash;
@@ -220,12 +220,12 @@ async fn build_app(
     groups: usize,
     per_group: usize,
 ) -> Result<Arc<App>> {
-    let cli = Cli {
-        dev: true,
+    let settings = Settings {
+        dev: Some(true),
         data_dir: Some(dir.to_owned()),
-        ..Cli::default()
+        ..Settings::default()
     };
-    let config = Config::resolve(cli, FileConfig::default())?;
+    let config = Config::resolve(settings, None)?;
     let store = Store::open(&Store::sqlite_url(&dir.join("vantage.db"))).await?;
     let app = App::new(
         config,

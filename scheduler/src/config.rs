@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 use vantage_plan::Limits;
 use vantage_shared::score::{Ranges, Stability, Weights};
 
+/// Idle timeout of an agent's QUIC telemetry connection: with no packet
+/// for this long (agents send reports every interval and QUIC keep-alives)
+/// the connection is closed. It also bounds how long liveness holds a
+/// connected node short of `down` while the scheduler itself drops reports.
+pub const TELEMETRY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -31,21 +37,42 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Command-line flags (each also readable from a `VANTAGE_*` variable).
+/// The command line: the config file, every setting, an optional helper
+/// command.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "vantage-scheduler",
     version,
-    about = "Vantage control plane: ingests agent telemetry over QUIC, scores nodes, pushes route tables over gRPC"
+    about = "Vantage control plane: ingests agent telemetry over QUIC, scores nodes, pushes route tables over gRPC",
+    after_help = "Every setting is a flag, a VANTAGE_<FLAG> environment variable and a key of the \
+                  --config file (the same name with underscores); tables such as [weights] and \
+                  [resolve] exist only in the file. Precedence: flag > env > file > default."
 )]
 pub struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "VANTAGE_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Every setting of the scheduler, as one source gives it (flags with their
+/// `VANTAGE_*` variables, or the file): all optional. [`Settings::or`]
+/// layers sources, [`Config::resolve`] applies defaults and validates.
+/// One list of keys: a flag `--report-interval-ms`, its variable
+/// `VANTAGE_REPORT_INTERVAL_MS` and the file key `report_interval_ms`.
+/// Unknown file keys are errors naming the key; `deploy/config/scheduler.toml`
+/// documents every key and a test parses it.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
     /// Development mode: create a CA, a server certificate and an enrollment
     /// token under `<data-dir>/dev/`, and allow API changes without a token.
-    #[arg(long, env = "VANTAGE_DEV")]
-    pub dev: bool,
+    #[arg(long, env = "VANTAGE_DEV", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev: Option<bool>,
     /// State directory (SQLite database, dev PKI). Default ./vantage-data
     #[arg(long, env = "VANTAGE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -67,9 +94,15 @@ pub struct Cli {
     /// Agent report interval in milliseconds. Default 1000
     #[arg(long, env = "VANTAGE_REPORT_INTERVAL_MS")]
     pub report_interval_ms: Option<u32>,
-    /// Periodic replan interval in milliseconds. Default 1000
+    /// Least time between two plan steps for inputs that moved, ms. Default 1000
     #[arg(long, env = "VANTAGE_REPLAN_INTERVAL_MS")]
     pub replan_interval_ms: Option<u32>,
+    /// How long an agent keeps using a table without contact, seconds. Default 86400
+    #[arg(long, env = "VANTAGE_TABLE_TTL_S")]
+    pub table_ttl_s: Option<u32>,
+    /// Largest telemetry frame accepted, bytes. Default 65536
+    #[arg(long, env = "VANTAGE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
     /// Server certificate chain (PEM). Required outside --dev.
     #[arg(long, env = "VANTAGE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -91,6 +124,7 @@ pub struct Cli {
         env = "VANTAGE_SERVER_NAMES",
         value_delimiter = ','
     )]
+    #[serde(default)]
     pub server_names: Vec<String>,
     /// Identifier of this scheduler replica. Default: host name.
     #[arg(long, env = "VANTAGE_SCHEDULER_ID")]
@@ -98,27 +132,51 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "VANTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Record inputs and plans as rotating trace files in DIR (replay with
-    /// `vantage-sim replay DIR`; see docs/simulator-traces.md). Default off.
+    /// Record inputs and plan steps as rotating trace files in DIR (replay
+    /// with `vantage-sim replay DIR`; see docs/simulator-traces.md). Default off.
     #[arg(long = "record", value_name = "DIR", env = "VANTAGE_RECORD")]
     pub record_dir: Option<PathBuf>,
-    /// MaxMind City database: viewer location from the client IP.
+    /// MaxMind City database: viewer location from the client IP
+    /// (file: `[resolve] geoip_city`).
     #[arg(long, env = "VANTAGE_GEOIP_CITY")]
+    #[serde(skip)]
     pub geoip_city: Option<PathBuf>,
-    /// MaxMind ASN database: viewer ASN from the client IP.
+    /// MaxMind ASN database: viewer ASN from the client IP (file: `[resolve] geoip_asn`).
     #[arg(long, env = "VANTAGE_GEOIP_ASN")]
+    #[serde(skip)]
     pub geoip_asn: Option<PathBuf>,
-    /// Trusted header (set by a front proxy) carrying the viewer's `lat,lon`.
+    /// Trusted header (set by a front proxy) carrying the viewer's `lat,lon`
+    /// (file: `[resolve] location_header`).
     #[arg(long, env = "VANTAGE_LOCATION_HEADER")]
+    #[serde(skip)]
     pub location_header: Option<String>,
-    /// Geohash precision of viewer client groups. Default 4
+    /// Geohash precision of viewer client groups. Default 4 (file: `[resolve] group_precision`).
     #[arg(long, env = "VANTAGE_GROUP_PRECISION")]
+    #[serde(skip)]
     pub group_precision: Option<usize>,
     /// Share of viewer decisions that explore a runner-up edge. Default 0.05
+    /// (file: `[resolve] exploration_share`).
     #[arg(long, env = "VANTAGE_EXPLORATION_SHARE")]
+    #[serde(skip)]
     pub exploration_share: Option<f64>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
+    /// Initial / file-managed weights (a change becomes a new weight version).
+    #[arg(skip)]
+    pub weights: Option<Weights>,
+    #[arg(skip)]
+    pub ranges: Option<Ranges>,
+    #[arg(skip)]
+    pub stability: Option<Stability>,
+    #[arg(skip)]
+    pub planner: Option<Limits>,
+    /// How far telemetry may wobble before the planner sees it.
+    #[arg(skip)]
+    pub deadband: Option<vantage_plan::inputs::Deadband>,
+    /// Viewer routing (`/v1/resolve`, `/play`).
+    #[arg(skip)]
+    pub resolve: Option<crate::resolve::ResolveConfig>,
+    /// Trace rotation and queue limits.
+    #[arg(skip)]
+    pub record: Option<RecordLimits>,
 }
 
 /// Offline helper commands (the daemon runs when none is given).
@@ -202,45 +260,50 @@ pub enum LogFormat {
     Json,
 }
 
-/// The TOML file. Every key optional; see `deploy/config/scheduler.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub dev: Option<bool>,
-    pub data_dir: Option<PathBuf>,
-    pub quic_listen: Option<SocketAddr>,
-    pub grpc_listen: Option<SocketAddr>,
-    pub http_listen: Option<SocketAddr>,
-    pub database_url: Option<String>,
-    pub admin_token: Option<String>,
-    pub report_interval_ms: Option<u32>,
-    pub replan_interval_ms: Option<u32>,
-    pub table_ttl_s: Option<u32>,
-    pub max_frame_bytes: Option<usize>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub client_ca: Option<PathBuf>,
-    pub enrollment_token: Option<String>,
-    pub enrollment_token_file: Option<PathBuf>,
-    pub server_names: Option<Vec<String>>,
-    pub scheduler_id: Option<String>,
-    pub log_format: Option<LogFormat>,
-    /// Initial / file-managed weights (a change becomes a new weight version).
-    pub weights: Option<Weights>,
-    pub ranges: Option<Ranges>,
-    pub stability: Option<Stability>,
-    pub planner: Option<Limits>,
-    /// How far telemetry may wobble before the planner sees it.
-    pub deadband: Option<vantage_plan::inputs::Deadband>,
-    /// Viewer routing (`/v1/resolve`, `/play`).
-    pub resolve: Option<crate::resolve::ResolveConfig>,
-    /// Trace directory (`--record`); recording is off without it.
-    pub record_dir: Option<PathBuf>,
-    /// Trace rotation and queue limits.
-    pub record: Option<RecordLimits>,
-}
+impl Settings {
+    /// `self` where it gives a value, else `lower` (flags over the file).
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            dev: self.dev.or(lower.dev),
+            data_dir: self.data_dir.or(lower.data_dir),
+            quic_listen: self.quic_listen.or(lower.quic_listen),
+            grpc_listen: self.grpc_listen.or(lower.grpc_listen),
+            http_listen: self.http_listen.or(lower.http_listen),
+            database_url: self.database_url.or(lower.database_url),
+            admin_token: self.admin_token.or(lower.admin_token),
+            report_interval_ms: self.report_interval_ms.or(lower.report_interval_ms),
+            replan_interval_ms: self.replan_interval_ms.or(lower.replan_interval_ms),
+            table_ttl_s: self.table_ttl_s.or(lower.table_ttl_s),
+            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            client_ca: self.client_ca.or(lower.client_ca),
+            enrollment_token: self.enrollment_token.or(lower.enrollment_token),
+            enrollment_token_file: self.enrollment_token_file.or(lower.enrollment_token_file),
+            server_names: if self.server_names.is_empty() {
+                lower.server_names
+            } else {
+                self.server_names
+            },
+            scheduler_id: self.scheduler_id.or(lower.scheduler_id),
+            log_format: self.log_format.or(lower.log_format),
+            record_dir: self.record_dir.or(lower.record_dir),
+            geoip_city: self.geoip_city.or(lower.geoip_city),
+            geoip_asn: self.geoip_asn.or(lower.geoip_asn),
+            location_header: self.location_header.or(lower.location_header),
+            group_precision: self.group_precision.or(lower.group_precision),
+            exploration_share: self.exploration_share.or(lower.exploration_share),
+            weights: self.weights.or(lower.weights),
+            ranges: self.ranges.or(lower.ranges),
+            stability: self.stability.or(lower.stability),
+            planner: self.planner.or(lower.planner),
+            deadband: self.deadband.or(lower.deadband),
+            resolve: self.resolve.or(lower.resolve),
+            record: self.record.or(lower.record),
+        }
+    }
 
-impl FileConfig {
+    /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -252,8 +315,17 @@ impl FileConfig {
         })
     }
 
+    /// Parses TOML; errors name the line and the key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(l) => format!("line {l}: {}", e.message().trim()),
+                None => e.message().trim().to_owned(),
+            }
+        })
     }
 }
 
@@ -305,26 +377,27 @@ impl Config {
     /// Flags and environment from the process, then the file, then defaults.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
         let file = match &cli.config {
-            Some(p) => FileConfig::load(p)?,
-            None => FileConfig::default(),
+            Some(p) => Settings::load(p)?,
+            None => Settings::default(),
         };
-        Self::resolve(cli, file)
+        Self::resolve(cli.settings.or(file), cli.config)
     }
 
-    pub fn resolve(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
-        let dev = cli.dev || file.dev.unwrap_or(false);
-        let data_dir = cli
+    /// Applies defaults to `s` (flags, environment and file layered) and
+    /// validates; `config_path` is the file it came from (reloaded on SIGHUP).
+    pub fn resolve(s: Settings, config_path: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let dev = s.dev.unwrap_or(false);
+        let data_dir = s
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./vantage-data"));
-        let addr = |s: &str| -> SocketAddr {
+        let addr = |a: &str| -> SocketAddr {
             // Infallible: constant literals below.
-            s.parse()
+            a.parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
         };
-        let tls_cert = cli.tls_cert.or(file.tls_cert);
-        let tls_key = cli.tls_key.or(file.tls_key);
-        let client_ca = cli.client_ca.or(file.client_ca);
+        let tls_cert = s.tls_cert;
+        let tls_key = s.tls_key;
+        let client_ca = s.client_ca;
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files {
                 cert,
@@ -350,8 +423,8 @@ impl Config {
                 ));
             }
         };
-        let token_file = cli.enrollment_token_file.or(file.enrollment_token_file);
-        let mut enrollment_token = cli.enrollment_token.or(file.enrollment_token);
+        let token_file = s.enrollment_token_file;
+        let mut enrollment_token = s.enrollment_token;
         if let Some(path) = token_file {
             let t = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -359,7 +432,7 @@ impl Config {
             })?;
             enrollment_token = Some(t.trim().to_owned());
         }
-        let record_dir = cli.record_dir.or(file.record_dir);
+        let record_dir = s.record_dir;
         if let Some(dir) = &record_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
                 invalid(
@@ -368,64 +441,42 @@ impl Config {
                 )
             })?;
         }
-        let mut resolve = file.resolve.unwrap_or_default();
-        resolve.geoip_city = cli.geoip_city.or(resolve.geoip_city);
-        resolve.geoip_asn = cli.geoip_asn.or(resolve.geoip_asn);
-        resolve.location_header = cli.location_header.or(resolve.location_header);
-        if let Some(p) = cli.group_precision {
+        let mut resolve = s.resolve.unwrap_or_default();
+        resolve.geoip_city = s.geoip_city.or(resolve.geoip_city);
+        resolve.geoip_asn = s.geoip_asn.or(resolve.geoip_asn);
+        resolve.location_header = s.location_header.or(resolve.location_header);
+        if let Some(p) = s.group_precision {
             resolve.group_precision = p;
         }
-        if let Some(x) = cli.exploration_share {
+        if let Some(x) = s.exploration_share {
             resolve.exploration_share = x;
         }
         let mut cfg = Config {
             dev,
-            quic_listen: cli
-                .quic_listen
-                .or(file.quic_listen)
-                .unwrap_or_else(|| addr("0.0.0.0:7400")),
-            grpc_listen: cli
-                .grpc_listen
-                .or(file.grpc_listen)
-                .unwrap_or_else(|| addr("0.0.0.0:7401")),
-            http_listen: cli
-                .http_listen
-                .or(file.http_listen)
-                .unwrap_or_else(|| addr("0.0.0.0:7480")),
-            database_url: cli.database_url.or(file.database_url),
-            admin_token: cli.admin_token.or(file.admin_token),
-            report_interval_ms: cli
-                .report_interval_ms
-                .or(file.report_interval_ms)
-                .unwrap_or(1000),
-            replan_interval_ms: cli
-                .replan_interval_ms
-                .or(file.replan_interval_ms)
-                .unwrap_or(1000),
-            table_ttl_s: file.table_ttl_s.unwrap_or(24 * 3600),
-            max_frame_bytes: file
+            quic_listen: s.quic_listen.unwrap_or_else(|| addr("0.0.0.0:7400")),
+            grpc_listen: s.grpc_listen.unwrap_or_else(|| addr("0.0.0.0:7401")),
+            http_listen: s.http_listen.unwrap_or_else(|| addr("0.0.0.0:7480")),
+            database_url: s.database_url,
+            admin_token: s.admin_token,
+            report_interval_ms: s.report_interval_ms.unwrap_or(1000),
+            replan_interval_ms: s.replan_interval_ms.unwrap_or(1000),
+            table_ttl_s: s.table_ttl_s.unwrap_or(24 * 3600),
+            max_frame_bytes: s
                 .max_frame_bytes
                 .unwrap_or(vantage_shared::frame::DEFAULT_MAX_FRAME),
             tls,
             enrollment_token,
-            server_names: if cli.server_names.is_empty() {
-                file.server_names.unwrap_or_default()
-            } else {
-                cli.server_names
-            },
-            scheduler_id: cli
-                .scheduler_id
-                .or(file.scheduler_id)
-                .unwrap_or_else(default_scheduler_id),
-            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
-            file_weights: file.weights,
-            ranges: file.ranges.unwrap_or_default(),
-            stability: file.stability.unwrap_or_default(),
-            limits: file.planner.unwrap_or_default(),
-            deadband: file.deadband.unwrap_or_default(),
+            server_names: s.server_names,
+            scheduler_id: s.scheduler_id.unwrap_or_else(default_scheduler_id),
+            log_format: s.log_format.unwrap_or_default(),
+            file_weights: s.weights,
+            ranges: s.ranges.unwrap_or_default(),
+            stability: s.stability.unwrap_or_default(),
+            limits: s.planner.unwrap_or_default(),
+            deadband: s.deadband.unwrap_or_default(),
             record_dir,
-            record: file.record.unwrap_or_default(),
-            config_path: cli.config,
+            record: s.record.unwrap_or_default(),
+            config_path,
             data_dir,
             resolve,
             geoip: Default::default(),
@@ -524,16 +575,20 @@ fn default_scheduler_id() -> String {
 mod tests {
     use super::*;
 
-    fn dev_cli() -> Cli {
-        Cli {
-            dev: true,
-            ..Cli::default()
+    fn dev() -> Settings {
+        Settings {
+            dev: Some(true),
+            ..Settings::default()
         }
+    }
+
+    fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        Config::resolve(s, None)
     }
 
     #[test]
     fn defaults_in_dev() {
-        let c = Config::resolve(dev_cli(), FileConfig::default()).unwrap();
+        let c = resolve(dev()).unwrap();
         assert_eq!(c.quic_listen.port(), 7400);
         assert_eq!(c.grpc_listen.port(), 7401);
         assert_eq!(c.http_listen.port(), 7480);
@@ -542,76 +597,100 @@ mod tests {
     }
 
     #[test]
-    fn flag_beats_file() {
-        let file = FileConfig::parse("report_interval_ms = 500\nhttp_listen = \"127.0.0.1:9000\"")
+    fn flag_beats_env_beats_file() {
+        let file = Settings::parse(
+            "report_interval_ms = 500\nhttp_listen = \"127.0.0.1:9000\"\ntable_ttl_s = 60",
+        )
+        .unwrap();
+        let flags = Cli::try_parse_from(["vantage-scheduler", "--dev", "--report-interval-ms=250"])
             .unwrap();
-        let cli = Cli {
-            report_interval_ms: Some(250),
-            ..dev_cli()
-        };
-        let c = Config::resolve(cli, file).unwrap();
+        let c = resolve(flags.settings.or(file.clone())).unwrap();
         assert_eq!(c.report_interval_ms, 250);
         assert_eq!(c.http_listen.port(), 9000);
+        assert_eq!(c.table_ttl_s, 60);
+        // Every setting is a flag, including those that used to be file-only.
+        let flags = Cli::try_parse_from([
+            "vantage-scheduler",
+            "--dev=false",
+            "--table-ttl-s=30",
+            "--max-frame-bytes=4096",
+        ])
+        .unwrap();
+        assert_eq!(flags.settings.dev, Some(false));
+        assert_eq!(flags.settings.table_ttl_s, Some(30));
+        assert_eq!(flags.settings.max_frame_bytes, Some(4096));
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        let err = FileConfig::parse("report_intervall_ms = 5").unwrap_err();
-        assert!(err.contains("report_intervall_ms"), "{err}");
-        let err = FileConfig::parse("[weights]\nlatency = 1\nfoo = 2").unwrap_err();
+        let err = Settings::parse("report_intervall_ms = 5").unwrap_err();
+        assert!(
+            err.contains("report_intervall_ms") && err.contains("line 1"),
+            "{err}"
+        );
+        let err = Settings::parse("[weights]\nlatency = 1\nfoo = 2").unwrap_err();
         assert!(err.contains("foo"), "{err}");
-        let file = FileConfig::parse("report_interval_ms = 5").unwrap();
-        let err = Config::resolve(dev_cli(), file).unwrap_err();
+        // Flag-only overrides of [resolve] keys are not file keys.
+        assert!(Settings::parse("geoip_city = \"x\"").is_err());
+        let file = Settings::parse("report_interval_ms = 5").unwrap();
+        let err = resolve(dev().or(file)).unwrap_err();
         assert!(err.to_string().contains("report_interval_ms"), "{err}");
-        let err = Config::resolve(Cli::default(), FileConfig::default()).unwrap_err();
+        let err = resolve(Settings::default()).unwrap_err();
         assert!(err.to_string().contains("--dev"), "{err}");
+        let err = resolve(
+            Settings::parse("[planner]\nmax_backups = 99")
+                .unwrap()
+                .or(dev()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("planner"), "{err}");
     }
 
     #[test]
     fn record_dir_from_flag_or_file_and_limits_validated() {
         let tmp = tempfile::tempdir().unwrap();
         let (t, u) = (tmp.path().join("t"), tmp.path().join("u"));
-        let file = FileConfig::parse(&format!(
+        let file = Settings::parse(&format!(
             "record_dir = {:?}\n[record]\nmax_file_mib = 8\nmax_files = 3",
             t.display().to_string()
         ))
         .unwrap();
-        let c = Config::resolve(dev_cli(), file.clone()).unwrap();
+        let c = resolve(dev().or(file.clone())).unwrap();
         assert_eq!(c.record_dir.as_deref(), Some(t.as_path()));
         assert!(t.is_dir(), "the trace directory is created at start-up");
         assert_eq!((c.record.max_file_mib, c.record.max_files), (8, 3));
-        let cli = Cli {
+        let flags = Settings {
             record_dir: Some(u.clone()),
-            ..dev_cli()
+            ..dev()
         };
-        let c = Config::resolve(cli, file).unwrap();
+        let c = resolve(flags.or(file)).unwrap();
         assert_eq!(c.record_dir.as_deref(), Some(u.as_path()));
-        let blocked = Cli {
+        let blocked = Settings {
             record_dir: Some(tmp.path().join("t/../file/x")),
-            ..dev_cli()
+            ..dev()
         };
         std::fs::write(tmp.path().join("file"), "not a directory").unwrap();
-        let err = Config::resolve(blocked, FileConfig::default()).unwrap_err();
+        let err = resolve(blocked).unwrap_err();
         assert!(err.to_string().contains("record_dir"), "{err}");
-        let c = Config::resolve(dev_cli(), FileConfig::default()).unwrap();
+        let c = resolve(dev()).unwrap();
         assert!(c.record_dir.is_none());
-        let bad = FileConfig::parse("[record]\nmax_files = 0").unwrap();
-        let err = Config::resolve(dev_cli(), bad).unwrap_err();
+        let bad = Settings::parse("[record]\nmax_files = 0").unwrap();
+        let err = resolve(dev().or(bad)).unwrap_err();
         assert!(err.to_string().contains("record"), "{err}");
-        assert!(FileConfig::parse("[record]\nmax_filez = 1").is_err());
+        assert!(Settings::parse("[record]\nmax_filez = 1").is_err());
     }
 
     #[test]
     fn example_config_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/scheduler.toml");
-        let file = FileConfig::load(&path).unwrap();
+        let file = Settings::load(&path).unwrap();
         // The example sets production TLS paths; resolve in dev to validate the rest.
         let mut file2 = file.clone();
         file2.tls_cert = None;
         file2.tls_key = None;
         file2.client_ca = None;
         file2.enrollment_token_file = None;
-        Config::resolve(dev_cli(), file2).unwrap();
+        resolve(dev().or(file2)).unwrap();
         assert!(file.weights.is_some() && file.ranges.is_some() && file.planner.is_some());
         // Recording stays off in the example (record_dir is commented out).
         assert!(file.record_dir.is_none() && file.record.is_some());

@@ -280,7 +280,7 @@ impl RouteClient {
                     Err(e) => error!(error = %e, "route table persistence task failed"),
                 }
                 self.metrics.table_result("ack");
-                self.metrics.route_update(kind);
+                self.metrics.route_update(kind.as_str());
                 self.status.acked.store(true, Ordering::Relaxed);
                 info!(version, base_version, nonce = %nonce, kind = kind.as_str(),
                     "applied route table");

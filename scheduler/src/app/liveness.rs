@@ -3,8 +3,8 @@
 //! per-state gauges, and the scheduler's awareness of its own report loss
 //! ([`LocalHealth`]).
 
+use super::SocketDrops;
 use super::*;
-use crate::ingest::SocketDrops;
 
 impl App {
     /// The liveness loop: re-evaluates node states every 50 ms.

@@ -9,8 +9,11 @@
 //! planning loop and a planning round are in `planning`, the liveness loop
 //! in `liveness`.
 
+mod drops;
 mod liveness;
 mod planning;
+
+pub use drops::SocketDrops;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -297,7 +300,7 @@ impl App {
             info!("SIGHUP: no config file to reload");
             return;
         };
-        let file = match crate::config::FileConfig::load(path) {
+        let file = match crate::config::Settings::load(path) {
             Ok(f) => f,
             Err(e) => {
                 warn!("SIGHUP: config not reloaded: {e}");

@@ -22,16 +22,16 @@
 
 mod apply;
 mod driver;
-mod drops;
 mod session;
 
-pub use drops::SocketDrops;
+pub use crate::app::SocketDrops;
+pub use crate::config::TELEMETRY_IDLE_TIMEOUT as IDLE_TIMEOUT;
 
 use crate::app::App;
 use quinn_proto::crypto::rustls::QuicServerConfig;
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+
 use tracing::{info, warn};
 use vantage_shared::close::CloseCode;
 
@@ -96,10 +96,6 @@ impl Ingest {
         self.drops.clone()
     }
 }
-
-/// A connection with no datagram from its agent for this long has ended
-/// (the agent sends a PING after a second without other traffic).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Socket buffers for thousands of agents: the kernel default (~200 KiB)
 /// holds only milliseconds of report bursts; drops there turn into late
@@ -199,15 +195,14 @@ pub struct SessionLink {
     links: Arc<Links>,
 }
 
-impl SessionLink {
-    /// Identifies the connection (unique for the scheduler's lifetime).
-    pub fn id(&self) -> u64 {
+impl crate::registry::Connection for SessionLink {
+    fn id(&self) -> u64 {
         self.conn
     }
 
     /// Closes the connection with `code`; the agent sees the code and the
     /// reason. Returns at once; the event loop does the closing.
-    pub fn close(&self, code: CloseCode, reason: &str) {
+    fn close(&self, code: CloseCode, reason: &str) {
         self.links.send(Command::Close {
             conn: self.conn,
             code,

@@ -9,10 +9,13 @@ mod node;
 #[cfg(test)]
 mod tests;
 
-pub use node::{NodeEntry, NodeInfo, NodeState, RollupAcc, Session, held_down_after_ms};
+pub use node::{
+    Connection, NodeEntry, NodeInfo, NodeState, RollupAcc, Session, held_down_after_ms,
+};
 
 use dashmap::DashMap;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use vantage_plan::NodeView;
 
 /// What [`Registry::tick_aware`] did.
@@ -118,7 +121,7 @@ impl Registry {
     /// (the caller closes them). A session younger than the grace is never
     /// silent: an agent still enrolling, or just welcomed, has not had the
     /// chance to report.
-    pub fn silent_sessions(&self, now_ms: i64, grace_ms: i64) -> Vec<crate::ingest::SessionLink> {
+    pub fn silent_sessions(&self, now_ms: i64, grace_ms: i64) -> Vec<Arc<dyn Connection>> {
         let silent_since = |t: i64| now_ms.saturating_sub(t) > grace_ms;
         self.nodes
             .iter()

@@ -4,12 +4,14 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use vantage_plan::inputs::{PATH_SMOOTHING, Planned};
 use vantage_plan::liveness::{self, Liveness};
 use vantage_plan::{Health, NodeView, PathStat};
 use vantage_proto::v1::{
     ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
 };
+use vantage_shared::close::CloseCode;
 use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::{StreamKey, StreamPattern};
@@ -29,6 +31,15 @@ pub struct NodeInfo {
     pub static_origins: BTreeMap<StreamPattern, String>,
 }
 
+/// A node's live telemetry connection, as the registry needs it (the
+/// ingest implements it): an id, and a way to close it with a code.
+pub trait Connection: Send + Sync + std::fmt::Debug {
+    /// Identifies the connection (unique for the scheduler's lifetime).
+    fn id(&self) -> u64;
+    /// Closes the connection with `code`; returns at once.
+    fn close(&self, code: CloseCode, reason: &str);
+}
+
 /// Live session of a connected agent.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -36,7 +47,7 @@ pub struct Session {
     pub started_ms: i64,
     pub remote: String,
     /// Closing this drops the agent (used when a newer session supersedes it).
-    pub connection: Option<crate::ingest::SessionLink>,
+    pub connection: Option<Arc<dyn Connection>>,
 }
 
 #[derive(Debug, Clone)]
@@ -346,6 +357,7 @@ fn path_rtt(p: &PathMeasurement) -> f64 {
 /// still has its connection goes down only after this long without a
 /// report (see [`liveness::held_down_after_ms`]).
 pub fn held_down_after_ms(interval_ms: i64) -> i64 {
-    let idle_ms = i64::try_from(crate::ingest::IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    let idle_ms =
+        i64::try_from(crate::config::TELEMETRY_IDLE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
     liveness::held_down_after_ms(interval_ms, idle_ms)
 }

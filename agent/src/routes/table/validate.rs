@@ -7,7 +7,7 @@
 //! delta rule (newer than its base) depend on `base_version`.
 
 use super::{Route, TableError, invalid};
-use crate::config::{HostPort, parse_http_url};
+use crate::addr::{HostPort, parse_http_url};
 use std::collections::HashSet;
 use vantage_proto::v1::{ProbeReason, RouteTable, Upstream, UpstreamKind};
 use vantage_shared::auth::valid_node_id;

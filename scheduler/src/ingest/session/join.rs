@@ -2,6 +2,8 @@
 //! has the node, or a typed rejection delivered before the close.
 
 use super::*;
+use crate::registry::Connection as NodeConnection;
+use std::sync::Arc;
 
 impl Session {
     pub(super) fn hello(
@@ -36,7 +38,7 @@ impl Session {
         let now = now_ms();
         let info = node_info(&hello);
         let mut credential = String::new();
-        let mut superseded: Option<SessionLink> = None;
+        let mut superseded: Option<Arc<dyn NodeConnection>> = None;
         let link = SessionLink {
             conn: self.id,
             links: cx.links.clone(),
@@ -56,7 +58,7 @@ impl Session {
                     id: session_id.clone(),
                     started_ms: now,
                     remote: self.remote.to_string(),
-                    connection: Some(link),
+                    connection: Some(Arc::new(link)),
                 });
             },
         );
