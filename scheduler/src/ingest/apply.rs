@@ -90,10 +90,15 @@ pub(super) fn handle_frame(
             if let Some(rec) = &app.recorder {
                 rec.report(now, node_id, &r);
             }
-            let finished = app
+            let (finished, streams_changed) = app
                 .registry
                 .update(node_id, |e| e.apply_report(r, now))
-                .flatten();
+                .unwrap_or((None, false));
+            if streams_changed {
+                // A stream started or ended here: the directory changes for
+                // every node, planned at once.
+                app.trigger_replan();
+            }
             if let Some(minute) = finished {
                 // Once a minute per node: the roll-up and the last-seen time.
                 app.store

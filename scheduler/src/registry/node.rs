@@ -168,8 +168,9 @@ impl NodeEntry {
     }
 
     /// Applies a validated report. Returns a finished per-minute roll-up
-    /// when this report starts a new minute.
-    pub fn apply_report(&mut self, r: Report, now_ms: i64) -> Option<RollupAcc> {
+    /// when this report starts a new minute, and whether the streams this
+    /// node originates changed (a new or ended stream: planned at once).
+    pub fn apply_report(&mut self, r: Report, now_ms: i64) -> (Option<RollupAcc>, bool) {
         self.reports += 1;
         self.last_seq = r.seq;
         self.last_report_ms = Some(now_ms);
@@ -202,6 +203,16 @@ impl NodeEntry {
                 }
             }
         }
+        let origins = |streams: &[StreamState]| -> Vec<String> {
+            let mut keys: Vec<String> = streams
+                .iter()
+                .filter(|s| s.role == StreamRole::Origin as i32)
+                .map(|s| s.key.clone())
+                .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let streams_changed = origins(&self.streams) != origins(&r.streams);
         self.streams = r.streams;
         self.groups = r.groups;
         if r.control_path.is_some() {
@@ -213,7 +224,10 @@ impl NodeEntry {
             .map(|l| (l.cpu, l.egress_mbps, l.viewers))
             .unwrap_or_default();
         let util = self.utilisation();
-        self.rollup.add(now_ms, cpu, util, egress, viewers)
+        (
+            self.rollup.add(now_ms, cpu, util, egress, viewers),
+            streams_changed,
+        )
     }
 
     /// The state this node should be in at `now_ms` given the report

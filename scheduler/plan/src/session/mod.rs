@@ -229,7 +229,10 @@ impl PlanSession {
         if !facts_changed && view == *planned {
             return Offered::default();
         }
-        let urgent = facts_changed || urgent_change(planned.health, view.health);
+        // A stream that starts or ends changes every node's directory:
+        // planned at once, like a node going down.
+        let streams_moved = !planned.published.keys().eq(view.published.keys());
+        let urgent = facts_changed || streams_moved || urgent_change(planned.health, view.health);
         if facts_changed {
             self.rebuild = true;
         }
@@ -245,14 +248,15 @@ impl PlanSession {
     /// inputs recorded after the deadband, replayed.
     pub fn set_planned(&mut self, view: NodeView) {
         self.removed.remove(&view.id);
-        let known = self
-            .planned(&view.id)
-            .map(|p| (*p == view, p.same_facts(&view), p.health));
+        let known = self.planned(&view.id).map(|p| {
+            let streams_moved = !p.published.keys().eq(view.published.keys());
+            (*p == view, p.same_facts(&view), p.health, streams_moved)
+        });
         match known {
-            Some((true, _, _)) => {}
-            Some((false, same_facts, health)) => {
+            Some((true, ..)) => {}
+            Some((false, same_facts, health, streams_moved)) => {
                 self.rebuild |= !same_facts;
-                self.urgent |= urgent_change(health, view.health);
+                self.urgent |= streams_moved || urgent_change(health, view.health);
                 self.pending.insert(view.id.clone(), view);
             }
             None => {
