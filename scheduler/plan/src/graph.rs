@@ -53,11 +53,14 @@ pub(crate) struct Graph {
     pub(crate) near_rev: Vec<Vec<(u32, u16)>>,
     /// Nodes without coordinates (their short list is every peer).
     pub(crate) no_coord: Vec<u32>,
-    /// Relay candidates with their load-free edge score, best first.
-    pub(crate) cands: Vec<Vec<(u32, f64)>>,
-    /// Per consumer, beside `cands`: each candidate's edge plus its load
-    /// term, `e(u→v) + L(u)`, what a relay adds to a path.
-    pub(crate) offers: Vec<Vec<f64>>,
+    /// Relay candidates of every consumer, best first: `relays[v * k ..]`,
+    /// `relay_len[v]` of them (`k` = `relay_candidates`), each with its
+    /// load-free edge score and what it adds to a path (edge plus its load
+    /// term). One stride per consumer keeps a consumer's candidates in one
+    /// place in memory.
+    relays: Vec<Relay>,
+    relay_len: Vec<u16>,
+    k: usize,
     /// Consumers whose candidate list holds this node (unordered).
     pub(crate) kin_rev: Vec<Vec<u32>>,
     /// FNV-1a state after each node's id and separator (spreading hashes).
@@ -66,6 +69,16 @@ pub(crate) struct Graph {
     pub(crate) node_hash: Vec<u64>,
     /// Length of the nearest-peer lists ([`near_len`]).
     near_len: usize,
+}
+
+/// One relay candidate `u` of a consumer `v`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Relay {
+    pub(crate) u: u32,
+    /// `e(u→v)`: the load-free edge score.
+    pub(crate) e: f64,
+    /// `e(u→v) + L(u)`: what relaying through `u` adds to a path.
+    pub(crate) offer: f64,
 }
 
 /// What [`Graph::update`] changed, for the per-source planning.
@@ -127,8 +140,9 @@ impl Graph {
             no_coord: (0..n as u32)
                 .filter(|&i| views[i as usize].coord.is_none())
                 .collect(),
-            cands: Vec::new(),
-            offers: Vec::new(),
+            relays: Vec::new(),
+            relay_len: vec![0; n],
+            k: st.limits.relay_candidates.max(1),
             kin_rev: vec![Vec::new(); n],
             fnv_prefix: ids
                 .iter()
@@ -177,18 +191,47 @@ impl Graph {
                 }
             }
         }
-        g.cands = crate::par::map(n, threads, |v| g.candidates_of(v as u32, st));
-        for (v, list) in g.cands.iter().enumerate() {
-            for &(u, _) in list {
+        let lists = crate::par::map(n, threads, |v| g.candidates_of(v as u32, st));
+        g.relays = vec![
+            Relay {
+                u: NONE,
+                e: 0.0,
+                offer: 0.0,
+            };
+            n * g.k
+        ];
+        for (v, list) in lists.into_iter().enumerate() {
+            for &(u, _) in &list {
                 g.kin_rev[u as usize].push(v as u32);
             }
+            g.set_relays(v, &list);
         }
-        g.offers = (0..n).map(|v| g.offers_of(v)).collect();
         g
     }
 
     pub(crate) fn len(&self) -> usize {
         self.views.len()
+    }
+
+    /// The relay candidates of consumer `v`, best first.
+    pub(crate) fn relays(&self, v: usize) -> &[Relay] {
+        let at = v * self.k;
+        &self.relays[at..at + usize::from(self.relay_len[v])]
+    }
+
+    /// Sets `v`'s candidates (`(u, e)`, best first; at most `k`), with
+    /// each one's offer from its current load term.
+    fn set_relays(&mut self, v: usize, list: &[(u32, f64)]) {
+        let at = v * self.k;
+        let len = list.len().min(self.k);
+        for (slot, &(u, e)) in self.relays[at..at + len].iter_mut().zip(list) {
+            *slot = Relay {
+                u,
+                e,
+                offer: e + self.load[u as usize],
+            };
+        }
+        self.relay_len[v] = len as u16;
     }
 
     /// Own paths of `v` by peer index, sorted.
@@ -340,10 +383,17 @@ impl Graph {
         for v in recompute {
             let fresh = self.candidates_of(v, st);
             let vi = v as usize;
-            if fresh == self.cands[vi] {
+            let same = self.relays(vi).len() == fresh.len()
+                && self
+                    .relays(vi)
+                    .iter()
+                    .zip(&fresh)
+                    .all(|(r, &(u, e))| r.u == u && r.e.to_bits() == e.to_bits());
+            if same {
                 continue;
             }
-            for &(u, _) in &self.cands[vi] {
+            let old: Vec<u32> = self.relays(vi).iter().map(|r| r.u).collect();
+            for u in old {
                 let list = &mut self.kin_rev[u as usize];
                 if let Some(at) = list.iter().position(|&w| w == v) {
                     list.swap_remove(at);
@@ -352,29 +402,25 @@ impl Graph {
             for &(u, _) in &fresh {
                 self.kin_rev[u as usize].push(v);
             }
-            self.cands[vi] = fresh;
+            self.set_relays(vi, &fresh);
             d.cands_changed.push(v);
         }
-        let mut offers: Vec<u32> = d.cands_changed.clone();
+        // Offers of the candidates whose load term changed.
         for &u in &d.load_changed {
-            offers.extend(&self.kin_rev[u as usize]);
-        }
-        offers.sort_unstable();
-        offers.dedup();
-        for v in offers {
-            self.offers[v as usize] = self.offers_of(v as usize);
+            let load = self.load[u as usize];
+            for &w in &self.kin_rev[u as usize] {
+                let at = w as usize * self.k;
+                let len = usize::from(self.relay_len[w as usize]);
+                for r in &mut self.relays[at..at + len] {
+                    if r.u == u {
+                        r.offer = r.e + load;
+                    }
+                }
+            }
         }
         d.edges_changed.sort_unstable();
         d.edges_changed.dedup();
         d
-    }
-
-    /// `e(u→v) + L(u)` for every candidate `u` of `v`.
-    fn offers_of(&self, v: usize) -> Vec<f64> {
-        self.cands[v]
-            .iter()
-            .map(|&(u, e)| e + self.load[u as usize])
-            .collect()
     }
 }
 
@@ -415,6 +461,22 @@ fn path_changes(old: &[(u32, PathStat)], new: &[(u32, PathStat)]) -> Vec<(u32, P
         }
     }
     out
+}
+
+impl Graph {
+    /// Whether two graphs chose the same candidates with the same scores.
+    pub(crate) fn same_candidates(&self, other: &Graph) -> bool {
+        self.len() == other.len()
+            && (0..self.len()).all(|v| {
+                let (a, b) = (self.relays(v), other.relays(v));
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| {
+                        x.u == y.u
+                            && x.e.to_bits() == y.e.to_bits()
+                            && x.offer.to_bits() == y.offer.to_bits()
+                    })
+            })
+    }
 }
 
 /// Length of every node's nearest-peer list: the candidates' short list

@@ -177,6 +177,36 @@ impl Rules<'_> {
         fresh
     }
 
+    /// [`Rules::hold`] on whole views, without copying the planned one:
+    /// every input of `fresh` that stayed inside the band around
+    /// `planned`'s is replaced by the planned value. Facts (coordinates,
+    /// URLs, static origins) are left as `fresh` has them.
+    pub fn hold_view(&self, planned: &NodeView, fresh: &mut NodeView) {
+        let band = self.band;
+        if !self.load_moved(fresh.capacity_mbps, planned.egress_mbps, fresh.egress_mbps) {
+            fresh.egress_mbps = planned.egress_mbps;
+        }
+        if let (Some(old), Some(new)) = (planned.buffer_ms, fresh.buffer_ms)
+            && (new - old).abs() < band.buffer_ms
+        {
+            fresh.buffer_ms = Some(old);
+        }
+        for (peer, new) in &mut fresh.paths {
+            if let Some(old) = planned.paths.get(peer)
+                && !self.path_moved(old, new)
+            {
+                *new = *old;
+            }
+        }
+        for (key, new) in &mut fresh.published {
+            if let Some(&old) = planned.published.get(key)
+                && (*new - old).abs() < band.bitrate_rel * old.abs()
+            {
+                *new = old;
+            }
+        }
+    }
+
     fn load_moved(&self, capacity_mbps: f64, old: f64, new: f64) -> bool {
         let util = |mbps: f64| {
             if capacity_mbps > 0.0 {
@@ -302,6 +332,32 @@ mod tests {
             rules(&d, &ranges).hold(CAPACITY, None, fresh.clone()),
             fresh
         );
+    }
+
+    #[test]
+    fn holding_views_is_holding_inputs() {
+        let ranges = Ranges::default();
+        let d = Deadband::default();
+        let r = rules(&d, &ranges);
+        let view = |p: Planned| {
+            let mut v = NodeView {
+                capacity_mbps: CAPACITY,
+                ..NodeView::new("n")
+            };
+            p.write_to(&mut v);
+            v
+        };
+        let old = planned(300.0, 100.0, 0.001, 20);
+        for fresh in [
+            planned(330.0, 108.0, 0.004, 18),
+            planned(309.0, 112.0, 0.001, 20),
+            planned(951.0, 100.0, 0.0, 4),
+            planned(300.5, 100.1, 0.02, 20),
+        ] {
+            let mut v = view(fresh.clone());
+            r.hold_view(&view(old.clone()), &mut v);
+            assert_eq!(v, view(r.hold(CAPACITY, Some(&old), fresh)));
+        }
     }
 
     #[test]

@@ -123,15 +123,16 @@ pub(crate) struct Source {
     pub(crate) key: SourceKey,
     /// Roots with their origin URL template (static patterns).
     pub(crate) roots: Vec<(u32, Option<String>)>,
-    is_root: Vec<bool>,
+    /// What ranking reads of every node, in one place in memory: its
+    /// cost (the last layer), hop count, primary-chain depth, whether it is
+    /// a root.
+    hot: Vec<Hot>,
     n: usize,
     /// `max_relay_hops`: layers are `0..=h`.
     h: usize,
     /// `layers[j * n + v]`: `cⱼ(v)`.
     layers: Vec<f64>,
-    pub(crate) hops: Vec<u8>,
     pub(crate) primary: Vec<u32>,
-    depth: Vec<u8>,
     /// Decided upstreams, `stride` slots per consumer, `len` used.
     ups: Vec<Up>,
     len: Vec<u8>,
@@ -140,6 +141,18 @@ pub(crate) struct Source {
     salt: Arc<str>,
     /// Per consumer: hash of its route as a table lists it (0: none).
     hashes: Vec<u64>,
+}
+
+/// Per node: what ranking a consumer's candidates reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Hot {
+    /// The path cost (the last layer), `INFINITY` when unreached.
+    cost: f64,
+    /// Hop count on the best path (roots 0), [`UNREACHED`].
+    hops: u8,
+    /// Relay depth of its primary chain (roots 0), [`UNREACHED`].
+    depth: u8,
+    root: bool,
 }
 
 /// Consumers a change touches, for [`Source::update`].
@@ -201,21 +214,27 @@ impl Source {
     ) -> Self {
         let layers = st.limits.max_relay_hops as usize + 1;
         let stride = 1 + st.limits.max_backups;
-        let mut is_root = vec![false; n];
+        let mut hot = vec![
+            Hot {
+                cost: f64::INFINITY,
+                hops: UNREACHED,
+                depth: UNREACHED,
+                root: false,
+            };
+            n
+        ];
         for &(r, _) in &roots {
-            is_root[r as usize] = true;
+            hot[r as usize].root = true;
         }
         let salt: Arc<str> = Arc::from(key.name());
         Source {
             key,
             roots,
-            is_root,
+            hot,
             n,
             h: layers - 1,
             layers: vec![f64::INFINITY; layers * n],
-            hops: vec![UNREACHED; n],
             primary: vec![NONE; n],
-            depth: vec![UNREACHED; n],
             ups: vec![Up::EMPTY; stride * n],
             len: vec![0; n],
             stride,
@@ -241,7 +260,19 @@ impl Source {
     }
 
     pub(crate) fn cost(&self, v: u32) -> f64 {
-        self.layers[self.h * self.n + v as usize]
+        self.hot[v as usize].cost
+    }
+
+    /// Sets `cⱼ(v)` (and the cost when `j` is the last layer).
+    fn set_layer(&mut self, j: usize, v: u32, c: f64) {
+        self.layers[j * self.n + v as usize] = c;
+        if j == self.h {
+            self.hot[v as usize].cost = c;
+        }
+    }
+
+    fn is_root(&self, v: u32) -> bool {
+        self.hot[v as usize].root
     }
 
     fn layer(&self, j: usize) -> &[f64] {
@@ -250,7 +281,7 @@ impl Source {
 
     /// `c₀(v)`: the best direct pull from an eligible root.
     fn layer0(&self, cx: &Cx<'_>, v: u32) -> f64 {
-        if self.is_root[v as usize] {
+        if self.is_root(v) {
             return 0.0;
         }
         let mut best = f64::INFINITY;
@@ -269,16 +300,15 @@ impl Source {
 
     /// `cⱼ(v)` for `j ≥ 1`, from layer `j − 1`.
     fn layer_next(&self, cx: &Cx<'_>, j: usize, v: u32) -> f64 {
-        if self.is_root[v as usize] {
+        if self.is_root(v) {
             return 0.0;
         }
         // A root among the candidates offers `0 + (e + L)`, exactly its
         // root edge of layer 0: no need to leave roots out.
         let prev = self.layer(j - 1);
         let mut best = prev[v as usize];
-        let vi = v as usize;
-        for (&(u, _), &offer) in cx.g.cands[vi].iter().zip(&cx.g.offers[vi]) {
-            let c = prev[u as usize] + offer;
+        for r in cx.g.relays(v as usize) {
+            let c = prev[r.u as usize] + r.offer;
             if c < best {
                 best = c;
             }
@@ -287,7 +317,7 @@ impl Source {
     }
 
     fn hops_of(&self, v: u32) -> u8 {
-        if self.is_root[v as usize] {
+        if self.is_root(v) {
             return 0;
         }
         let d = self.cost(v);
@@ -314,16 +344,17 @@ impl Source {
         let n = self.n;
         let h = self.max_hops();
         for v in 0..n as u32 {
-            self.layers[v as usize] = self.layer0(cx, v);
+            let c = self.layer0(cx, v);
+            self.set_layer(0, v, c);
         }
         for j in 1..=h {
             for v in 0..n as u32 {
                 let c = self.layer_next(cx, j, v);
-                self.layers[j * n + v as usize] = c;
+                self.set_layer(j, v, c);
             }
         }
         for v in 0..n as u32 {
-            self.hops[v as usize] = self.hops_of(v);
+            self.hot[v as usize].hops = self.hops_of(v);
         }
         let mut order = std::mem::take(&mut work.order);
         order.clear();
@@ -372,7 +403,7 @@ impl Source {
                 recomputed.push(v);
                 let c = self.layer0(cx, v);
                 if c.to_bits() != self.layers[v as usize].to_bits() {
-                    self.layers[v as usize] = c;
+                    self.set_layer(0, v, c);
                     changed.push(v);
                 }
             }
@@ -405,9 +436,8 @@ impl Source {
             let mut next = Vec::new();
             for &v in &todo {
                 let c = self.layer_next(cx, j, v);
-                let at = j * n + v as usize;
-                if c.to_bits() != self.layers[at].to_bits() {
-                    self.layers[at] = c;
+                if c.to_bits() != self.layers[j * n + v as usize].to_bits() {
+                    self.set_layer(j, v, c);
                     next.push(v);
                 }
             }
@@ -421,8 +451,8 @@ impl Source {
         recomputed.dedup();
         for &v in &recomputed {
             let hv = self.hops_of(v);
-            if hv != self.hops[v as usize] {
-                self.hops[v as usize] = hv;
+            if hv != self.hot[v as usize].hops {
+                self.hot[v as usize].hops = hv;
                 moved.push(v);
             }
         }
@@ -447,13 +477,13 @@ impl Source {
         let mut ranked: HashMap<u32, (u32, u32)> = HashMap::new();
         let mut repicked: Vec<u32> = Vec::new();
         while let Some(Reverse((_, v))) = heap.pop() {
-            let before = (self.primary[v as usize], self.depth[v as usize]);
+            let before = (self.primary[v as usize], self.hot[v as usize].depth);
             let start = arena.len() as u32;
             if self.decide_primary(cx, v, work) {
                 arena.extend_from_slice(&work.cands);
             }
             ranked.insert(v, (start, arena.len() as u32 - start));
-            if (self.primary[v as usize], self.depth[v as usize]) != before {
+            if (self.primary[v as usize], self.hot[v as usize].depth) != before {
                 repicked.push(v);
                 for &w in &g.kin_rev[v as usize] {
                     if self.before(v, w) && work.mark(w) {
@@ -528,17 +558,17 @@ impl Source {
         match chosen {
             Some(c) if c.node == NONE => {
                 self.primary[vi] = NONE;
-                self.depth[vi] = 0;
+                self.hot[vi].depth = 0;
                 true
             }
             Some(c) => {
                 self.primary[vi] = c.node;
-                self.depth[vi] = self.depth[c.node as usize].saturating_add(1);
+                self.hot[vi].depth = self.hot[c.node as usize].depth.saturating_add(1);
                 true
             }
             None => {
                 self.primary[vi] = NONE;
-                self.depth[vi] = if self.is_root[vi] { 0 } else { UNREACHED };
+                self.hot[vi].depth = if self.hot[vi].root { 0 } else { UNREACHED };
                 work.cands.clear();
                 false
             }
@@ -553,7 +583,7 @@ impl Source {
         let max_hops = self.max_hops() as u8;
         let cands = &mut work.cands;
         cands.clear();
-        if self.is_root[vi] {
+        if self.hot[vi].root {
             // A publisher needs no route for its own streams; a node with a
             // static origin pulls from the origin URL first.
             let url = self.roots.iter().find(|(r, _)| *r == v);
@@ -576,18 +606,14 @@ impl Source {
                 total: self.cost(r) + (edges[vi] + g.load[ri]),
             });
         }
-        for (&(u, _), &offer) in g.cands[vi].iter().zip(&g.offers[vi]) {
-            let ui = u as usize;
-            if self.is_root[ui] {
-                continue;
-            }
-            let (c, hu) = (self.cost(u), self.hops[ui]);
-            if !c.is_finite() || hu > max_hops {
+        for r in g.relays(vi) {
+            let h = self.hot[r.u as usize];
+            if h.root || !h.cost.is_finite() || h.hops > max_hops {
                 continue;
             }
             cands.push(Cand {
-                node: u,
-                total: c + offer,
+                node: r.u,
+                total: h.cost + r.offer,
             });
         }
         if cands.is_empty() {
@@ -644,8 +670,8 @@ impl Source {
         let cands = &mut work.cands;
         let admissible = |c: &Cand| {
             c.node == NONE
-                || self.is_root[c.node as usize]
-                || (self.before(c.node, v) && self.depth[c.node as usize] <= max_hops)
+                || self.hot[c.node as usize].root
+                || (self.before(c.node, v) && self.hot[c.node as usize].depth <= max_hops)
         };
         let mut first = cands.iter().position(admissible)?;
         let current = self.route(v).first().map(|u| u.node);
@@ -674,7 +700,7 @@ impl Source {
         if let Some(others) = ranked.get(1..) {
             let valid = |c: &Cand| {
                 c.node == NONE
-                    || !(self.depth[c.node as usize] > max_hops || self.on_chain(c.node, v))
+                    || !(self.hot[c.node as usize].depth > max_hops || self.on_chain(c.node, v))
             };
             let mut prev = [NONE; crate::settings::MAX_BACKUPS];
             let mut prev_len = 0;
@@ -701,7 +727,7 @@ impl Source {
                 hops: if c.node == NONE {
                     0
                 } else {
-                    self.hops[c.node as usize]
+                    self.hot[c.node as usize].hops
                 },
             };
             len += 1;
@@ -935,9 +961,8 @@ impl Source {
                 .iter()
                 .zip(&other.layers)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
-            && self.hops == other.hops
+            && self.hot == other.hot
             && self.primary == other.primary
-            && self.depth == other.depth
             && (0..self.n as u32).all(|v| {
                 let (a, b) = (self.route(v), other.route(v));
                 a.len() == b.len()

@@ -28,7 +28,7 @@ pub mod tables;
 
 use crate::edge::IdMap;
 use crate::graph::{Graph, GraphDelta};
-use crate::inputs::{Planned, Rules};
+use crate::inputs::Rules;
 use crate::node::{Health, NodeView};
 use crate::settings::PlanSettings;
 use crate::source::{Cx, Dirty, Source, SourceKey, Work};
@@ -220,12 +220,7 @@ impl PlanSession {
         };
         let facts_changed = !planned.same_facts(&fresh);
         let mut view = fresh;
-        let held = self.rules().hold(
-            view.capacity_mbps,
-            Some(&planned_inputs(planned)),
-            Planned::take_from(&mut view),
-        );
-        held.write_to(&mut view);
+        self.rules().hold_view(planned, &mut view);
         if !facts_changed && view == *planned {
             return Offered::default();
         }
@@ -667,17 +662,6 @@ struct SourcesOutcome {
     routes: Vec<(usize, Vec<u32>)>,
     removed: Vec<Removed>,
     dir_changes: Vec<StreamKey>,
-}
-
-/// The deadband's view of a planned node.
-fn planned_inputs(v: &NodeView) -> Planned {
-    Planned {
-        health: v.health,
-        egress_mbps: v.egress_mbps,
-        buffer_ms: v.buffer_ms,
-        paths: v.paths.clone(),
-        published: v.published.clone(),
-    }
 }
 
 /// Health changes planned at once: going down, coming back, draining.

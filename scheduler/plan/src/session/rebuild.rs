@@ -171,7 +171,7 @@ impl PlanSession {
                     .max(1);
             }
         }
-        if drift == 0 && old_graph.cands != self.graph.cands {
+        if drift == 0 && !old_graph.same_candidates(&self.graph) {
             drift = 1;
         }
         (drift, routes)
