@@ -140,8 +140,13 @@ pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResu
         .registry
         .with(&id, |e| node_json(e, now, true))
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
+    let scores = {
+        let (app2, id) = (app.clone(), id.clone());
+        app.read_plan(move |plan| upstream_scores(&app2, plan, &id))
+            .await
+    };
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("upstream_scores".into(), upstream_scores(&app, &id));
+        obj.insert("upstream_scores".into(), scores);
     }
     Ok(Json(v))
 }
@@ -149,14 +154,10 @@ pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResu
 /// How every eligible peer scores as this node's upstream, best first, with
 /// each term's input, its source (measured / modelled / default) and its
 /// contribution: the explanation behind the planner's edge costs.
-fn upstream_scores(app: &App, id: &str) -> Value {
+fn upstream_scores(app: &App, plan: &vantage_plan::PlanSession, id: &str) -> Value {
     use vantage_plan::edge::edge_inputs;
     use vantage_plan::eligible;
-    let views = app
-        .plan
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .planned_views();
+    let views = plan.views();
     let Some(me) = views.iter().find(|v| v.id == id) else {
         return Value::Array(Vec::new());
     };
@@ -197,11 +198,10 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
     let st = app.publisher.channel(&id).status();
-    let table = app
-        .plan
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .table(&id);
+    let table = {
+        let id = id.clone();
+        app.read_plan(move |plan| plan.table(&id)).await
+    };
     let table = table.map(|t| crate::publish::table_json(&t));
     Ok(Json(json!({
         "node_id": id,

@@ -23,7 +23,7 @@ use crate::registry::{NodeEntry, NodeInfo, NodeState, Registry};
 use crate::store::{EventRecord, Store, StoreError, WeightSet, WriteOp, WriteStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,10 @@ pub struct App {
     replan: Notify,
     /// Set with a trigger that must not wait for the debounce (weights).
     replan_now: AtomicBool,
+    /// Settings for the plan session, taken by the next planning round (a
+    /// weight change; the planning thread applies them, so no API call
+    /// waits for a plan in progress).
+    pending_settings: Mutex<Option<PlanSettings>>,
     ready: AtomicBool,
     /// Cluster secret for probe authenticators (DESIGN §4), shared by all
     /// replicas through the store and sent to agents in every table.
@@ -230,10 +234,26 @@ impl App {
             weights: RwLock::new(weights),
             replan: Notify::new(),
             replan_now: AtomicBool::new(false),
+            pending_settings: Mutex::new(None),
             ready: AtomicBool::new(false),
             probe_key,
             config,
         }))
+    }
+
+    /// Runs `f` on the plan, off the async workers (a step in progress
+    /// holds the plan for its duration).
+    pub async fn read_plan<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&PlanSession) -> R + Send + 'static,
+    ) -> R {
+        let app = self.clone();
+        let read = move || f(&app.plan.read().unwrap_or_else(|e| e.into_inner()));
+        match tokio::task::spawn_blocking(read).await {
+            Ok(r) => r,
+            // `f` panicked: a bug, re-raised here.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     pub fn report_interval_ms(&self) -> u32 {
@@ -284,10 +304,10 @@ impl App {
         }
         info!(version = ws.version, ?next, actor, "weights changed");
         let settings = plan_settings(&self.config, &ws, &self.probe_key);
-        self.plan
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_settings(settings);
+        *self
+            .pending_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(settings);
         self.replan_now.store(true, Ordering::Relaxed);
         self.trigger_replan();
         Ok(ws)

@@ -20,7 +20,15 @@ impl App {
         let started = Instant::now();
         let now = now_ms();
         let views = self.registry.changed_views();
+        let settings = self
+            .pending_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut plan = self.plan.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(settings) = settings {
+            plan.set_settings(settings);
+        }
         for v in views {
             plan.offer(v);
         }
@@ -32,11 +40,20 @@ impl App {
         let views_done = started.elapsed();
         let report = plan.step(now);
         let plan_done = started.elapsed();
-        let versions: Vec<(Arc<str>, u64, u64)> = report
-            .changed
-            .iter()
-            .map(|id| (id.clone(), plan.version(id), plan.content_hash(id)))
-            .collect();
+        // After a full step every node's version is announced: at start-up
+        // a table that kept its stored version has a stream waiting for it
+        // too (an agent holding an older one gets it then).
+        let versions: Vec<(Arc<str>, u64, u64)> = if report.full {
+            plan.node_ids()
+                .map(|id| (Arc::from(id), plan.version(id), plan.content_hash(id)))
+                .collect()
+        } else {
+            report
+                .changed
+                .iter()
+                .map(|id| (id.clone(), plan.version(id), plan.content_hash(id)))
+                .collect()
+        };
         drop(plan);
         for (id, version, hash) in &versions {
             self.publisher.published(id, *version, *hash, now);
@@ -70,7 +87,7 @@ impl App {
         }
         debug!(
             full = report.full,
-            new_versions = versions.len(),
+            new_versions = report.changed.len(),
             routes_changed = report.routes_changed,
             views_ms = views * 1e3,
             plan_ms = plan * 1e3,

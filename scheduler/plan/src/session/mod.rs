@@ -190,6 +190,12 @@ impl PlanSession {
         })
     }
 
+    /// The views the last step planned with, in id order (without inputs
+    /// offered since).
+    pub fn views(&self) -> &[NodeView] {
+        &self.graph.views
+    }
+
     /// Every node as planned (pending inputs included), by id.
     pub fn planned_views(&self) -> Vec<NodeView> {
         let mut out: BTreeMap<&str, &NodeView> = self
