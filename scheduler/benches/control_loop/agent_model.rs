@@ -36,13 +36,38 @@ pub(crate) fn region(lon: f64) -> &'static str {
     }
 }
 
-pub(crate) fn channels(n: usize) -> usize {
-    n.div_ceil(AGENTS_PER_CHANNEL).max(1)
+/// The simulated world's streams: `--streams` live channels published on
+/// `--origins` origin agents (set once from the arguments).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct World {
+    pub(crate) streams: usize,
+    pub(crate) origins: usize,
+}
+
+pub(crate) static WORLD: std::sync::OnceLock<World> = std::sync::OnceLock::new();
+
+fn world() -> World {
+    WORLD.get().copied().unwrap_or(World {
+        streams: 500,
+        origins: 50,
+    })
+}
+
+/// Live channels of the world (the fleet size does not change them).
+pub(crate) fn channels(_n: usize) -> usize {
+    world().streams.max(1)
+}
+
+/// The agent index of origin `o` (origins spread evenly over the fleet).
+pub(crate) fn origin_agent(o: usize, n: usize) -> usize {
+    let n = n.max(1);
+    let origins = world().origins.clamp(1, n);
+    (o % origins * (n / origins) + 5) % n
 }
 
 /// The agent publishing channel `c` (it is that stream's origin).
 pub(crate) fn channel_origin(c: usize, n: usize) -> usize {
-    (c * AGENTS_PER_CHANNEL + 5) % n.max(1)
+    origin_agent(c % world().origins.max(1), n)
 }
 
 pub(crate) fn hello(idx: usize, id: &str, token: &str) -> Hello {
@@ -105,8 +130,10 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
         .collect();
     let chans = channels(n);
     let mut streams = Vec::new();
-    let own = (0..chans).find(|&c| channel_origin(c, n) == idx);
-    if let Some(c) = own {
+    let own: Vec<usize> = (0..chans)
+        .filter(|&c| channel_origin(c, n) == idx)
+        .collect();
+    for &c in &own {
         streams.push(StreamState {
             key: format!("live/ch{c}"),
             role: StreamRole::Origin as i32,
@@ -121,7 +148,7 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
     let relayed = 1 + idx % 2;
     for k in 0..relayed {
         let c = (splitmix(idx as u64 + k as u64 * 7919) as usize) % chans;
-        if Some(c) == own {
+        if own.contains(&c) {
             continue;
         }
         streams.push(StreamState {
@@ -135,7 +162,12 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
             send_lag_p95_ms: 25.0,
         });
     }
-    let viewers: u32 = streams.iter().map(|s| s.viewers).sum();
+    let viewers: u32 = streams
+        .iter()
+        .filter(|s| s.role == StreamRole::Relay as i32)
+        .map(|s| s.viewers)
+        .sum::<u32>()
+        + 20 * own.len().min(2) as u32;
     Report {
         seq: 0,
         agent_time_ms: 0,

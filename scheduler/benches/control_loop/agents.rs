@@ -163,7 +163,7 @@ pub(crate) async fn report_loop(
     idx: usize,
     n: usize,
     stats: &LoadStats,
-    route_version: &AtomicU64,
+    shared: &AgentShared,
     stop: &CancellationToken,
     deadline: tokio::time::Instant,
 ) -> SessionEnd {
@@ -178,7 +178,7 @@ pub(crate) async fn report_loop(
     let interval = AtomicU32::new(interval_ms);
     let control = follow_control(ctl_recv, &interval);
     tokio::pin!(control);
-    let base = report_template(idx, n);
+    let mut base = report_template(idx, n);
     let mut frame_msg = TelemetryFrame {
         kind: Some(telemetry_frame::Kind::Report(base.clone())),
     };
@@ -190,26 +190,51 @@ pub(crate) async fn report_loop(
     let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let end = loop {
-        tokio::select! {
+        let now = tokio::select! {
             _ = stop.cancelled() => break SessionEnd::Stopped,
             _ = &mut deadline => break SessionEnd::Stopped,
             _ = &mut control => break SessionEnd::Lost,
-            _ = tick.tick() => {
-                seq += 1;
-                if let Some(telemetry_frame::Kind::Report(r)) = frame_msg.kind.as_mut() {
-                    refresh(r, &base, &mut rng, seq, route_version.load(Ordering::Relaxed));
-                }
-                if uni.write_all(&frame::encode(&frame_msg)).await.is_err() {
-                    stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    break SessionEnd::Lost;
-                }
-                stats.reports_sent.fetch_add(1, Ordering::Relaxed);
-                let wanted = interval.load(Ordering::Relaxed);
-                if wanted != current {
-                    current = wanted;
-                    tick = ticker(current, tokio::time::Instant::now() + Duration::from_millis(u64::from(current)));
-                }
+            _ = shared.report_now.notified() => true,
+            _ = tick.tick() => false,
+        };
+        if now {
+            // New streams published here: in this report, sent at once.
+            for key in shared.take_new_streams() {
+                base.streams.push(StreamState {
+                    key,
+                    role: StreamRole::Origin as i32,
+                    upstream: String::new(),
+                    bitrate_kbps: 4_000.0,
+                    viewers: 0,
+                    gop_cache_ms: 2_000.0,
+                    ingest_lag_ms: 150.0,
+                    send_lag_p95_ms: 15.0,
+                });
             }
+            frame_msg.kind = Some(telemetry_frame::Kind::Report(base.clone()));
+        }
+        seq += 1;
+        if let Some(telemetry_frame::Kind::Report(r)) = frame_msg.kind.as_mut() {
+            refresh(
+                r,
+                &base,
+                &mut rng,
+                seq,
+                shared.route_version.load(Ordering::Relaxed),
+            );
+        }
+        if uni.write_all(&frame::encode(&frame_msg)).await.is_err() {
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            break SessionEnd::Lost;
+        }
+        stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+        let wanted = interval.load(Ordering::Relaxed);
+        if wanted != current {
+            current = wanted;
+            tick = ticker(
+                current,
+                tokio::time::Instant::now() + Duration::from_millis(u64::from(current)),
+            );
         }
     };
     drop(ctl_send);
@@ -226,9 +251,26 @@ pub(crate) struct AgentShared {
     pub(crate) route_version: AtomicU64,
     /// The current telemetry connection.
     pub(crate) conn: std::sync::Mutex<Option<quinn::Connection>>,
+    /// Streams this agent starts publishing (the `routes` phase's stream
+    /// changes); a report showing them goes out at once.
+    pub(crate) new_streams: std::sync::Mutex<Vec<String>>,
+    pub(crate) report_now: tokio::sync::Notify,
 }
 
 impl AgentShared {
+    /// Starts publishing `key`: the next report, sent at once, shows it.
+    pub(crate) fn publish(&self, key: String) {
+        self.new_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key);
+        self.report_now.notify_one();
+    }
+
+    fn take_new_streams(&self) -> Vec<String> {
+        std::mem::take(&mut *self.new_streams.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub(crate) fn set_conn(&self, c: quinn::Connection) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
@@ -260,16 +302,7 @@ pub(crate) async fn agent_life(
     let mut session = first;
     loop {
         shared.set_conn(session.conn.clone());
-        let end = report_loop(
-            session,
-            idx,
-            n,
-            &stats,
-            &shared.route_version,
-            &stop,
-            deadline,
-        )
-        .await;
+        let end = report_loop(session, idx, n, &stats, &shared, &stop, deadline).await;
         if end == SessionEnd::Stopped {
             return;
         }

@@ -4,10 +4,13 @@
 use super::*;
 
 /// A table received (and ACKed) by a subscribed agent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct AckEvent {
     pub(crate) idx: usize,
     pub(crate) weights_version: u64,
+    /// Streams in the table's directory entries (a whole table: all of
+    /// them; a delta: those that changed).
+    pub(crate) streams: Vec<String>,
     pub(crate) at: Instant,
 }
 
@@ -33,6 +36,9 @@ pub(crate) struct TableHead {
     pub(crate) nonce: String,
     #[prost(uint64, tag = "7")]
     pub(crate) weights_version: u64,
+    /// The directory entries (stream → origin): the stream changes' signal.
+    #[prost(message, repeated, tag = "13")]
+    pub(crate) directory: Vec<vantage_proto::v1::DirectoryEntry>,
 }
 
 impl From<RouteTable> for TableHead {
@@ -41,6 +47,7 @@ impl From<RouteTable> for TableHead {
             version: t.version,
             nonce: t.nonce,
             weights_version: t.weights_version,
+            directory: t.directory,
         }
     }
 }
@@ -161,6 +168,7 @@ pub(crate) async fn subscribe(
                     let _ = events.send(AckEvent {
                         idx,
                         weights_version: table.weights_version,
+                        streams: table.directory.into_iter().map(|d| d.stream).collect(),
                         at: Instant::now(),
                     });
                 }
@@ -191,6 +199,13 @@ pub(crate) struct RoutesResult {
     /// `None` for schedulers without `plan_stage_duration_seconds`.
     pub(crate) stage_ms: Option<[f64; 3]>,
     pub(crate) pushes: f64,
+    /// Route tables sent and their bytes over the weight changes, by kind
+    /// (full, delta).
+    pub(crate) weight_sent: Sent,
+    /// The stream changes: each one's time until every agent ACKed a table
+    /// naming the new stream, and what was sent.
+    pub(crate) stream_acked_ms: Vec<f64>,
+    pub(crate) stream_sent: Sent,
     pub(crate) acks: f64,
     pub(crate) nacks: f64,
     pub(crate) subscribe_s: f64,
@@ -243,6 +258,24 @@ impl RoutesResult {
         row("**PUT /v1/weights → all agents ACKed**", &all);
         row("PUT → one agent ACKed (all agents × changes)", &per);
         row("PUT /v1/weights round trip", &put);
+        let streams = sorted(&self.stream_acked_ms);
+        if !streams.is_empty() {
+            row(
+                "**new stream at an origin → every agent ACKed its directory entry**",
+                &streams,
+            );
+        }
+        println!();
+        println!(
+            "- on the wire per weight change: {}",
+            self.weight_sent.per_change(self.changes)
+        );
+        if !streams.is_empty() {
+            println!(
+                "- on the wire per stream change: {}",
+                self.stream_sent.per_change(streams.len())
+            );
+        }
         println!();
         println!("| measure | value |");
         println!("|---|---|");
@@ -275,6 +308,68 @@ impl RoutesResult {
         );
         println!();
     }
+}
+
+/// Route tables sent between two `/metrics` samples, by kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sent {
+    pub(crate) full: f64,
+    pub(crate) delta: f64,
+    pub(crate) full_bytes: f64,
+    pub(crate) delta_bytes: f64,
+}
+
+impl Sent {
+    fn between(m0: &Metrics, m1: &Metrics) -> Self {
+        let d = |k: &str| m1.get(k) - m0.get(k);
+        Sent {
+            full: d("vantage_scheduler_route_updates_total{kind=\"full\"}"),
+            delta: d("vantage_scheduler_route_updates_total{kind=\"delta\"}"),
+            full_bytes: d("vantage_scheduler_route_push_bytes_total{kind=\"full\"}"),
+            delta_bytes: d("vantage_scheduler_route_push_bytes_total{kind=\"delta\"}"),
+        }
+    }
+
+    /// "N deltas (B bytes each), M whole tables (B bytes each), per change".
+    pub(crate) fn per_change(&self, changes: usize) -> String {
+        let c = changes.max(1) as f64;
+        let each = |bytes: f64, n: f64| if n > 0.0 { bytes / n } else { 0.0 };
+        format!(
+            "{:.0} deltas ({:.0} B each) and {:.0} whole tables ({:.0} B each) per change; {:.0} B on the wire per change",
+            self.delta / c,
+            each(self.delta_bytes, self.delta),
+            self.full / c,
+            each(self.full_bytes, self.full),
+            (self.delta_bytes + self.full_bytes) / c
+        )
+    }
+}
+
+/// Waits until every agent has ACKed a table naming stream `key` in its
+/// directory; returns per-agent times from `t0`, ms.
+pub(crate) async fn wait_all_have(
+    rx: &mut mpsc::UnboundedReceiver<AckEvent>,
+    acked: &mut [u64],
+    key: &str,
+    t0: Instant,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<f64>> {
+    let mut have: Vec<bool> = acked.iter().map(|&w| w == u64::MAX).collect();
+    let mut times = Vec::with_capacity(have.len());
+    let mut missing = have.iter().filter(|h| !**h).count();
+    while missing > 0 {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| anyhow!("{missing} agents did not get stream {key} in time"))?
+            .ok_or_else(|| anyhow!("every subscription ended"))?;
+        acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
+        if !have[ev.idx] && ev.streams.iter().any(|s| s == key) {
+            have[ev.idx] = true;
+            missing -= 1;
+            times.push(ev.at.duration_since(t0).as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
 }
 
 /// Waits until every agent has ACKed a table with `weights_version >= v`;
@@ -433,6 +528,32 @@ pub(crate) async fn routes_phase(
     let sys1 = system_jiffies();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    // Stream changes: an origin agent starts publishing a new stream (its
+    // report goes out at once); timed until every agent ACKed a table whose
+    // directory names it.
+    let mut stream_acked_ms = Vec::new();
+    for k in 0..args.stream_changes {
+        while let Ok(ev) = ev_rx.try_recv() {
+            acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
+        }
+        let o = origin_agent(k, fleet.agents.len());
+        let Some(agent) = fleet.agents.get(o).and_then(Option::as_ref) else {
+            continue;
+        };
+        let key = format!("live/new{k}");
+        let t0 = Instant::now();
+        agent.shared.publish(key.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let times = wait_all_have(&mut ev_rx, &mut acked, &key, t0, deadline)
+            .await
+            .with_context(|| format!("stream change {k} ({key})"))?;
+        let all = times.iter().copied().fold(0.0, f64::max);
+        eprintln!("[routes] stream change {k}: {key} in every agent's table in {all:.1} ms");
+        stream_acked_ms.push(all);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..800))).await;
+    }
+    let m2 = sched.metrics(http).await?;
+
     // Cross-check with the API: the agents' ACKs are recorded.
     let sample = fleet.sample_ids();
     let mut confirmed = 0;
@@ -474,6 +595,9 @@ pub(crate) async fn routes_phase(
         },
         stage_ms: stage_means(&m0, &m1),
         pushes: d("vantage_scheduler_route_pushes_total"),
+        weight_sent: Sent::between(&m0, &m1),
+        stream_acked_ms,
+        stream_sent: Sent::between(&m1, &m2),
         acks: d("vantage_scheduler_route_acks_total"),
         nacks: d("vantage_scheduler_route_nacks_total"),
         subscribe_s,
