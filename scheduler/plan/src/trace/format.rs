@@ -161,8 +161,8 @@ pub struct StepLine {
     /// by id.
     #[serde(default)]
     pub nodes: Vec<NodeLine>,
-    /// Nodes removed since the step before.
-    #[serde(default)]
+    /// Nodes removed since the step before (left out when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
     /// Every node's routes before the step, by node id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
