@@ -13,7 +13,7 @@
 //! Cost: callers hold an `Option<Recorder>`; with recording off nothing
 //! happens. With it on, a caller only builds a small owned record and
 //! `try_send`s it into a bounded queue; one writer thread serialises and
-//! writes ([`writer`]). A full queue drops the record and counts
+//! writes (`writer.rs`). A full queue drops the record and counts
 //! `vantage_scheduler_record_dropped_total` — recording never slows ingest
 //! or planning (a dropped step makes the next one whole). The writer
 //! flushes whenever the queue is empty (so a killed scheduler loses at most
