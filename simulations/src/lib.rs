@@ -13,7 +13,7 @@
 //!   planner and resolver called as a library.
 //! - [`engine`]: the event-driven run of one policy on one seed.
 //! - [`metrics`], [`report`]: the table, `results.json`, `report.html`.
-//! - [`sweep`]: weight search; [`replay`]: re-planning a recorded trace.
+//! - [`sweep`]: weight search; [`replay`]: re-running the planning steps of a recorded trace.
 //!
 //! Same scenario + seed → byte-identical `results.json`.
 #![forbid(unsafe_code)]

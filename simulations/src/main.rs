@@ -75,15 +75,16 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Re-plans a trace recorded by `vantage-scheduler --record DIR`.
+    /// Re-runs the planning steps of a trace recorded by
+    /// `vantage-scheduler --record DIR`.
     Replay {
         dir: PathBuf,
-        /// Weights for every plan (partial: patches the recorded ones).
-        /// Without it, each plan's recorded weights.
+        /// Weights for every step (partial: patches the first recorded
+        /// ones). Without it, each step's recorded weights.
         #[arg(long)]
         weights: Option<String>,
-        /// Use the recorded previous primaries instead of chaining the
-        /// replayed ones.
+        /// Start every step from the recorded routes instead of chaining
+        /// the replayed ones.
         #[arg(long)]
         recorded_previous: bool,
         /// Prints the report as JSON.

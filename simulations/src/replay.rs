@@ -1,20 +1,21 @@
-//! `vantage-sim replay DIR`: re-plans a trace recorded by
-//! `vantage-scheduler --record DIR` with the scheduler's replay library
-//! (`vantage_scheduler::record`), under the recorded weights or others.
-//! A thin wrapper: loading, re-planning and comparing live in the
-//! scheduler crate so the replay runs exactly the production planner.
+//! `vantage-sim replay DIR`: re-runs the planning steps of a trace
+//! recorded by `vantage-scheduler --record DIR` through the planning
+//! session (`vantage_plan::trace`), under the recorded weights or others.
+//! A thin wrapper: loading, stepping and comparing live in the planning
+//! core, so the replay runs exactly the production planner.
 
 use crate::error::SimError;
 use std::path::Path;
-use vantage_scheduler::record::{self, PreviousMode, ReplayOptions, ReplayReport, Trace};
+use vantage_plan::trace::{PreviousMode, ReplayOptions, ReplayReport, Trace};
 use vantage_shared::score::Weights;
 
-/// Loads the trace in `dir` and re-plans every recorded plan.
+/// Loads the trace in `dir` and re-runs every recorded step.
 ///
-/// `weights`: `None` = the weights recorded with each plan (the replay then
+/// `weights`: `None` = the weights recorded with each step (the replay then
 /// reproduces the recorded decisions); `Some("latency=0.5,...")` = the
 /// first recorded weight set patched with these values (or the defaults
-/// when the trace recorded none), used for every plan.
+/// when the trace recorded none), used for every step. `recorded_previous`:
+/// every step starts from the recorded routes instead of the replay's own.
 pub fn run(
     dir: &Path,
     weights: Option<&str>,
@@ -41,5 +42,5 @@ pub fn run(
         },
         ..ReplayOptions::default()
     };
-    Ok(record::replay(&trace, &opts))
+    Ok(vantage_plan::trace::replay(&trace, &opts))
 }

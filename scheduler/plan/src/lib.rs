@@ -1,6 +1,7 @@
 //! The Vantage planning core: everything that decides routes, shared by
 //! the scheduler and the simulator, without I/O (no sockets, no database,
-//! no clock: `now` is an argument).
+//! no clock: `now` is an argument; the one exception is
+//! [`trace::Trace::load`], which reads trace files).
 //!
 //! * [`node`] — what the planner knows of a node ([`NodeView`]);
 //! * [`inputs`] — smoothing and the deadband between telemetry and plans;
@@ -11,7 +12,9 @@
 //! * [`session`] — [`PlanSession`], the plan's state and the one object
 //!   that changes it, step by step (incrementally where it can);
 //! * [`settings`] — weights, ranges, limits and the rest of what a plan is
-//!   made with.
+//!   made with;
+//! * [`trace`] — scheduler traces: the format, capturing a step, reading a
+//!   trace directory and replaying its steps through a [`PlanSession`].
 //!
 //! Internals: `graph` (indexed nodes and relay candidates), `source`
 //! (path costs and routes of one origin or pattern), `par` (scoped
@@ -29,6 +32,7 @@ pub mod resolve;
 pub mod session;
 pub mod settings;
 mod source;
+pub mod trace;
 
 pub use node::{Health, NodeView, PathStat, eligible};
 pub use session::{Offered, PlanSession, RouteEntry, StepReport, TableChange, TableUpdate};

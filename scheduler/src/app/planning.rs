@@ -3,10 +3,12 @@
 //! is due (at once on triggers, within the replan interval when inputs
 //! moved, on a new probe rotation epoch, for the periodic check from
 //! scratch), announces the new table versions to the route streams, with
-//! per-stage metrics; rounds run on a lower-priority thread.
+//! per-stage metrics, and hands each step to the recorder when recording;
+//! rounds run on a lower-priority thread.
 
 use super::*;
 use vantage_plan::StepReport;
+use vantage_plan::trace::StepInputs;
 
 /// Rounds check for work at least this often (offers are cheap: only
 /// nodes changed since the last round).
@@ -37,9 +39,19 @@ impl App {
             self.metrics.plans_skipped.inc();
             return None;
         }
+        // Recording: what the step takes, read before it (counted with
+        // the views), and what it decided, read after it (with publishing).
+        let recording = self.recorder.as_ref().map(|r| {
+            let ticket = r.begin_step();
+            (r, ticket, StepInputs::capture(&plan, ticket.whole))
+        });
         let views_done = started.elapsed();
         let report = plan.step(now);
         let plan_done = started.elapsed();
+        if let Some((r, ticket, inputs)) = recording {
+            let took = u64::try_from((plan_done - views_done).as_micros()).unwrap_or(u64::MAX);
+            r.step(ticket, inputs.complete(&plan, &report, now, took));
+        }
         // After a full step every node's version is announced: at start-up
         // a table that kept its stored version has a stream waiting for it
         // too (an agent holding an older one gets it then).

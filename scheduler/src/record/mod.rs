@@ -1,40 +1,44 @@
 //! Recording (`--record DIR`): the scheduler's inputs and decisions as
-//! rotating JSON-lines trace files, and a pure [`replay()`] of them.
+//! rotating JSON-lines trace files, in the format of
+//! [`vantage_plan::trace`] (`docs/simulator-traces.md`), which also reads
+//! and replays them.
 //!
 //! Inputs are agent reports, node events (connect, disconnect, up, suspect,
 //! down, draining, drain), alerts, weight changes and resolve requests with
-//! their answers; decisions are plans: everything the planner was given
-//! (enough to re-run it bit-exactly) and every node's resulting upstream and
-//! probe choices. The format is described in [`format`](mod@format) and
-//! `docs/simulator-traces.md`.
+//! their answers; decisions are the planning session's steps: what each
+//! step was given since the step before (enough to re-run it exactly) and
+//! the decisions of every node whose table changed
+//! ([`Recorder::begin_step`], [`Recorder::step`]).
 //!
 //! Cost: callers hold an `Option<Recorder>`; with recording off nothing
 //! happens. With it on, a caller only builds a small owned record and
 //! `try_send`s it into a bounded queue; one writer thread serialises and
-//! writes. A full queue drops the record and counts
+//! writes (`writer.rs`). A full queue drops the record and counts
 //! `vantage_scheduler_record_dropped_total` — recording never slows ingest
-//! or planning. The writer flushes whenever the queue is empty (so a killed
-//! scheduler loses at most a partial last line), fsyncs on rotation, and
-//! keeps the newest `max_files` files.
+//! or planning (a dropped step makes the next one whole). The writer
+//! flushes whenever the queue is empty (so a killed scheduler loses at most
+//! a partial last line), fsyncs on rotation, and keeps the newest
+//! `max_files` files.
 
-pub mod format;
+mod writer;
 
-pub use format::Line;
+#[cfg(test)]
+mod tests;
 
-use base64::Engine;
-use format::{AlertLine, Header, NodeEvent, NodeInfoLine, ReportLine};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use tracing::info;
+use vantage_plan::trace::format::{AlertLine, NodeEvent, NodeInfoLine, ResolveLine, WeightsLine};
+use vantage_plan::trace::{self, Line, StepCapture};
 use vantage_proto::v1::Report;
 use vantage_shared::score::Weights;
+use writer::Writer;
+
+pub use trace::{file_name, file_seq, trace_files};
 
 /// `[record]` in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -107,7 +111,7 @@ impl RecordMetrics {
         r.register("written", "Trace records written", m.written.clone());
         r.register(
             "dropped",
-            "Trace records dropped because the writer queue was full",
+            "Trace records dropped: the writer queue was full, or a step line could not follow the step before it in its file",
             m.dropped.clone(),
         );
         r.register("bytes", "Bytes written to trace files", m.bytes.clone());
@@ -129,9 +133,23 @@ enum Entry {
         seq: u64,
         pb: Vec<u8>,
     },
-    Line(Box<format::Line>),
+    Line(Box<Line>),
+    /// A planning step, numbered; made a line on the writer thread.
+    Step {
+        seq: u64,
+        capture: Box<StepCapture>,
+    },
     /// Stop after writing what came before ([`Recorder::close`]).
     Close,
+}
+
+/// A step about to be recorded: its number (counting every step of the
+/// process) and whether to capture it whole
+/// ([`StepInputs::capture`](vantage_plan::trace::StepInputs::capture)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTicket {
+    pub seq: u64,
+    pub whole: bool,
 }
 
 /// Handle to the trace writer. Cheap calls, never blocking.
@@ -139,7 +157,12 @@ enum Entry {
 pub struct Recorder {
     tx: SyncSender<Entry>,
     metrics: RecordMetrics,
-    plan_seq: AtomicU64,
+    /// The last step numbered, and the last handed to the writer.
+    step_seq: AtomicU64,
+    step_sent: AtomicU64,
+    /// The next step should be whole (the first one, after a dropped
+    /// step, for a new file); shared with the writer.
+    need_whole: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
 }
@@ -148,32 +171,6 @@ impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Entry")
     }
-}
-
-/// Trace file name for sequence number `seq`.
-pub fn file_name(seq: u64) -> String {
-    format!("trace-{seq:08}.jsonl")
-}
-
-/// The sequence number of a trace file name, if it is one.
-pub fn file_seq(name: &str) -> Option<u64> {
-    name.strip_prefix("trace-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
-}
-
-/// Trace files in `dir`, oldest first.
-pub fn trace_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name();
-            file_seq(name.to_str()?).map(|s| (s, e.path()))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
 }
 
 impl Recorder {
@@ -196,16 +193,16 @@ impl Recorder {
             .last()
             .map_or(1, |(s, _)| s + 1);
         let (tx, rx) = std::sync::mpsc::sync_channel(limits.queue);
-        let mut writer = Writer {
-            dir: dir.to_owned(),
+        let need_whole = Arc::new(AtomicBool::new(true));
+        let mut writer = Writer::new(
+            dir.to_owned(),
             limits,
-            scheduler_id: scheduler_id.to_owned(),
+            scheduler_id.to_owned(),
             weights,
             next_seq,
-            open: None,
-            metrics: metrics.clone(),
-            failed_at: None,
-        };
+            metrics.clone(),
+            need_whole.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("trace-writer".into())
             .spawn(move || writer.run(rx))
@@ -214,7 +211,9 @@ impl Recorder {
         Ok(Self {
             tx,
             metrics,
-            plan_seq: AtomicU64::new(0),
+            step_seq: AtomicU64::new(0),
+            step_sent: AtomicU64::new(0),
+            need_whole,
             thread: Mutex::new(Some(thread)),
             dir: dir.to_owned(),
         })
@@ -224,18 +223,47 @@ impl Recorder {
         &self.dir
     }
 
-    fn send(&self, e: Entry) {
+    /// Queues `e`; false (dropped, counted) when the queue is full.
+    fn send(&self, e: Entry) -> bool {
         match self.tx.try_send(e) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.dropped.inc();
+                false
             }
+        }
+    }
+
+    /// Numbers the step about to be taken and says whether to capture it
+    /// whole: the first step, the first after a step that was not handed
+    /// to the writer, and whenever the writer asks (a new file).
+    pub fn begin_step(&self) -> StepTicket {
+        let seq = self.step_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let follows = self.step_sent.load(Ordering::Relaxed) + 1 == seq;
+        let asked = self.need_whole.swap(false, Ordering::Relaxed);
+        StepTicket {
+            seq,
+            whole: asked || !follows,
+        }
+    }
+
+    /// A step taken (its capture moves to the writer thread). When it is
+    /// dropped the next step is captured whole.
+    pub fn step(&self, ticket: StepTicket, capture: StepCapture) {
+        let sent = self.send(Entry::Step {
+            seq: ticket.seq,
+            capture: Box::new(capture),
+        });
+        if sent {
+            self.step_sent.store(ticket.seq, Ordering::Relaxed);
+        } else {
+            self.need_whole.store(true, Ordering::Relaxed);
         }
     }
 
     /// An accepted report (before it is applied).
     pub fn report(&self, at_ms: i64, node_id: &str, r: &Report) {
-        self.send(Entry::Report {
+        let _ = self.send(Entry::Report {
             at_ms,
             node_id: node_id.to_owned(),
             seq: r.seq,
@@ -253,7 +281,7 @@ impl Recorder {
         detail: &str,
         info: Option<&crate::registry::NodeInfo>,
     ) {
-        self.send(Entry::Line(Box::new(format::Line::Node(NodeEvent {
+        let _ = self.send(Entry::Line(Box::new(Line::Node(NodeEvent {
             at_ms,
             node_id: node_id.to_owned(),
             event: event.to_owned(),
@@ -276,7 +304,7 @@ impl Recorder {
     }
 
     pub fn alert(&self, at_ms: i64, node_id: &str, kind: &str, a: &vantage_proto::v1::Alert) {
-        self.send(Entry::Line(Box::new(format::Line::Alert(AlertLine {
+        let _ = self.send(Entry::Line(Box::new(Line::Alert(AlertLine {
             at_ms,
             node_id: node_id.to_owned(),
             kind: kind.to_owned(),
@@ -287,26 +315,22 @@ impl Recorder {
     }
 
     pub fn weights(&self, at_ms: i64, ws: &crate::store::WeightSet) {
-        self.send(Entry::Line(Box::new(format::Line::Weights(
-            format::WeightsLine {
-                at_ms,
-                version: ws.version,
-                weights: ws.weights,
-                actor: ws.actor.clone(),
-                comment: ws.comment.clone(),
-            },
-        ))));
+        let _ = self.send(Entry::Line(Box::new(Line::Weights(WeightsLine {
+            at_ms,
+            version: ws.version,
+            weights: ws.weights,
+            actor: ws.actor.clone(),
+            comment: ws.comment.clone(),
+        }))));
     }
 
     /// A viewer resolve request and its answer (any JSON).
     pub fn resolve(&self, at_ms: i64, request: serde_json::Value, answer: serde_json::Value) {
-        self.send(Entry::Line(Box::new(format::Line::Resolve(
-            format::ResolveLine {
-                at_ms,
-                request,
-                answer,
-            },
-        ))));
+        let _ = self.send(Entry::Line(Box::new(Line::Resolve(ResolveLine {
+            at_ms,
+            request,
+            answer,
+        }))));
     }
 
     /// Stops the writer after it wrote everything queued (flushed and
@@ -317,192 +341,6 @@ impl Recorder {
             // Queued behind everything sent before; the writer stops there.
             let _ = self.tx.send(Entry::Close);
             let _ = h.join();
-        }
-    }
-}
-
-struct OpenFile {
-    w: BufWriter<File>,
-    path: PathBuf,
-    bytes: u64,
-    opened: Instant,
-}
-
-struct Writer {
-    dir: PathBuf,
-    limits: RecordLimits,
-    scheduler_id: String,
-    weights: (u64, Weights),
-    next_seq: u64,
-    open: Option<OpenFile>,
-    metrics: RecordMetrics,
-    failed_at: Option<Instant>,
-}
-
-impl Writer {
-    fn run(&mut self, rx: Receiver<Entry>) {
-        loop {
-            // Wake up now and then so a quiet scheduler still rotates by age.
-            let first = match rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut next = first;
-            while let Some(e) = next {
-                if matches!(e, Entry::Close) {
-                    self.finish();
-                    return;
-                }
-                self.write(e);
-                next = rx.try_recv().ok();
-            }
-            self.rotate_if_due();
-            if let Some(f) = &mut self.open
-                && let Err(e) = f.w.flush()
-            {
-                self.fail(&e);
-            }
-        }
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        if let Some(mut f) = self.open.take()
-            && let Err(e) = f.w.flush().and_then(|()| f.w.get_ref().sync_all())
-        {
-            self.fail(&e);
-        }
-    }
-
-    fn fail(&mut self, e: &std::io::Error) {
-        self.metrics.errors.inc();
-        if self.open.is_some() || self.failed_at.is_none() {
-            warn!(dir = %self.dir.display(), "trace write failed: {e}; opening a new file later");
-        }
-        self.open = None;
-        self.failed_at = Some(Instant::now());
-    }
-
-    fn rotate_if_due(&mut self) {
-        let due = self.open.as_ref().is_some_and(|f| {
-            f.bytes >= self.limits.max_file_mib * 1024 * 1024
-                || f.opened.elapsed() >= Duration::from_secs(self.limits.max_file_age_s)
-        });
-        if due {
-            self.finish();
-        }
-    }
-
-    /// Opens the next file (header first) and deletes the oldest beyond
-    /// `max_files`.
-    fn open_next(&mut self, at_ms: i64) -> std::io::Result<()> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let path = self.dir.join(file_name(seq));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
-        self.metrics.files.inc();
-        self.open = Some(OpenFile {
-            w: BufWriter::with_capacity(256 * 1024, file),
-            path,
-            bytes: 0,
-            opened: Instant::now(),
-        });
-        let header = format::Line::Header(Header {
-            at_ms,
-            format: format::FORMAT.to_owned(),
-            version: format::VERSION,
-            seq,
-            scheduler_id: self.scheduler_id.clone(),
-            weights_version: self.weights.0,
-            weights: self.weights.1,
-        });
-        self.put(&header)?;
-        let files = trace_files(&self.dir)?;
-        let excess = files.len().saturating_sub(self.limits.max_files);
-        for (_, old) in files.into_iter().take(excess) {
-            if self.open.as_ref().is_some_and(|f| f.path == old) {
-                continue;
-            }
-            if let Err(e) = std::fs::remove_file(&old) {
-                warn!(path = %old.display(), "cannot delete old trace file: {e}");
-            }
-        }
-        Ok(())
-    }
-
-    fn put(&mut self, line: &format::Line) -> std::io::Result<()> {
-        let Some(f) = &mut self.open else {
-            return Ok(());
-        };
-        let mut buf = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        buf.push(b'\n');
-        f.w.write_all(&buf)?;
-        f.bytes += buf.len() as u64;
-        self.metrics.bytes.inc_by(buf.len() as u64);
-        self.metrics.written.inc();
-        Ok(())
-    }
-
-    fn write(&mut self, e: Entry) {
-        let at_ms = match &e {
-            Entry::Report { at_ms, .. } => *at_ms,
-            Entry::Line(l) => l.at_ms(),
-            Entry::Close => return,
-        };
-        self.rotate_if_due();
-        if self.open.is_none() {
-            // After a failure, try a new file at most once a second.
-            if self
-                .failed_at
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-            {
-                self.metrics.errors.inc();
-                return;
-            }
-            if let Err(err) = self.open_next(at_ms) {
-                self.fail(&err);
-                return;
-            }
-        }
-        let line = match e {
-            Entry::Report {
-                at_ms,
-                node_id,
-                seq,
-                pb,
-            } => format::Line::Report(ReportLine {
-                at_ms,
-                node_id,
-                seq,
-                report_pb: base64::engine::general_purpose::STANDARD.encode(pb),
-            }),
-            Entry::Line(l) => {
-                if let format::Line::Weights(w) = l.as_ref() {
-                    self.weights = (w.version, w.weights);
-                }
-                *l
-            }
-            Entry::Close => return,
-        };
-        if let Err(err) = self.put(&line) {
-            self.fail(&err);
-        }
-    }
-}
-
-impl format::Line {
-    pub fn at_ms(&self) -> i64 {
-        match self {
-            format::Line::Header(h) => h.at_ms,
-            format::Line::Report(r) => r.at_ms,
-            format::Line::Node(n) => n.at_ms,
-            format::Line::Alert(a) => a.at_ms,
-            format::Line::Weights(w) => w.at_ms,
-            format::Line::Resolve(r) => r.at_ms,
         }
     }
 }

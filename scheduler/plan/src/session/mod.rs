@@ -211,6 +211,19 @@ impl PlanSession {
         out.into_values().cloned().collect()
     }
 
+    /// Views taken since the last step (offered and moved, or set), by
+    /// id: what the next step plans with besides the planned state. Read
+    /// before [`step`](Self::step) by a caller that records steps
+    /// (`crate::trace`); nothing is kept for it otherwise.
+    pub fn pending_views(&self) -> impl Iterator<Item = &NodeView> {
+        self.pending.values()
+    }
+
+    /// Nodes removed since the last step (and not offered again), by id.
+    pub fn pending_removals(&self) -> impl Iterator<Item = &str> {
+        self.removed.iter().map(String::as_str)
+    }
+
     /// Offers a node's latest (smoothed) inputs. Values that stayed inside
     /// the deadband around what the planner holds are held back.
     pub fn offer(&mut self, fresh: NodeView) -> Offered {

@@ -292,6 +292,15 @@ impl PlanSession {
         (book.version > 0).then(|| self.whole_table(v, book.version))
     }
 
+    /// `id`'s table at its current version without the stream directory
+    /// (the same in every table): the node's own decisions — routes and
+    /// probe targets — as a trace records them.
+    pub fn own_table(&self, id: &str) -> Option<RouteTable> {
+        let book = self.books.get(id)?;
+        let &v = self.graph.index.get(id)?;
+        (book.version > 0).then(|| self.routes_table(v, book.version))
+    }
+
     fn table_head(&self, v: u32, version: u64) -> RouteTable {
         RouteTable {
             node_id: self.graph.ids[v as usize].to_string(),
@@ -305,6 +314,20 @@ impl PlanSession {
     }
 
     fn whole_table(&self, v: u32, version: u64) -> RouteTable {
+        let mut t = self.routes_table(v, version);
+        t.directory = self
+            .directory
+            .iter()
+            .map(|(k, &o)| DirectoryEntry {
+                stream: k.to_string(),
+                origin: self.graph.ids[o as usize].to_string(),
+            })
+            .collect();
+        t
+    }
+
+    /// Node `v`'s table without the directory.
+    fn routes_table(&self, v: u32, version: u64) -> RouteTable {
         let mut t = self.table_head(v, version);
         for s in &self.sources {
             if s.route(v).is_empty() {
@@ -315,14 +338,6 @@ impl PlanSession {
                 SourceKey::Pattern(_) => t.streams.push(self.stream_route(s, v)),
             }
         }
-        t.directory = self
-            .directory
-            .iter()
-            .map(|(k, &o)| DirectoryEntry {
-                stream: k.to_string(),
-                origin: self.graph.ids[o as usize].to_string(),
-            })
-            .collect();
         t.probe_targets = self.probe_list(v);
         t
     }
