@@ -109,7 +109,7 @@ impl App {
         Some(report)
     }
 
-    /// The planning loop: a round every [`ROUND_EVERY`] and on every
+    /// The planning loop: a round every 100 ms (`ROUND_EVERY`) and on every
     /// trigger (down, alert, drain, join, weights; debounced by 10 ms except
     /// for a weight change).
     ///

@@ -278,7 +278,7 @@ impl NodeEntry {
     }
 
     /// What the planner would see of this node from the latest report
-    /// alone (API, dashboard; the planner itself gets [`Self::planning_view`]).
+    /// alone (API, dashboard; the planner itself is offered [`Self::fresh_view`]).
     pub fn view(&self) -> NodeView {
         self.view_of(self.inputs(false))
     }

@@ -12,13 +12,13 @@
 //!   the previous decisions as hysteresis input;
 //! * otherwise the step is incremental: only the candidate lists, path
 //!   costs and routes the moved inputs can reach are replanned
-//!   ([`crate::graph`], [`crate::source`]);
+//!   (modules `graph` and `source`);
 //! * at least every `full_plan_interval_ms` a plan from scratch checks the
 //!   incremental state (the two must agree; a difference is counted as
 //!   drift, logged by the caller, and the plan from scratch is kept).
 //!
 //! Every step also keeps each node's table bookkeeping
-//! ([`tables`](self::tables)): a version per node that moves when its table
+//! ([`tables`]): a version per node that moves when its table
 //! content changes, and a log of what changed, so route tables can be sent
 //! as deltas.
 
