@@ -216,7 +216,12 @@ impl Agent {
             viewer::ViewerConfig::default(),
             viewer::ViewerMetrics::register(&mut registry),
         );
-        let initial = routes::persist::restore(&config.routes_path(), &config.node_id, now_ms());
+        let initial = routes::persist::restore(
+            &config.routes_path(),
+            &config.node_id,
+            config.routes_max_entries,
+            now_ms(),
+        );
         let (alerts, alerts_rx) = telemetry::alert::channel(metrics.clone());
         let tables = watch::Sender::new(initial.map(Arc::new));
         let relay = relay::Relay::new(
@@ -303,6 +308,7 @@ impl Agent {
             self.grpc_tls,
             self.identity.clone(),
             c.routes_path(),
+            c.routes_max_entries,
             self.tables.clone(),
             self.metrics.clone(),
         );
