@@ -362,6 +362,7 @@ impl Agent {
             telemetry: telemetry.status(),
             routes: route_client.status(),
             tables: self.tables.subscribe(),
+            routes_max_entries: c.routes_max_entries,
             registry: self.registry.clone(),
             probe: probe.status(),
             relay: self.relay.clone(),

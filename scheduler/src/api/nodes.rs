@@ -202,7 +202,7 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .table(&id);
-    let table = table.map(|t| crate::publish::table_json(&t));
+    let table = table.map(|t| vantage_shared::table_view::table_json(&t));
     Ok(Json(json!({
         "node_id": id,
         "version": st.version,

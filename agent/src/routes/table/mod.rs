@@ -36,7 +36,7 @@
 //! [validates](validate()) it in full before anything uses it; validation is
 //! pure, so a bad table or delta never half-applies and the last good table
 //! stays in force. The merged whole table is what other modules read, what
-//! is persisted and what `/v1/status` shows.
+//! is persisted and what `/v1/status` and `/v1/routes` show.
 //!
 //! # Size
 //!
