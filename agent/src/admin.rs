@@ -1,10 +1,11 @@
 //! Admin HTTP server (default `127.0.0.1:8081`): `/healthz`, `/readyz`
 //! (200 iff a route table is held, from the scheduler or from disk, and the
 //! agent is not draining),
-//! `/metrics` and `/v1/status` (including the relay's streams, viewers,
-//! upstreams and lags).
+//! `/metrics`, `/v1/status` (including the relay's streams, viewers,
+//! upstreams and lags) and `/v1/routes` (the whole route table in use, in
+//! the scheduler's `GET /v1/routes/{id}` rendering).
 
-use crate::routes::{RoutesStatus, TableReceiver};
+use crate::routes::{AppliedTable, Entries, RoutesStatus, TableReceiver, TableSource};
 use crate::telemetry::{TelemetrySnapshot, TelemetryStatus};
 use axum::Json;
 use axum::Router;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use vantage_shared::table_view::table_json;
 
 /// Everything the admin endpoints read.
 #[derive(Clone)]
@@ -25,6 +27,8 @@ pub struct AdminState {
     pub telemetry: Arc<TelemetryStatus>,
     pub routes: Arc<RoutesStatus>,
     pub tables: TableReceiver,
+    /// `routes_max_entries`, shown next to the table's size.
+    pub routes_max_entries: usize,
     pub registry: Arc<Registry>,
     pub probe: crate::probe::ProbeStatus,
     pub relay: crate::relay::Relay,
@@ -60,17 +64,81 @@ pub struct RoutesView {
     pub subscribed: bool,
 }
 
+/// `/v1/routes` body: the table in use and where it came from.
+#[derive(Debug, Serialize)]
+pub struct RoutesTable {
+    pub node_id: String,
+    /// 0 when no table is held.
+    pub version: u64,
+    pub nonce: String,
+    /// "scheduler", "disk" or "none".
+    pub source: &'static str,
+    pub applied_at_ms: Option<i64>,
+    pub acked: bool,
+    pub subscribed: bool,
+    /// Entries counted against `max_entries`.
+    pub entries: EntriesView,
+    pub max_entries: usize,
+    /// [`table_json`] of the whole table (deltas merged); `null` when none
+    /// is held.
+    pub table: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EntriesView {
+    pub total: usize,
+    pub directory: usize,
+    pub origins: usize,
+    pub patterns: usize,
+    pub probe_targets: usize,
+}
+
+impl From<Entries> for EntriesView {
+    fn from(e: Entries) -> Self {
+        Self {
+            total: e.total(),
+            directory: e.directory,
+            origins: e.origins,
+            patterns: e.patterns,
+            probe_targets: e.probe_targets,
+        }
+    }
+}
+
+fn source_name(t: Option<&AppliedTable>) -> &'static str {
+    match t.map(|t| t.source) {
+        Some(TableSource::Scheduler) => "scheduler",
+        Some(TableSource::Disk) => "disk",
+        None => "none",
+    }
+}
+
 impl AdminState {
+    /// The `/v1/routes` view.
+    pub fn routes_table(&self) -> RoutesTable {
+        let table = self.tables.borrow().clone();
+        let t = table.as_deref();
+        RoutesTable {
+            node_id: self.node_id.clone(),
+            version: t.map_or(0, AppliedTable::version),
+            nonce: t.map(|t| t.table.nonce.clone()).unwrap_or_default(),
+            source: source_name(t),
+            applied_at_ms: t.map(|t| t.applied_at_ms),
+            acked: t.is_some() && self.routes.acked(),
+            subscribed: self.routes.subscribed(),
+            entries: t.map(|t| Entries::of(&t.table).into()).unwrap_or_default(),
+            max_entries: self.routes_max_entries,
+            table: t.map(|t| table_json(&t.table)),
+        }
+    }
+
     pub fn status(&self) -> Status {
         let table = self.tables.borrow().clone();
         let routes = match table {
             Some(t) => RoutesView {
                 version: t.version(),
                 nonce: t.table.nonce.clone(),
-                source: match t.source {
-                    crate::routes::TableSource::Scheduler => "scheduler",
-                    crate::routes::TableSource::Disk => "disk",
-                },
+                source: source_name(Some(&t)),
                 applied_at_ms: Some(t.applied_at_ms),
                 acked: self.routes.acked(),
                 streams: t.table.streams.len(),
@@ -108,6 +176,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/routes", get(routes))
         .with_state(state)
 }
 
@@ -165,4 +234,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Json<Status> {
     Json(s.status())
+}
+
+async fn routes(State(s): State<AdminState>) -> Json<RoutesTable> {
+    Json(s.routes_table())
 }

@@ -206,6 +206,12 @@ pub struct Settings {
     /// (0..=3600 s) [default: 30].
     #[arg(long, value_name = "S")]
     pub drain_grace_s: Option<u64>,
+
+    /// Most entries (directory, origins, patterns, probe targets) a route
+    /// table may hold once a delta is merged; a larger table is NACKed and
+    /// the last good one stays (>= 1) [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub routes_max_entries: Option<u64>,
 }
 
 impl Settings {
@@ -249,6 +255,7 @@ impl Settings {
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
             drain_grace_s: self.drain_grace_s.or(lower.drain_grace_s),
+            routes_max_entries: self.routes_max_entries.or(lower.routes_max_entries),
         }
     }
 
@@ -435,6 +442,12 @@ impl Settings {
             None => crate::drain::DEFAULT_GRACE,
         };
 
+        let routes_max_entries = match self.routes_max_entries {
+            Some(0) => return Err(invalid("--routes-max-entries must be at least 1")),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => crate::routes::DEFAULT_MAX_ENTRIES,
+        };
+
         let mut origins = Vec::with_capacity(self.origin.len());
         for o in &self.origin {
             origins.push(parse_origin(o)?);
@@ -464,6 +477,7 @@ impl Settings {
             log_format: self.log_format.unwrap_or_default(),
             relay,
             drain_grace,
+            routes_max_entries,
         })
     }
 
@@ -585,6 +599,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Longest drain after SIGTERM (`drain_grace_s`).
     pub drain_grace: Duration,
+    /// Most entries a route table may hold (`routes_max_entries`).
+    pub routes_max_entries: usize,
 }
 
 impl Config {

@@ -217,7 +217,12 @@ impl Agent {
             viewer::ViewerConfig::default(),
             viewer::ViewerMetrics::register(&mut registry),
         );
-        let initial = routes::persist::restore(&config.routes_path(), &config.node_id, now_ms());
+        let initial = routes::persist::restore(
+            &config.routes_path(),
+            &config.node_id,
+            config.routes_max_entries,
+            now_ms(),
+        );
         let (alerts, alerts_rx) = telemetry::alert::channel(metrics.clone());
         let tables = watch::Sender::new(initial.map(Arc::new));
         let relay = relay::Relay::new(
@@ -304,6 +309,7 @@ impl Agent {
             self.grpc_tls,
             self.identity.clone(),
             c.routes_path(),
+            c.routes_max_entries,
             self.tables.clone(),
             self.metrics.clone(),
         );
@@ -357,6 +363,7 @@ impl Agent {
             telemetry: telemetry.status(),
             routes: route_client.status(),
             tables: self.tables.subscribe(),
+            routes_max_entries: c.routes_max_entries,
             registry: self.registry.clone(),
             probe: probe.status(),
             relay: self.relay.clone(),

@@ -25,6 +25,7 @@ use vantage_proto::v1::{
 use vantage_shared::auth::NodeCredential;
 use vantage_shared::close::CloseCode;
 use vantage_shared::stream::StreamKey;
+use vantage_shared::table_view::table_json;
 
 fn table(version: u64) -> RouteTable {
     RouteTable {
@@ -140,7 +141,17 @@ fn stored(data: &Path) -> RouteTable {
 }
 
 fn agent_config(pki_dir: &Path, data: &Path, quic: SocketAddr, grpc: SocketAddr) -> Config {
-    let args = vec![
+    agent_config_with(pki_dir, data, quic, grpc, &[])
+}
+
+fn agent_config_with(
+    pki_dir: &Path,
+    data: &Path,
+    quic: SocketAddr,
+    grpc: SocketAddr,
+    extra: &[&str],
+) -> Config {
+    let mut args = vec![
         "vantage-agent".to_owned(),
         "--node-id=edge-1".into(),
         format!("--scheduler={quic}"),
@@ -159,6 +170,7 @@ fn agent_config(pki_dir: &Path, data: &Path, quic: SocketAddr, grpc: SocketAddr)
         "--capacity-mbps=400".into(),
         "--public-url=http://127.0.0.1:18080".into(),
     ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     Config::load_from(args, Vec::new()).unwrap()
 }
 
@@ -646,6 +658,12 @@ async fn per_origin_tables_and_deltas_are_merged_persisted_and_served_after_a_re
     let agent = start_agent(config()).await;
     let (_, first) = next_request(&mut requests).await;
     assert_eq!(first.version_info, 0);
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(
+        (&routes["version"], &routes["source"], &routes["table"]),
+        (&0.into(), &"none".into(), &serde_json::Value::Null),
+        "no table yet: {routes}"
+    );
 
     // A whole per-origin table.
     tables_tx.send_replace(Some(per_origin_table(1)));
@@ -718,6 +736,17 @@ async fn per_origin_tables_and_deltas_are_merged_persisted_and_served_after_a_re
     assert_eq!(st["routes"]["directory"], 3);
     assert_eq!(st["routes"]["streams"], 1);
     assert_eq!(st["routes"]["probe_targets"], 1);
+    // /v1/routes: the merged table in the scheduler's rendering.
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(routes["table"], table_json(&merged), "{routes}");
+    assert_eq!(routes["version"], 2);
+    assert_eq!(routes["nonce"], "n2");
+    assert_eq!(routes["source"], "scheduler");
+    assert_eq!(routes["acked"], true);
+    assert_eq!(routes["entries"]["total"], 8);
+    assert_eq!(routes["max_entries"], 1_000_000);
+    assert_eq!(routes["table"]["origins"][1]["origin"], "origin-b");
+    assert_eq!(routes["table"]["directory"][2]["stream"], "live/c");
 
     // A delta on a version not held is NACKed naming both versions.
     tables_tx.send_replace(Some(delta(3, 1)));
@@ -782,6 +811,9 @@ async fn per_origin_tables_and_deltas_are_merged_persisted_and_served_after_a_re
     assert_eq!(st["routes"]["source"], "disk");
     assert_eq!(st["routes"]["version"], 2);
     assert_eq!(st["routes"]["directory"], 3);
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(routes["source"], "disk");
+    assert_eq!(routes["table"], table_json(&merged));
     let again = loop {
         let (_, req) = next_request(&mut requests).await;
         if req.response_nonce.is_empty() {
@@ -801,4 +833,91 @@ async fn per_origin_tables_and_deltas_are_merged_persisted_and_served_after_a_re
     assert_eq!(st["routes"]["origins"], 2);
     agent.stop().await;
     grpc.stop().await;
+}
+
+/// `routes_max_entries`: a delta whose merged table is too large is NACKed
+/// with the sizes, the previous table stays in use and on disk, and the
+/// next whole table that fits applies. A stored table over a limit lowered
+/// later is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_over_routes_max_entries_is_nacked_and_the_previous_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let credential = NodeCredential::issue("edge-1").encode();
+    std::fs::write(data.join("node.credential"), &credential).unwrap();
+    let (tables_tx, tables_rx) = watch::channel(None::<RouteTable>);
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    let grpc = FakeRoutes::start(&pki, "127.0.0.1:0".parse().unwrap(), tables_rx, req_tx).await;
+    let config = |max: &str| {
+        let flag = format!("--routes-max-entries={max}");
+        agent_config_with(&pki_dir, &data, free_addr(), grpc.addr, &[&flag])
+    };
+    let agent = start_agent(config("8")).await;
+    next_request(&mut requests).await;
+
+    // 3 directory entries, 2 origins, 1 pattern, 1 probe target: 7.
+    tables_tx.send_replace(Some(per_origin_table(1)));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (1, None));
+
+    // Two more streams: 9 once merged.
+    let mut d2 = delta(2, 1);
+    d2.directory = vec![entry("live/c", "origin-a"), entry("live/d", "origin-a")];
+    tables_tx.send_replace(Some(d2));
+    let (_, nack) = next_request(&mut requests).await;
+    assert_eq!((nack.version_info, nack.response_nonce.as_str()), (1, "n2"));
+    let detail = nack.error_detail.unwrap();
+    assert_eq!(detail.code, 3);
+    assert_eq!(
+        detail.message,
+        "table of 9 entries exceeds routes_max_entries 8 \
+         (directory 5, origins 2, patterns 1, probe targets 1)"
+    );
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().version(), 1);
+    assert_eq!(stored(&data), per_origin_table(1));
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(routes["version"], 1);
+    assert_eq!(routes["entries"]["total"], 7);
+    assert_eq!(routes["max_entries"], 8);
+    assert_eq!(routes["table"], table_json(&per_origin_table(1)));
+
+    // The next version, whole, with one stream more than version 1: 8 fits.
+    let mut whole = per_origin_table(3);
+    whole.directory.push(entry("live/c", "origin-a"));
+    tables_tx.send_replace(Some(whole.clone()));
+    let (_, ack) = next_request(&mut requests).await;
+    assert_eq!((ack.version_info, ack.error_detail), (3, None));
+    assert_eq!(stored(&data), whole);
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(routes["table"], table_json(&whole));
+    assert_eq!(routes["entries"]["directory"], 4);
+    let m = agent.metrics().await;
+    for needle in [
+        "vantage_agent_route_tables_total{result=\"ack\"} 2",
+        "vantage_agent_route_tables_total{result=\"nack\"} 1",
+        "vantage_agent_route_updates_total{kind=\"full\"} 2",
+        "vantage_agent_route_version 3",
+    ] {
+        assert!(m.contains(needle), "missing {needle:?} in\n{m}");
+    }
+
+    // Restarted with a lower limit, the stored table of 8 is not served.
+    tables_tx.send_replace(None);
+    agent.stop().await;
+    let agent = start_agent(config("7")).await;
+    assert!(agent.routes.borrow().is_none());
+    let (_, again) = next_request(&mut requests).await;
+    assert_eq!(again.version_info, 0, "announces no table");
+    assert_eq!(routes_json(agent.admin).await["source"], "none");
+    agent.stop().await;
+    grpc.stop().await;
+}
+
+async fn routes_json(addr: SocketAddr) -> serde_json::Value {
+    let (code, body) = http_get(addr, "/v1/routes").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
 }

@@ -103,7 +103,14 @@ impl TestRelay {
     /// route client does.
     fn apply(&self, t: RouteTable) {
         let held = self.tables.borrow().clone();
-        let applied = AppliedTable::update(held.as_deref(), t, &self.node_id, 0).unwrap();
+        let applied = AppliedTable::update(
+            held.as_deref(),
+            t,
+            &self.node_id,
+            vantage_agent::routes::DEFAULT_MAX_ENTRIES,
+            0,
+        )
+        .unwrap();
         self.tables.send_replace(Some(Arc::new(applied)));
     }
 

@@ -26,7 +26,7 @@ COPY --from=builder /out/vantage-agent /usr/local/bin/vantage-agent
 USER 10001:10001
 WORKDIR /var/lib/vantage-agent
 VOLUME ["/var/lib/vantage-agent"]
-# 8080 HTTP-FLV media, 8081 admin (/metrics, /healthz, /readyz, /v1/status), 7402/udp probes.
+# 8080 HTTP-FLV media, 8081 admin (/metrics, /healthz, /readyz, /v1/status, /v1/routes), 7402/udp probes.
 EXPOSE 8080/tcp 8081/tcp 7402/udp
 ENV RUST_LOG=info
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -16,6 +16,7 @@
 //! * [`group`] — client groups: geohash cell and ASN.
 //! * [`flv`] — FLV tags, incremental demuxer and muxer; [`synth`] — a synthetic FLV source.
 //! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
+//! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent.
 //!
 //! Pure code here never reads the clock itself: callers pass `now`.
 #![forbid(unsafe_code)]
@@ -34,5 +35,6 @@ pub mod probe;
 pub mod score;
 pub mod stream;
 pub mod synth;
+pub mod table_view;
 pub mod tls;
 pub mod validate;

@@ -391,6 +391,16 @@ impl Agent {
         }
     }
 
+    /// `/v1/routes`: the route table in use (`table`, rendered like the
+    /// scheduler's `GET /v1/routes/{id}`), its version and source; panics
+    /// unless 200.
+    pub async fn routes(&self) -> Value {
+        match self.get("/v1/routes").await {
+            (200, v) => v,
+            other => panic!("agent {} /v1/routes: {other:?}", self.node_id()),
+        }
+    }
+
     /// `/metrics` text; panics unless 200.
     pub async fn metrics(&self) -> String {
         let (s, text) = self

@@ -149,6 +149,44 @@ pub fn first_upstream(routes: &Value, stream: &str) -> Option<String> {
     upstreams(routes, stream).into_iter().next()
 }
 
+/// A route table as rendered by the scheduler's `GET /v1/routes/{id}` and
+/// the agent's `GET /v1/routes` (`table`), made comparable: entries sorted
+/// by key (an agent's merged table lists new keys where deltas appended
+/// them), upstream lists kept in order (best first is content) without
+/// their scores (informational, they change without a new version), and
+/// without `generated_at_ms` (set when a table is sent).
+pub fn canonical_table(table: &Value) -> Value {
+    let mut t = table.clone();
+    let Some(obj) = t.as_object_mut() else {
+        return t;
+    };
+    obj.remove("generated_at_ms");
+    for (list, key) in [
+        ("directory", "stream"),
+        ("origins", "origin"),
+        ("patterns", "stream"),
+        ("streams", "stream"),
+        ("probe_targets", "node_id"),
+    ] {
+        let Some(entries) = obj.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for e in entries.iter_mut() {
+            let ups = e.get_mut("upstreams").and_then(Value::as_array_mut);
+            for u in ups.into_iter().flatten() {
+                if let Some(u) = u.as_object_mut() {
+                    u.remove("score");
+                }
+            }
+        }
+        entries.sort_by(|a, b| {
+            let k = |v: &Value| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+            k(a).cmp(&k(b))
+        });
+    }
+    t
+}
+
 /// The weight-set version a route table was planned with.
 pub fn table_weights_version(routes: &Value) -> Option<u64> {
     as_u64(field(table_of(routes), "weights_version"))
@@ -186,4 +224,34 @@ pub async fn start_agents(s: &Scheduler, ids: &[&str]) -> Vec<Agent> {
         out.push(agent_builder(s, id, i).start().await);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_tables_ignore_order_scores_and_send_time_but_not_upstream_order() {
+        let up = |id: &str, score: f64| json!({"node_id": id, "hops": 1, "score": score});
+        let a = json!({
+            "version": 4, "generated_at_ms": 1,
+            "directory": [{"stream": "live/b", "origin": "o"}, {"stream": "live/a", "origin": "o"}],
+            "origins": [{"origin": "o", "upstreams": [up("x", 0.1), up("o", 0.2)]}],
+            "probe_targets": [{"node_id": "y"}, {"node_id": "x"}],
+        });
+        let b = json!({
+            "version": 4, "generated_at_ms": 99,
+            "directory": [{"stream": "live/a", "origin": "o"}, {"stream": "live/b", "origin": "o"}],
+            "origins": [{"origin": "o", "upstreams": [up("x", 0.7), up("o", 0.9)]}],
+            "probe_targets": [{"node_id": "x"}, {"node_id": "y"}],
+        });
+        assert_eq!(canonical_table(&a), canonical_table(&b));
+        let mut swapped = b.clone();
+        swapped["origins"][0]["upstreams"] = json!([up("o", 0.2), up("x", 0.1)]);
+        assert_ne!(canonical_table(&a), canonical_table(&swapped));
+        let mut other_version = b;
+        other_version["version"] = json!(5);
+        assert_ne!(canonical_table(&a), canonical_table(&other_version));
+    }
 }

@@ -34,6 +34,7 @@ fn defaults_apply_when_only_required_settings_are_given() {
     assert!(cfg.public_url.starts_with("http://") && cfg.public_url.ends_with(":8080"));
     assert_eq!(cfg.coord, None);
     assert_eq!(cfg.log_format, LogFormat::Text);
+    assert_eq!(cfg.routes_max_entries, 1_000_000);
 }
 
 #[test]
@@ -281,4 +282,27 @@ fn relay_settings_apply_and_are_range_checked() {
     assert!(
         validate_err(&["--node-id=e", "--ca=c", "--relay-cache-max-bytes=10"]).contains("65536")
     );
+}
+
+#[test]
+fn routes_max_entries_from_every_source_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "agent.toml", "routes_max_entries = 5000\n");
+    let load = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut argv = vec!["vantage-agent", "--node-id=e", "--ca=c", "--config"];
+        argv.push(file.to_str().unwrap());
+        argv.extend_from_slice(args);
+        Config::load_from(argv, env(vars)).map(|c| c.routes_max_entries)
+    };
+    assert_eq!(load(&[], &[]).unwrap(), 5000);
+    let var = [("VANTAGE_ROUTES_MAX_ENTRIES", "300")];
+    assert_eq!(load(&[], &var).unwrap(), 300);
+    assert_eq!(load(&["--routes-max-entries=20"], &var).unwrap(), 20);
+    assert!(
+        validate_err(&["--node-id=e", "--ca=c", "--routes-max-entries=0"])
+            .contains("--routes-max-entries must be at least 1")
+    );
+    let bad = [("VANTAGE_ROUTES_MAX_ENTRIES", "many")];
+    let err = load(&[], &bad).unwrap_err().to_string();
+    assert!(err.contains("VANTAGE_ROUTES_MAX_ENTRIES"), "{err}");
 }

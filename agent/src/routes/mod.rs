@@ -6,8 +6,9 @@
 //! whole table ([`AppliedTable::update`]) that is [validated](table::validate)
 //! in full. A valid one is published as an `Arc<AppliedTable>` on a `watch`
 //! channel (atomic for every reader), persisted to `<data-dir>/routes.pb`,
-//! then ACKed; an invalid one (or a delta on a version not held) is NACKed
-//! with code 3 and the last good table stays in force.
+//! then ACKed; an invalid one (or a delta on a version not held, or a table
+//! of more than `routes_max_entries` entries once merged) is NACKed with
+//! code 3 and the last good table stays in force.
 //!
 //! Other modules read the table in use through a [`TableReceiver`] and look
 //! streams up with [`AppliedTable::route_for`] (the table model and lookup
@@ -33,7 +34,9 @@ use vantage_proto::v1::{ErrorDetail, RouteRequest, RouteTable};
 use vantage_shared::backoff::Backoff;
 use vantage_shared::clock::now_ms;
 
-pub use table::{AppliedTable, Lookup, Route, TableError, TableSource, UpdateKind};
+pub use table::{
+    AppliedTable, DEFAULT_MAX_ENTRIES, Entries, Lookup, Route, TableError, TableSource, UpdateKind,
+};
 
 /// The table in use (`None` before the first table), shared with the relay
 /// and probe modules.
@@ -111,6 +114,8 @@ pub struct RouteClient {
     tls: ClientTlsConfig,
     identity: Arc<Identity>,
     path: PathBuf,
+    /// `routes_max_entries`.
+    max_entries: usize,
     tables: watch::Sender<Option<Arc<AppliedTable>>>,
     status: Arc<RoutesStatus>,
     metrics: Metrics,
@@ -127,6 +132,7 @@ impl RouteClient {
         tls: ClientTlsConfig,
         identity: Arc<Identity>,
         path: PathBuf,
+        max_entries: usize,
         tables: watch::Sender<Option<Arc<AppliedTable>>>,
         metrics: Metrics,
     ) -> Self {
@@ -140,6 +146,7 @@ impl RouteClient {
             tls,
             identity,
             path,
+            max_entries,
             tables,
             status: Arc::new(RoutesStatus::default()),
             metrics,
@@ -263,7 +270,14 @@ impl RouteClient {
         let nonce = table.nonce.clone();
         let kind = UpdateKind::of(&table);
         let current = self.tables.borrow().clone();
-        match AppliedTable::update(current.as_deref(), table, &self.node_id, now_ms()) {
+        let applied = AppliedTable::update(
+            current.as_deref(),
+            table,
+            &self.node_id,
+            self.max_entries,
+            now_ms(),
+        );
+        match applied {
             Ok(applied) => {
                 let applied = Arc::new(applied);
                 self.tables.send_replace(Some(applied.clone()));

@@ -5,9 +5,10 @@
 //! The file holds the whole table in use (deltas already merged), owner-only
 //! (mode 0600: it carries the cluster's probe key). Tables written by agents
 //! from before per-origin routes (only `streams`) load and route as before;
-//! a stored delta is refused.
+//! a stored delta is refused, and so is a table over `routes_max_entries`
+//! (the limit may have been lowered since it was stored).
 
-use super::table::{AppliedTable, TableError, TableSource};
+use super::table::{AppliedTable, TableError, TableSource, check_entries};
 use crate::disk::write_atomic;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -63,17 +64,24 @@ pub fn load(path: &Path) -> Result<Option<RouteTable>, PersistError> {
         })
 }
 
-/// Loads and validates the stored table for `node_id`. A missing file is
-/// `None`; a corrupt, unreadable, foreign or delta one is logged and
-/// ignored, so a bad file never stops the agent.
-pub fn restore(path: &Path, node_id: &str, now_ms: i64) -> Option<AppliedTable> {
+/// Loads and validates the stored table for `node_id` (at most
+/// `max_entries` entries). A missing file is `None`; a corrupt, unreadable,
+/// foreign, oversized or delta one is logged and ignored, so a bad file
+/// never stops the agent.
+pub fn restore(
+    path: &Path,
+    node_id: &str,
+    max_entries: usize,
+    now_ms: i64,
+) -> Option<AppliedTable> {
     let result = load(path).and_then(|t| match t {
         None => Ok(None),
         Some(t) if t.base_version != 0 => Err(PersistError::Delta {
             path: path.to_owned(),
             base_version: t.base_version,
         }),
-        Some(t) => AppliedTable::new(t, node_id, TableSource::Disk, now_ms)
+        Some(t) => check_entries(&t, max_entries)
+            .and_then(|()| AppliedTable::new(t, node_id, TableSource::Disk, now_ms))
             .map(Some)
             .map_err(|source| PersistError::Invalid {
                 path: path.to_owned(),
@@ -104,6 +112,7 @@ pub fn restore(path: &Path, node_id: &str, now_ms: i64) -> Option<AppliedTable> 
 mod tests {
     use super::*;
     use crate::routes::Lookup;
+    use crate::routes::table::DEFAULT_MAX_ENTRIES;
     use crate::routes::table::tests::{delta, good, per_origin};
     use vantage_shared::stream::StreamKey;
 
@@ -112,17 +121,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.pb");
         assert!(load(&path).unwrap().is_none());
-        assert!(restore(&path, "edge-1", 1).is_none());
+        assert!(restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 1).is_none());
         save(&path, &per_origin()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(per_origin()));
-        let applied = restore(&path, "edge-1", 7).unwrap();
+        let applied = restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 7).unwrap();
         assert_eq!(applied.source, TableSource::Disk);
         assert_eq!(applied.table, per_origin());
         assert_eq!(applied.applied_at_ms, 7);
         let a = StreamKey::parse("live/a").unwrap();
         assert!(matches!(applied.route_for(&a), Lookup::Origin { .. }));
         // Another node's table is not served.
-        assert!(restore(&path, "edge-2", 7).is_none());
+        assert!(restore(&path, "edge-2", DEFAULT_MAX_ENTRIES, 7).is_none());
+        // Nor one over a limit lowered since it was stored (8 entries).
+        assert!(restore(&path, "edge-1", 8, 7).is_some());
+        assert!(restore(&path, "edge-1", 7, 7).is_none());
     }
 
     #[cfg(unix)]
@@ -149,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.pb");
         std::fs::write(&path, good().encode_to_vec()).unwrap();
-        let applied = restore(&path, "edge-1", 7).unwrap();
+        let applied = restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 7).unwrap();
         assert_eq!(applied.version(), 4);
         let route = |k: &str| match applied.route_for(&StreamKey::parse(k).unwrap()) {
             Lookup::Stream(r) => Some(r.pattern.as_str().to_owned()),
@@ -166,7 +178,7 @@ mod tests {
         let path = dir.path().join("routes.pb");
         save(&path, &delta(5, 4)).unwrap();
         assert_eq!(load(&path).unwrap().unwrap().base_version, 4);
-        assert!(restore(&path, "edge-1", 7).is_none());
+        assert!(restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 7).is_none());
         let msg = PersistError::Delta {
             path: path.clone(),
             base_version: 4,
@@ -181,11 +193,11 @@ mod tests {
         let path = dir.path().join("routes.pb");
         std::fs::write(&path, [0xff, 0xff, 0xff, 0x07, 0x00, 0x13]).unwrap();
         assert!(matches!(load(&path), Err(PersistError::Corrupt { .. })));
-        assert!(restore(&path, "edge-1", 1).is_none());
+        assert!(restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 1).is_none());
         // A truncated write of a real table decodes to garbage or fails; either
         // way it is never served as a valid table for a different shape.
         let bytes = good().encode_to_vec();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(restore(&path, "edge-1", 1).is_none());
+        assert!(restore(&path, "edge-1", DEFAULT_MAX_ENTRIES, 1).is_none());
     }
 }

@@ -202,7 +202,7 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         let id = id.clone();
         app.read_plan(move |plan| plan.table(&id)).await
     };
-    let table = table.map(|t| crate::publish::table_json(&t));
+    let table = table.map(|t| vantage_shared::table_view::table_json(&t));
     Ok(Json(json!({
         "node_id": id,
         "version": st.version,

@@ -19,7 +19,6 @@ use crate::store::{RouteHead, Store, WriteOp};
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use vantage_proto::v1::RouteTable;
 
 /// Publication state of one node.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -191,70 +190,6 @@ impl Publisher {
 /// and that node's first table simply gets a new version).
 pub fn parse_hash(hex: &str) -> Option<u64> {
     (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
-}
-
-/// JSON rendering of a table for the API and dashboard: the directory, the
-/// routes per origin and per static pattern, and — for convenience — each
-/// stream with the upstream list it resolves to.
-pub fn table_json(t: &RouteTable) -> serde_json::Value {
-    use serde_json::json;
-    use vantage_proto::v1::{ProbeReason, Upstream, UpstreamKind};
-    let kind = |k: i32| {
-        UpstreamKind::try_from(k)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("UPSTREAM_KIND_")
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default()
-    };
-    let reason = |r: i32| {
-        ProbeReason::try_from(r)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("PROBE_REASON_")
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default()
-    };
-    let ups = |us: &[Upstream]| {
-        us.iter()
-            .map(|u| {
-                json!({
-                    "kind": kind(u.kind), "node_id": u.node_id, "url": u.url,
-                    "score": u.score, "hops": u.hops,
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut streams: Vec<serde_json::Value> = t
-        .directory
-        .iter()
-        .filter_map(|d| {
-            let o = t.origins.iter().find(|o| o.origin == d.origin)?;
-            Some(json!({"stream": d.stream, "origin": d.origin, "upstreams": ups(&o.upstreams)}))
-        })
-        .collect();
-    streams.extend(
-        t.streams
-            .iter()
-            .map(|s| json!({"stream": s.stream, "upstreams": ups(&s.upstreams)})),
-    );
-    json!({
-        "node_id": t.node_id,
-        "version": t.version,
-        "generated_at_ms": t.generated_at_ms,
-        "ttl_s": t.ttl_s,
-        "report_interval_ms": t.report_interval_ms,
-        "weights_version": t.weights_version,
-        "directory": t.directory.iter().map(|d| json!({"stream": d.stream, "origin": d.origin})).collect::<Vec<_>>(),
-        "origins": t.origins.iter().map(|o| json!({"origin": o.origin, "upstreams": ups(&o.upstreams)})).collect::<Vec<_>>(),
-        "patterns": t.streams.iter().map(|s| json!({"stream": s.stream, "upstreams": ups(&s.upstreams)})).collect::<Vec<_>>(),
-        "streams": streams,
-        "probe_targets": t.probe_targets.iter().map(|p| json!({
-            "node_id": p.node_id, "addr": p.addr, "reason": reason(p.reason),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 #[cfg(test)]

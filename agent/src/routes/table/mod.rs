@@ -36,7 +36,15 @@
 //! [validates](validate()) it in full before anything uses it; validation is
 //! pure, so a bad table or delta never half-applies and the last good table
 //! stays in force. The merged whole table is what other modules read, what
-//! is persisted and what `/v1/status` shows.
+//! is persisted and what `/v1/status` and `/v1/routes` show.
+//!
+//! # Size
+//!
+//! A table may hold at most `routes_max_entries` entries ([`Entries`]:
+//! directory, origins, patterns and probe targets) once a delta is merged;
+//! a larger one is refused ([`TableError::TooLarge`]) before it is
+//! validated, indexed or persisted, so a runaway plan cannot grow the
+//! agent's memory without bound.
 
 mod delta;
 mod validate;
@@ -45,7 +53,7 @@ mod validate;
 pub(crate) mod tests;
 
 pub use delta::merge;
-pub use validate::{Checked, REPORT_INTERVAL_MS, validate};
+pub use validate::{Checked, REPORT_INTERVAL_MS, check_entries, validate};
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -75,6 +83,46 @@ pub enum TableError {
     NotWhole(u64),
     #[error("{at}: {reason}")]
     Invalid { at: String, reason: String },
+    /// More entries than `routes_max_entries` (after merging a delta).
+    #[error(
+        "table of {} entries exceeds routes_max_entries {max} \
+         (directory {}, origins {}, patterns {}, probe targets {})",
+        .entries.total(), .entries.directory, .entries.origins, .entries.patterns,
+        .entries.probe_targets
+    )]
+    TooLarge { entries: Entries, max: usize },
+}
+
+/// Default of `routes_max_entries`: the most entries a table may hold.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+
+/// The entries of a table as counted against `routes_max_entries` (upstream
+/// lists are bounded by the planner's backups and not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub directory: usize,
+    pub origins: usize,
+    /// `streams` entries (static-origin patterns).
+    pub patterns: usize,
+    pub probe_targets: usize,
+}
+
+impl Entries {
+    pub fn of(table: &RouteTable) -> Self {
+        Self {
+            directory: table.directory.len(),
+            origins: table.origins.len(),
+            patterns: table.streams.len(),
+            probe_targets: table.probe_targets.len(),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.directory
+            .saturating_add(self.origins)
+            .saturating_add(self.patterns)
+            .saturating_add(self.probe_targets)
+    }
 }
 
 fn holding(held: u64) -> String {
@@ -228,19 +276,23 @@ impl AppliedTable {
 
     /// The table in use after receiving `received` from the scheduler while
     /// holding `held`: a whole table replaces it, a delta is merged on top
-    /// of it ([`merge`]). The delta itself is validated (so errors name its
-    /// own entries), then the result in full. Pure: on `Err`, `held` stays
-    /// the table in use.
+    /// of it ([`merge`]). The result may hold at most `max_entries` entries
+    /// ([`check_entries`]). The delta itself is validated (so errors name
+    /// its own entries), then the result in full. Pure: on `Err`, `held`
+    /// stays the table in use.
     pub fn update(
         held: Option<&AppliedTable>,
         received: RouteTable,
         node_id: &str,
+        max_entries: usize,
         now_ms: i64,
     ) -> Result<Self, TableError> {
         if received.base_version == 0 {
+            check_entries(&received, max_entries)?;
             return Self::new(received, node_id, TableSource::Scheduler, now_ms);
         }
         let merged = merge(held.map(|t| &t.table), &received)?;
+        check_entries(&merged, max_entries)?;
         validate(&received, node_id)?;
         Self::new(merged, node_id, TableSource::Scheduler, now_ms)
     }

@@ -5,8 +5,9 @@
 //! state. It checks every entry a message carries, whole table or delta;
 //! the whole-table rules (no `removed_*`, no `probe_targets_changed`) and the
 //! delta rule (newer than its base) depend on `base_version`.
+//! [`check_entries`] bounds the size of a whole (or merged) table.
 
-use super::{Route, TableError, invalid};
+use super::{Entries, Route, TableError, invalid};
 use crate::addr::{HostPort, parse_http_url};
 use std::collections::HashSet;
 use vantage_proto::v1::{ProbeReason, RouteTable, Upstream, UpstreamKind};
@@ -34,6 +35,20 @@ pub fn validate(table: &RouteTable, node_id: &str) -> Result<Checked, TableError
     check_probe_targets(table, node_id)?;
     check_redirects(table)?;
     Ok(Checked { routes, directory })
+}
+
+/// Refuses a whole table (received or merged) of more than `max_entries`
+/// entries ([`Entries`]). Cheap: only counts, so it runs before the rest of
+/// the validation.
+pub fn check_entries(table: &RouteTable, max_entries: usize) -> Result<(), TableError> {
+    let entries = Entries::of(table);
+    if entries.total() > max_entries {
+        return Err(TableError::TooLarge {
+            entries,
+            max: max_entries,
+        });
+    }
+    Ok(())
 }
 
 fn check_header(table: &RouteTable, node_id: &str) -> Result<(), TableError> {

@@ -3,7 +3,9 @@
 //! plus the diff to another table is that other table.
 
 use super::super::tests::*;
-use super::super::{AppliedTable, Lookup, TableError, TableSource, UpdateKind};
+use super::super::{
+    AppliedTable, DEFAULT_MAX_ENTRIES, Lookup, TableError, TableSource, UpdateKind, check_entries,
+};
 use proptest::prelude::*;
 use vantage_proto::v1::{GroupRedirect, RouteTable, StreamRoute};
 
@@ -37,7 +39,7 @@ fn a_delta_upserts_and_removes_by_key() {
     }];
     d.removed_patterns = vec!["vod/*".into()];
 
-    let t = AppliedTable::update(Some(&held), d, "edge-1", 9).unwrap();
+    let t = AppliedTable::update(Some(&held), d, "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
     let m = &t.table;
     assert_eq!((m.version, m.nonce.as_str(), m.base_version), (5, "n5", 0));
     assert_eq!(
@@ -97,7 +99,7 @@ fn probe_targets_change_only_when_flagged_and_redirects_stay() {
         group: "zzzz".into(),
         edges: vec![],
     }];
-    let t = AppliedTable::update(Some(&held), d.clone(), "edge-1", 9).unwrap();
+    let t = AppliedTable::update(Some(&held), d.clone(), "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
     assert_eq!(
         t.table.probe_targets, held.table.probe_targets,
         "not flagged"
@@ -105,22 +107,23 @@ fn probe_targets_change_only_when_flagged_and_redirects_stay() {
     assert_eq!(t.table.redirects, held.table.redirects);
 
     d.probe_targets_changed = true;
-    let t = AppliedTable::update(Some(&held), d.clone(), "edge-1", 9).unwrap();
+    let t = AppliedTable::update(Some(&held), d.clone(), "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
     assert_eq!(t.table.probe_targets, [probe("edge-7", "10.0.0.7:7402")]);
     assert!(!t.table.probe_targets_changed);
 
     d.probe_targets.clear();
-    let t = AppliedTable::update(Some(&held), d, "edge-1", 9).unwrap();
+    let t = AppliedTable::update(Some(&held), d, "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
     assert!(t.table.probe_targets.is_empty(), "flagged and empty clears");
 }
 
 #[test]
 fn a_delta_on_another_base_is_refused_naming_both_versions() {
     let held = applied(per_origin());
-    let e = AppliedTable::update(Some(&held), delta(8, 7), "edge-1", 9).unwrap_err();
+    let e = AppliedTable::update(Some(&held), delta(8, 7), "edge-1", DEFAULT_MAX_ENTRIES, 9)
+        .unwrap_err();
     assert_eq!(e, TableError::DeltaBase { base: 7, held: 4 });
     assert_eq!(e.to_string(), "delta for version 7, holding 4");
-    let e = AppliedTable::update(None, delta(8, 7), "edge-1", 9).unwrap_err();
+    let e = AppliedTable::update(None, delta(8, 7), "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap_err();
     assert_eq!(e.to_string(), "delta for version 7, holding no table");
 }
 
@@ -130,7 +133,7 @@ fn an_invalid_delta_is_refused_naming_its_own_entries() {
     let refuse = |f: fn(&mut RouteTable)| {
         let mut d = delta(5, 4);
         f(&mut d);
-        AppliedTable::update(Some(&held), d, "edge-1", 9)
+        AppliedTable::update(Some(&held), d, "edge-1", DEFAULT_MAX_ENTRIES, 9)
             .unwrap_err()
             .to_string()
     };
@@ -191,12 +194,61 @@ fn an_invalid_delta_is_refused_naming_its_own_entries() {
     }
 }
 
+/// `routes_max_entries`: the merged table is what counts. per_origin()
+/// holds 4 directory entries, 2 origins, 1 pattern and 1 probe target.
+#[test]
+fn a_table_over_the_entry_limit_is_refused_and_the_held_one_stays() {
+    let held = applied(per_origin());
+    assert_eq!(
+        check_entries(&held.table, 8),
+        Ok(()),
+        "exactly at the limit is fine"
+    );
+
+    // A small delta that makes the merged table one entry too many.
+    let mut d = delta(5, 4);
+    d.directory = vec![dir("live/new", "origin-a")];
+    let e = AppliedTable::update(Some(&held), d.clone(), "edge-1", 8, 9).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "table of 9 entries exceeds routes_max_entries 8 \
+         (directory 5, origins 2, patterns 1, probe targets 1)"
+    );
+    assert!(matches!(e, TableError::TooLarge { max: 8, .. }));
+    // The same delta fits a larger limit, and one that also removes an
+    // entry fits the small one: removals count.
+    assert_eq!(
+        AppliedTable::update(Some(&held), d.clone(), "edge-1", 9, 9)
+            .unwrap()
+            .version(),
+        5
+    );
+    d.removed_streams = vec!["live/lost".into()];
+    let t = AppliedTable::update(Some(&held), d, "edge-1", 8, 9).unwrap();
+    assert_eq!(t.table.directory.len(), 4);
+
+    // A whole table over the limit, and probe targets count too.
+    let mut whole = per_origin();
+    whole.version = 6;
+    whole.probe_targets.push(probe("edge-3", "10.0.0.3:7402"));
+    let e = AppliedTable::update(Some(&held), whole, "edge-1", 8, 9).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("table of 9 entries exceeds routes_max_entries 8"),
+        "{e}"
+    );
+    // A delta on a wrong base is refused for that, whatever its size.
+    let e = AppliedTable::update(Some(&held), delta(8, 7), "edge-1", 0, 9).unwrap_err();
+    assert_eq!(e, TableError::DeltaBase { base: 7, held: 4 });
+}
+
 #[test]
 fn a_whole_table_replaces_the_held_one_and_new_refuses_deltas() {
     let held = applied(per_origin());
     let mut whole = good();
     whole.version = 9;
-    let t = AppliedTable::update(Some(&held), whole.clone(), "edge-1", 9).unwrap();
+    let t =
+        AppliedTable::update(Some(&held), whole.clone(), "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
     assert_eq!(t.table, whole);
     assert_eq!(
         t.route_for(&key("live/a")).upstreams().map(<[_]>::len),
@@ -299,7 +351,7 @@ proptest! {
         new.nonce = "n-new".into();
         new.redirects = old.redirects.clone();
         let held = applied(old.clone());
-        let merged = AppliedTable::update(Some(&held), diff(&old, &new), "edge-1", 9).unwrap();
+        let merged = AppliedTable::update(Some(&held), diff(&old, &new), "edge-1", DEFAULT_MAX_ENTRIES, 9).unwrap();
         let m = &merged.table;
         prop_assert_eq!(sorted(&m.origins, |o| o.origin.clone()), sorted(&new.origins, |o| o.origin.clone()));
         prop_assert_eq!(sorted(&m.directory, |d| d.stream.clone()), sorted(&new.directory, |d| d.stream.clone()));
