@@ -45,6 +45,9 @@ pub type TableReceiver = watch::Receiver<Option<Arc<AppliedTable>>>;
 /// A subscription that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest route-table message accepted (tonic's default is 4 MiB, about
+/// 160,000 short directory entries; `routes_max_entries` bounds the entries).
+pub const MAX_TABLE_BYTES: usize = 64 << 20;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -220,7 +223,8 @@ impl RouteClient {
             _ = cancel.cancelled() => return Ok(End::Cancelled),
             c = endpoint.connect() => c.map_err(|e| RoutesError::Connect(error_chain(&e)))?,
         };
-        let mut client = RouteDiscoveryClient::new(channel);
+        let mut client =
+            RouteDiscoveryClient::new(channel).max_decoding_message_size(MAX_TABLE_BYTES);
 
         let (tx, rx) = mpsc::channel::<RouteRequest>(8);
         let held = self.held_version();

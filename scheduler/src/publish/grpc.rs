@@ -143,9 +143,13 @@ async fn serve(
     let mut base = held;
     let mut last_sent = held;
     let mut pending: Option<(String, u64)> = None;
+    // A version NACKed on an earlier stream is sent once more on a new one
+    // (the agent may have been fixed and restarted); within a stream a
+    // NACKed version is never resent.
+    let mut parked_here: Option<u64> = None;
     loop {
         let current = *watch.borrow_and_update();
-        if pending.is_none() && current != 0 && current != last_sent && !channel.is_parked(current)
+        if pending.is_none() && current != 0 && current != last_sent && parked_here != Some(current)
         {
             let plan = app.clone();
             let id = node_id.to_owned();
@@ -217,6 +221,7 @@ async fn serve(
                             app.publisher.nack(node_id, version, &err.message, now);
                             app.event(node_id, "route_nack", &format!("v{version}: {}", err.message));
                             base = 0;
+                            parked_here = Some(version);
                         }
                         None => {
                             if req.version_info == version {

@@ -9,8 +9,9 @@
 //!   (`route_versions`, with the content hash), so a restarted scheduler
 //!   continues where it stopped and an agent that reconnects holding the
 //!   current content is sent nothing.
-//! * A NACKed version is parked: it is never sent again; the next version
-//!   goes out as a whole table.
+//! * A NACKed version is not sent again on that stream; the next version
+//!   goes out as a whole table. A new stream (the agent reconnected, maybe
+//!   fixed) gets the current version whole, NACKed or not.
 //! * [`grpc`] serves the `RouteDiscovery` stream on top of this.
 
 pub mod grpc;
@@ -70,13 +71,6 @@ impl Channel {
         // A poisoned lock only means another task panicked mid-update of
         // plain data; the data is still usable.
         self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_parked(&self, version: u64) -> bool {
-        self.lock()
-            .nacked
-            .as_ref()
-            .is_some_and(|n| n.version == version)
     }
 }
 

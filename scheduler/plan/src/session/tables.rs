@@ -191,14 +191,16 @@ impl PlanSession {
             self.probe_targets(probe_nodes[i])
         });
         for (v, fresh) in probe_nodes.into_iter().zip(fresh) {
-            if fresh != self.probes[v as usize] {
-                let h = fresh.iter().fold(fnv(FNV_OFFSET, b"probes"), |h, &(u, r)| {
-                    fnv(
-                        fnv(h, &self.graph.node_hash[u as usize].to_le_bytes()),
-                        &[r as u8],
-                    )
-                });
-                self.probe_hash[v as usize] = finalise(h);
+            // The hash covers what the table lists: ids, probe addresses
+            // (a node's advertised address may change), reasons.
+            let h = fresh.iter().fold(fnv(FNV_OFFSET, b"probes"), |h, &(u, r)| {
+                let view = &self.graph.views[u as usize];
+                let h = fnv(fnv(h, view.id.as_bytes()), &[0x1f]);
+                fnv(fnv(h, view.probe_addr.as_bytes()), &[0x1e, r as u8])
+            });
+            let h = finalise(h);
+            if h != self.probe_hash[v as usize] || fresh != self.probes[v as usize] {
+                self.probe_hash[v as usize] = h;
                 self.probes[v as usize] = fresh;
                 changes.entry(v).or_default().probes = true;
             }

@@ -208,6 +208,23 @@ fn unchanged_inputs_keep_versions_and_a_restart_restores_them() {
 }
 
 #[test]
+fn a_changed_probe_address_is_a_new_version() {
+    let views = europe();
+    let mut s = session(views.clone());
+    let held = s.version("fra");
+    assert!(s.probe_targets_of("fra").contains(&"par"));
+    let mut par = views[0].clone();
+    par.probe_addr = "par:9999".into();
+    s.offer(par);
+    s.step(NOW + 1000);
+    assert!(s.version("fra") > held, "fra probes par at a new address");
+    let update = s.table_update("fra", held).expect("an update");
+    let t = update.table();
+    assert!(t.probe_targets_changed || t.base_version == 0);
+    assert!(t.probe_targets.iter().any(|p| p.addr == "par:9999"));
+}
+
+#[test]
 fn a_new_stream_is_a_small_delta() {
     let mut views = europe();
     let mut s = session(views.clone());
