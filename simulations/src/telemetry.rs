@@ -23,8 +23,9 @@
 //!   utilisation), as the registry does before offering them to the
 //!   planning session.
 //!
-//! Nodes joined before the run: each starts `up` as if a report had
-//! arrived at time 0.
+//! Nodes ran before the run: each starts `up`, as if the report its agent
+//! generated at time 0 arrived after the telemetry delay — liveness starts
+//! in its steady state, whatever the delay.
 
 use std::collections::{BTreeMap, HashMap};
 use vantage_plan::liveness::{self, Liveness};
@@ -96,14 +97,21 @@ pub struct View {
 }
 
 impl View {
-    /// `track_groups`: keep the lowest-rtt baseline's per-group estimates.
-    pub fn new(capacity_mbps: Vec<f64>, report_interval_ms: u64, track_groups: bool) -> Self {
+    /// `delay_ms`: the telemetry delay (when the reports agents generated
+    /// at time 0 would arrive); `track_groups`: keep the lowest-rtt
+    /// baseline's per-group estimates.
+    pub fn new(
+        capacity_mbps: Vec<f64>,
+        report_interval_ms: u64,
+        delay_ms: u64,
+        track_groups: bool,
+    ) -> Self {
         let n = capacity_mbps.len();
         Self {
             report_interval_ms,
             capacity_mbps,
             health: vec![Health::Up; n],
-            last_arrival_ms: vec![Some(0); n],
+            last_arrival_ms: vec![Some(delay_ms as i64); n],
             reports: vec![0; n],
             touched: vec![true; n],
             smoothers: vec![Smoother::new(); n],
@@ -125,7 +133,8 @@ impl View {
         self.health[node] == Health::Up
     }
 
-    /// When the node's last report arrived (time 0 before any).
+    /// When the node's last report arrived (before any: when the one
+    /// generated at time 0 would).
     pub fn last_arrival_ms(&self, node: usize) -> Option<i64> {
         self.last_arrival_ms[node]
     }
@@ -246,7 +255,7 @@ mod tests {
 
     #[test]
     fn liveness_counts_from_arrival_not_generation() {
-        let mut v = View::new(vec![1_000.0; 2], 1_000, false);
+        let mut v = View::new(vec![1_000.0; 2], 1_000, 2_500, false);
         // Reports generated every second but delayed by 2.5 s: they arrive
         // every second, so the node stays up (age from generation would be
         // over 2 intervals all the time).

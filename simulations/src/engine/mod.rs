@@ -212,6 +212,7 @@ impl<'a> Engine<'a> {
             view: View::new(
                 w.nodes.iter().map(|x| x.capacity_mbps).collect(),
                 u64::from(s.telemetry.report_interval_ms),
+                u64::from(s.telemetry.delay_ms),
                 kind == PolicyKind::LowestRtt,
             ),
             rng: Some(ChaCha8Rng::seed_from_u64(policy_seed)),
