@@ -6,7 +6,8 @@
 //! The world: the first 200 cities of the latency matrix as PoPs (the
 //! whole matrix as ground truth), 3 origins, 100 streams, viewers from every
 //! city ≥ 100k inhabitants. Each policy runs on one thread; `qoe` includes
-//! the scheduler's planner every second and the resolver for every join.
+//! the planning core's session (a round every second, a step when one is
+//! due) and its resolve for every join.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;

@@ -8,9 +8,12 @@
 //! - [`network`] (congestion, TCP throughput) and [`player`] (live
 //!   HTTP-FLV buffer, stalls, latency): the ground-truth models.
 //! - [`telemetry`]: what agents report (sampled, delayed, noisy) and the
-//!   [`telemetry::View`] policies decide from.
-//! - [`policy`]: baselines, the oracle, and `qoe` = the scheduler's own
-//!   planner and resolver called as a library.
+//!   [`telemetry::View`] policies decide from: the scheduler's registry in
+//!   miniature, with the planning core's liveness rule and smoothing.
+//! - [`policy`]: baselines, the oracle, and `qoe`, which calls only the
+//!   planning core (`vantage-plan`) the scheduler runs: a `PlanSession`
+//!   for upstream trees, its resolve for viewers. The simulator links no
+//!   scheduler I/O (no database, HTTP, QUIC or GeoIP crates).
 //! - [`engine`]: the event-driven run of one policy on one seed.
 //! - [`metrics`], [`report`]: the table, `results.json`, `report.html`.
 //! - [`sweep`]: weight search; [`replay`]: re-running the planning steps of a recorded trace.

@@ -2,7 +2,7 @@
 //! geo-nearest and least-loaded on rebuffer ratio and on the share of
 //! sessions without a stall. Reduced to keep the debug test suite fast: one
 //! seed per scenario (the files name two) and plans every 2 s instead of 1 s
-//! (the planner, unoptimised in debug builds, is most of the cost). The
+//! (the planning core is unoptimised in debug builds). The
 //! full runs are in docs/simulator.md.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns

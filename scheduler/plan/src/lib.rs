@@ -5,6 +5,8 @@
 //!
 //! * [`node`] — what the planner knows of a node ([`NodeView`]);
 //! * [`inputs`] — smoothing and the deadband between telemetry and plans;
+//! * [`smoothing`] — reports to fresh inputs (path and load EWMAs), as the
+//!   scheduler's registry and the simulator's view of telemetry apply it;
 //! * [`edge`] — the QoE score of one node serving another;
 //! * [`liveness`] — up, suspect, down from report age;
 //! * [`resolve`] — viewer routing: ranking edges for a viewer, learning
@@ -31,6 +33,7 @@ mod par;
 pub mod resolve;
 pub mod session;
 pub mod settings;
+pub mod smoothing;
 mod source;
 pub mod trace;
 

@@ -1,30 +1,14 @@
-//! Discrete events: report deliveries, reconnects and the scenario's
-//! events (link degradation, telemetry loss and delay, PoPs down and up).
+//! Discrete events: report deliveries, the liveness loop and the
+//! scenario's events (link degradation, telemetry loss and delay, PoPs down
+//! and up).
 
 use super::*;
 
 impl Engine<'_> {
     pub(super) fn handle(&mut self, t: u64, ev: Ev) {
         match ev {
-            Ev::Deliver(r) => {
-                self.view.apply(&r);
-                if let Some(q) = self.policy.qoe.as_mut() {
-                    let groups: Vec<GroupQoe> = r
-                        .groups
-                        .iter()
-                        .map(|(city, g)| GroupQoe {
-                            group: self.w.cities[*city as usize].group.clone(),
-                            viewers: g.viewers,
-                            tcp_rtt_ms: g.rtt_ms,
-                            retransmit_rate: g.loss,
-                            stall_rate: g.stall_rate,
-                            buffer_ms: g.buffer_ms,
-                            samples: g.viewers,
-                        })
-                        .collect();
-                    q.observe(usize::from(r.node), &groups, t);
-                }
-            }
+            Ev::Deliver(r) => self.view.apply(*r, t),
+            Ev::Liveness => self.liveness_tick(t),
             Ev::Scenario(i) => self.scenario_event(i, t, true),
             Ev::ScenarioEnd(i) => self.scenario_event(i, t, false),
         }

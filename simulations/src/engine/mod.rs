@@ -6,8 +6,9 @@
 //! viewers), scenario events, report deliveries, reconnects. At each tick
 //! end the engine integrates every session's player over the tick with the
 //! delivery ratio the ground-truth network allows, recomputes node loads,
-//! emits reports on report ticks and lets planned policies replan (each
-//! period, and at once when a node is seen down or back).
+//! emits reports on report ticks and runs a planning round for planned
+//! policies (the planning session decides whether a plan is due). The
+//! simulated scheduler's liveness loop runs every 50 ms between ticks.
 //! Ordering is total (time, then insertion sequence) and all iteration is
 //! over vectors or ordered maps, so a seed fully determines the result.
 //!
@@ -15,13 +16,15 @@
 //! over a tick. The rest of [`Engine`] by concern: `viewers` (arrivals,
 //! connecting, what a viewer receives), `feeds` (which upstream each
 //! edge pulls a stream from), `events` (deliveries, reconnects, scenario
-//! events), `reports` (what agents report), `planning` (when planned
-//! policies plan, and on which node views).
+//! events), `reports` (what agents report), `planning` (the simulated
+//! scheduler's planning and liveness loops, and the node views the
+//! planning session is offered).
 
 use crate::arrivals::{Arrival, Arrivals};
 use crate::metrics::{Collector, RunResult, SessionRecord};
 use crate::network::{self, Congestion};
 use crate::player::{self, Player};
+use crate::policy::planning::{Planning, stream_key};
 use crate::policy::{Ask, Policy, PolicyKind, Truth, qoe};
 use crate::scenario::{EventSpec, Scenario};
 use crate::telemetry::{GroupAgg, Report, View};
@@ -29,14 +32,15 @@ use crate::world::World;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap};
-use vantage_proto::v1::GroupQoe;
-use vantage_scheduler::planner::{Health, NodeView, PathStat};
+use vantage_plan::inputs::Deadband;
+use vantage_plan::{Health, NodeView, PathStat, PlanSettings};
 use vantage_shared::score::Weights;
 use vantage_shared::stream::StreamKey;
 
 mod events;
 mod feeds;
 mod planning;
+mod probe;
 mod reports;
 mod viewers;
 
@@ -91,6 +95,8 @@ enum Ev {
     /// End of a timed scenario event.
     ScenarioEnd(usize),
     Deliver(Box<Report>),
+    /// The simulated scheduler's liveness loop.
+    Liveness,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,19 +106,6 @@ struct Degrade {
     rtt: f64,
     loss: f64,
 }
-
-/// Probe state of one (node, target) pair, as the agent's estimator holds
-/// it: RTT EWMA, loss over a window of the last [`LOSS_WINDOW`] intervals.
-#[derive(Debug, Clone)]
-struct Probe {
-    rtt: f64,
-    window: std::collections::VecDeque<(u32, u32)>,
-    samples: u32,
-}
-
-/// Report intervals of probe outcomes the loss estimate spans (the agent
-/// counts loss over a window of recent probes, not per interval).
-const LOSS_WINDOW: usize = 30;
 
 pub struct Engine<'a> {
     s: &'a Scenario,
@@ -143,15 +136,15 @@ pub struct Engine<'a> {
     pair: HashMap<(u16, u16), (f64, f64)>,
     telemetry_loss: Vec<(usize, Option<u16>)>,
     telemetry_delay: Vec<(usize, u32)>,
-    probes: Vec<BTreeMap<u16, Probe>>,
+    /// Per node, what its agent's probe estimators hold, by target.
+    probes: Vec<BTreeMap<u16, probe::AgentProbe>>,
+    /// Per node, when its last report arrives (reports stay in order).
+    delivered_at: Vec<u64>,
+    /// Per node, the facts of its planner view (planned policies).
+    base: Vec<NodeView>,
     metrics: Collector,
     /// Group sums gathered while advancing sessions on a report tick.
     agg: HashMap<(u16, u32), Sums, FastHash>,
-    next_plan: u64,
-    /// Per node: down as the planner last saw it (from report age; ground
-    /// truth for the oracle). A change plans at once, as a node going
-    /// down or an agent's Hello does in the scheduler.
-    down_seen: Vec<bool>,
     stamp: u64,
 }
 
@@ -166,16 +159,34 @@ impl<'a> Engine<'a> {
     ) -> Self {
         let n = w.n();
         let streams = w.stream_origin.len();
-        let planner = kind.plans_upstreams().then(|| {
+        let keys: Vec<StreamKey> = (0..streams)
+            .filter_map(|i| StreamKey::parse(&stream_key(i)).ok())
+            .collect();
+        let planned = kind.plans_upstreams().then(|| {
+            let settings = PlanSettings {
+                weights,
+                ranges: s.qoe.ranges.unwrap_or_default(),
+                stability: s.qoe.stability.unwrap_or_default(),
+                // The oracle plans on ground truth: every change counts.
+                deadband: if kind == PolicyKind::Oracle {
+                    Deadband::zero()
+                } else {
+                    s.qoe.deadband.unwrap_or_default()
+                },
+                report_interval_ms: s.telemetry.report_interval_ms,
+                replan_interval_ms: s.telemetry.replan_interval_ms,
+                ..PlanSettings::default()
+            };
+            let ids = w.nodes.iter().map(|x| x.id.clone()).collect();
+            Planning::new(settings, ids, keys.clone())
+        });
+        let resolver = (kind == PolicyKind::Qoe).then(|| {
             qoe::Qoe::new(
                 weights,
                 s.qoe.ranges.unwrap_or_default(),
-                s.qoe.stability.unwrap_or_default(),
-                w.nodes.iter().map(|x| x.id.clone()).collect(),
-                streams,
+                w,
+                &keys,
                 seed ^ 0x005e_ed0f_9e50_17e5,
-                // The oracle plans on ground truth every period.
-                (kind != PolicyKind::Oracle).then(|| s.qoe.deadband.unwrap_or_default()),
             )
         });
         let policy_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (kind as u64 + 1);
@@ -183,7 +194,7 @@ impl<'a> Engine<'a> {
             s,
             w,
             kind,
-            policy: Policy::new(kind, planner),
+            policy: Policy::new(kind, resolver, planned),
             now: 0,
             tick: u64::from(s.tick_ms),
             n,
@@ -199,8 +210,9 @@ impl<'a> Engine<'a> {
             queue: BTreeMap::new(),
             seq: 0,
             view: View::new(
-                n,
+                w.nodes.iter().map(|x| x.capacity_mbps).collect(),
                 u64::from(s.telemetry.report_interval_ms),
+                u64::from(s.telemetry.delay_ms),
                 kind == PolicyKind::LowestRtt,
             ),
             rng: Some(ChaCha8Rng::seed_from_u64(policy_seed)),
@@ -212,10 +224,14 @@ impl<'a> Engine<'a> {
             telemetry_loss: Vec::new(),
             telemetry_delay: Vec::new(),
             probes: vec![BTreeMap::new(); n],
+            delivered_at: vec![0; n],
+            base: if kind.plans_upstreams() {
+                Self::base_views(w)
+            } else {
+                Vec::new()
+            },
             metrics: Collector::new(w, s, series),
             agg: HashMap::default(),
-            next_plan: 0,
-            down_seen: vec![false; n],
             stamp: 0,
         }
     }
@@ -243,7 +259,8 @@ impl<'a> Engine<'a> {
         }
         let end = secs(self.s.duration_s);
         self.update_loads();
-        self.replan_if_due(true);
+        self.liveness_tick(0);
+        self.plan_round(0);
         while self.now < end {
             let tick_end = (self.now + self.tick).min(end);
             // Discrete events in time order, arrivals interleaved.
@@ -279,15 +296,14 @@ impl<'a> Engine<'a> {
             if report_tick {
                 self.reports();
             }
-            let triggered = self.liveness_changed();
-            self.replan_if_due(triggered);
+            self.plan_round(self.now);
         }
         // Sessions still running at the end are cut there.
         let open = std::mem::take(&mut self.sessions);
         for s in open {
             self.finish(s);
         }
-        let plans = self.policy.qoe.as_ref().map_or(0, |q| q.plans);
+        let plans = self.policy.planning.as_ref().map_or(0, |p| p.steps);
         self.metrics.finish(self.kind.name(), plans)
     }
 

@@ -1,102 +1,96 @@
-//! Planned policies: when to plan (period, liveness triggers) and the node
-//! views the planner gets (observed by telemetry, or ground truth).
+//! Planned policies: the simulated scheduler's planning and liveness loops
+//! around the planning core, and the node views the planning session is
+//! offered (observed by telemetry for `qoe`, ground truth for `oracle`).
 
 use super::*;
+use crate::telemetry::LIVENESS_TICK_MS;
 
 impl Engine<'_> {
-    /// Whether a node went down or came back since the last tick, as the
-    /// planner sees liveness. The scheduler replans at once on both (its
-    /// down and join triggers) instead of waiting for the next period.
-    pub(super) fn liveness_changed(&mut self) -> bool {
-        if !self.kind.plans_upstreams() {
-            return false;
-        }
-        let mut changed = false;
-        for i in 0..self.n {
-            let down = if self.kind == PolicyKind::Oracle {
-                !self.up[i]
-            } else {
-                self.view.health(i, self.now) == Health::Down
-            };
-            changed |= std::mem::replace(&mut self.down_seen[i], down) != down;
-        }
-        changed
-    }
-
-    /// Plans when the period is over, or at once when `force`d (the first
-    /// plan, a liveness change); a forced plan is never skipped by the
-    /// deadband and restarts the period.
-    pub(super) fn replan_if_due(&mut self, force: bool) {
-        if !self.kind.plans_upstreams() || (!force && self.now < self.next_plan) {
-            return;
-        }
-        self.next_plan = self.now + u64::from(self.s.telemetry.replan_interval_ms);
-        let nodes = if self.kind == PolicyKind::Oracle {
-            self.truth_views()
-        } else {
-            self.observed_views()
-        };
-        let interval = self.s.telemetry.report_interval_ms;
-        if let Some(q) = self.policy.qoe.as_mut() {
-            q.replan(nodes, self.now, interval, !force);
-        }
-    }
-
-    fn base_view(&self, i: usize) -> NodeView {
-        let node = &self.w.nodes[i];
-        let mut published = BTreeMap::new();
-        for (s, &o) in self.w.stream_origin.iter().enumerate() {
-            if usize::from(o) == i
-                && let Ok(k) = StreamKey::parse(&qoe::stream_key(s))
-            {
-                published.insert(k, self.w.bitrate_mbps * 1000.0);
-            }
-        }
-        NodeView {
-            id: node.id.clone(),
-            health: Health::Up,
-            coord: Some(node.coord),
-            capacity_mbps: node.capacity_mbps,
-            egress_mbps: 0.0,
-            buffer_ms: None,
-            public_url: format!("http://{}.sim/", node.id),
-            probe_addr: format!("{}.sim:7402", node.id),
-            paths: BTreeMap::new(),
-            published,
-            static_origins: BTreeMap::new(),
-        }
-    }
-
-    /// What the scheduler knows: health from report age, reported load,
-    /// buffer health and probe paths.
-    fn observed_views(&self) -> Vec<NodeView> {
-        (0..self.n)
+    /// The facts every node view starts from: placement, capacity, URLs,
+    /// the streams the node is the origin of.
+    pub(super) fn base_views(w: &World) -> Vec<NodeView> {
+        (0..w.n())
             .map(|i| {
-                let mut v = self.base_view(i);
-                v.health = self.view.health(i, self.now);
-                if v.health == Health::Down {
-                    v.published.clear();
+                let node = &w.nodes[i];
+                let mut v = NodeView::new(node.id.clone());
+                v.coord = Some(node.coord);
+                v.capacity_mbps = node.capacity_mbps;
+                v.public_url = format!("http://{}.sim/", node.id);
+                v.probe_addr = format!("{}.sim:7402", node.id);
+                for (s, &o) in w.stream_origin.iter().enumerate() {
+                    if usize::from(o) == i
+                        && let Ok(k) = StreamKey::parse(&stream_key(s))
+                    {
+                        v.published.insert(k, w.bitrate_mbps * 1000.0);
+                    }
                 }
-                v.egress_mbps = self.view.egress_mbps[i];
-                v.buffer_ms = self.view.buffer_ms[i];
-                v.paths = self.view.paths[i]
-                    .iter()
-                    .map(|(p, s)| (self.w.nodes[usize::from(*p)].id.clone(), *s))
-                    .collect();
                 v
             })
             .collect()
     }
 
-    /// Ground truth for the oracle: every path measured exactly.
+    /// A planning round at `at` (planned policies): the session is offered
+    /// the fresh inputs of the nodes that changed since the last round
+    /// (`qoe`) or the ground truth of every node (`oracle`), and steps if a
+    /// plan is due.
+    pub(super) fn plan_round(&mut self, at: u64) {
+        if self.policy.planning.is_none() {
+            return;
+        }
+        let views = if self.kind == PolicyKind::Oracle {
+            self.truth_views()
+        } else {
+            self.observed_views()
+        };
+        if let Some(p) = self.policy.planning.as_mut() {
+            p.round(views, at);
+        }
+    }
+
+    /// The liveness loop at `at`: node states from report arrivals; a
+    /// change invalidates the resolver's snapshot (rebuilt once a second
+    /// otherwise) and starts a planning round at once, as the scheduler's
+    /// liveness loop wakes its planning loop. Runs every
+    /// [`LIVENESS_TICK_MS`].
+    pub(super) fn liveness_tick(&mut self, at: u64) {
+        let changed = self.view.evaluate(at);
+        if let Some(q) = self.policy.qoe.as_mut() {
+            if changed {
+                q.invalidate();
+            }
+            q.maybe_refresh(&self.view, self.w, at);
+        }
+        if changed && self.kind == PolicyKind::Qoe {
+            self.plan_round(at);
+        }
+        self.push(at + LIVENESS_TICK_MS, Ev::Liveness);
+    }
+
+    /// What the scheduler's registry offers: the fresh view of every node
+    /// changed since the last round.
+    fn observed_views(&mut self) -> Vec<NodeView> {
+        let Some(p) = self.policy.planning.as_ref() else {
+            return Vec::new();
+        };
+        let ids = p.ids();
+        self.view
+            .take_touched()
+            .into_iter()
+            .map(|i| {
+                let mut v = self.base[i].clone();
+                self.view.fill_fresh(i, ids, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    /// Ground truth for the oracle: health, egress and buffer health as
+    /// they are, every path measured exactly.
     fn truth_views(&mut self) -> Vec<NodeView> {
         let mut out = Vec::with_capacity(self.n);
         for i in 0..self.n {
-            let mut v = self.base_view(i);
+            let mut v = self.base[i].clone();
             v.health = if self.up[i] { Health::Up } else { Health::Down };
-            if !self.up[i] {
-                v.published.clear();
-            }
             v.egress_mbps = self.egress(i);
             v.buffer_ms = self.buffer_health(i);
             for j in 0..self.n {

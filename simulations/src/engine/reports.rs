@@ -1,7 +1,10 @@
 //! What the agents report each interval: load, buffer health, client
-//! groups and probe paths, with noise, delay and loss applied.
+//! groups and probe paths, with noise, delay and loss applied. Reports
+//! travel on each agent's telemetry stream: in order, so one never
+//! arrives before an earlier one.
 
 use super::*;
+use vantage_plan::smoothing::PathReport;
 
 impl Engine<'_> {
     fn gauss(&mut self) -> f64 {
@@ -63,7 +66,9 @@ impl Engine<'_> {
                 groups: std::mem::take(node_groups),
                 paths,
             };
-            self.push(self.now + delay, Ev::Deliver(Box::new(r)));
+            let at = (self.now + delay).max(self.delivered_at[node]);
+            self.delivered_at[node] = at;
+            self.push(at, Ev::Deliver(Box::new(r)));
         }
     }
 
@@ -85,11 +90,15 @@ impl Engine<'_> {
         (k > 0).then(|| sum / f64::from(k))
     }
 
-    /// Probes from `node` to its table's probe targets: RTT with noise,
-    /// loss counted over `probes_per_interval` packets, EWMA-smoothed.
-    fn probe(&mut self, node: usize) -> Vec<(u16, PathStat)> {
+    /// What `node`'s agent measured towards its table's probe targets this
+    /// interval (see [`super::probe::AgentProbe`]). Targets that left the table are
+    /// forgotten; dead targets answer nothing and are left out.
+    fn probe(&mut self, node: usize) -> Vec<(u16, PathReport)> {
         let targets: Vec<u16> = self.policy.probe_targets(node).to_vec();
+        self.probes[node].retain(|t, _| targets.contains(t));
         let k = self.s.telemetry.probes_per_interval.max(1);
+        let interval = u64::from(self.s.telemetry.report_interval_ms).max(1);
+        let (rtt_window, loss_window) = probe::windows(interval);
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let u = usize::from(t);
@@ -106,29 +115,9 @@ impl Engine<'_> {
             let lost = (0..k)
                 .filter(|_| self.noise.random::<f64>() < loss_true)
                 .count() as u32;
-            let e = self.probes[node].entry(t).or_insert(Probe {
-                rtt,
-                window: std::collections::VecDeque::with_capacity(LOSS_WINDOW),
-                samples: 0,
-            });
-            e.rtt += 0.3 * (rtt - e.rtt);
-            if e.window.len() == LOSS_WINDOW {
-                e.window.pop_front();
-            }
-            e.window.push_back((k, lost));
-            let (sent, lost) = e
-                .window
-                .iter()
-                .fold((0u32, 0u32), |a, b| (a.0 + b.0, a.1 + b.1));
-            e.samples = e.samples.saturating_add(k);
-            out.push((
-                t,
-                PathStat {
-                    rtt_ms: e.rtt,
-                    loss: f64::from(lost) / f64::from(sent.max(1)),
-                    samples: e.samples,
-                },
-            ));
+            let p = self.probes[node].entry(t).or_default();
+            p.observe(rtt, k, lost, (rtt_window, loss_window));
+            out.push((t, p.report()));
         }
         out
     }

@@ -75,7 +75,7 @@ impl Engine<'_> {
     fn ask(&mut self, city: u32, stream: u32, exclude: Option<u16>) -> Option<usize> {
         // The policy and its RNG leave the engine for the call: the ask
         // borrows the rest of it.
-        let mut policy = std::mem::replace(&mut self.policy, Policy::new(self.kind, None));
+        let mut policy = std::mem::replace(&mut self.policy, Policy::new(self.kind, None, None));
         let mut rng = self
             .rng
             .take()
@@ -178,17 +178,10 @@ impl Engine<'_> {
         if node == origin {
             return 1.0;
         }
-        let up = self.policy_upstream_hint(node, stream).unwrap_or(origin);
-        if !self.up[up] {
+        if !self.up[origin] {
             return 0.0;
         }
-        self.hop(up, node).0
-    }
-
-    fn policy_upstream_hint(&self, node: usize, stream: usize) -> Option<usize> {
-        self.policy
-            .upstreams(node, stream)
-            .and_then(|l| l.iter().map(|&u| usize::from(u)).find(|&u| self.up[u]))
+        self.hop(origin, node).0
     }
 
     /// Delivery ratio (≤ 1) and one-way delay (ms) of the hop `u → v`.

@@ -3,12 +3,14 @@
 //!
 //! Every policy but `oracle` decides from the [`View`] — what agents
 //! reported, late and noisy. Baselines pull every stream straight from its
-//! origin (a plain pull-through CDN); `qoe` and `oracle` run the
-//! scheduler's planner (`vantage_scheduler::planner::plan`) for upstream
-//! trees with relays, from the view and from ground truth respectively.
+//! origin (a plain pull-through CDN); `qoe` and `oracle` drive a planning
+//! session of the planning core ([`planning`], `vantage_plan::PlanSession`)
+//! for upstream trees with relays, from the view and from ground truth
+//! respectively; `qoe` routes viewers with the core's resolve ([`qoe`]).
 
 pub mod baselines;
 pub mod oracle;
+pub mod planning;
 pub mod qoe;
 
 use crate::telemetry::View;
@@ -57,7 +59,7 @@ impl PolicyKind {
         }
     }
 
-    /// Whether the policy plans relay trees with the scheduler's planner.
+    /// Whether the policy plans relay trees with a planning session.
     pub fn plans_upstreams(self) -> bool {
         matches!(self, Self::Qoe | Self::Oracle)
     }
@@ -99,7 +101,7 @@ impl Ask<'_> {
             .pops
             .iter()
             .map(|&p| usize::from(p))
-            .filter(|&p| Some(p as u16) != self.exclude && self.view.is_up(p, self.now_ms))
+            .filter(|&p| Some(p as u16) != self.exclude && self.view.is_up(p))
     }
 }
 
@@ -107,7 +109,10 @@ impl Ask<'_> {
 pub struct Policy {
     pub kind: PolicyKind,
     pub rr_next: usize,
+    /// Viewer routing of `qoe`.
     pub qoe: Option<qoe::Qoe>,
+    /// Upstream trees of `qoe` and `oracle`.
+    pub planning: Option<planning::Planning>,
 }
 
 impl fmt::Debug for Policy {
@@ -117,11 +122,16 @@ impl fmt::Debug for Policy {
 }
 
 impl Policy {
-    pub fn new(kind: PolicyKind, planner: Option<qoe::Qoe>) -> Self {
+    pub fn new(
+        kind: PolicyKind,
+        qoe: Option<qoe::Qoe>,
+        planning: Option<planning::Planning>,
+    ) -> Self {
         Self {
             kind,
             rr_next: 0,
-            qoe: planner,
+            qoe,
+            planning,
         }
     }
 
@@ -142,14 +152,15 @@ impl Policy {
     /// Upstream candidates of `node` for `stream`, best first (planned
     /// policies), or None: pull from the origin.
     pub fn upstreams(&self, node: usize, stream: usize) -> Option<&[u16]> {
-        self.qoe.as_ref().and_then(|q| q.upstreams(node, stream))
+        self.planning
+            .as_ref()
+            .and_then(|p| p.upstreams(node, stream))
     }
 
     /// Probe targets of `node` from its latest table.
     pub fn probe_targets(&self, node: usize) -> &[u16] {
-        self.qoe
+        self.planning
             .as_ref()
-            .map(|q| q.probe_targets(node))
-            .unwrap_or(&[])
+            .map_or(&[], |p| p.probe_targets(node))
     }
 }

@@ -1,8 +1,9 @@
 //! The oracle: sees ground truth (which nodes are really up, true load,
 //! true path RTT/loss, true upstream health) and sends each viewer to the
 //! live PoP that delivers the stream best — an upper bound, not a policy
-//! anyone can run. Upstream trees come from the scheduler's planner fed
-//! with true measurements (see `qoe::Qoe::replan_truth`).
+//! anyone can run. Upstream trees come from the planning core's session
+//! fed with true measurements, without a deadband
+//! (`engine::Engine::plan_round`).
 
 use super::Ask;
 use crate::network::tcp_mbps;

@@ -1,304 +1,231 @@
-//! The `qoe` policy: the scheduler's own code, called as a library.
+//! The `qoe` policy's viewer routing: the planning core's resolve
+//! ([`vantage_plan::resolve::resolve`]) on a snapshot of the cluster, as
+//! the scheduler's resolver runs it for every `/play` request. (Upstream
+//! trees come from the planning session: [`super::planning`].)
 //!
-//! - Upstream trees: [`vantage_scheduler::planner::plan`] on
-//!   [`NodeView`]s built from what agents reported (health from report
-//!   age, reported egress, GOP-cache buffer health, probe measurements
-//!   towards the probe targets of the previous plan's tables).
-//! - Viewer → edge: [`vantage_scheduler::resolve::rank::rank`] with the
-//!   per-group estimates of [`vantage_scheduler::resolve::learn::Learner`]
-//!   fed by the reports' `GroupQoe` aggregates and a
-//!   [`LoadLedger`] per node for load accounting between reports — the
-//!   exact sequence the scheduler runs per `/play` request.
+//! The scheduler's resolver keeps, besides the [`Learner`] of per-group
+//! estimates, a [`LoadLedger`] per node (the bit rate it sent there since
+//! the node's last reports) and an immutable [`Edges`] snapshot of the
+//! nodes (health, reported egress, a spatial index), rebuilt by its
+//! liveness loop at once after a state change and otherwise once every
+//! [`REFRESH_MS`]. A rebuild is also when a node's new reports are folded
+//! in: its ledger rolls over and the group aggregates of its latest report
+//! go into the learner, at the time the report arrived. This module keeps
+//! the same state on the simulator's [`View`] and calls the same core:
+//! candidates are preselected by the core (the [`NEAREST`] nearest up
+//! nodes plus every node with an estimate for the viewer's group), ranked,
+//! explored and spread by it.
 //!
-//! - Planner inputs go through the scheduler's deadband
-//!   ([`vantage_scheduler::plan_inputs`]): a value reaches the planner only
-//!   when it moved beyond the band, and a periodic replan is skipped when
-//!   no node's inputs moved and the probe rotation epoch did not change —
-//!   as `App::run_planner` does. Backup hysteresis gets the previous plan's
-//!   backups.
-//!
-//! The oracle uses the same planner, fed ground truth instead, on every
-//! period and without a deadband.
+//! Origins take no viewers in the simulator (the scenario's distinction
+//! between origins and PoPs): they enter the snapshot without a public URL,
+//! which the core never sends a viewer to.
 
 use super::Ask;
+use crate::telemetry::{GroupAgg, View};
+use crate::world::World;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
+use vantage_plan::Health;
+use vantage_plan::resolve::learn::{DEFAULT_MAX_GROUPS, Learner};
+use vantage_plan::resolve::rank::{LoadLedger, RankParams};
+use vantage_plan::resolve::{EdgeNode, Edges, LocationSource, Request, ResolveParams, resolve};
 use vantage_proto::v1::GroupQoe;
-use vantage_scheduler::plan_inputs::{Deadband, Planned, Rules};
-use vantage_scheduler::planner::{self, Backups, Limits, NodeView, PlanInput};
-use vantage_scheduler::resolve::learn::{DEFAULT_MAX_GROUPS, Learner};
-use vantage_scheduler::resolve::rank::{
-    self, Candidate, LoadLedger, RankInput, RankParams, Viewer,
-};
-use vantage_shared::score::{Ranges, Stability, Weights};
+use vantage_shared::score::{Ranges, Weights};
+use vantage_shared::stream::StreamKey;
 
-/// Planner + resolver state of one run.
+/// Nearest up nodes scored per resolve (the scheduler's
+/// `[resolve] nearest_candidates` default).
+pub const NEAREST: usize = 16;
+/// Geohash characters of a client group (`[resolve] group_precision`).
+pub const GROUP_PRECISION: usize = vantage_shared::group::DEFAULT_PRECISION;
+/// Snapshot age after which it is rebuilt (`[resolve] refresh_ms`).
+pub const REFRESH_MS: u64 = 1_000;
+/// How often decayed estimates are pruned, and below which weight.
+const PRUNE_EVERY_MS: u64 = 10_000;
+const PRUNE_MIN_WEIGHT: f64 = 0.01;
+
+/// The resolver's state in one run.
 pub struct Qoe {
     pub weights: Weights,
     pub ranges: Ranges,
-    pub stability: Stability,
-    pub limits: Limits,
     pub params: RankParams,
+    default_bitrate_kbps: f64,
     learner: Learner,
-    ledger: Vec<LoadLedger>,
+    ledgers: Vec<LoadLedger>,
+    /// Reports of each node folded in so far.
+    seen: Vec<u64>,
+    edges: Edges,
+    ids: Vec<Arc<str>>,
+    urls: Vec<Arc<str>>,
+    /// Per node: the streams it is the origin of, with bit rate (kbps).
+    published: Vec<Vec<(StreamKey, f64)>>,
+    /// One request per stream slot, its location set per viewer.
+    requests: Vec<Request>,
+    built_ms: Option<u64>,
+    dirty: bool,
+    pruned_ms: u64,
     rng: StdRng,
-    node_ids: Vec<String>,
-    urls: Vec<String>,
-    index: HashMap<String, u16, crate::engine::FastHash>,
-    streams: usize,
-    stream_index: HashMap<String, u32>,
-    /// Upstream candidates per (node, stream), `node * streams + stream`.
-    routes: Vec<Vec<u16>>,
-    probes: Vec<Vec<u16>>,
-    previous: BTreeMap<(String, String), String>,
-    previous_backups: Backups,
-    /// The scheduler's deadband, `None` for the oracle (ground truth,
-    /// planned every period).
-    deadband: Option<Deadband>,
-    /// The inputs of the last plan, by node id, and its probe epoch.
-    planned: HashMap<String, Planned>,
-    planned_epoch: Option<i64>,
-    /// Per viewer city: the nearest PoPs (the resolver's preselection).
-    nearest: Vec<Vec<u16>>,
-    pub plans: u64,
-}
-
-/// PoPs preselected by distance for every viewer, as the scheduler does.
-pub const PRESELECT_NEAREST: usize = 32;
-
-/// The stream key of stream slot `i`.
-pub fn stream_key(i: usize) -> String {
-    format!("live/s{i}")
 }
 
 impl Qoe {
-    pub fn new(
-        weights: Weights,
-        ranges: Ranges,
-        stability: Stability,
-        node_ids: Vec<String>,
-        streams: usize,
-        seed: u64,
-        deadband: Option<Deadband>,
-    ) -> Self {
+    pub fn new(weights: Weights, ranges: Ranges, w: &World, keys: &[StreamKey], seed: u64) -> Self {
         let params = RankParams::default();
-        let index = node_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u16))
-            .collect();
-        let n = node_ids.len();
-        Self {
+        let n = w.n();
+        let mut published = vec![Vec::new(); n];
+        for (key, &o) in keys.iter().zip(&w.stream_origin) {
+            published[usize::from(o)].push((key.clone(), w.bitrate_mbps * 1000.0));
+        }
+        Qoe {
             weights,
             ranges,
-            stability,
-            limits: Limits::default(),
             params,
+            default_bitrate_kbps: vantage_plan::Limits::default().default_bitrate_kbps,
             learner: Learner::new(params.group_half_life_ms, DEFAULT_MAX_GROUPS),
-            ledger: vec![LoadLedger::default(); n],
-            rng: StdRng::seed_from_u64(seed),
-            urls: node_ids
+            ledgers: vec![LoadLedger::default(); n],
+            seen: vec![0; n],
+            edges: Edges::default(),
+            ids: w.nodes.iter().map(|x| Arc::from(x.id.as_str())).collect(),
+            urls: w
+                .nodes
                 .iter()
-                .map(|id| format!("http://{id}.sim/"))
+                .map(|x| {
+                    Arc::from(if x.origin {
+                        String::new()
+                    } else {
+                        format!("http://{}.sim", x.id)
+                    })
+                })
                 .collect(),
-            node_ids,
-            index,
-            streams,
-            stream_index: (0..streams).map(|i| (stream_key(i), i as u32)).collect(),
-            routes: vec![Vec::new(); n * streams],
-            probes: vec![Vec::new(); n],
-            previous: BTreeMap::new(),
-            previous_backups: Backups::new(),
-            deadband,
-            planned: HashMap::new(),
-            planned_epoch: None,
-            nearest: Vec::new(),
-            plans: 0,
+            published,
+            requests: keys
+                .iter()
+                .map(|k| Request {
+                    stream: k.clone(),
+                    coord: None,
+                    source: LocationSource::Query,
+                    asn: None,
+                    n: 1,
+                })
+                .collect(),
+            built_ms: None,
+            dirty: true,
+            pruned_ms: 0,
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
-    pub fn node_id(&self, i: usize) -> &str {
-        &self.node_ids[i]
+    /// The next [`Self::maybe_refresh`] rebuilds the snapshot.
+    pub fn invalidate(&mut self) {
+        self.dirty = true;
     }
 
-    pub fn url(&self, i: usize) -> &str {
-        &self.urls[i]
-    }
-
-    /// A node's report reached the scheduler: its group aggregates feed
-    /// the learner and its load ledger rolls over.
-    pub fn observe(&mut self, node: usize, groups: &[GroupQoe], now_ms: u64) {
-        self.learner
-            .observe(&self.node_ids[node], groups, now_ms as i64);
-        self.ledger[node].on_report();
-    }
-
-    /// The PoPs nearest to `city`, best first (cached per city).
-    fn nearest(&mut self, ask: &Ask<'_>) -> &[u16] {
-        let city = ask.city as usize;
-        if self.nearest.len() < ask.world.cities.len() {
-            self.nearest.resize(ask.world.cities.len(), Vec::new());
+    /// Rebuilds the snapshot when it is invalidated or [`REFRESH_MS`] old.
+    pub fn maybe_refresh(&mut self, view: &View, w: &World, now_ms: u64) {
+        let stale = self
+            .built_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= REFRESH_MS);
+        if self.dirty || stale {
+            self.refresh(view, w, now_ms);
         }
-        if self.nearest[city].is_empty() {
-            let mut pops: Vec<u16> = ask.world.pops.clone();
-            pops.sort_by(|&a, &b| {
-                ask.world
-                    .city_km(city, usize::from(a))
-                    .total_cmp(&ask.world.city_km(city, usize::from(b)))
-                    .then(a.cmp(&b))
-            });
-            pops.truncate(PRESELECT_NEAREST);
-            self.nearest[city] = pops;
-        }
-        &self.nearest[city]
     }
 
-    /// Ranks PoPs for one viewer with the scheduler's resolver. Candidates
-    /// are preselected as the scheduler does: the 32 nearest PoPs plus
-    /// every PoP with an estimate for the viewer's group.
-    pub fn choose(&mut self, ask: &Ask<'_>) -> Option<usize> {
-        let city = &ask.world.cities[ask.city as usize];
-        let mut picked: Vec<(usize, Option<usize>)> = self
-            .nearest(ask)
-            .iter()
-            .map(|&p| (usize::from(p), None))
-            .collect();
-        let estimates = self.learner.group(city.group.as_str());
-        for (e, (node, _)) in estimates.iter().enumerate() {
-            let Some(&p) = self.index.get(&**node) else {
-                continue;
-            };
-            let p = usize::from(p);
-            if ask.world.nodes[p].origin {
-                continue;
-            }
-            match picked.iter_mut().find(|(q, _)| *q == p) {
-                Some(slot) => slot.1 = Some(e),
-                None => picked.push((p, Some(e))),
-            }
-        }
-        picked.retain(|(p, _)| Some(*p as u16) != ask.exclude);
-        let cands: Vec<Candidate<'_>> = picked
-            .iter()
-            .map(|&(p, e)| {
-                let node = &ask.world.nodes[p];
-                Candidate {
-                    id: self.node_ids[p].as_str(),
-                    public_url: &self.urls[p],
-                    health: ask.view.health(p, ask.now_ms),
-                    coord: Some(node.coord),
-                    capacity_mbps: node.capacity_mbps,
-                    egress_mbps: ask.view.egress_mbps[p],
-                    assigned_mbps: self.ledger[p].total(),
-                    group: e.map(|e| &estimates[e].1),
+    /// Rebuilds the snapshot from the view and folds in the reports that
+    /// arrived since the last rebuild (ledgers, learner).
+    fn refresh(&mut self, view: &View, w: &World, now_ms: u64) {
+        self.dirty = false;
+        let mut nodes = Vec::with_capacity(self.ids.len());
+        let mut published = HashMap::new();
+        let mut learned = Vec::new();
+        for i in 0..self.ids.len() {
+            if view.reports[i] != self.seen[i] {
+                self.seen[i] = view.reports[i];
+                self.ledgers[i].on_report();
+                if !view.latest_groups[i].is_empty() {
+                    learned.push(i);
                 }
-            })
-            .collect();
-        let input = RankInput {
-            now_ms: ask.now_ms as i64,
+            }
+            let health = view.health(i);
+            if health != Health::Down {
+                published.extend(self.published[i].iter().cloned());
+            }
+            let node = &w.nodes[i];
+            nodes.push(EdgeNode {
+                id: self.ids[i].clone(),
+                public_url: self.urls[i].clone(),
+                health,
+                coord: Some(node.coord),
+                capacity_mbps: node.capacity_mbps,
+                egress_mbps: view.egress_mbps[i],
+            });
+        }
+        self.edges = Edges::new(nodes, published, Vec::new());
+        for i in learned {
+            let groups = group_qoe(&view.latest_groups[i], w);
+            let at = view.last_arrival_ms(i).unwrap_or(now_ms as i64);
+            self.learner.observe(&self.ids[i], &groups, at);
+        }
+        if now_ms.saturating_sub(self.pruned_ms) > PRUNE_EVERY_MS {
+            self.pruned_ms = now_ms;
+            let edges = &self.edges;
+            self.learner.prune(now_ms as i64, PRUNE_MIN_WEIGHT, |n| {
+                edges.by_id.contains_key(n)
+            });
+        }
+        self.built_ms = Some(now_ms);
+    }
+
+    /// The edge for one viewer: the core's answer, and the viewer's bit
+    /// rate accounted to it. A viewer that just failed to reach a node
+    /// asks for two edges and takes the first other one, as a client of
+    /// `/v1/resolve` falls back to the next edge of the answer.
+    pub fn choose(&mut self, ask: &Ask<'_>) -> Option<usize> {
+        let req = self.requests.get_mut(ask.stream as usize)?;
+        req.coord = Some(ask.world.cities[ask.city as usize].city.coord);
+        req.n = if ask.exclude.is_some() { 2 } else { 1 };
+        let params = ResolveParams {
             weights: &self.weights,
             ranges: &self.ranges,
-            params: &self.params,
-            viewer: Viewer {
-                coord: Some(city.city.coord),
-                bitrate_mbps: ask.world.bitrate_mbps,
-            },
-            n: 1,
+            rank: &self.params,
+            nearest: NEAREST,
+            group_precision: GROUP_PRECISION,
+            default_bitrate_kbps: self.default_bitrate_kbps,
         };
-        let ranking = rank::rank(&input, &cands, &mut self.rng);
-        let chosen = ranking.chosen().map(|e| picked[e.index].0)?;
-        self.ledger[chosen].assign(ask.world.bitrate_mbps);
+        let ledgers = &self.ledgers;
+        let answer = resolve(
+            &self.edges,
+            &self.learner,
+            &|i| ledgers[i].total(),
+            req,
+            &params,
+            ask.now_ms as i64,
+            &mut self.rng,
+        )
+        .ok()?;
+        let chosen = answer
+            .edges
+            .iter()
+            .map(|e| e.index)
+            .find(|&i| Some(i as u16) != ask.exclude)?;
+        self.ledgers[chosen].assign(answer.bitrate_mbps);
         Some(chosen)
     }
+}
 
-    /// Runs the scheduler's planner on `nodes` and keeps the tables'
-    /// upstream lists and probe targets. With a deadband, inputs that
-    /// stayed within it keep their planned values, and a `periodic` replan
-    /// that would see nothing new is skipped.
-    pub fn replan(
-        &mut self,
-        mut nodes: Vec<NodeView>,
-        now_ms: u64,
-        report_interval_ms: u32,
-        periodic: bool,
-    ) {
-        let epoch = self.limits.probe_epoch(now_ms as i64);
-        if let Some(band) = &self.deadband {
-            let rules = Rules {
-                band,
-                ranges: &self.ranges,
-                min_path_samples: self.limits.min_path_samples,
-            };
-            let mut moved = nodes.len() != self.planned.len();
-            let mut planned = HashMap::with_capacity(nodes.len());
-            for v in &mut nodes {
-                let last = self.planned.get(&v.id);
-                let held = rules.hold(v.capacity_mbps, last, Planned::take_from(v));
-                moved |= last != Some(&held);
-                held.write_to(v);
-                planned.insert(v.id.clone(), held);
-            }
-            if periodic && !moved && self.planned_epoch == Some(epoch) {
-                return;
-            }
-            self.planned = planned;
-        }
-        self.planned_epoch = Some(epoch);
-        let input = PlanInput {
-            now_ms: now_ms as i64,
-            weights: self.weights,
-            weights_version: 1,
-            ranges: self.ranges,
-            stability: self.stability,
-            limits: self.limits,
-            report_interval_ms,
-            table_ttl_s: 60,
-            nodes,
-            previous: std::mem::take(&mut self.previous),
-            probe_key: Vec::new(),
-            previous_backups: std::mem::take(&mut self.previous_backups),
-        };
-        let plan = planner::plan(&input);
-        self.plans += 1;
-        self.previous = plan.primaries;
-        self.previous_backups = plan.backups;
-        for r in &mut self.routes {
-            r.clear();
-        }
-        for (id, table) in &plan.tables {
-            let Some(&n) = self.index.get(id) else {
-                continue;
-            };
-            let n = usize::from(n);
-            for route in &table.streams {
-                let Some(&s) = self.stream_index.get(&route.stream) else {
-                    continue;
-                };
-                let list = &mut self.routes[n * self.streams + s as usize];
-                list.extend(
-                    route
-                        .upstreams
-                        .iter()
-                        .filter_map(|u| self.index.get(&u.node_id).copied()),
-                );
-            }
-            self.probes[n] = table
-                .probe_targets
-                .iter()
-                .filter_map(|t| self.index.get(&t.node_id).copied())
-                .collect();
-        }
-    }
-
-    pub fn upstreams(&self, node: usize, stream: usize) -> Option<&[u16]> {
-        self.routes
-            .get(node * self.streams + stream)
-            .filter(|l| !l.is_empty())
-            .map(Vec::as_slice)
-    }
-
-    pub fn probe_targets(&self, node: usize) -> &[u16] {
-        self.probes.get(node).map(Vec::as_slice).unwrap_or(&[])
-    }
+/// A report's group aggregates as agents send them (`GroupQoe`), labelled
+/// by the viewer city's group.
+fn group_qoe(groups: &[(u32, GroupAgg)], w: &World) -> Vec<GroupQoe> {
+    groups
+        .iter()
+        .map(|(city, g)| GroupQoe {
+            group: w.cities[*city as usize].group.clone(),
+            viewers: g.viewers,
+            tcp_rtt_ms: g.rtt_ms,
+            retransmit_rate: g.loss,
+            stall_rate: g.stall_rate,
+            buffer_ms: g.buffer_ms,
+            samples: g.viewers,
+        })
+        .collect()
 }

@@ -116,7 +116,8 @@ pub struct TelemetrySpec {
     /// Probe packets per target per report interval (loss is estimated
     /// from them, so low loss is seen coarsely).
     pub probes_per_interval: u32,
-    /// How often the qoe policy replans upstream trees, ms.
+    /// Least time between two plans of moved inputs (qoe, oracle): the
+    /// planning session's `replan_interval_ms`, ms.
     pub replan_interval_ms: u32,
 }
 
@@ -210,7 +211,7 @@ pub struct QoeSpec {
     pub stability: Option<Stability>,
     /// How far a node's inputs must move before the planner sees them
     /// (the scheduler's `[deadband]`).
-    pub deadband: Option<vantage_scheduler::plan_inputs::Deadband>,
+    pub deadband: Option<vantage_plan::inputs::Deadband>,
 }
 
 /// A PoP (edge) or an origin: at a measured city or at coordinates.
