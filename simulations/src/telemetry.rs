@@ -148,7 +148,7 @@ impl View {
         self.touched[i] = true;
         let s = &mut self.smoothers[i];
         s.observe_load(r.egress_mbps, self.capacity_mbps[i]);
-        s.observe_paths(r.paths);
+        s.observe_paths(r.paths, arrived_ms as i64);
         self.utilisation[i] = r.utilisation;
         self.egress_mbps[i] = r.egress_mbps;
         self.buffer_ms[i] = r.buffer_ms;

@@ -13,8 +13,13 @@
 //! * **paths**: per peer, the report's RTT — the window's median, else its
 //!   EWMA ([`PathReport::rtt_ms`]) — and loss, each into an EWMA with
 //!   weight [`PATH_SMOOTHING`]; the sample count is the latest report's. A
-//!   peer a report does not name is forgotten with its smoothing (the
-//!   agent no longer probes it), and starts afresh when it comes back.
+//!   peer a report does not name (the agent no longer probes it: its probe
+//!   targets rotated, or it stopped being a candidate) keeps its last
+//!   values for [`PATH_RETENTION_MS`], then is forgotten. Without that
+//!   retention, a path that stops being probed falls back to the distance
+//!   model, which can look better than the measurement, so the planner
+//!   switches back to it, probes it again, and flaps (seen in the
+//!   simulator: a route flipping 190 times in 15 minutes).
 
 use crate::inputs::PATH_SMOOTHING;
 use crate::node::PathStat;
@@ -25,6 +30,10 @@ use vantage_shared::estimate::Ewma;
 /// EWMA weight of a new report in a node's smoothed utilisation (the same
 /// as [`PATH_SMOOTHING`]).
 pub const LOAD_SMOOTHING: f64 = 0.3;
+
+/// How long a path no report names keeps its last values: the default
+/// probe rotation (random probe targets change every 5 minutes).
+pub const PATH_RETENTION_MS: i64 = 300_000;
 
 /// What a report says about one path, as far as planning is concerned (the
 /// planning fields of a [`PathMeasurement`]).
@@ -52,6 +61,17 @@ impl PathReport {
     }
 }
 
+impl PathReport {
+    /// This report alone as a path measurement (no smoothing).
+    pub fn stat_now(&self) -> PathStat {
+        PathStat {
+            rtt_ms: self.rtt_ms(),
+            loss: self.loss,
+            samples: self.samples,
+        }
+    }
+}
+
 impl From<&PathMeasurement> for PathReport {
     fn from(p: &PathMeasurement) -> Self {
         PathReport {
@@ -67,23 +87,27 @@ impl From<&PathMeasurement> for PathReport {
 #[derive(Debug, Clone)]
 pub struct SmoothedPath {
     pub latest: PathReport,
+    /// When a report last named this peer.
+    pub reported_ms: i64,
     rtt_ms: Ewma,
     loss: Ewma,
 }
 
 impl SmoothedPath {
-    fn new(latest: PathReport) -> Self {
+    fn new(latest: PathReport, now_ms: i64) -> Self {
         let mut p = SmoothedPath {
             latest,
+            reported_ms: now_ms,
             rtt_ms: Ewma::new(PATH_SMOOTHING),
             loss: Ewma::new(PATH_SMOOTHING),
         };
-        p.observe(latest);
+        p.observe(latest, now_ms);
         p
     }
 
-    fn observe(&mut self, r: PathReport) {
+    fn observe(&mut self, r: PathReport, now_ms: i64) {
         self.latest = r;
+        self.reported_ms = now_ms;
         self.rtt_ms.observe(r.rtt_ms());
         self.loss.observe(r.loss);
     }
@@ -140,20 +164,21 @@ impl<K: Ord> Smoother<K> {
         self.utilisation.observe(u);
     }
 
-    /// A report's paths (each peer at most once): smoothed into what was
-    /// known; peers the report does not name are forgotten.
-    pub fn observe_paths(&mut self, paths: impl IntoIterator<Item = (K, PathReport)>) {
-        let mut old = std::mem::take(&mut self.paths);
+    /// A report's paths (each peer at most once), received at `now_ms`:
+    /// smoothed into what was known; peers the report does not name keep
+    /// their last values until [`PATH_RETENTION_MS`] after they were last
+    /// reported.
+    pub fn observe_paths(&mut self, paths: impl IntoIterator<Item = (K, PathReport)>, now_ms: i64) {
         for (peer, r) in paths {
-            let p = match old.remove(&peer) {
-                Some(mut p) => {
-                    p.observe(r);
-                    p
+            match self.paths.get_mut(&peer) {
+                Some(p) => p.observe(r, now_ms),
+                None => {
+                    self.paths.insert(peer, SmoothedPath::new(r, now_ms));
                 }
-                None => SmoothedPath::new(r),
-            };
-            self.paths.insert(peer, p);
+            }
         }
+        self.paths
+            .retain(|_, p| now_ms.saturating_sub(p.reported_ms) <= PATH_RETENTION_MS);
     }
 
     /// The latest egress as reported (0 before any report).
@@ -197,10 +222,10 @@ mod tests {
     #[test]
     fn path_rtt_and_loss_are_smoothed_from_the_median_else_the_ewma() {
         let mut s: Smoother<&str> = Smoother::new();
-        s.observe_paths([("b", report(100.0, 90.0, 0.0, 10))]);
+        s.observe_paths([("b", report(100.0, 90.0, 0.0, 10))], 0);
         assert_eq!(s.path(&"b").unwrap().stat(true).rtt_ms, 100.0);
         // No median in the second report: its EWMA counts.
-        s.observe_paths([("b", report(0.0, 200.0, 0.1, 12))]);
+        s.observe_paths([("b", report(0.0, 200.0, 0.1, 12))], 1_000);
         let st = s.path(&"b").unwrap().stat(true);
         assert!((st.rtt_ms - (100.0 + PATH_SMOOTHING * 100.0)).abs() < 1e-9);
         assert!((st.loss - PATH_SMOOTHING * 0.1).abs() < 1e-12);
@@ -210,16 +235,25 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_left_out_of_a_report_is_forgotten_and_starts_afresh() {
+    fn a_peer_left_out_of_reports_keeps_its_values_for_a_while_then_is_forgotten() {
         let mut s: Smoother<u16> = Smoother::new();
-        s.observe_paths([
-            (1, report(50.0, 50.0, 0.0, 5)),
-            (2, report(10.0, 10.0, 0.0, 5)),
-        ]);
-        s.observe_paths([(2, report(20.0, 20.0, 0.0, 5))]);
+        s.observe_paths(
+            [
+                (1, report(50.0, 50.0, 0.0, 5)),
+                (2, report(10.0, 10.0, 0.0, 5)),
+            ],
+            0,
+        );
+        // Not probed any more: still measured for the retention period...
+        s.observe_paths([(2, report(20.0, 20.0, 0.0, 5))], 1_000);
+        assert_eq!(s.path(&1).unwrap().stat(true).rtt_ms, 50.0);
+        s.observe_paths([(2, report(20.0, 20.0, 0.0, 5))], PATH_RETENTION_MS);
+        assert!(s.path(&1).is_some());
+        // ...then forgotten, and started afresh when it is probed again.
+        s.observe_paths([(2, report(20.0, 20.0, 0.0, 5))], PATH_RETENTION_MS + 1);
         assert!(s.path(&1).is_none());
         assert_eq!(s.paths().count(), 1);
-        s.observe_paths([(1, report(80.0, 80.0, 0.0, 5))]);
+        s.observe_paths([(1, report(80.0, 80.0, 0.0, 5))], PATH_RETENTION_MS + 2);
         assert_eq!(s.path(&1).unwrap().stat(true).rtt_ms, 80.0);
     }
 

@@ -5,14 +5,14 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vantage_plan::inputs::{PATH_SMOOTHING, Planned};
+use vantage_plan::inputs::Planned;
 use vantage_plan::liveness::{self, Liveness};
-use vantage_plan::{Health, NodeView, PathStat};
+use vantage_plan::smoothing::{PathReport, Smoother};
+use vantage_plan::{Health, NodeView};
 use vantage_proto::v1::{
     ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
 };
 use vantage_shared::close::CloseCode;
-use vantage_shared::estimate::Ewma;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
@@ -67,7 +67,6 @@ pub struct NodeEntry {
     pub reports: u64,
     pub last_seq: u64,
     pub load: Option<Load>,
-    pub utilisation_ewma: Ewma,
     pub paths: BTreeMap<String, PathMeasurement>,
     pub streams: Vec<StreamState>,
     pub groups: Vec<GroupQoe>,
@@ -75,7 +74,10 @@ pub struct NodeEntry {
     pub route_version_in_use: u64,
     pub alerts: u64,
     /// Per peer: RTT and loss smoothed over reports, for the planner.
-    pub smoothed_paths: BTreeMap<String, (Ewma, Ewma)>,
+    /// Reports smoothed into planner inputs (`vantage_plan::smoothing`,
+    /// the simulator's too): utilisation, per-peer RTT and loss, peers no
+    /// longer probed kept for a while.
+    pub smoother: Smoother<String>,
     /// Bumped by every change made through the registry; the planning loop
     /// offers the node's inputs again when it moved since `offered`.
     pub touched: u64,
@@ -146,14 +148,13 @@ impl NodeEntry {
             reports: 0,
             last_seq: 0,
             load: None,
-            utilisation_ewma: Ewma::new(0.3),
             paths: BTreeMap::new(),
             streams: Vec::new(),
             groups: Vec::new(),
             control_path: None,
             route_version_in_use: 0,
             alerts: 0,
-            smoothed_paths: BTreeMap::new(),
+            smoother: Smoother::new(),
             touched: 1,
             offered: 0,
             rollup: RollupAcc::default(),
@@ -176,26 +177,21 @@ impl NodeEntry {
         self.last_report_ms = Some(now_ms);
         self.route_version_in_use = r.route_version;
         if let Some(l) = r.load {
+            self.smoother
+                .observe_load(l.egress_mbps, self.info.capacity_mbps);
             self.load = Some(l);
-            let u = self.utilisation();
-            self.utilisation_ewma.observe(u);
         }
+        self.smoother.observe_paths(
+            r.paths
+                .iter()
+                .map(|p| (p.target_node_id.clone(), PathReport::from(p))),
+            now_ms,
+        );
         // In place: the peers rarely change between reports, so this moves
         // the new values in without cloning ids or rebuilding the map.
         self.paths
             .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
-        self.smoothed_paths
-            .retain(|k, _| r.paths.iter().any(|p| &p.target_node_id == k));
         for p in r.paths {
-            let (rtt, loss) = match self.smoothed_paths.get_mut(&p.target_node_id) {
-                Some(s) => s,
-                None => self
-                    .smoothed_paths
-                    .entry(p.target_node_id.clone())
-                    .or_insert_with(|| (Ewma::new(PATH_SMOOTHING), Ewma::new(PATH_SMOOTHING))),
-            };
-            rtt.observe(path_rtt(&p));
-            loss.observe(p.loss);
             match self.paths.get_mut(&p.target_node_id) {
                 Some(v) => *v = p,
                 None => {
@@ -307,30 +303,22 @@ impl NodeEntry {
             .filter(|s| s.role == StreamRole::Origin as i32)
             .filter_map(|s| StreamKey::parse(&s.key).ok().map(|k| (k, s.bitrate_kbps)))
             .collect();
-        let paths = self
-            .paths
-            .iter()
-            .map(|(k, p)| {
-                let (mut rtt_ms, mut loss) = (path_rtt(p), p.loss);
-                if let Some((r, l)) = self.smoothed_paths.get(k).filter(|_| smoothed) {
-                    rtt_ms = r.value().unwrap_or(rtt_ms);
-                    loss = l.value().unwrap_or(loss);
-                }
-                let samples = p.samples;
-                (
-                    k.clone(),
-                    PathStat {
-                        rtt_ms,
-                        loss,
-                        samples,
-                    },
-                )
-            })
-            .collect();
-        let raw_egress = self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0);
-        let egress_mbps = match self.utilisation_ewma.value() {
-            Some(u) if smoothed && self.info.capacity_mbps > 0.0 => u * self.info.capacity_mbps,
-            _ => raw_egress,
+        let (paths, egress_mbps) = if smoothed {
+            (
+                self.smoother
+                    .paths()
+                    .map(|(k, p)| (k.clone(), p.stat(true)))
+                    .collect(),
+                self.smoother.egress_mbps(self.info.capacity_mbps),
+            )
+        } else {
+            (
+                self.paths
+                    .iter()
+                    .map(|(k, p)| (k.clone(), PathReport::from(p).stat_now()))
+                    .collect(),
+                self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0),
+            )
         };
         Planned {
             health,
@@ -355,15 +343,6 @@ impl NodeEntry {
             published: inputs.published,
             static_origins: self.info.static_origins.clone(),
         }
-    }
-}
-
-/// A path's RTT as the planner uses it: the window's median, else the EWMA.
-fn path_rtt(p: &PathMeasurement) -> f64 {
-    if p.rtt_p50_ms > 0.0 {
-        p.rtt_p50_ms
-    } else {
-        p.rtt_ewma_ms
     }
 }
 
