@@ -17,7 +17,7 @@
 //! what changed to the per-source planning.
 
 use crate::edge::{
-    FNV_OFFSET, IdMap, buffer_input, finalise, fnv, haversine_km, measured_path, rtt_and_loss,
+    FNV_OFFSET, IdMap, buffer_input, finalise, fnv, great_circle_km, measured_path, rtt_and_loss,
 };
 use crate::node::{Health, NodeView, PathStat, eligible};
 use crate::settings::PlanSettings;
@@ -42,7 +42,9 @@ pub(crate) struct Graph {
     /// the node.
     pub(crate) load: Vec<f64>,
     pub(crate) buffer: Vec<Input>,
-    pub(crate) cos_lat: Vec<f64>,
+    /// Each node's point on the sphere ([`vantage_shared::place::Coord::sphere_point`]), for
+    /// distances.
+    pub(crate) point: Vec<Option<[f64; 3]>>,
     /// Own measurements by peer index (known peers only), sorted.
     pub(crate) paths: Vec<Vec<(u32, PathStat)>>,
     /// Nodes that measured this one (reverse of `paths`), sorted.
@@ -129,9 +131,9 @@ impl Graph {
                 .iter()
                 .map(|v| buffer_input(v.buffer_ms, &st.ranges))
                 .collect(),
-            cos_lat: views
+            point: views
                 .iter()
-                .map(|v| v.coord.map_or(1.0, |c| c.lat.to_radians().cos()))
+                .map(|v| v.coord.map(|c| c.sphere_point()))
                 .collect(),
             paths: Vec::with_capacity(n),
             measured_by: vec![Vec::new(); n],
@@ -263,10 +265,8 @@ impl Graph {
             st.limits.min_path_samples,
         );
         let (ui, vi) = (u as usize, v as usize);
-        let km = match (self.views[ui].coord, self.views[vi].coord) {
-            (Some(a), Some(b)) => {
-                Input::modelled(haversine_km((a, self.cos_lat[ui]), (b, self.cos_lat[vi])))
-            }
+        let km = match (&self.point[ui], &self.point[vi]) {
+            (Some(a), Some(b)) => Input::modelled(great_circle_km(a, b)),
             _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
         };
         let (rtt_ms, loss) = rtt_and_loss(measured.as_ref(), &km);

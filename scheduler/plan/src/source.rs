@@ -177,6 +177,7 @@ pub(crate) struct Work {
     backs: Vec<Cand>,
     valid: Vec<bool>,
     order: Vec<(u64, u32)>,
+    radix: Vec<(u64, u32)>,
     arena: Vec<Cand>,
     span: Vec<(u32, u32)>,
 }
@@ -359,7 +360,7 @@ impl Source {
         let mut order = std::mem::take(&mut work.order);
         order.clear();
         order.extend((0..n as u32).map(|v| self.rank_of(v)));
-        order.sort_unstable();
+        radix_sort(&mut order, &mut work.radix);
         // Phase 1: primaries in rank order, each ranked list kept for phase 2.
         let mut arena = std::mem::take(&mut work.arena);
         let mut span = std::mem::take(&mut work.span);
@@ -759,6 +760,34 @@ impl Source {
             cur = self.primary[cur as usize];
         }
         false
+    }
+}
+
+/// Sorts `(key, index)` pairs that come in index order by key, stably (so
+/// by (key, index)): a least-significant-digit radix sort on bytes,
+/// skipping the bytes that all keys share. `tmp` is scratch.
+fn radix_sort(items: &mut Vec<(u64, u32)>, tmp: &mut Vec<(u64, u32)>) {
+    let mut counts = [[0usize; 256]; 8];
+    for &(key, _) in items.iter() {
+        for (byte, count) in counts.iter_mut().enumerate() {
+            count[(key >> (8 * byte)) as usize & 0xff] += 1;
+        }
+    }
+    for (byte, count) in counts.iter_mut().enumerate() {
+        if count.contains(&items.len()) {
+            continue; // every key has the same byte here
+        }
+        let mut at = 0;
+        for c in count.iter_mut() {
+            (*c, at) = (at, at + *c);
+        }
+        tmp.resize(items.len(), (0, 0));
+        for &(key, i) in items.iter() {
+            let slot = &mut count[(key >> (8 * byte)) as usize & 0xff];
+            tmp[*slot] = (key, i);
+            *slot += 1;
+        }
+        std::mem::swap(items, tmp);
     }
 }
 

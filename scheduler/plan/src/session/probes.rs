@@ -47,19 +47,30 @@ impl PlanSession {
             }
             fits
         };
-        let mut ups: Vec<(usize, u32)> = self
-            .sources
-            .iter()
-            .flat_map(|s| s.route(v).iter().enumerate())
-            .filter(|(_, up)| up.node != NONE)
-            .map(|(pos, up)| (pos, up.node))
-            .collect();
-        ups.sort_unstable();
-        for (_, u) in ups {
+        // Upstreams by position (every route's primary, then every first
+        // backup, ...), by index within a position; a position is
+        // collected only while there is room left.
+        let mut ups: Vec<u32> = Vec::new();
+        for pos in 0..=limits.max_backups {
             if out.len() >= limits.probe_max {
                 break;
             }
-            push(&mut out, u, Reason::Upstream);
+            ups.clear();
+            ups.extend(
+                self.sources
+                    .iter()
+                    .filter_map(|s| s.route(v).get(pos))
+                    .map(|up| up.node)
+                    .filter(|&u| u != NONE),
+            );
+            ups.sort_unstable();
+            ups.dedup();
+            for &u in &ups {
+                if out.len() >= limits.probe_max {
+                    break;
+                }
+                push(&mut out, u, Reason::Upstream);
+            }
         }
         let scan = 8 * limits.probe_nearest + 32;
         let mut near = 0;

@@ -19,6 +19,16 @@ impl PlanSession {
             .collect();
         views.extend(std::mem::take(&mut self.pending));
         let old_ids = self.graph.ids.clone();
+        // Route entry hashes carry node ids and URLs: recomputed for every
+        // route when some node's facts changed or a node left (routes
+        // through it lose an upstream when carried over), else only for
+        // the routes whose upstreams changed (a weight change, a join).
+        let facts_changed = !removed.is_empty()
+            || self
+                .graph
+                .views
+                .iter()
+                .any(|old| views.get(&old.id).is_some_and(|new| !new.same_facts(old)));
         let old_graph = std::mem::replace(&mut self.graph, Graph::build(Vec::new(), &self.st, 1));
         self.graph = Graph::build_with(
             views.into_values().collect(),
@@ -120,7 +130,7 @@ impl PlanSession {
         self.route_sum = vec![0; n];
         let plans: Vec<(usize, bool)> = (0..self.sources.len()).map(|s| (s, true)).collect();
         report.sources_planned += plans.len();
-        let routes = self.plan_sources(&plans, &|_| (Vec::new(), Vec::new()), &[], true);
+        let routes = self.plan_sources(&plans, &|_| (Vec::new(), Vec::new()), &[], facts_changed);
         let params = tables::params_hash(&self.st);
         self.params_hash = params;
         SourcesOutcome {
