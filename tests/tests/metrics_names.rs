@@ -350,6 +350,8 @@ impl Intruder {
             data.display().to_string(),
             "--http-listen".to_owned(),
             format!("127.0.0.1:{}", ports.http),
+            "--rtmp-listen".to_owned(),
+            format!("127.0.0.1:{}", ports.rtmp),
             "--admin-listen".to_owned(),
             format!("127.0.0.1:{}", ports.admin),
             "--probe-listen".to_owned(),

@@ -1,6 +1,7 @@
 //! The media relay (DESIGN §7): HTTP-FLV publish, play, upstream pull,
 //! fan-out, GOP cache, slow viewers, local failover, buffer health.
 //!
+//! * [`admit`] — admitting a publisher (every publish path goes through it).
 //! * [`server`] — the media HTTP server (hyper, HTTP/1.1):
 //!   `POST|PUT /{app}/{stream}.flv` publish (this agent becomes the stream's
 //!   origin), `GET /{app}/{stream}.flv` play, `POST /v1/cmcd` beacons,
@@ -23,6 +24,7 @@
 //! [`Relay::serve`]; register the relay as a
 //! [`ReportSource`](crate::telemetry::ReportSource).
 
+pub mod admit;
 pub mod conn;
 pub mod hub;
 pub mod ingest;
@@ -126,7 +128,7 @@ impl RelayConfig {
         }
     }
 
-    fn policy(&self) -> LagPolicy {
+    pub(crate) fn policy(&self) -> LagPolicy {
         LagPolicy {
             max_lag_ms: ms(self.max_lag),
             overflow_limit: self.overflow_limit.max(1),

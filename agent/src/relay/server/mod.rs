@@ -19,10 +19,11 @@ mod publish;
 mod viewer_cmcd;
 
 use super::conn::{ConnShared, MeteredIo};
+use super::hub::Wire;
 use super::ingest::Session;
 use super::qoe::{self, Sample, UNKNOWN_GROUP};
 use super::source::{self, End, Stop, Timeouts};
-use super::stream::{Phase, lock};
+use super::stream::lock;
 use super::viewer::{MediaBody, ViewerBody, ViewerSlot};
 use super::{Relay, VIA_HEADER};
 use bytes::{Bytes, BytesMut};
@@ -253,82 +254,52 @@ impl Relay {
         let sid: Option<Arc<str>> = cmcd.as_ref().and_then(|c| c.sid.as_deref()).map(Arc::from);
         drop(req);
 
-        for _ in 0..2 {
-            let Ok(stream) = self.stream_for_play(&key, &via) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("stream {key} is not published here and no upstream is known for it"),
-                );
-            };
-            let mut rx = stream.phase.subscribe();
-            let waited = tokio::time::timeout(
-                self.config().play_wait,
-                rx.wait_for(|p| *p != Phase::Connecting),
-            )
+        let attached = self
+            .attach_viewer(&key, &via, |stream| {
+                Arc::new(ViewerSlot::new(
+                    self.next_viewer_id(),
+                    group.clone(),
+                    sid.clone(),
+                    conn.token.clone(),
+                    stream.clock_ms(),
+                ))
+            })
             .await;
-            let phase = match waited {
-                Ok(Ok(p)) => p.clone(),
-                Ok(Err(_)) => Phase::Ended,
-                Err(_) => {
-                    return error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "no upstream delivered {key} within {} ms",
-                            self.config().play_wait.as_millis()
-                        ),
-                    );
-                }
-            };
-            match phase {
-                Phase::Live => {}
-                Phase::NotFound(m) => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        format!("stream {key} not found: {m}"),
-                    );
-                }
-                Phase::Failed(m) => {
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        format!("no upstream could deliver {key}: {m}"),
-                    );
-                }
-                Phase::Ended | Phase::Connecting => continue,
+        let (stream, slot) = match attached {
+            Ok(a) => a,
+            Err(r) => {
+                let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::NOT_FOUND);
+                return error(status, r.message(&key, self.config().play_wait));
             }
-            let slot = Arc::new(ViewerSlot::new(
-                self.next_viewer_id(),
-                group.clone(),
-                sid.clone(),
-                conn.token.clone(),
-                stream.clock_ms(),
-            ));
-            if !stream.attach(slot.clone()) {
-                continue;
-            }
-            let key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
-            let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
-            conn.shared.register(key, bl);
-            let body = ViewerBody::new(stream, slot, conn.shared.clone(), self.config().policy());
-            let mut r = Response::new(MediaBody::Viewer(Box::new(body)));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("video/x-flv"),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, no-store"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
-            if let Ok(v) = HeaderValue::from_str(self.node_id()) {
-                h.insert("x-vantage-node", v);
-            }
-            return r;
+        };
+        let group_key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
+        let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
+        conn.shared.register(group_key, bl);
+        let body = ViewerBody::new(
+            stream,
+            slot,
+            conn.shared.clone(),
+            self.config().policy(),
+            Wire::Flv,
+        );
+        let mut r = Response::new(MediaBody::Viewer(Box::new(body)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("video/x-flv"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        if let Ok(v) = HeaderValue::from_str(self.node_id()) {
+            h.insert("x-vantage-node", v);
         }
-        error(StatusCode::NOT_FOUND, format!("stream {key} ended"))
+        r
     }
 }
 
