@@ -203,6 +203,15 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub relay_cache_max_bytes: Option<u64>,
 
+    /// LL-HLS: longest part, the playlist's PART-TARGET (100..=2000)
+    /// [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub hls_part_target_ms: Option<u64>,
+
+    /// LL-HLS: complete segments kept per stream (3..=60) [default: 6].
+    #[arg(long, value_name = "N")]
+    pub hls_window_segments: Option<usize>,
+
     /// RTMP listen address (publish and play) [default: 0.0.0.0:1935].
     #[arg(long, value_name = "ADDR")]
     pub rtmp_listen: Option<SocketAddr>,
@@ -276,6 +285,8 @@ impl Settings {
                 .relay_write_coalesce_ms
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
+            hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
+            hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
             rtmp_listen: self.rtmp_listen.or(lower.rtmp_listen),
             rtmp_max_connections: self.rtmp_max_connections.or(lower.rtmp_max_connections),
             rtmp_handshake_timeout_ms: self

@@ -11,6 +11,7 @@
 //! * [`routes`] — gRPC route subscription, validation, apply, persistence.
 //! * [`load`] — CPU and memory from `/proc`.
 //! * [`relay`] — HTTP-FLV media relay: publish, play, pull, fan-out, failover.
+//! * [`hls`] — LL-HLS (fMP4 parts, blocking playlist reload) from the relay's rings.
 //! * [`rtmp`] — RTMP publish and play on `--rtmp-listen` (1935), fed into and
 //!   from the same relay.
 //! * [`probe`] — UDP path probes (responder + prober) to the table's targets.
@@ -31,6 +32,7 @@ pub mod admin;
 pub mod config;
 mod disk;
 pub mod drain;
+pub mod hls;
 pub mod identity;
 pub mod load;
 pub mod metrics;

@@ -1,12 +1,12 @@
-//! Issue 18, Must show 1 (RTMP parts), with the real binaries and ffmpeg.
+//! Issue 18, Must show 1, with the real binaries and ffmpeg.
 //!
 //! Agent A (Paris) and agent B (Frankfurt) join a `--dev` scheduler.
 //! `ffmpeg -re … -f flv rtmp://A/live/x` publishes H.264/AAC over RTMP the
 //! way OBS does; A reports itself as the stream's origin and the planner
 //! routes B's pull of `live/x` to A, exactly as for an HTTP-FLV publisher.
-//! Through B, `ffmpeg -i http://B/live/x.flv` and `ffmpeg -i
-//! rtmp://B/live/x` each decode ≥ 5 s without errors and `ffprobe` sees
-//! h264 + aac on each.
+//! Through B, `ffmpeg -i http://B/live/x.flv`, `ffmpeg -i rtmp://B/live/x`
+//! and `ffmpeg -i http://B/live/x/index.m3u8` (LL-HLS, fMP4) each decode
+//! ≥ 5 s without errors and `ffprobe` sees h264 + aac on each.
 //!
 //! Also: the single-publisher rule holds across protocols (a second RTMP
 //! publisher and an HTTP-FLV publisher of a key published over RTMP are
@@ -130,9 +130,9 @@ pub async fn decode_five_seconds(ffmpeg: &Path, url: &str) -> u64 {
     frames
 }
 
-/// Must show 1 (RTMP publish; HTTP-FLV and RTMP play through the relay).
+/// Must show 1 (RTMP publish; HTTP-FLV, RTMP and LL-HLS play through the relay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtmp_publish_to_a_plays_through_b_as_http_flv_and_rtmp() {
+async fn rtmp_publish_to_a_plays_through_b_as_http_flv_rtmp_and_hls() {
     let test = "rtmp_publish_to_a_plays_through_b";
     let (Some(ffmpeg), Some(ffprobe)) = (tool("ffmpeg", test), tool("ffprobe", test)) else {
         return;
@@ -186,6 +186,7 @@ async fn rtmp_publish_to_a_plays_through_b_as_http_flv_and_rtmp() {
     let urls = [
         format!("{}/{STREAM}.flv", b.media_url()),
         format!("{}/{STREAM}", b.rtmp_url()),
+        format!("{}/{STREAM}/index.m3u8", b.media_url()),
     ];
     for url in &urls {
         decode_five_seconds(&ffmpeg, url).await;

@@ -76,6 +76,16 @@ impl Settings {
             }
             r.cache_max_bytes = usize::try_from(b).unwrap_or(usize::MAX);
         }
+        ms(
+            "hls-part-target-ms",
+            self.hls_part_target_ms,
+            100..=2000,
+            &mut r.hls_part_target,
+        )?;
+        if let Some(n) = self.hls_window_segments {
+            check("hls-window-segments", n as u64, 3..=60)?;
+            r.hls_window = n;
+        }
         Ok(r)
     }
 

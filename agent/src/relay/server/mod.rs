@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
+//! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
 //! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
@@ -15,6 +16,7 @@
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
 //! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
 
+mod hls;
 mod publish;
 mod viewer_cmcd;
 
@@ -200,6 +202,19 @@ impl Relay {
             } else {
                 ("cmcd", method_not_allowed("POST, OPTIONS"))
             }
+        } else if let Some((key, file)) = hls::hls_path(&path) {
+            let resp = match (key, file) {
+                (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
+                (Ok(key), None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no such HLS file {path:?} of {key}: index.m3u8, init{{v}}.mp4, seg{{n}}.m4s, seg{{n}}.{{part}}.m4s"
+                    ),
+                ),
+                (Ok(key), Some(file)) if method == Method::GET => self.hls(req, key, file).await,
+                _ => method_not_allowed("GET, OPTIONS"),
+            };
+            ("hls", resp)
         } else if let Some(key) = stream_key(&path) {
             match key {
                 Err(e) => ("other", error(StatusCode::BAD_REQUEST, e)),
