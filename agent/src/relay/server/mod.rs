@@ -5,6 +5,7 @@
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
 //! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
+//! | `GET /watch/{app}/{stream}[?via=hls\|flv]` | the watch page (hls.js or mpegts.js, vendored, served from `/watch/assets/`) |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
 //! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
@@ -19,6 +20,7 @@
 mod hls;
 mod publish;
 mod viewer_cmcd;
+mod watch;
 
 use super::conn::{ConnShared, MeteredIo};
 use super::hub::Wire;
@@ -202,6 +204,13 @@ impl Relay {
             } else {
                 ("cmcd", method_not_allowed("POST, OPTIONS"))
             }
+        } else if path.starts_with("/watch/") {
+            let resp = if method == Method::GET {
+                watch::watch(&path)
+            } else {
+                method_not_allowed("GET, OPTIONS")
+            };
+            ("other", resp)
         } else if let Some((key, file)) = hls::hls_path(&path) {
             let resp = match (key, file) {
                 (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
