@@ -181,3 +181,121 @@ pub fn status_code(c: &Command) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Publishes FLV tags over RTMP the way OBS does (`connect`,
+/// `releaseStream`, `FCPublish`, `createStream`, `publish`, Set Chunk Size
+/// 4096, `@setDataFrame onMetaData`, then audio/video messages).
+#[derive(Debug)]
+pub struct RtmpPublisher {
+    client: RtmpClient,
+}
+
+impl RtmpPublisher {
+    /// Connects to `addr` and starts publishing `app/name`; fails unless
+    /// the server answers `NetStream.Publish.Start`.
+    pub async fn start(addr: SocketAddr, app: &str, name: &str) -> Result<RtmpPublisher, String> {
+        let mut client = RtmpClient::connect(addr).await?;
+        let obj = object(&[
+            ("app", string(app)),
+            ("type", string("nonprivate")),
+            ("flashVer", string("FMLE/3.0 (compatible; vantage-demo)")),
+            ("tcUrl", string(&format!("rtmp://{addr}/{app}"))),
+        ]);
+        client.command("connect", 1.0, obj, vec![], 0).await?;
+        client
+            .wait_command(|c| c.name == "_result", Duration::from_secs(5))
+            .await?;
+        client
+            .command("releaseStream", 2.0, Value::Null, vec![string(name)], 0)
+            .await?;
+        client
+            .command("FCPublish", 3.0, Value::Null, vec![string(name)], 0)
+            .await?;
+        client
+            .command("createStream", 4.0, Value::Null, vec![], 0)
+            .await?;
+        client
+            .wait_command(
+                |c| c.name == "_result" && c.transaction == 4.0,
+                Duration::from_secs(5),
+            )
+            .await?;
+        client
+            .command(
+                "publish",
+                5.0,
+                Value::Null,
+                vec![string(name), string("live")],
+                1,
+            )
+            .await?;
+        let status = client
+            .wait_command(|c| c.name == "onStatus", Duration::from_secs(5))
+            .await?;
+        let code = status_code(&status);
+        if code != "NetStream.Publish.Start" {
+            return Err(format!("publish refused: {code}"));
+        }
+        client.send(&message::set_chunk_size(4096, 128)).await?;
+        client.chunk_size = 4096;
+        Ok(RtmpPublisher { client })
+    }
+
+    /// Sends FLV tags as RTMP messages on stream 1 (script tags as
+    /// `@setDataFrame`).
+    pub async fn send_tags(&mut self, tags: &[vantage_shared::flv::Tag]) -> Result<(), String> {
+        use vantage_shared::flv::TagKind;
+        let mut out = BytesMut::new();
+        for t in tags {
+            match t.kind {
+                TagKind::Script => {
+                    let mut p = BytesMut::new();
+                    vantage_shared::flv::amf::write_value(&mut p, &string("@setDataFrame"));
+                    p.extend_from_slice(&t.body);
+                    let h = vantage_shared::rtmp::chunk::Header {
+                        csid: message::CSID_DATA,
+                        timestamp: t.timestamp_ms,
+                        type_id: message::DATA_AMF0,
+                        stream_id: 1,
+                    };
+                    vantage_shared::rtmp::chunk::encode_message(
+                        &h,
+                        &p,
+                        self.client.chunk_size,
+                        &mut out,
+                    );
+                }
+                TagKind::Audio => message::media(
+                    message::AUDIO,
+                    t.timestamp_ms,
+                    &t.body,
+                    1,
+                    self.client.chunk_size,
+                    &mut out,
+                ),
+                TagKind::Video => message::media(
+                    message::VIDEO,
+                    t.timestamp_ms,
+                    &t.body,
+                    1,
+                    self.client.chunk_size,
+                    &mut out,
+                ),
+            }
+        }
+        self.client.send(&out).await
+    }
+
+    /// Whether the server closed the connection (read without blocking).
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.client.sock.try_read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
