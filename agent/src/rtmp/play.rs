@@ -122,6 +122,7 @@ pub async fn run(
             _ = kill.cancelled() => break "disconnected",
             r = conn.read(NO_IDLE_LIMIT) => match r {
                 Ok(_) => {
+                    conn.maybe_ack().await?;
                     if viewer_left(conn).await? {
                         break "deleteStream";
                     }

@@ -82,6 +82,9 @@ pub async fn run(
                 }
             }
         }
+        if let Err(e) = conn.maybe_ack().await {
+            break Err(e);
+        }
         let mut done = None;
         let mut failed = None;
         loop {

@@ -101,7 +101,7 @@ impl Conn {
     }
 
     /// Reads once (within `idle`) and feeds the decoder; returns the bytes
-    /// read. Acknowledges received bytes when the peer's window is full.
+    /// read. Cancel-safe (it only reads): call [`Conn::maybe_ack`] after.
     pub async fn read(&mut self, idle: Duration) -> Result<usize, SessionError> {
         self.rbuf.clear();
         self.rbuf.reserve(READ_BUF);
@@ -113,11 +113,11 @@ impl Conn {
             return Err(SessionError::Closed);
         }
         self.decoder.push(&self.rbuf[..n]);
-        self.maybe_ack().await?;
         Ok(n)
     }
 
-    async fn maybe_ack(&mut self) -> Result<(), SessionError> {
+    /// Acknowledges the bytes received when the peer's window is full.
+    pub async fn maybe_ack(&mut self) -> Result<(), SessionError> {
         let Some(w) = self.ack_window.filter(|w| *w > 0) else {
             return Ok(());
         };
@@ -322,6 +322,7 @@ async fn commands(
             }
         }
         conn.read(cfg.idle_timeout).await?;
+        conn.maybe_ack().await?;
     }
 }
 
