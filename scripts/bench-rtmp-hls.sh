@@ -12,7 +12,7 @@
 #      after the last byte.
 #
 #   scripts/bench-rtmp-hls.sh
-#   PUBLISHERS=8 CONNS=200 FANOUT="2000 4000" SECS=10 scripts/bench-rtmp-hls.sh
+#   PUBLISHERS=8 CONNS=200 FANOUT="2000 4000" SECS=10 PHASES="1 2 3" scripts/bench-rtmp-hls.sh
 #
 # Needs gcc, ffmpeg, curl, python3; installs nginx, libnginx-mod-rtmp and wrk with apt-get when
 # missing (root). Every process it starts is stopped on exit. Only 127.0.0.1 is used.
@@ -26,6 +26,7 @@ PUBLISHERS="${PUBLISHERS:-8}"
 CONNS="${CONNS:-200}"
 FANOUT="${FANOUT:-2000 4000}"
 SECS="${SECS:-10}"
+PHASES="${PHASES:-1 2 3}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -112,6 +113,7 @@ RUST_LOG="${RUST_LOG:-warn}" "$AGENT_BIN" --node-id bench-1 --scheduler "127.0.0
     --routes "https://127.0.0.1:$SG" --ca "$WORK/sched/dev/ca.pem" --token-file "$WORK/sched/dev/enroll.token" \
     --data-dir "$WORK/agent" --http-listen "127.0.0.1:$MEDIA" --admin-listen "127.0.0.1:$ADMIN" \
     --probe-listen "127.0.0.1:$PROBE" --rtmp-listen "127.0.0.1:$RTMP" --public-url "http://127.0.0.1:$MEDIA" \
+    --hls-window-segments 60 \
     >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=("$AGENT_PID")
@@ -139,7 +141,7 @@ EOF
 "$(command -v nginx)" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 NGINX_MASTER=$!
 PIDS+=("$NGINX_MASTER")
-wait_for "nginx" 30 curl -fsS -o /dev/null "http://127.0.0.1:$NG_HTTP/"  || true
+wait_for "nginx" 30 curl -sS -o /dev/null "http://127.0.0.1:$NG_HTTP/"
 sleep 1
 nginx_pids() { echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; }
 
@@ -170,11 +172,14 @@ ingest() {
     echo "ingest|$name|$alive/$PUBLISHERS publishers|$mbps Mbps|$c cores|$(python3 -c "print(f'{$c * 1000 / max($mbps, 0.001):.2f}')") ms CPU per s per publisher-Mbps" | tee -a "$RESULTS" >&2
     sleep 2
 }
-log "1. RTMP ingest: $PUBLISHERS publishers × $SRC_KBPS kbps, ${SECS}s"
-ingest vantage-agent "$RTMP" "$AGENT_PID"
-ingest nginx-rtmp "$NG_RTMP" $(nginx_pids)
+if [[ " $PHASES " == *" 1 "* ]]; then
+    log "1. RTMP ingest: $PUBLISHERS publishers × $SRC_KBPS kbps, ${SECS}s"
+    ingest vantage-agent "$RTMP" "$AGENT_PID"
+    ingest nginx-rtmp "$NG_RTMP" $(nginx_pids)
+fi
 
 # --- 2. LL-HLS ----------------------------------------------------------------------------------
+if [[ " $PHASES " == *" 2 "* ]]; then
 timeout 3600 ffmpeg -nostdin -hide_banner -loglevel error -re -stream_loop -1 -i "$SRC" -c copy \
     -f flv "rtmp://127.0.0.1:$RTMP/live/x" >"$WORK/publish.log" 2>&1 &
 PIDS+=($!)
@@ -183,10 +188,11 @@ wait_for "the LL-HLS playlist" 30 curl -fsS "$PL"
 sleep 3
 playlist=$(curl -fsS "$PL")
 seg=$(echo "$playlist" | grep -E '^seg[0-9]+\.m4s$' | tail -1)
-part=$(echo "$playlist" | grep -oE 'seg[0-9]+\.[0-9]+\.m4s' | tail -1)
+part=$(echo "$playlist" | grep '^#EXT-X-PART:' | grep -oE 'seg[0-9]+\.[0-9]+\.m4s' | tail -1)
 init=$(echo "$playlist" | grep -oE 'init[0-9]+\.mp4' | head -1)
 for f in "$seg" "$part" "$init"; do curl -fsS -o "$HLS_DIR/$f" "http://127.0.0.1:$MEDIA/live/x/$f"; done
 echo "$playlist" >"$HLS_DIR/index.m3u8"
+chmod -R a+rX "$HLS_DIR"
 log "2. LL-HLS: segment $seg ($(stat -c %s "$HLS_DIR/$seg") B), part $part ($(stat -c %s "$HLS_DIR/$part") B), $CONNS connections, ${SECS}s"
 hls() {
     local name="$1" base="$2" file="$3"; shift 3
@@ -194,34 +200,39 @@ hls() {
     c0=$(cpu_ticks "$@")
     out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" "$base/$file" 2>&1)
     c1=$(cpu_ticks "$@")
-    local rps bytes c
+    if echo "$out" | grep -q "Non-2xx"; then
+        die "$name answered errors to GET $base/$file: $out"
+    fi
+    local rps c
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    bytes=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
     c=$(cores $((c1 - c0)) "$SECS")
-    python3 - "$name" "$file" "$rps" "$bytes" "$c" <<'PY' | tee -a "$RESULTS" >&2
+    python3 - "$name" "$file" "$rps" "$(stat -c %s "$HLS_DIR/$file")" "$c" <<'PY' | tee -a "$RESULTS" >&2
 import sys
-name, f, rps, tr, c = sys.argv[1], sys.argv[2], float(sys.argv[3] or 0), sys.argv[4], float(sys.argv[5])
-unit = {"KB": 1e3, "MB": 1e6, "GB": 1e9}
-n = float(tr[:-2]) * unit.get(tr[-2:], 1) * 1024 / 1000 if tr else 0
-gbps = n * 8 / 1e9
+name, f, rps, size, c = sys.argv[1], sys.argv[2], float(sys.argv[3] or 0), int(sys.argv[4]), float(sys.argv[5])
+gbps = rps * size * 8 / 1e9
 c = max(c, 1e-3)
 print(f"hls|{name}|{f}|{rps:.0f} req/s|{gbps:.2f} Gbit/s|{c:.2f} cores|{rps / c:.0f} req/s per core|{gbps / c:.2f} Gbit/s per core|{gbps / c * 1e3 / 2.0:.0f} 2-Mbps viewers per core")
 PY
 }
+# The agent's runs first: its segmenter stops after --relay-idle-timeout-ms without HLS requests
+# (and numbers segments afresh when it starts again).
 hls vantage-agent "http://127.0.0.1:$MEDIA/live/x" "$seg" "$AGENT_PID"
-hls nginx-tmpfs "http://127.0.0.1:$NG_HTTP" "$seg" $(nginx_pids)
 hls vantage-agent "http://127.0.0.1:$MEDIA/live/x" "$part" "$AGENT_PID"
+hls nginx-tmpfs "http://127.0.0.1:$NG_HTTP" "$seg" $(nginx_pids)
 hls nginx-tmpfs "http://127.0.0.1:$NG_HTTP" "$part" $(nginx_pids)
+fi
 
 # --- 3. HTTP-FLV fan-out over the whole run ------------------------------------------------------
+if [[ " $PHASES " == *" 3 "* ]]; then
 FAN_SRC="$WORK/fanout-src.flv"
 ffmpeg -nostdin -hide_banner -loglevel error -i "$SRC" -c copy -an -f flv "$FAN_SRC"
+FAN_KBPS=$(($(stat -c %s "$FAN_SRC") * 8 / 30 / 1000))
 timeout 3600 ffmpeg -nostdin -hide_banner -loglevel error -re -stream_loop -1 -i "$FAN_SRC" -c copy \
     -f flv "http://127.0.0.1:$MEDIA/live/f.flv" >"$WORK/publish-f.log" 2>&1 &
 PIDS+=($!)
 sleep 3
 FAN_PORT=$(free_port)
-"$WORK/fanout" "$FAN_PORT" "$FAN_SRC" "$SRC_KBPS" >"$WORK/fanout.log" 2>&1 &
+"$WORK/fanout" "$FAN_PORT" "$FAN_SRC" "$FAN_KBPS" >"$WORK/fanout.log" 2>&1 &
 FAN_PID=$!
 PIDS+=("$FAN_PID")
 sleep 1
@@ -238,10 +249,11 @@ whole() {
     sleep 3
 }
 for n in $FANOUT; do
-    log "3. HTTP-FLV fan-out, whole run: $n viewers joining at once"
+    log "3. HTTP-FLV fan-out ($FAN_KBPS kbps, video only), whole run: $n viewers joining at once"
     whole vantage-agent "$MEDIA" /live/f.flv "$n" "$AGENT_PID"
     whole fanout.c "$FAN_PORT" /live/f.flv "$n" "$FAN_PID"
 done
+fi
 
 echo
 cat "$RESULTS"
