@@ -8,7 +8,8 @@
 //! and `ffmpeg -i http://B/live/x/index.m3u8` (LL-HLS, fMP4) each decode
 //! ≥ 5 s without errors and `ffprobe` sees h264 + aac on each.
 //!
-//! Also: the single-publisher rule holds across protocols (a second RTMP
+//! Also: enhanced RTMP (HEVC as `hvc1` ex-header tags) is relayed as it is,
+//! and the single-publisher rule holds across protocols (a second RTMP
 //! publisher and an HTTP-FLV publisher of a key published over RTMP are
 //! refused, and the other way round), counted in
 //! `vantage_agent_relay_publishes_total{result="conflict"}`.
@@ -323,4 +324,101 @@ async fn a_second_publisher_is_refused_whatever_the_protocol() {
         }
     })
     .await;
+}
+
+/// Enhanced RTMP: HEVC (`hvc1` ex-header tags) published over RTMP is
+/// relayed as it is; the connect answer echoes the offered FourCC list, and
+/// an HTTP-FLV viewer starts at the HEVC sequence start and a coded keyframe.
+/// (The bodies are synthetic: Debian's ffmpeg 5.1 cannot mux enhanced FLV.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_rtmp_hevc_is_relayed_as_is() {
+    use vantage_shared::flv::amf::Value as V;
+    use vantage_shared::flv::{DEFAULT_MAX_TAG_SIZE, Demuxer, VideoCodec};
+    use vantage_shared::rtmp::message::{self, object, string};
+    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let a = Agent::builder("rtmp-hevc", &s).start().await;
+    let rtmp: SocketAddr = ([127, 0, 0, 1], a.ports().rtmp).into();
+    let mut c = RtmpClient::connect(rtmp).await.expect("handshake");
+    let fourccs = V::StrictArray(vec![string("hvc1"), string("av01"), string("avc1")]);
+    let obj = object(&[
+        ("app", string("live")),
+        ("tcUrl", string("rtmp://127.0.0.1/live")),
+        ("fourCcList", fourccs.clone()),
+    ]);
+    c.command("connect", 1.0, obj, vec![], 0)
+        .await
+        .expect("connect");
+    let result = c
+        .wait_command(|c| c.name == "_result", Duration::from_secs(5))
+        .await
+        .expect("connect result");
+    assert_eq!(result.property("fourCcList"), Some(&fourccs), "{result:?}");
+    assert_eq!(
+        c.publish("hevc").await.expect("publish"),
+        "NetStream.Publish.Start"
+    );
+
+    let hevc = |b0: u8, rest: &[u8]| {
+        let mut v = vec![b0];
+        v.extend_from_slice(b"hvc1");
+        v.extend_from_slice(rest);
+        v
+    };
+    // SequenceStart (keyframe), then 1 s GOPs of CodedFrames (with SI24 cts).
+    let config = hevc(0x90, &[1, 2, 3, 4]);
+    let publish = async {
+        c.media(message::VIDEO, 0, &config).await?;
+        c.media(message::AUDIO, 0, &[0xAF, 0, 0x12, 0x10]).await?;
+        let started = Instant::now();
+        for i in 0u32..150 {
+            let key = i % 25 == 0;
+            let frame = hevc(if key { 0x91 } else { 0xA1 }, &[0, 0, 0, 9, 9, 9]);
+            c.media(message::VIDEO, i * 40, &frame).await?;
+            c.media(message::AUDIO, i * 40, &[0xAF, 1, 0x21, 0x10])
+                .await?;
+            let due = started + Duration::from_millis(u64::from(i) * 40);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Ok::<_, String>(c)
+    };
+    let view = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut resp = reqwest::get(format!("{}/live/hevc.flv", a.media_url()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut d = Demuxer::new(DEFAULT_MAX_TAG_SIZE);
+        let mut video = Vec::new();
+        while video.len() < 30 {
+            let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? else {
+                break;
+            };
+            d.push(&chunk);
+            while let Some(t) = d.next_tag().map_err(|e| e.to_string())? {
+                if t.is_video() {
+                    video.push(t);
+                }
+            }
+        }
+        Ok::<_, String>(video)
+    };
+    let (published, video) = tokio::join!(publish, view);
+    let _c = published.expect("publisher");
+    let video = video.expect("viewer");
+    assert!(video.len() >= 30, "{} video tags", video.len());
+    assert!(
+        video[0].is_sequence_header() && video[0].video_fourcc() == Some(*b"hvc1"),
+        "first video tag: {:?}",
+        video[0]
+    );
+    assert!(video[1].is_coded_keyframe(), "then a coded keyframe");
+    assert!(
+        video
+            .iter()
+            .all(|t| t.video_codec() == Some(VideoCodec::Hevc))
+    );
+    assert_eq!(
+        &video[1].body[..],
+        &hevc(0x91, &[0, 0, 0, 9, 9, 9])[..],
+        "bodies pass through"
+    );
 }

@@ -1,4 +1,4 @@
-//! An RTMP viewer: attached by [`Relay::attach_viewer`] like an HTTP-FLV
+//! An RTMP viewer: attached by `Relay::attach_viewer` like an HTTP-FLV
 //! viewer (the stream held here, or one pull from upstream), then fed from
 //! the same ring by the same cursor and slow-viewer policy
 //! ([`ViewerBody`]), each tag framed as RTMP chunks once per tag and shared

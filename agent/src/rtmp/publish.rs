@@ -1,4 +1,4 @@
-//! An RTMP publisher: admitted by [`Relay::admit_publisher`] (the same
+//! An RTMP publisher: admitted by `Relay::admit_publisher` (the same
 //! function HTTP-FLV publishers go through: one publisher per key, refused
 //! while draining), then its audio, video and `@setDataFrame` messages are
 //! turned into FLV tags and fed into the stream's ring by the same ingest
