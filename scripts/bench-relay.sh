@@ -122,6 +122,7 @@ RUST_LOG="${RUST_LOG:-warn}" "$AGENT_BIN" --node-id bench-1 --scheduler "127.0.0
     --routes "https://127.0.0.1:$SCHED_GRPC" --ca "$WORK/sched/dev/ca.pem" \
     --token-file "$WORK/sched/dev/enroll.token" --data-dir "$WORK/agent" \
     --http-listen "127.0.0.1:$MEDIA" --admin-listen "127.0.0.1:$ADMIN" --probe-listen "127.0.0.1:$PROBE" \
+    --rtmp-listen "127.0.0.1:$(free_port)" \
     --public-url "http://127.0.0.1:$MEDIA" >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=("$AGENT_PID")

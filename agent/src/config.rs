@@ -20,7 +20,9 @@ use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamPattern;
 
 use crate::relay::RelayConfig;
+use crate::rtmp::RtmpConfig;
 
+mod media;
 mod values;
 pub use crate::addr::{HostPort, parse_http_url};
 use values::hostname;
@@ -202,6 +204,42 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub relay_cache_max_bytes: Option<u64>,
 
+    /// LL-HLS: longest part, the playlist's PART-TARGET (100..=2000)
+    /// [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub hls_part_target_ms: Option<u64>,
+
+    /// LL-HLS: complete segments kept per stream (3..=60) [default: 6].
+    #[arg(long, value_name = "N")]
+    pub hls_window_segments: Option<usize>,
+
+    /// RTMP listen address (publish and play) [default: 0.0.0.0:1935].
+    #[arg(long, value_name = "ADDR")]
+    pub rtmp_listen: Option<SocketAddr>,
+
+    /// RTMP: connections open at once; more are closed at accept (1..=100000)
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub rtmp_max_connections: Option<usize>,
+
+    /// RTMP: the handshake must finish within this (100..=60000) [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub rtmp_handshake_timeout_ms: Option<u64>,
+
+    /// RTMP: no bytes from a connection for this long, before it plays or
+    /// while it publishes, closes it (100..=600000) [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub rtmp_idle_timeout_ms: Option<u64>,
+
+    /// RTMP: largest chunk size a peer may set (128..=16777216) [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub rtmp_max_chunk_size: Option<u32>,
+
+    /// RTMP: largest message (one video frame) accepted (65536..=16777215)
+    /// [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    pub rtmp_max_message_bytes: Option<u32>,
+
     /// Drain on SIGTERM: longest wait for viewers to leave before exiting
     /// (0..=3600 s) [default: 30].
     #[arg(long, value_name = "S")]
@@ -254,6 +292,16 @@ impl Settings {
                 .relay_write_coalesce_ms
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
+            hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
+            hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
+            rtmp_listen: self.rtmp_listen.or(lower.rtmp_listen),
+            rtmp_max_connections: self.rtmp_max_connections.or(lower.rtmp_max_connections),
+            rtmp_handshake_timeout_ms: self
+                .rtmp_handshake_timeout_ms
+                .or(lower.rtmp_handshake_timeout_ms),
+            rtmp_idle_timeout_ms: self.rtmp_idle_timeout_ms.or(lower.rtmp_idle_timeout_ms),
+            rtmp_max_chunk_size: self.rtmp_max_chunk_size.or(lower.rtmp_max_chunk_size),
+            rtmp_max_message_bytes: self.rtmp_max_message_bytes.or(lower.rtmp_max_message_bytes),
             drain_grace_s: self.drain_grace_s.or(lower.drain_grace_s),
             routes_max_entries: self.routes_max_entries.or(lower.routes_max_entries),
         }
@@ -326,6 +374,7 @@ impl Settings {
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let relay = self.relay_settings()?;
+        let rtmp = self.rtmp_settings()?;
         let node_id = self.node_id.unwrap_or_default();
         if node_id.is_empty() {
             return Err(invalid(
@@ -476,68 +525,13 @@ impl Settings {
             origins,
             log_format: self.log_format.unwrap_or_default(),
             relay,
+            rtmp_listen: self
+                .rtmp_listen
+                .unwrap_or_else(|| default_addr(crate::rtmp::DEFAULT_LISTEN)),
+            rtmp,
             drain_grace,
             routes_max_entries,
         })
-    }
-
-    /// The relay's settings: defaults of [`RelayConfig`] with the `relay_*`
-    /// keys applied and range-checked.
-    fn relay_settings(&self) -> Result<RelayConfig, ConfigError> {
-        let mut r = RelayConfig::default();
-        let ms =
-            |name: &str, v: Option<u64>, range: std::ops::RangeInclusive<u64>, d: &mut Duration| {
-                if let Some(v) = v {
-                    if !range.contains(&v) {
-                        return Err(invalid(format!(
-                            "--{name} {v} is outside {}..={}",
-                            range.start(),
-                            range.end()
-                        )));
-                    }
-                    *d = Duration::from_millis(v);
-                }
-                Ok(())
-            };
-        ms(
-            "relay-max-lag-ms",
-            self.relay_max_lag_ms,
-            100..=60_000,
-            &mut r.max_lag,
-        )?;
-        ms(
-            "relay-stall-timeout-ms",
-            self.relay_stall_timeout_ms,
-            100..=60_000,
-            &mut r.stall_timeout,
-        )?;
-        ms(
-            "relay-idle-timeout-ms",
-            self.relay_idle_timeout_ms,
-            100..=86_400_000,
-            &mut r.idle_timeout,
-        )?;
-        ms(
-            "relay-write-coalesce-ms",
-            self.relay_write_coalesce_ms,
-            0..=500,
-            &mut r.write_coalesce,
-        )?;
-        if let Some(n) = self.relay_overflow_disconnect {
-            if n == 0 {
-                return Err(invalid("--relay-overflow-disconnect must be at least 1"));
-            }
-            r.overflow_limit = n;
-        }
-        if let Some(b) = self.relay_cache_max_bytes {
-            if b < 64 * 1024 {
-                return Err(invalid(format!(
-                    "--relay-cache-max-bytes {b} is below 65536"
-                )));
-            }
-            r.cache_max_bytes = usize::try_from(b).unwrap_or(usize::MAX);
-        }
-        Ok(r)
     }
 }
 
@@ -597,6 +591,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Media relay settings (`relay_*` keys).
     pub relay: RelayConfig,
+    /// RTMP listen address (`rtmp_listen`).
+    pub rtmp_listen: SocketAddr,
+    /// RTMP listener settings (`rtmp_*` keys).
+    pub rtmp: RtmpConfig,
     /// Longest drain after SIGTERM (`drain_grace_s`).
     pub drain_grace: Duration,
     /// Most entries a route table may hold (`routes_max_entries`).

@@ -11,6 +11,9 @@
 //! * [`routes`] — gRPC route subscription, validation, apply, persistence.
 //! * [`load`] — CPU and memory from `/proc`.
 //! * [`relay`] — HTTP-FLV media relay: publish, play, pull, fan-out, failover.
+//! * [`hls`] — LL-HLS (fMP4 parts, blocking playlist reload) from the relay's rings.
+//! * [`rtmp`] — RTMP publish and play on `--rtmp-listen` (1935), fed into and
+//!   from the same relay.
 //! * [`probe`] — UDP path probes (responder + prober) to the table's targets.
 //! * [`viewer`] — `TCP_INFO` of viewer sockets, aggregated per client group.
 //! * [`drain`] — graceful drain on SIGTERM (announce, refuse newcomers).
@@ -30,12 +33,14 @@ pub mod admin;
 pub mod config;
 mod disk;
 pub mod drain;
+pub mod hls;
 pub mod identity;
 pub mod load;
 pub mod metrics;
 pub mod probe;
 pub mod relay;
 pub mod routes;
+pub mod rtmp;
 pub mod telemetry;
 pub mod viewer;
 
@@ -94,6 +99,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("RTMP listener {addr} (--rtmp-listen): {source}")]
+    RtmpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("probe listener {addr} (UDP, --probe-listen): {source}")]
     ProbeBind {
         addr: SocketAddr,
@@ -123,6 +133,8 @@ pub struct Agent {
     probe_metrics: probe::ProbeMetrics,
     viewers: viewer::ViewerStats,
     media: tokio::net::TcpListener,
+    rtmp: tokio::net::TcpListener,
+    rtmp_metrics: rtmp::metrics::RtmpMetrics,
     relay: relay::Relay,
     drain: drain::Drain,
     quic: quinn::ClientConfig,
@@ -204,6 +216,13 @@ impl Agent {
                     source,
                 })?;
 
+        let rtmp = rtmp::bind(config.rtmp_listen)
+            .await
+            .map_err(|source| StartError::RtmpBind {
+                addr: config.rtmp_listen,
+                source,
+            })?;
+
         let probe_socket = tokio::net::UdpSocket::bind(config.probe_listen)
             .await
             .map_err(|source| StartError::ProbeBind {
@@ -234,6 +253,7 @@ impl Agent {
             relay::metrics::RelayMetrics::register(&mut registry),
         );
         relay.set_viewer_stats(viewers.clone());
+        let rtmp_metrics = rtmp::metrics::RtmpMetrics::register(&mut registry);
         let drain = drain::Drain::new(config.drain_grace);
         relay.set_drain(drain.clone());
         Ok(Agent {
@@ -248,6 +268,8 @@ impl Agent {
             probe_metrics,
             viewers,
             media,
+            rtmp,
+            rtmp_metrics,
             relay,
             drain,
             quic,
@@ -279,6 +301,11 @@ impl Agent {
     /// The bound media (HTTP-FLV) address (useful with port 0).
     pub fn media_addr(&self) -> std::io::Result<SocketAddr> {
         self.media.local_addr()
+    }
+
+    /// The bound RTMP address (useful with port 0).
+    pub fn rtmp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.rtmp.local_addr()
     }
 
     /// The media relay (status, report source).
@@ -375,6 +402,7 @@ impl Agent {
             routes = %c.routes,
             admin = %self.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             media = %self.media.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            rtmp = %self.rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "vantage-agent running"
         );
 
@@ -397,6 +425,13 @@ impl Agent {
         tasks.spawn(async move {
             probe.run(t).await;
             ("probe", Ok(()))
+        });
+        let t = cancel.clone();
+        let (relay, listener) = (self.relay.clone(), self.rtmp);
+        let (rtmp_cfg, rtmp_metrics) = (c.rtmp.clone(), self.rtmp_metrics);
+        tasks.spawn(async move {
+            let r = rtmp::serve(relay, listener, rtmp_cfg, rtmp_metrics, t).await;
+            ("rtmp", r.map_err(|e| e.to_string()))
         });
         let t = cancel.clone();
         let (relay, media) = (self.relay, self.media);

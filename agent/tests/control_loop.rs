@@ -161,6 +161,7 @@ fn agent_config_with(
         format!("--data-dir={}", data.display()),
         "--admin-listen=127.0.0.1:0".into(),
         "--http-listen=127.0.0.1:0".into(),
+        "--rtmp-listen=127.0.0.1:0".into(),
         "--probe-listen=127.0.0.1:0".into(),
         "--probe-advertise=127.0.0.1:17402".into(),
         "--origin=live/*=http://127.0.0.1:19000".into(),
@@ -612,6 +613,7 @@ async fn mtls_identity_replaces_token_and_credential() {
         format!("--data-dir={}", data.display()),
         "--admin-listen=127.0.0.1:0".into(),
         "--http-listen=127.0.0.1:0".into(),
+        "--rtmp-listen=127.0.0.1:0".into(),
     ];
     let agent = start_agent(Config::load_from(args, Vec::new()).unwrap()).await;
 

@@ -26,8 +26,9 @@ COPY --from=builder /out/vantage-agent /usr/local/bin/vantage-agent
 USER 10001:10001
 WORKDIR /var/lib/vantage-agent
 VOLUME ["/var/lib/vantage-agent"]
-# 8080 HTTP-FLV media, 8081 admin (/metrics, /healthz, /readyz, /v1/status, /v1/routes), 7402/udp probes.
-EXPOSE 8080/tcp 8081/tcp 7402/udp
+# 8080 HTTP-FLV media, 1935 RTMP publish/play, 8081 admin (/metrics, /healthz, /readyz,
+# /v1/status, /v1/routes), 7402/udp probes.
+EXPOSE 8080/tcp 1935/tcp 8081/tcp 7402/udp
 ENV RUST_LOG=info
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]

@@ -15,6 +15,7 @@
 //! * [`probe`] — the authenticated UDP probe packet (TWAMP-light style).
 //! * [`group`] — client groups: geohash cell and ASN.
 //! * [`flv`] — FLV tags, incremental demuxer and muxer; [`synth`] — a synthetic FLV source.
+//! * [`rtmp`] — RTMP handshake, chunk stream (bounded decoder, encoder), messages and AMF0 commands.
 //! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
 //! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent.
 //!
@@ -32,6 +33,7 @@ pub mod frame;
 pub mod group;
 pub mod place;
 pub mod probe;
+pub mod rtmp;
 pub mod score;
 pub mod stream;
 pub mod synth;

@@ -27,6 +27,8 @@ pub struct AgentPorts {
     pub admin: u16,
     /// Media HTTP.
     pub http: u16,
+    /// RTMP.
+    pub rtmp: u16,
     /// UDP probes.
     pub probe: u16,
 }
@@ -36,6 +38,7 @@ impl AgentPorts {
         AgentPorts {
             admin: free_port(Proto::Tcp),
             http: free_port(Proto::Tcp),
+            rtmp: free_port(Proto::Tcp),
             probe: free_port(Proto::Udp),
         }
     }
@@ -228,6 +231,11 @@ impl Agent {
         format!("http://127.0.0.1:{}", self.ports.http)
     }
 
+    /// `rtmp://127.0.0.1:<rtmp>` (append `/{app}/{stream}`).
+    pub fn rtmp_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}", self.ports.rtmp)
+    }
+
     /// `<data-dir>/node.credential`.
     pub fn credential_path(&self) -> PathBuf {
         self.data_dir().join("node.credential")
@@ -264,6 +272,8 @@ impl Agent {
             &self.data_dir().display().to_string(),
             "--http-listen",
             &format!("127.0.0.1:{}", self.ports.http),
+            "--rtmp-listen",
+            &format!("127.0.0.1:{}", self.ports.rtmp),
             "--admin-listen",
             &format!("127.0.0.1:{}", self.ports.admin),
             "--probe-listen",

@@ -11,6 +11,7 @@
 //! * [`hostile`] — a QUIC client that speaks the telemetry ALPN and lies.
 //! * [`impair`] — UDP/TCP impairment proxies (delay, jitter, loss, rate).
 //! * [`pyclient`] — runs the Python stock gRPC client.
+//! * [`rtmp`] — a raw RTMP client for hostile-input tests.
 //! * [`browser`] — headless Chromium over the DevTools protocol (screenshots, clicks).
 //! * [`synth`] — synthetic FLV publisher and background HTTP-FLV viewer (no ffmpeg).
 //! * [`store_tests!`] — declares the `sqlite_*` and `postgres_*` variants of a test.
@@ -35,6 +36,7 @@ pub mod media;
 pub mod ports;
 pub mod process;
 pub mod pyclient;
+pub mod rtmp;
 pub mod scheduler;
 pub mod store;
 pub mod synth;

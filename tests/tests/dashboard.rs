@@ -46,7 +46,7 @@ async fn dashboard_shows_every_node_and_edits_weights() {
     // A stream published at paris, so route tables have something to show.
     let stop = CancellationToken::new();
     let publisher = tokio::spawn(traffic::publish(
-        vantage_tests::ports::loopback(agents[0].ports().http),
+        vantage_tests::ports::loopback(agents[0].ports().rtmp),
         stop.clone(),
     ));
     eventually(WAIT, "tokyo routed to paris for live/demo", || async {

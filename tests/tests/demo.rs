@@ -1,7 +1,8 @@
 //! `vantage-demo` (README's first command) starts a scheduler and six agents
-//! at real cities, publishes the synthetic stream and runs viewers; the
-//! dashboard answers, the printed play URL serves FLV that `ffprobe`
-//! accepts, and after Ctrl-C (SIGINT) or SIGTERM every child is gone.
+//! at real cities, publishes the synthetic stream over RTMP and runs
+//! viewers; the dashboard answers, the printed watch page is served, the
+//! printed play URL serves FLV that `ffprobe` accepts, and after Ctrl-C
+//! (SIGINT) or SIGTERM every child is gone.
 
 // Test code throughout; the shared body is not a #[test] fn itself.
 #![allow(clippy::unwrap_used)]
@@ -65,6 +66,7 @@ struct Banner {
     dashboard: Option<String>,
     play: Option<String>,
     play_via: Option<String>,
+    watch: Option<String>,
     pids: Vec<u32>,
     lines: Vec<String>,
 }
@@ -123,6 +125,7 @@ async fn demo_stops_cleanly_on(signal: Signal, traffic: bool, test: &str) {
         b.dashboard = b.dashboard.take().or_else(|| word("dashboard"));
         b.play = b.play.take().or_else(|| word("play "));
         b.play_via = b.play_via.take().or_else(|| word("play via edge"));
+        b.watch = b.watch.take().or_else(|| word("watch "));
         if let Some(p) = line.strip_prefix("pids:") {
             b.pids = p
                 .split_whitespace()
@@ -182,6 +185,19 @@ async fn demo_stops_cleanly_on(signal: Signal, traffic: bool, test: &str) {
     );
 
     if let Some(ffprobe) = ffprobe {
+        // The printed watch page is served, with its players, by the origin.
+        let watch = b
+            .watch
+            .clone()
+            .unwrap_or_else(|| panic!("no watch URL: {seen:#?}"));
+        assert!(watch.ends_with("/watch/live/demo"), "{watch}");
+        let (status, page) = http.get_text(&watch).await;
+        assert_eq!(status, 200, "{watch}: {page}");
+        assert!(
+            page.contains("/watch/assets/hls.min.js") && page.contains("/watch/assets/mpegts.js"),
+            "{page}"
+        );
+
         // The printed play URLs serve FLV that ffprobe accepts: H.264 + AAC,
         // on the origin and through the scheduler's redirect to an edge.
         let play = b

@@ -317,6 +317,8 @@ fn kubernetes_manifests_validate() {
         .args([
             "--http-listen",
             "127.0.0.1:0",
+            "--rtmp-listen",
+            "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
             "--probe-listen",

@@ -212,6 +212,41 @@ async fn documented_and_dashboard_metrics_exist() {
         "/live/x.flv",
         300,
     );
+    // RTMP: a garbage handshake, then a real play of live/x; LL-HLS: a playlist.
+    let rtmp = std::net::SocketAddr::from(([127, 0, 0, 1], edge.ports().rtmp));
+    if let Ok(mut garbage) = tokio::net::TcpStream::connect(rtmp).await {
+        use tokio::io::AsyncWriteExt;
+        let _ = garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+    }
+    let mut player = vantage_tests::rtmp::RtmpClient::connect(rtmp)
+        .await
+        .expect("RTMP handshake");
+    player.connect_app("live").await.expect("RTMP connect");
+    player
+        .command(
+            "play",
+            2.0,
+            vantage_shared::flv::amf::Value::Null,
+            vec![vantage_shared::rtmp::message::string("x")],
+            1,
+        )
+        .await
+        .expect("RTMP play");
+    let started = player
+        .wait_command(|c| c.name == "onStatus", Duration::from_secs(10))
+        .await
+        .expect("RTMP play status");
+    assert_eq!(
+        vantage_tests::rtmp::status_code(&started),
+        "NetStream.Play.Reset"
+    );
+    let (status, _) = http
+        .get(format!("{}/live/x/index.m3u8", edge.media_url()))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap_or((0, ()));
+    assert_eq!(status, 200, "LL-HLS playlist");
     let intruder = Intruder::start(&s);
     // A viewer placement (the resolve API's metrics).
     let _ = s.get("/v1/resolve?stream=live/x&lat=50.1&lon=8.7").await;
@@ -350,6 +385,8 @@ impl Intruder {
             data.display().to_string(),
             "--http-listen".to_owned(),
             format!("127.0.0.1:{}", ports.http),
+            "--rtmp-listen".to_owned(),
+            format!("127.0.0.1:{}", ports.rtmp),
             "--admin-listen".to_owned(),
             format!("127.0.0.1:{}", ports.admin),
             "--probe-listen".to_owned(),

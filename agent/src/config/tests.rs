@@ -306,3 +306,56 @@ fn routes_max_entries_from_every_source_and_checked() {
     let err = load(&[], &bad).unwrap_err().to_string();
     assert!(err.contains("VANTAGE_ROUTES_MAX_ENTRIES"), "{err}");
 }
+
+#[test]
+fn rtmp_settings_apply_and_are_range_checked() {
+    let defaults = Config::load_from(["vantage-agent", "--node-id=e", "--ca=c"], env(&[])).unwrap();
+    assert_eq!(defaults.rtmp_listen.to_string(), "0.0.0.0:1935");
+    assert_eq!(defaults.rtmp, crate::rtmp::RtmpConfig::default());
+    let cfg = Config::load_from(
+        [
+            "vantage-agent",
+            "--node-id=e",
+            "--ca=c",
+            "--rtmp-listen=127.0.0.1:19350",
+            "--rtmp-max-connections=50",
+            "--rtmp-handshake-timeout-ms=800",
+        ],
+        env(&[
+            ("VANTAGE_RTMP_IDLE_TIMEOUT_MS", "2000"),
+            ("VANTAGE_RTMP_MAX_CHUNK_SIZE", "4096"),
+            ("VANTAGE_RTMP_MAX_MESSAGE_BYTES", "1048576"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.rtmp_listen.to_string(), "127.0.0.1:19350");
+    assert_eq!(cfg.rtmp.max_connections, 50);
+    assert_eq!(
+        cfg.rtmp.handshake_timeout,
+        std::time::Duration::from_millis(800)
+    );
+    assert_eq!(cfg.rtmp.idle_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(cfg.rtmp.max_chunk_size, 4096);
+    assert_eq!(cfg.rtmp.max_message_bytes, 1 << 20);
+    for (flag, want) in [
+        (
+            "--rtmp-max-connections=0",
+            "--rtmp-max-connections 0 is outside",
+        ),
+        (
+            "--rtmp-max-chunk-size=64",
+            "--rtmp-max-chunk-size 64 is outside",
+        ),
+        (
+            "--rtmp-idle-timeout-ms=1",
+            "--rtmp-idle-timeout-ms 1 is outside",
+        ),
+        (
+            "--rtmp-max-message-bytes=99999999",
+            "--rtmp-max-message-bytes 99999999 is outside",
+        ),
+    ] {
+        let e = validate_err(&["--node-id=e", "--ca=c", flag]);
+        assert!(e.contains(want), "{flag}: {e}");
+    }
+}

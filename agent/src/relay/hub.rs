@@ -110,6 +110,38 @@ pub struct Outgoing {
 struct Entry {
     data: Bytes,
     ts: i64,
+    /// The same tag as RTMP chunks, made for the first RTMP viewer that
+    /// needs it and shared by the others.
+    rtmp: Option<Bytes>,
+}
+
+/// How a viewer's connection frames tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// HTTP-FLV: the FLV header, then tags as the ring holds them.
+    Flv,
+    /// RTMP play: each tag as one message on [`RTMP_STREAM_ID`], chunked
+    /// at [`RTMP_CHUNK_SIZE`]; no FLV header.
+    Rtmp,
+}
+
+/// The message stream id RTMP viewers are sent media on.
+pub const RTMP_STREAM_ID: u32 = 1;
+/// The chunk size the agent announces to RTMP viewers: most media messages
+/// fit in one chunk.
+pub const RTMP_CHUNK_SIZE: u32 = 65_536;
+
+impl Wire {
+    /// An encoded FLV tag (as the ring and its prefixes hold them) framed
+    /// for this wire; `None` if it is not a whole tag.
+    pub fn frame(self, flv: &Bytes) -> Option<Bytes> {
+        match self {
+            Wire::Flv => Some(flv.clone()),
+            Wire::Rtmp => {
+                vantage_shared::rtmp::message::flv_to_chunks(flv, RTMP_STREAM_ID, RTMP_CHUNK_SIZE)
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -188,6 +220,7 @@ impl Ring {
         self.entries.push_back(Entry {
             data: o.data,
             ts: o.ts,
+            rtmp: None,
         });
         self.evict();
     }
@@ -202,7 +235,7 @@ impl Ring {
             if !(over || (old && !protected)) {
                 break;
             }
-            self.bytes -= front.data.len();
+            self.bytes -= front.data.len() + front.rtmp.as_ref().map_or(0, Bytes::len);
             self.entries.pop_front();
             self.first_seq += 1;
             while self.starts.front().is_some_and(|s| s.seq < self.first_seq) {
@@ -228,6 +261,24 @@ impl Ring {
     pub fn get(&self, seq: u64) -> Option<(&Bytes, i64)> {
         let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
         self.entries.get(i).map(|e| (&e.data, e.ts))
+    }
+
+    /// The tag at `seq` framed for `wire` (RTMP framing is made once per
+    /// tag and counted in the ring's bytes), with its timeline position.
+    pub fn get_wire(&mut self, seq: u64, wire: Wire) -> Option<(Bytes, i64)> {
+        let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let e = self.entries.get_mut(i)?;
+        match wire {
+            Wire::Flv => Some((e.data.clone(), e.ts)),
+            Wire::Rtmp => {
+                if e.rtmp.is_none() {
+                    let framed = wire.frame(&e.data).unwrap_or_default();
+                    self.bytes += framed.len();
+                    e.rtmp = Some(framed);
+                }
+                e.rtmp.clone().map(|b| (b, e.ts))
+            }
+        }
     }
 
     pub fn ts_of(&self, seq: u64) -> Option<i64> {

@@ -78,6 +78,8 @@ pub struct Session {
     last_in: Option<i64>,
     seen_video: bool,
     header_taken: bool,
+    /// The header of a source without an FLV byte stream (RTMP).
+    given_header: Option<FileHeader>,
     pending: Pending,
     /// Media tags dropped while waiting for a splice point.
     pub dropped: u64,
@@ -104,6 +106,7 @@ impl Session {
             last_in: None,
             seen_video: false,
             header_taken: false,
+            given_header: None,
             pending: Pending::default(),
             dropped: 0,
             tags: 0,
@@ -115,9 +118,21 @@ impl Session {
         if self.header_taken {
             return None;
         }
-        let h = self.demux.header()?;
+        let h = self.header()?;
         self.header_taken = true;
         Some(h)
+    }
+
+    /// For sources that deliver tags rather than FLV bytes (RTMP): the
+    /// header to announce (what the stream carries). Ignored once taken.
+    pub fn set_header(&mut self, h: FileHeader) {
+        if !self.header_taken {
+            self.given_header = Some(h);
+        }
+    }
+
+    fn header(&self) -> Option<FileHeader> {
+        self.demux.header().or(self.given_header)
     }
 
     /// Whether this session is past its splice point (sending media).
@@ -140,8 +155,14 @@ impl Session {
         Ok(())
     }
 
+    /// Takes one tag of a source that is not an FLV byte stream (RTMP);
+    /// appends what viewers should get to `out`.
+    pub fn push_tag(&mut self, tl: &mut Timeline, tag: Tag, out: &mut Vec<Outgoing>) {
+        self.accept(tl, tag, out);
+    }
+
     fn has_video(&self) -> bool {
-        self.seen_video || self.demux.header().is_some_and(|h| h.has_video)
+        self.seen_video || self.header().is_some_and(|h| h.has_video)
     }
 
     fn is_start(&self, tag: &Tag) -> bool {

@@ -29,7 +29,7 @@ pub struct RoleLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StatusLabel {
-    /// `play`, `publish`, `cmcd`, `other`.
+    /// `play`, `publish`, `hls`, `cmcd`, `other`.
     pub kind: &'static str,
     /// HTTP status code.
     pub status: u16,
@@ -71,6 +71,17 @@ pub struct RelayMetrics {
     pub stream_bitrate_kbps: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     pub stream_ingest_lag_ms: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     pub stream_gop_cache_ms: Family<StreamLabel, Gauge<f64, AtomicU64>>,
+    pub hls_requests: Family<HlsLabel, Counter>,
+    pub hls_parts: Counter,
+    pub hls_segments: Counter,
+    pub hls_segmenters: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HlsLabel {
+    /// `playlist`, `init`, `part`, `segment`, `other`.
+    pub kind: &'static str,
+    pub status: u16,
 }
 
 impl RelayMetrics {
@@ -80,7 +91,7 @@ impl RelayMetrics {
         let r = registry.sub_registry_with_prefix("vantage_agent_relay");
         r.register(
             "requests",
-            "Media HTTP requests by kind (play, publish, cmcd, other) and status code",
+            "Media HTTP requests by kind (play, publish, hls, cmcd, other) and status code",
             m.requests.clone(),
         );
         r.register("streams", "Streams held, by role", m.streams.clone());
@@ -170,7 +181,34 @@ impl RelayMetrics {
             "Media held in the GOP cache per stream (first 100 streams)",
             m.stream_gop_cache_ms.clone(),
         );
+        let h = registry.sub_registry_with_prefix("vantage_agent_hls");
+        h.register(
+            "requests",
+            "LL-HLS requests by kind (playlist, init, part, segment, other) and status code",
+            m.hls_requests.clone(),
+        );
+        h.register(
+            "parts",
+            "LL-HLS parts made (once per stream, whatever the number of clients)",
+            m.hls_parts.clone(),
+        );
+        h.register(
+            "segments",
+            "LL-HLS segments completed (once per stream)",
+            m.hls_segments.clone(),
+        );
+        h.register(
+            "segmenters",
+            "Streams with an LL-HLS segmenter running",
+            m.hls_segmenters.clone(),
+        );
         m
+    }
+
+    pub fn hls_request(&self, kind: &'static str, status: u16) {
+        self.hls_requests
+            .get_or_create(&HlsLabel { kind, status })
+            .inc();
     }
 
     pub fn request(&self, kind: &'static str, status: u16) {

@@ -1,6 +1,7 @@
 //! The media relay (DESIGN §7): HTTP-FLV publish, play, upstream pull,
 //! fan-out, GOP cache, slow viewers, local failover, buffer health.
 //!
+//! * [`admit`] — admitting a publisher (every publish path goes through it).
 //! * [`server`] — the media HTTP server (hyper, HTTP/1.1):
 //!   `POST|PUT /{app}/{stream}.flv` publish (this agent becomes the stream's
 //!   origin), `GET /{app}/{stream}.flv` play, `POST /v1/cmcd` beacons,
@@ -23,6 +24,7 @@
 //! [`Relay::serve`]; register the relay as a
 //! [`ReportSource`](crate::telemetry::ReportSource).
 
+pub mod admit;
 pub mod conn;
 pub mod hub;
 pub mod ingest;
@@ -89,6 +91,10 @@ pub struct RelayConfig {
     pub stall_lag: Duration,
     /// Longest `X-Vantage-Via` chain accepted. 8.
     pub max_hops: usize,
+    /// LL-HLS part target (longest part). 500 ms.
+    pub hls_part_target: Duration,
+    /// LL-HLS complete segments kept per stream. 6.
+    pub hls_window: usize,
     /// Viewers are woken at most once per this window (tags arriving in
     /// between go out together in one write). Fewer, larger writes cost
     /// far less per viewer; the window adds at most this much delay. 50 ms.
@@ -112,6 +118,8 @@ impl Default for RelayConfig {
             notsent_lowat: 32 * 1024,
             stall_lag: Duration::from_secs(1),
             max_hops: 8,
+            hls_part_target: Duration::from_millis(500),
+            hls_window: 6,
             write_coalesce: Duration::from_millis(50),
         }
     }
@@ -126,7 +134,7 @@ impl RelayConfig {
         }
     }
 
-    fn policy(&self) -> LagPolicy {
+    pub(crate) fn policy(&self) -> LagPolicy {
         LagPolicy {
             max_lag_ms: ms(self.max_lag),
             overflow_limit: self.overflow_limit.max(1),
@@ -179,6 +187,8 @@ struct Shared {
     viewer_stats: OnceLock<ViewerStats>,
     /// Set by the agent; while draining, new viewers are refused (`server`).
     drain: OnceLock<crate::drain::Drain>,
+    /// LL-HLS output per stream.
+    hls: crate::hls::Hub,
 }
 
 /// The relay; cheap to clone.
@@ -237,6 +247,7 @@ impl Relay {
                 cancel: CancellationToken::new(),
                 viewer_stats: OnceLock::new(),
                 drain: OnceLock::new(),
+                hls: crate::hls::Hub::default(),
             }),
         }
     }
@@ -261,6 +272,10 @@ impl Relay {
 
     pub(crate) fn metrics(&self) -> &RelayMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn hls_hub(&self) -> &crate::hls::Hub {
+        &self.inner.hls
     }
 
     /// Serves media on `listener` until `cancel`; then every pull and media

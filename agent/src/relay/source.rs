@@ -4,6 +4,7 @@
 //! most once per `Timeouts::coalesce`, and audio-only batches wait up to
 //! [`FLUSH_DELAY`] for a video tag — fewer, larger writes per viewer.
 
+use super::hub::Outgoing;
 use super::ingest::Session;
 use super::stream::{Stream, lock};
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::time::Duration;
 use tokio::time::Instant;
-use vantage_shared::flv::FlvError;
+use vantage_shared::flv::{FileHeader, FlvError};
 
 /// Audio-only batches wait at most this long for a video tag before
 /// viewers are woken anyway (fewer, larger writes).
@@ -61,6 +62,72 @@ pub async fn next_data(body: &mut Incoming) -> Option<Result<Option<Bytes>, hype
     Some(frame.map(|f| f.into_data().ok()))
 }
 
+/// Wake-up coalescing of one source: when to tell viewers about tags
+/// already in the ring.
+#[derive(Debug)]
+pub struct Pacer {
+    coalesce: Duration,
+    /// Tags published but not yet announced to viewers: wake them by then.
+    flush_at: Option<Instant>,
+    last_wake: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(coalesce: Duration) -> Pacer {
+        Pacer {
+            coalesce,
+            flush_at: None,
+            last_wake: None,
+        }
+    }
+
+    /// Publishes `out` (and `header`) into `stream` as source `generation`,
+    /// waking viewers now or scheduling it. False if the source was replaced.
+    pub fn deliver(
+        &mut self,
+        stream: &Stream,
+        generation: u64,
+        header: Option<FileHeader>,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        if header.is_none() && out.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        let urgent = out.iter().any(|o| o.urgent);
+        // The earliest this batch may wake viewers.
+        let window = self.last_wake.map_or(now, |t| t + self.coalesce);
+        let wake = urgent && window <= now;
+        if !stream.deliver(generation, header, out, wake) {
+            return false;
+        }
+        if wake {
+            self.last_wake = Some(now);
+            self.flush_at = None;
+        } else {
+            let due = if urgent {
+                window
+            } else {
+                window.max(now + FLUSH_DELAY)
+            };
+            self.flush_at = Some(self.flush_at.map_or(due, |f| f.min(due)));
+        }
+        true
+    }
+
+    /// When viewers must be woken for tags delivered without a wake-up.
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    /// Wakes the viewers (the flush time came).
+    pub fn flush(&mut self, stream: &Stream) {
+        stream.flush();
+        self.last_wake = Some(Instant::now());
+        self.flush_at = None;
+    }
+}
+
 /// Feeds `body` into `stream` as source `generation` until it ends, stalls, turns
 /// out malformed, is replaced, or `stop` resolves.
 pub async fn drive(
@@ -74,9 +141,7 @@ pub async fn drive(
     let mut stop = pin!(stop);
     let mut out = Vec::new();
     let mut deadline = Instant::now() + timeouts.first;
-    // Tags published but not yet announced to viewers: wake them by then.
-    let mut flush_at: Option<Instant> = None;
-    let mut last_wake: Option<Instant> = None;
+    let mut pacer = Pacer::new(timeouts.coalesce);
     loop {
         tokio::select! {
             biased;
@@ -88,29 +153,15 @@ pub async fn drive(
                     Some(Ok(None)) => continue,
                     Some(Ok(Some(d))) => d,
                 };
-                let now = Instant::now();
-                deadline = now + timeouts.stall;
+                deadline = Instant::now() + timeouts.stall;
                 stream.count_ingress(data.len());
                 let result = {
                     let mut tl = lock(&stream.timeline);
                     session.push(&mut tl, &data, &mut out)
                 };
                 let header = session.take_header();
-                if header.is_some() || !out.is_empty() {
-                    let urgent = out.iter().any(|o| o.urgent);
-                    // The earliest this batch may wake viewers.
-                    let window = last_wake.map_or(now, |t| t + timeouts.coalesce);
-                    let wake = urgent && window <= now;
-                    if !stream.deliver(generation, header, &mut out, wake) {
-                        return End::Replaced;
-                    }
-                    if wake {
-                        last_wake = Some(now);
-                        flush_at = None;
-                    } else {
-                        let due = if urgent { window } else { window.max(now + FLUSH_DELAY) };
-                        flush_at = Some(flush_at.map_or(due, |f| f.min(due)));
-                    }
+                if !pacer.deliver(stream, generation, header, &mut out) {
+                    return End::Replaced;
                 }
                 if let Err(e) = result {
                     return End::Malformed(e);
@@ -120,10 +171,8 @@ pub async fn drive(
                 let waited = if session.tags == 0 { timeouts.first } else { timeouts.stall };
                 return End::Stall(waited);
             }
-            _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
-                stream.flush();
-                last_wake = Some(Instant::now());
-                flush_at = None;
+            _ = tokio::time::sleep_until(pacer.flush_at().unwrap_or(deadline)), if pacer.flush_at().is_some() => {
+                pacer.flush(stream);
             }
         }
     }

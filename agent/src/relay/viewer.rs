@@ -21,7 +21,7 @@
 //! `TCP_NOTSENT_LOWAT`) adds to that bound, nothing else does.
 
 use super::conn::ConnShared;
-use super::hub::Ring;
+use super::hub::{Ring, Wire};
 use super::stream::Stream;
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, SizeHint};
@@ -75,6 +75,7 @@ enum Cursor {
 #[derive(Debug)]
 pub struct Player {
     policy: LagPolicy,
+    wire: Wire,
     cursor: Cursor,
     header_sent: bool,
     overflows: VecDeque<Instant>,
@@ -88,8 +89,14 @@ pub struct Player {
 
 impl Player {
     pub fn new(policy: LagPolicy) -> Player {
+        Player::with_wire(policy, Wire::Flv)
+    }
+
+    /// A player framing tags for `wire` (HTTP-FLV or RTMP).
+    pub fn with_wire(policy: LagPolicy, wire: Wire) -> Player {
         Player {
             policy,
+            wire,
             cursor: Cursor::Fresh,
             header_sent: false,
             overflows: VecDeque::new(),
@@ -107,8 +114,11 @@ impl Player {
             let Some(h) = ring.header() else {
                 return if ring.ended() { Step::End } else { Step::Wait };
             };
-            bytes += h.len();
-            bufs.push(h.clone());
+            // RTMP has no file header: the stream being live is enough.
+            if self.wire == Wire::Flv {
+                bytes += h.len();
+                bufs.push(h.clone());
+            }
             self.header_sent = true;
         }
         let head = ring.head_ts().unwrap_or(0);
@@ -126,6 +136,10 @@ impl Player {
                             // Metadata once, at the start; a skip only
                             // repeats the codec configuration.
                             let p = ring.prefix(s, self.skips == 0);
+                            let p: Vec<Bytes> = match self.wire {
+                                Wire::Flv => p,
+                                w => p.iter().filter_map(|b| w.frame(b)).collect(),
+                            };
                             bytes += p.iter().map(Bytes::len).sum::<usize>();
                             bufs.extend(p);
                             self.cursor = Cursor::At(s);
@@ -166,9 +180,11 @@ impl Player {
                     }
                     let mut c = c;
                     while bufs.len() < BATCH_TAGS && (bytes < BATCH_BYTES || bufs.is_empty()) {
-                        let Some((data, ts)) = ring.get(c) else { break };
+                        let Some((data, ts)) = ring.get_wire(c, self.wire) else {
+                            break;
+                        };
                         bytes += data.len();
-                        bufs.push(data.clone());
+                        bufs.push(data);
                         self.last_ts = Some(ts);
                         c += 1;
                     }
@@ -380,12 +396,13 @@ impl ViewerBody {
         slot: Arc<ViewerSlot>,
         conn: Arc<ConnShared>,
         policy: LagPolicy,
+        wire: Wire,
     ) -> ViewerBody {
         ViewerBody {
             stream,
             slot,
             conn,
-            player: Player::new(policy),
+            player: Player::with_wire(policy, wire),
             epoch: None,
             done: false,
         }
@@ -400,7 +417,10 @@ impl Drop for ViewerBody {
 }
 
 impl ViewerBody {
-    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<TagBatch, ViewerError>>> {
+    pub(crate) fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<TagBatch, ViewerError>>> {
         if self.done {
             return Poll::Ready(None);
         }

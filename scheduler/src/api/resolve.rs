@@ -5,7 +5,8 @@
 //! * `GET /play/{app}/{stream}.flv?...` — `302` to the chosen edge's
 //!   `/{app}/{stream}.flv`, query string preserved (plus `lat`/`lon` when the
 //!   location came from a header or GeoIP, so the edge groups the viewer the
-//!   same way).
+//!   same way); `GET /play/{app}/{stream}.m3u8?...` the same to the edge's
+//!   LL-HLS playlist `/{app}/{stream}/index.m3u8`.
 //!
 //! 400 for bad parameters, 404 when no origin is known for the stream, 503
 //! with `Retry-After` when no edge is eligible. See `docs/viewer-routing.md`.
@@ -296,7 +297,12 @@ fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
     }
 }
 
-/// `GET /play/{app}/{stream}.flv`.
+/// The edge's LL-HLS playlist of `stream`.
+fn edge_hls_url(public_url: &str, stream: &StreamKey) -> String {
+    format!("{public_url}/{stream}/index.m3u8")
+}
+
+/// `GET /play/{app}/{stream}.flv` and `GET /play/{app}/{stream}.m3u8`.
 pub async fn play(
     State(app): State<Arc<App>>,
     Path((app_name, file)): Path<(String, String)>,
@@ -309,11 +315,17 @@ pub async fn play(
         Ok(Query(q)) => q,
         Err(e) => return bad(&app, ApiError::bad_request(e.body_text())),
     };
-    let Some(name) = file.strip_suffix(".flv") else {
-        return bad(
-            &app,
-            ApiError::bad_request("play path must be /play/{app}/{stream}.flv"),
-        );
+    let (name, hls) = match (file.strip_suffix(".flv"), file.strip_suffix(".m3u8")) {
+        (Some(n), _) => (n, false),
+        (None, Some(n)) => (n, true),
+        (None, None) => {
+            return bad(
+                &app,
+                ApiError::bad_request(
+                    "play path must be /play/{app}/{stream}.flv or /play/{app}/{stream}.m3u8",
+                ),
+            );
+        }
     };
     let stream = match StreamKey::parse(&format!("{app_name}/{name}")) {
         Ok(k) => k,
@@ -337,7 +349,11 @@ pub async fn play(
             },
         );
     };
-    let mut location = edge_url(&edge.public_url, &req.stream);
+    let mut location = if hls {
+        edge_hls_url(&edge.public_url, &req.stream)
+    } else {
+        edge_url(&edge.public_url, &req.stream)
+    };
     let mut query: Vec<String> = raw.into_iter().filter(|r| !r.is_empty()).collect();
     if let (Some(c), false) = (req.coord, req.source == LocationSource::Query) {
         query.push(format!("lat={:.4}&lon={:.4}", c.lat, c.lon));

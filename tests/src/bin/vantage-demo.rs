@@ -100,6 +100,18 @@ fn build_siblings() -> anyhow::Result<()> {
     // The whole workspace, so features unify as in `cargo build` and the
     // shared build cache is reused.
     cmd.args(["build", "--workspace", "--bins"]);
+    // `cargo run` gives this process the demo package's CARGO_PKG_*,
+    // CARGO_MANIFEST_* and friends. Build scripts that declare
+    // `rerun-if-env-changed` on them (ring does, for CARGO_PKG_NAME and
+    // CARGO_MANIFEST_DIR) would see other values than in a plain `cargo
+    // build` and rerun, and everything above them would be rebuilt, each
+    // time the demo and a plain build alternate. The inner build gets the
+    // environment of the shell instead.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(&name);
+        }
+    }
     if release {
         cmd.arg("--release");
     }
@@ -112,6 +124,23 @@ fn build_siblings() -> anyhow::Result<()> {
         bail!("cargo build of the scheduler and agent failed ({status})");
     }
     Ok(())
+}
+
+/// Variables `cargo run` sets for the program it runs (besides `CARGO`,
+/// which the inner build needs, and the dynamic library path).
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 #[tokio::main]
@@ -291,8 +320,8 @@ async fn bring_up(
     if !args.no_traffic
         && let Some(origin) = agents.first()
     {
-        let addr = vantage_tests::ports::loopback(origin.ports().http);
-        traffic.spawn(traffic::publish(addr, stop_traffic.clone()));
+        let rtmp = vantage_tests::ports::loopback(origin.ports().rtmp);
+        traffic.spawn(traffic::publish(rtmp, stop_traffic.clone()));
         let url = format!("{}{}", origin.media_url(), traffic::STREAM_PATH);
         if !traffic::wait_playable(&url, Duration::from_secs(20)).await {
             eprintln!("warning: {url} is not playable yet; see the agents' logs");
@@ -307,7 +336,14 @@ async fn bring_up(
             })
             .collect();
         traffic.spawn(traffic::viewers(edges, MAX_VIEWERS, stop_traffic.clone()));
+        let (app_stream, _) = traffic::STREAM_PATH
+            .trim_start_matches('/')
+            .split_once('.')
+            .unwrap_or(("live/demo", ""));
         play = Some(Play {
+            watch: format!("{}/watch/{app_stream}", origin.media_url()),
+            rtmp: format!("{}/{app_stream}", origin.rtmp_url()),
+            hls: format!("{}/{app_stream}/index.m3u8", origin.media_url()),
             url,
             origin: origin.node_id().to_owned(),
             redirect: play_redirect(&s.api_url()).await,
@@ -363,6 +399,10 @@ async fn wait_up(sched: &Scheduler, timeout: Duration) -> usize {
 struct Play {
     /// On the origin agent.
     url: String,
+    /// The watch page, LL-HLS playlist and RTMP URL on the origin agent.
+    watch: String,
+    hls: String,
+    rtmp: String,
     origin: String,
     /// The scheduler's `/play/...` redirect to the best edge, when it has one.
     redirect: Option<String>,
@@ -409,9 +449,15 @@ fn print_banner(
     println!("dashboard       {api}/");
     if let Some(play) = play {
         println!(
-            "play            {}   (synthetic stream published at {}; try ffplay, mpv or VLC)",
+            "watch           {}   (in a browser: LL-HLS with hls.js; ?via=flv for HTTP-FLV)",
+            play.watch
+        );
+        println!(
+            "play            {}   (synthetic stream published over RTMP to {}; try ffplay, mpv or VLC)",
             play.url, play.origin
         );
+        println!("  LL-HLS        {}", play.hls);
+        println!("  RTMP          {}", play.rtmp);
         if let Some(r) = &play.redirect {
             println!("play via edge   {r}   (the scheduler redirects to the best edge)");
         }

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
+//! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
+//! | `GET /watch/{app}/{stream}[?via=hls\|flv]` | the watch page (hls.js or mpegts.js, vendored, served from `/watch/assets/`) |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
 //! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
@@ -15,14 +17,17 @@
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
 //! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
 
+mod hls;
 mod publish;
 mod viewer_cmcd;
+mod watch;
 
 use super::conn::{ConnShared, MeteredIo};
+use super::hub::Wire;
 use super::ingest::Session;
 use super::qoe::{self, Sample, UNKNOWN_GROUP};
 use super::source::{self, End, Stop, Timeouts};
-use super::stream::{Phase, lock};
+use super::stream::lock;
 use super::viewer::{MediaBody, ViewerBody, ViewerSlot};
 use super::{Relay, VIA_HEADER};
 use bytes::{Bytes, BytesMut};
@@ -199,6 +204,26 @@ impl Relay {
             } else {
                 ("cmcd", method_not_allowed("POST, OPTIONS"))
             }
+        } else if path.starts_with("/watch/") {
+            let resp = if method == Method::GET {
+                watch::watch(&path)
+            } else {
+                method_not_allowed("GET, OPTIONS")
+            };
+            ("other", resp)
+        } else if let Some((key, file)) = hls::hls_path(&path) {
+            let resp = match (key, file) {
+                (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
+                (Ok(key), None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no such HLS file {path:?} of {key}: index.m3u8, init{{v}}.mp4, seg{{n}}.m4s, seg{{n}}.{{part}}.m4s"
+                    ),
+                ),
+                (Ok(key), Some(file)) if method == Method::GET => self.hls(req, key, file).await,
+                _ => method_not_allowed("GET, OPTIONS"),
+            };
+            ("hls", resp)
         } else if let Some(key) = stream_key(&path) {
             match key {
                 Err(e) => ("other", error(StatusCode::BAD_REQUEST, e)),
@@ -253,82 +278,52 @@ impl Relay {
         let sid: Option<Arc<str>> = cmcd.as_ref().and_then(|c| c.sid.as_deref()).map(Arc::from);
         drop(req);
 
-        for _ in 0..2 {
-            let Ok(stream) = self.stream_for_play(&key, &via) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("stream {key} is not published here and no upstream is known for it"),
-                );
-            };
-            let mut rx = stream.phase.subscribe();
-            let waited = tokio::time::timeout(
-                self.config().play_wait,
-                rx.wait_for(|p| *p != Phase::Connecting),
-            )
+        let attached = self
+            .attach_viewer(&key, &via, |stream| {
+                Arc::new(ViewerSlot::new(
+                    self.next_viewer_id(),
+                    group.clone(),
+                    sid.clone(),
+                    conn.token.clone(),
+                    stream.clock_ms(),
+                ))
+            })
             .await;
-            let phase = match waited {
-                Ok(Ok(p)) => p.clone(),
-                Ok(Err(_)) => Phase::Ended,
-                Err(_) => {
-                    return error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "no upstream delivered {key} within {} ms",
-                            self.config().play_wait.as_millis()
-                        ),
-                    );
-                }
-            };
-            match phase {
-                Phase::Live => {}
-                Phase::NotFound(m) => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        format!("stream {key} not found: {m}"),
-                    );
-                }
-                Phase::Failed(m) => {
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        format!("no upstream could deliver {key}: {m}"),
-                    );
-                }
-                Phase::Ended | Phase::Connecting => continue,
+        let (stream, slot) = match attached {
+            Ok(a) => a,
+            Err(r) => {
+                let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::NOT_FOUND);
+                return error(status, r.message(&key, self.config().play_wait));
             }
-            let slot = Arc::new(ViewerSlot::new(
-                self.next_viewer_id(),
-                group.clone(),
-                sid.clone(),
-                conn.token.clone(),
-                stream.clock_ms(),
-            ));
-            if !stream.attach(slot.clone()) {
-                continue;
-            }
-            let key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
-            let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
-            conn.shared.register(key, bl);
-            let body = ViewerBody::new(stream, slot, conn.shared.clone(), self.config().policy());
-            let mut r = Response::new(MediaBody::Viewer(Box::new(body)));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("video/x-flv"),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, no-store"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
-            if let Ok(v) = HeaderValue::from_str(self.node_id()) {
-                h.insert("x-vantage-node", v);
-            }
-            return r;
+        };
+        let group_key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
+        let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
+        conn.shared.register(group_key, bl);
+        let body = ViewerBody::new(
+            stream,
+            slot,
+            conn.shared.clone(),
+            self.config().policy(),
+            Wire::Flv,
+        );
+        let mut r = Response::new(MediaBody::Viewer(Box::new(body)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("video/x-flv"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        if let Ok(v) = HeaderValue::from_str(self.node_id()) {
+            h.insert("x-vantage-node", v);
         }
-        error(StatusCode::NOT_FOUND, format!("stream {key} ended"))
+        r
     }
 }
 

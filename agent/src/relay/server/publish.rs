@@ -1,7 +1,8 @@
 //! `POST`/`PUT /{app}/{stream}.flv`: a publisher feeding a stream on this
-//! node, and the guard that ends the stream when the publisher goes.
+//! node, admitted by [`Relay::admit_publisher`] like every publisher.
 
 use super::*;
+use crate::relay::admit::Refused;
 
 impl Relay {
     #[instrument(name = "publish", skip_all, fields(stream = %key, %peer))]
@@ -11,15 +12,15 @@ impl Relay {
         key: StreamKey,
         peer: SocketAddr,
     ) -> Resp {
-        let Ok((stream, generation, cancel)) = self.stream_for_publish(&key) else {
-            self.metrics().publish("conflict");
-            return error(
-                StatusCode::CONFLICT,
-                format!("stream {key} is already being published to this node"),
-            );
+        let publishing = match self.admit_publisher(&key, "http-flv") {
+            Ok(p) => p,
+            Err(r @ Refused::Conflict) => {
+                return error(StatusCode::CONFLICT, r.message(self.node_id(), &key));
+            }
+            Err(Refused::Draining) => return draining(self.node_id(), &key),
         };
-        self.metrics().publish("accepted");
-        info!("publish started");
+        let (stream, generation) = (publishing.stream.clone(), publishing.generation);
+        let cancel = publishing.cancel.clone();
         let mut body = req.into_body();
         let mut session = Session::new(self.config().max_tag_bytes);
         let timeouts = Timeouts {
@@ -32,15 +33,9 @@ impl Relay {
             Stop::Cancelled
         };
         // hyper drops this future when the publisher closes its connection
-        // without waiting for the answer: the guard still ends the stream.
-        let guard = PublishGuard {
-            relay: self,
-            stream: stream.clone(),
-            generation,
-            finished: false,
-        };
+        // without waiting for the answer: `publishing` still ends the stream.
         let end = source::drive(&stream, generation, &mut session, &mut body, timeouts, stop).await;
-        guard.finish();
+        publishing.finish();
         let tags = session.tags;
         let (status, result, msg) = match end {
             End::Eof => match session.finish() {
@@ -83,32 +78,6 @@ impl Relay {
             json(status, &serde_json::json!({ "status": msg, "tags": tags }))
         } else {
             error(status, msg)
-        }
-    }
-}
-
-/// Ends a published stream when its publish handler ends or is dropped.
-struct PublishGuard<'a> {
-    relay: &'a Relay,
-    stream: Arc<crate::relay::stream::Stream>,
-    generation: u64,
-    finished: bool,
-}
-
-impl PublishGuard<'_> {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for PublishGuard<'_> {
-    fn drop(&mut self) {
-        if self.stream.end_source(self.generation, Phase::Ended) {
-            self.relay.remove(&self.stream);
-        }
-        if !self.finished {
-            self.relay.metrics().publish("closed");
-            info!(stream = %self.stream.key, "publisher went away");
         }
     }
 }

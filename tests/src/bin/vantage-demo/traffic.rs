@@ -1,19 +1,17 @@
 //! The demo's media traffic: one synthetic publisher (the built-in
-//! `vantage_shared::synth` FLV generator, POSTed in real time to an agent)
+//! `vantage_shared::synth` generator, published in real time over RTMP)
 //! and a bounded trickle of synthetic viewers (short HTTP-FLV GETs with CMCD
 //! in the query and CMCD beacons while they play, so buffer figures show on
 //! the dashboard). Everything stops when the token is cancelled.
 
-use bytes::BytesMut;
 use rand::Rng;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use vantage_shared::cmcd::Cmcd;
 use vantage_shared::synth::{Synth, SynthConfig};
+use vantage_tests::rtmp::RtmpPublisher;
 
 /// The demo stream's path on every agent.
 pub const STREAM_PATH: &str = "/live/demo.flv";
@@ -30,16 +28,9 @@ pub fn synth_config() -> SynthConfig {
     }
 }
 
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut v = format!("{:x}\r\n", data.len()).into_bytes();
-    v.extend_from_slice(data);
-    v.extend_from_slice(b"\r\n");
-    v
-}
-
-/// Publishes the synthetic stream to `addr` (an agent's media port) in real
-/// time with a chunked `POST /live/demo.flv`, reconnecting (1 s apart) when
-/// the connection ends, until `stop`.
+/// Publishes the synthetic stream to `addr` (an agent's RTMP port) in real
+/// time over RTMP, as OBS would (`rtmp://agent/live`, stream key `demo`),
+/// reconnecting (1 s apart) when the connection ends, until `stop`.
 pub async fn publish(addr: SocketAddr, stop: CancellationToken) {
     while !stop.is_cancelled() {
         match publish_once(addr, &stop).await {
@@ -53,45 +44,25 @@ pub async fn publish(addr: SocketAddr, stop: CancellationToken) {
     }
 }
 
-async fn publish_once(addr: SocketAddr, stop: &CancellationToken) -> std::io::Result<()> {
-    let mut sock = TcpStream::connect(addr).await?;
-    let head = format!(
-        "POST {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\
-         Content-Type: video/x-flv\r\nUser-Agent: vantage-demo\r\n\r\n"
-    );
-    sock.write_all(head.as_bytes()).await?;
+async fn publish_once(addr: SocketAddr, stop: &CancellationToken) -> Result<(), String> {
+    let mut publisher = RtmpPublisher::start(addr, "live", "demo").await?;
     let mut synth = Synth::new(synth_config());
-    let mut first = BytesMut::new();
-    first.extend_from_slice(&synth.file_header().encode());
-    for t in synth.header_tags() {
-        t.encode_into(&mut first);
-    }
-    sock.write_all(&chunk(&first)).await?;
+    publisher.send_tags(&synth.header_tags()).await?;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut scratch = [0u8; 1024];
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
-            // The agent answers only when it refuses or ends the publish.
-            n = sock.read(&mut scratch) => {
-                let n = n?;
-                let text = String::from_utf8_lossy(&scratch[..n]);
-                let status = text.lines().next().unwrap_or("connection closed").to_owned();
-                return Err(std::io::Error::other(format!("agent ended the publish: {status}")));
-            }
         }
-        let mut buf = BytesMut::new();
-        for t in synth.next_tags(started.elapsed().as_millis() as u32) {
-            t.encode_into(&mut buf);
+        if publisher.closed() {
+            return Err("the agent closed the RTMP connection".into());
         }
-        if !buf.is_empty() {
-            sock.write_all(&chunk(&buf)).await?;
+        let tags = synth.next_tags(started.elapsed().as_millis() as u32);
+        if !tags.is_empty() {
+            publisher.send_tags(&tags).await?;
         }
     }
-    let _ = sock.write_all(b"0\r\n\r\n").await;
-    Ok(())
 }
 
 /// One edge viewers may watch: its media URL and where its viewers live.
