@@ -23,7 +23,9 @@ impl PlanSession {
         // route when some node's facts changed or a node left (routes
         // through it lose an upstream when carried over), else only for
         // the routes whose upstreams changed (a weight change, a join).
+        // Seeded routes (a replay's recorded state) carry no hashes yet.
         let facts_changed = !removed.is_empty()
+            || !self.seeds.is_empty()
             || self
                 .graph
                 .views

@@ -550,3 +550,71 @@ fn check_table(t: &RouteTable, views: &[NodeView]) -> Result<(), TestCaseError> 
     prop_assert!(t.probe_targets.len() <= 6);
     Ok(())
 }
+
+#[test]
+fn a_session_seeded_with_recorded_routes_follows_the_original() {
+    // The original's load on its origin grows past the hard limit at step
+    // 13: the routes go, and a session started from its recorded state at
+    // step 12 (views and routes) must follow it exactly.
+    let world = |step: u32| {
+        let s = f64::from(step);
+        let mut par = node("par", 48.8566, 2.3522);
+        publish(&mut par, "live/x");
+        par.egress_mbps = 100.0 + 70.0 * s;
+        let mut fra = node("fra", 50.1109, 8.6821);
+        fra.egress_mbps = 0.3 + 90.0 * (s % 3.0);
+        let mut lon = node("lon", 51.5074, -0.1278);
+        let rtt = 9.0 / 7.0 + 40.0 * (s % 2.0);
+        lon.paths.insert(
+            "par".into(),
+            PathStat {
+                rtt_ms: rtt,
+                loss: 0.0,
+                samples: 30,
+            },
+        );
+        vec![par, fra, lon, node("tyo", 35.6762, 139.6503)]
+    };
+    let st = settings();
+    let mut a = PlanSession::new(st.clone(), 1);
+    for step in 0..12u32 {
+        for v in world(step) {
+            a.offer(v);
+        }
+        a.step(NOW + 1000 * i64::from(step));
+    }
+    for v in world(12) {
+        a.offer(v);
+    }
+    let (views, routes) = (a.planned_views(), a.routes());
+    a.step(NOW + 12_000);
+    let mut b = PlanSession::new(st, 1);
+    for v in views {
+        b.set_planned(v);
+    }
+    b.seed_routes(routes);
+    b.step(NOW + 12_000);
+    assert_eq!(a.routes(), b.routes());
+    for step in 13..15u32 {
+        for v in world(step) {
+            a.offer(v);
+        }
+        for v in a.planned_views() {
+            b.set_planned(v);
+        }
+        a.step(NOW + 1000 * i64::from(step));
+        b.step(NOW + 1000 * i64::from(step));
+        assert_eq!(a.routes(), b.routes(), "step {step}");
+        for id in ["par", "fra", "lon", "tyo"] {
+            assert_eq!(
+                a.probe_targets_of(id),
+                b.probe_targets_of(id),
+                "step {step} {id}"
+            );
+            assert_eq!(
+                a.table(id).map(|t| t.origins),
+                b.table(id).map(|t| t.origins)
+            );
+        }
+    }
+}
