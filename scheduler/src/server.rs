@@ -203,8 +203,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             })?,
     };
 
-    // First plan before accepting anyone, so tables exist for known nodes.
-    app.plan_round(true);
+    // First plan before accepting anyone, so tables exist for known nodes
+    // (on a blocking thread: a round takes the plan's lock blocking).
+    let first = app.clone();
+    if tokio::task::spawn_blocking(move || first.plan_round(true))
+        .await
+        .is_err()
+    {
+        tracing::warn!("the first plan panicked; planning goes on in the planning loop");
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     let socket_drops = ingest.socket_drops();

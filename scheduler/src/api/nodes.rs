@@ -140,11 +140,7 @@ pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResu
         .registry
         .with(&id, |e| node_json(e, now, true))
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
-    let scores = {
-        let (app2, id) = (app.clone(), id.clone());
-        app.read_plan(move |plan| upstream_scores(&app2, plan, &id))
-            .await
-    };
+    let scores = { app.read_plan(|plan| upstream_scores(&app, plan, &id)).await };
     if let Some(obj) = v.as_object_mut() {
         obj.insert("upstream_scores".into(), scores);
     }
@@ -198,10 +194,7 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
     let st = app.publisher.channel(&id).status();
-    let table = {
-        let id = id.clone();
-        app.read_plan(move |plan| plan.table(&id)).await
-    };
+    let table = app.read_plan(|plan| plan.table(&id)).await;
     let table = table.map(|t| vantage_shared::table_view::table_json(&t));
     Ok(Json(json!({
         "node_id": id,

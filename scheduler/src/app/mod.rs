@@ -43,8 +43,9 @@ pub struct App {
     pub auth: Auth,
     pub publisher: Publisher,
     /// The plan: every node's routes, probe targets and table versions.
-    /// Written by the planning thread, read by route streams and the API.
-    pub plan: RwLock<PlanSession>,
+    /// Written by the planning thread (`blocking_write`), read by route
+    /// streams and the API without blocking an async worker.
+    pub plan: tokio::sync::RwLock<PlanSession>,
     pub store: Store,
     pub metrics: Metrics,
     pub prometheus: prometheus_client::registry::Registry,
@@ -224,7 +225,7 @@ impl App {
             auth: crate::auth::Auth::new(auth_mode, registry.clone()),
             registry,
             publisher,
-            plan: RwLock::new(plan),
+            plan: tokio::sync::RwLock::new(plan),
             store,
             metrics,
             prometheus,
@@ -241,19 +242,11 @@ impl App {
         }))
     }
 
-    /// Runs `f` on the plan, off the async workers (a step in progress
-    /// holds the plan for its duration).
-    pub async fn read_plan<R: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&PlanSession) -> R + Send + 'static,
-    ) -> R {
-        let app = self.clone();
-        let read = move || f(&app.plan.read().unwrap_or_else(|e| e.into_inner()));
-        match tokio::task::spawn_blocking(read).await {
-            Ok(r) => r,
-            // `f` panicked: a bug, re-raised here.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+    /// Runs `f` on the plan once no step holds it (a step in progress
+    /// holds the plan for its duration; waiting for it does not block an
+    /// async worker).
+    pub async fn read_plan<R>(&self, f: impl FnOnce(&PlanSession) -> R) -> R {
+        f(&*self.plan.read().await)
     }
 
     pub fn report_interval_ms(&self) -> u32 {
@@ -308,8 +301,7 @@ impl App {
             .pending_settings
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(settings);
-        self.replan_now.store(true, Ordering::Relaxed);
-        self.trigger_replan();
+        self.replan_at_once();
         Ok(ws)
     }
 
@@ -360,6 +352,13 @@ impl App {
     }
 
     pub fn trigger_replan(&self) {
+        self.replan.notify_one();
+    }
+
+    /// Plans at once, without the debounce that gathers bursts of
+    /// triggers (a weight change, a stream that starts or ends).
+    pub fn replan_at_once(&self) {
+        self.replan_now.store(true, Ordering::Relaxed);
         self.replan.notify_one();
     }
 

@@ -27,7 +27,7 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut plan = self.plan.write().unwrap_or_else(|e| e.into_inner());
+        let mut plan = self.plan.blocking_write();
         if let Some(settings) = settings {
             plan.set_settings(settings);
         }

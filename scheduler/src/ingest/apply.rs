@@ -96,8 +96,9 @@ pub(super) fn handle_frame(
                 .unwrap_or((None, false));
             if streams_changed {
                 // A stream started or ended here: the directory changes for
-                // every node, planned at once.
-                app.trigger_replan();
+                // every node, planned at once (no debounce: the step is
+                // small, and viewers are waiting for the stream).
+                app.replan_at_once();
             }
             if let Some(minute) = finished {
                 // Once a minute per node: the roll-up and the last-seen time.

@@ -151,17 +151,7 @@ async fn serve(
         let current = *watch.borrow_and_update();
         if pending.is_none() && current != 0 && current != last_sent && parked_here != Some(current)
         {
-            let plan = app.clone();
-            let id = node_id.to_owned();
-            let update = tokio::task::spawn_blocking(move || {
-                plan.plan
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .table_update(&id, base)
-            })
-            .await
-            .ok()
-            .flatten();
+            let update = app.read_plan(|plan| plan.table_update(node_id, base)).await;
             match update {
                 Some(update) => {
                     let delta = update.is_delta();
