@@ -79,8 +79,9 @@ pub(crate) struct Relay {
     pub(crate) u: u32,
     /// `e(u→v)`: the load-free edge score.
     pub(crate) e: f64,
-    /// `e(u→v) + L(u)`: what relaying through `u` adds to a path.
-    pub(crate) offer: f64,
+    /// `e(u→v) + L(u)`: what relaying through `u` adds to a path (an
+    /// `f32`, like the path costs it is added to).
+    pub(crate) offer: f32,
 }
 
 /// What [`Graph::update`] changed, for the per-source planning.
@@ -230,7 +231,7 @@ impl Graph {
             *slot = Relay {
                 u,
                 e,
-                offer: e + self.load[u as usize],
+                offer: (e + self.load[u as usize]) as f32,
             };
         }
         self.relay_len[v] = len as u16;
@@ -413,7 +414,7 @@ impl Graph {
                 let len = usize::from(self.relay_len[w as usize]);
                 for r in &mut self.relays[at..at + len] {
                     if r.u == u {
-                        r.offer = r.e + load;
+                        r.offer = (r.e + load) as f32;
                     }
                 }
             }
