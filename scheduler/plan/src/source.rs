@@ -676,9 +676,10 @@ impl Source {
                 || (self.before(c.node, v) && self.hot[c.node as usize].depth <= max_hops)
         };
         let mut first = cands.iter().position(admissible)?;
-        let current = self.route(v).first().map(|u| u.node);
-        if let Some(prev) = current
-            && prev != NONE
+        // The previous primary (the route's first upstream; `primary` is
+        // kept equal to it and is 4 bytes a node, where routes take 36).
+        let prev = self.primary[v as usize];
+        if prev != NONE
             && let Some(pos) = cands.iter().position(|c| c.node == prev)
             && pos != first
             && admissible(&cands[pos])
@@ -962,6 +963,7 @@ impl Source {
                 }
             }
             self.len[v as usize] = len as u8;
+            self.primary[v as usize] = self.route(v).first().map_or(NONE, |u| u.node);
             self.hashes[v as usize] = old.hashes[ov as usize];
         }
     }
@@ -979,6 +981,7 @@ impl Source {
             };
         }
         self.len[v as usize] = len as u8;
+        self.primary[v as usize] = self.route(v).first().map_or(NONE, |u| u.node);
     }
 
     /// Whether two plans of the same source over the same nodes decided
