@@ -485,9 +485,9 @@ impl Graph {
             && (0..self.len()).all(|v| {
                 let (a, b) = (self.relays(v), other.relays(v));
                 a.len() == b.len()
-                    && a.iter().zip(b).all(|(x, y)| {
-                        x.u == y.u && x.offer.to_bits() == y.offer.to_bits()
-                    })
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.u == y.u && x.offer.to_bits() == y.offer.to_bits())
                     && self
                         .relay_edges(v)
                         .iter()
