@@ -13,6 +13,7 @@
 #
 #   scripts/bench-rtmp-hls.sh
 #   PUBLISHERS=8 CONNS=200 FANOUT="2000 4000" SECS=10 PHASES="1 2 3" scripts/bench-rtmp-hls.sh
+#   AGENT_ARGS="--relay-write-coalesce-ms 100" PHASES=3 scripts/bench-rtmp-hls.sh   # extra agent flags
 #
 # Needs gcc, ffmpeg, curl, python3; installs nginx, libnginx-mod-rtmp and wrk with apt-get when
 # missing (root). Every process it starts is stopped on exit. Only 127.0.0.1 is used.
@@ -113,7 +114,7 @@ RUST_LOG="${RUST_LOG:-warn}" "$AGENT_BIN" --node-id bench-1 --scheduler "127.0.0
     --routes "https://127.0.0.1:$SG" --ca "$WORK/sched/dev/ca.pem" --token-file "$WORK/sched/dev/enroll.token" \
     --data-dir "$WORK/agent" --http-listen "127.0.0.1:$MEDIA" --admin-listen "127.0.0.1:$ADMIN" \
     --probe-listen "127.0.0.1:$PROBE" --rtmp-listen "127.0.0.1:$RTMP" --public-url "http://127.0.0.1:$MEDIA" \
-    --hls-window-segments 60 \
+    --hls-window-segments 60 ${AGENT_ARGS:-} \
     >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=("$AGENT_PID")
@@ -236,16 +237,26 @@ FAN_PORT=$(free_port)
 FAN_PID=$!
 PIDS+=("$FAN_PID")
 sleep 1
+# The agent's own counters: bytes handed to viewers and slow-viewer skips.
+agent_counter() {
+    curl -fsS "http://127.0.0.1:$ADMIN/metrics" |
+        awk -v m="vantage_agent_$1" '$1 == m { print $2 }'
+}
 whole() {
     local name="$1" port="$2" path="$3" n="$4"; shift 4
-    local c0 c1 t0 t1 out
+    local c0 c1 t0 t1 out b0 b1 s0 s1 extra=""
+    [[ "$name" == vantage-agent ]] && { b0=$(agent_counter relay_egress_bytes_total); s0=$(agent_counter relay_viewer_skips_total); }
     c0=$(cpu_ticks "$@"); t0=$(date +%s.%N)
     out=$("$WORK/flvload" 127.0.0.1 "$port" "$path" "$n" "$SECS" 2>&1 | tail -1)
     c1=$(cpu_ticks "$@"); t1=$(date +%s.%N)
+    if [[ "$name" == vantage-agent ]]; then
+        b1=$(agent_counter relay_egress_bytes_total); s1=$(agent_counter relay_viewer_skips_total)
+        extra=$(python3 -c "print(f'|egress {(${b1:-0} - ${b0:-0}) / 1e6:.0f} MB, skips {${s1:-0} - ${s0:-0}:.0f}')")
+    fi
     local secs c
     secs=$(python3 -c "print($t1 - $t0)")
     c=$(python3 -c "print(f'{($c1 - $c0) / $HZ:.2f}')")
-    echo "fanout|$name|$n viewers|whole run ${secs%.*}s|$c CPU-seconds|$out" | tee -a "$RESULTS" >&2
+    echo "fanout|$name|$n viewers|whole run ${secs%.*}s|$c CPU-seconds|$out$extra" | tee -a "$RESULTS" >&2
     sleep 3
 }
 for n in $FANOUT; do
