@@ -369,6 +369,7 @@ impl TelemetryClient {
                 lost_packets: path.lost_packets,
                 congestion_events: path.congestion_events,
             }),
+            tail: None,
         };
         for source in &self.sources {
             source.fill(&mut report);
