@@ -384,6 +384,30 @@ impl Metrics {
             "Publish tokens issued through the API",
             m.publish_tokens_issued.clone(),
         );
+        // The refusal families show from the start (as 0): dashboards and
+        // alerts see a zero, not a missing series.
+        for listener in ["http", "grpc"] {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ListenerLabel { listener });
+            for reason in ["shed", "proof_timeout", "idle"] {
+                let _ = m
+                    .connections_closed
+                    .get_or_create(&ListenerReasonLabel { listener, reason });
+            }
+            let _ = m.accept_errors.get_or_create(&ListenerReasonLabel {
+                listener,
+                reason: "emfile",
+            });
+        }
+        for reason in ["unauthenticated", "forbidden", "cross_site", "host"] {
+            let _ = m.api_refused.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+        }
+        for endpoint in ["resolve", "play"] {
+            let _ = m.rate_limited.get_or_create(&EndpointLabel { endpoint });
+        }
         m
     }
 

@@ -374,6 +374,16 @@ impl TelemetryClient {
         for source in &self.sources {
             source.fill(&mut report);
         }
+        let trimmed = super::trim::fit(&mut report, max_frame);
+        if trimmed.any() {
+            self.metrics.report_trimmed(&trimmed);
+            debug!(
+                streams = trimmed.streams,
+                groups = trimmed.groups,
+                paths = trimmed.paths,
+                "report over the frame limit: the tail left out"
+            );
+        }
         let frame = TelemetryFrame {
             kind: Some(telemetry_frame::Kind::Report(report)),
         };
