@@ -43,7 +43,7 @@ pub async fn run(
         Err(r) => {
             let msg = r.message(relay.node_id(), &key);
             let code = match r {
-                Refused::Conflict => "NetStream.Publish.BadName",
+                Refused::Conflict | Refused::NotOrigin { .. } => "NetStream.Publish.BadName",
                 Refused::Draining => "NetStream.Publish.Denied",
             };
             conn.status("error", code, &msg).await?;

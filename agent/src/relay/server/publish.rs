@@ -14,7 +14,7 @@ impl Relay {
     ) -> Resp {
         let publishing = match self.admit_publisher(&key, "http-flv") {
             Ok(p) => p,
-            Err(r @ Refused::Conflict) => {
+            Err(r @ (Refused::Conflict | Refused::NotOrigin { .. })) => {
                 return error(StatusCode::CONFLICT, r.message(self.node_id(), &key));
             }
             Err(Refused::Draining) => return draining(self.node_id(), &key),
