@@ -25,6 +25,7 @@
 //! [`ReportSource`](crate::telemetry::ReportSource).
 
 pub mod admit;
+pub mod authorize;
 pub mod conn;
 pub mod hub;
 pub mod ingest;
