@@ -85,6 +85,9 @@ impl Relay {
             }
         };
         self.metrics().publish("accepted");
+        // Subscribe to the key's directory entry: should the scheduler name
+        // another origin (it was published there first), this publisher ends.
+        self.interest().want(key);
         info!(stream = %key, protocol, "publish started");
         Ok(Publishing {
             relay: self.clone(),

@@ -452,6 +452,18 @@ impl Relay {
         Ok(s)
     }
 
+    /// The directory's origin for `key` when it is another node: a
+    /// publisher of `key` here is refused (or ended once the scheduler
+    /// names another origin: the first publisher of a key stays its
+    /// origin).
+    pub(crate) fn origin_elsewhere(&self, key: &StreamKey) -> Option<String> {
+        let t = self.inner.tables.borrow();
+        t.as_ref()
+            .and_then(|t| t.origin_of(key))
+            .filter(|o| !o.is_empty() && *o != self.inner.node_id)
+            .map(str::to_owned)
+    }
+
     /// The stream a publisher of `key` writes to, with its source
     /// generation and cancellation. A stream already published here is a
     /// conflict; one the directory names another origin for, or one
@@ -462,14 +474,7 @@ impl Relay {
         &self,
         key: &StreamKey,
     ) -> Result<(Arc<Stream>, u64, CancellationToken), admit::Refused> {
-        // The directory's origin for the key, when it is another node.
-        let elsewhere = || {
-            let t = self.inner.tables.borrow();
-            t.as_ref()
-                .and_then(|t| t.origin_of(key))
-                .filter(|o| !o.is_empty() && *o != self.inner.node_id)
-                .map(str::to_owned)
-        };
+        let elsewhere = || self.origin_elsewhere(key);
         let mut map = lock(&self.inner.streams);
         let held = map
             .get(key)

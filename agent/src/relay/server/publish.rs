@@ -82,6 +82,11 @@ impl Relay {
                 "timeout",
                 format!("no data from the publisher for {} ms", d.as_millis()),
             ),
+            End::Stopped(_) | End::Replaced if let Some(origin) = self.origin_elsewhere(&key) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                Refused::NotOrigin { origin }.message(self.node_id(), &key),
+            ),
             End::Stopped(_) | End::Replaced => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "error",
