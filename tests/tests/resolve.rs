@@ -36,7 +36,7 @@ fn no_client_limits() -> String {
         &path,
         "[limits]\nrate_per_s = 1000000.0\nburst = 1000000.0\nreserve_per_s = 1000000.0\nreserve_burst = 1000000.0\n",
     )
-    .expect("write the limits config");
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path.display().to_string()
 }
 
