@@ -27,12 +27,18 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartLabel {
+    pub part: String,
+}
+
 /// Every agent metric. Cheap to clone (shared handles).
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub reports_sent: Counter,
     pub alerts_sent: Counter,
     pub alerts_dropped: Counter,
+    pub report_trimmed: Family<PartLabel, Counter>,
     pub telemetry_connected: Gauge,
     pub telemetry_connects: Family<ResultLabel, Counter>,
     pub telemetry_closed: Family<CodeLabel, Counter>,
@@ -65,6 +71,16 @@ impl Metrics {
             "Alerts dropped (queue full or too old to matter)",
             m.alerts_dropped.clone(),
         );
+        r.register(
+            "report_trimmed",
+            "Entries left out of reports to fit the frame limit, by part (streams, groups, paths)",
+            m.report_trimmed.clone(),
+        );
+        for part in ["streams", "groups", "paths"] {
+            let _ = m.report_trimmed.get_or_create(&PartLabel {
+                part: part.to_owned(),
+            });
+        }
         r.register(
             "telemetry_connected",
             "1 while a telemetry session with the scheduler is established",
@@ -130,6 +146,21 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts what [`crate::telemetry::trim::fit`] left out of a report.
+    pub fn report_trimmed(&self, t: &crate::telemetry::trim::Trimmed) {
+        for (part, n) in [
+            ("streams", t.streams),
+            ("groups", t.groups),
+            ("paths", t.paths),
+        ] {
+            self.report_trimmed
+                .get_or_create(&PartLabel {
+                    part: part.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
     }
 
     pub fn closed(&self, code: &str) {

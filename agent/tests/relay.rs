@@ -42,6 +42,14 @@ struct TestRelay {
     node_id: String,
 }
 
+/// The publish policy of a `--dev` scheduler: anyone may publish.
+fn open_publishing() -> vantage_proto::v1::PublishPolicy {
+    vantage_proto::v1::PublishPolicy {
+        auth: vantage_proto::v1::PublishAuth::Open as i32,
+        ..Default::default()
+    }
+}
+
 impl TestRelay {
     async fn start(node_id: &str, cfg: RelayConfig) -> TestRelay {
         Self::start_with(node_id, cfg, &[]).await
@@ -71,7 +79,7 @@ impl TestRelay {
         let task = tokio::spawn(async move {
             r.serve(listener, c).await.unwrap();
         });
-        TestRelay {
+        let t = TestRelay {
             relay,
             addr,
             registry,
@@ -80,7 +88,10 @@ impl TestRelay {
             cancel,
             task,
             node_id: node_id.to_owned(),
-        }
+        };
+        // A scheduler's first table: no routes, publishing open.
+        t.routes(1, &[]);
+        t
     }
 
     fn url(&self) -> String {
@@ -101,6 +112,7 @@ impl TestRelay {
                     upstreams: u.clone(),
                 })
                 .collect(),
+            publish: Some(open_publishing()),
             ..Default::default()
         };
         let applied = AppliedTable::new(table, &self.node_id, TableSource::Scheduler, 0).unwrap();

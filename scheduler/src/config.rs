@@ -88,9 +88,55 @@ pub struct Settings {
     /// Database URL: sqlite://PATH or postgres://... Default SQLite in the data dir.
     #[arg(long, env = "VANTAGE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Token required by mutating API calls (`authorization: Bearer T`).
+    /// Token required by mutating API calls (`authorization: Bearer T`),
+    /// `--dev` included. Without it (and without --dev) they are refused.
     #[arg(long, env = "VANTAGE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// Token required to read the API (`/v1/nodes`, `/v1/routes`,
+    /// `/v1/events`, `/v1/weights`); the admin token reads too. Default:
+    /// reads are open (without agents' addresses).
+    #[arg(long, env = "VANTAGE_READ_TOKEN")]
+    pub read_token: Option<String>,
+    /// Host names the API answers to besides IP literals, localhost and
+    /// --server-name (checked on mutating calls without a token: DNS
+    /// rebinding). Repeatable.
+    #[arg(long = "api-host", env = "VANTAGE_API_HOSTS", value_delimiter = ',')]
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
+    /// How publishers are admitted by default: token, webhook or open.
+    /// Default token (open with --dev). File: `[publish] auth`.
+    #[arg(long, env = "VANTAGE_PUBLISH_AUTH")]
+    #[serde(skip)]
+    pub publish_auth: Option<crate::publish_auth::PublishAuth>,
+    /// on_publish webhook for --publish-auth webhook. File: `[publish] webhook_url`.
+    #[arg(long, env = "VANTAGE_PUBLISH_WEBHOOK")]
+    #[serde(skip)]
+    pub publish_webhook: Option<String>,
+    /// HTTP API connections open at once. Default 10000
+    #[arg(long, env = "VANTAGE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// gRPC connections open at once. Default 10000
+    #[arg(long, env = "VANTAGE_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// QUIC telemetry connections open at once. Default 20000
+    #[arg(long, env = "VANTAGE_QUIC_MAX_CONNECTIONS")]
+    pub quic_max_connections: Option<usize>,
+    /// A new HTTP or gRPC connection must send its first request (gRPC: TLS
+    /// handshake included) within this; HTTP request heads too. Default 10000
+    #[arg(long, env = "VANTAGE_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// A gRPC connection with no call in flight is closed after this. Default 300000
+    #[arg(long, env = "VANTAGE_GRPC_IDLE_TIMEOUT_MS")]
+    pub grpc_idle_timeout_ms: Option<u64>,
+    /// `/v1/resolve` and `/play` requests per second per client. Default 20
+    /// (file: `[limits] rate_per_s`).
+    #[arg(long, env = "VANTAGE_RATE_LIMIT_PER_S")]
+    #[serde(skip)]
+    pub rate_limit_per_s: Option<f64>,
+    /// Burst of those requests per client. Default 40 (file: `[limits] burst`).
+    #[arg(long, env = "VANTAGE_RATE_LIMIT_BURST")]
+    #[serde(skip)]
+    pub rate_limit_burst: Option<f64>,
     /// Agent report interval in milliseconds. Default 1000
     #[arg(long, env = "VANTAGE_REPORT_INTERVAL_MS")]
     pub report_interval_ms: Option<u32>,
@@ -177,6 +223,12 @@ pub struct Settings {
     /// Trace rotation and queue limits.
     #[arg(skip)]
     pub record: Option<RecordLimits>,
+    /// Publish authorisation: default mode, webhook, per-app rules, tokens.
+    #[arg(skip)]
+    pub publish: Option<crate::publish_auth::PublishConfig>,
+    /// Per-client limits of the viewer-facing endpoints.
+    #[arg(skip)]
+    pub limits: Option<crate::api::guard::ClientLimits>,
 }
 
 /// Offline helper commands (the daemon runs when none is given).
@@ -271,6 +323,21 @@ impl Settings {
             http_listen: self.http_listen.or(lower.http_listen),
             database_url: self.database_url.or(lower.database_url),
             admin_token: self.admin_token.or(lower.admin_token),
+            read_token: self.read_token.or(lower.read_token),
+            api_hosts: if self.api_hosts.is_empty() {
+                lower.api_hosts
+            } else {
+                self.api_hosts
+            },
+            publish_auth: self.publish_auth.or(lower.publish_auth),
+            publish_webhook: self.publish_webhook.or(lower.publish_webhook),
+            http_max_connections: self.http_max_connections.or(lower.http_max_connections),
+            grpc_max_connections: self.grpc_max_connections.or(lower.grpc_max_connections),
+            quic_max_connections: self.quic_max_connections.or(lower.quic_max_connections),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
+            grpc_idle_timeout_ms: self.grpc_idle_timeout_ms.or(lower.grpc_idle_timeout_ms),
+            rate_limit_per_s: self.rate_limit_per_s.or(lower.rate_limit_per_s),
+            rate_limit_burst: self.rate_limit_burst.or(lower.rate_limit_burst),
             report_interval_ms: self.report_interval_ms.or(lower.report_interval_ms),
             replan_interval_ms: self.replan_interval_ms.or(lower.replan_interval_ms),
             table_ttl_s: self.table_ttl_s.or(lower.table_ttl_s),
@@ -300,6 +367,8 @@ impl Settings {
             deadband: self.deadband.or(lower.deadband),
             resolve: self.resolve.or(lower.resolve),
             record: self.record.or(lower.record),
+            publish: self.publish.or(lower.publish),
+            limits: self.limits.or(lower.limits),
         }
     }
 
@@ -351,6 +420,20 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub database_url: Option<String>,
     pub admin_token: Option<String>,
+    pub read_token: Option<String>,
+    /// Host names the API serves besides IP literals and localhost.
+    pub api_hosts: Vec<String>,
+    /// Publish authorisation (`auth` resolved: token, or open in --dev).
+    pub publish: crate::publish_auth::PublishConfig,
+    /// Whether publishing is open because of --dev's default (warned about).
+    pub publish_open_by_dev: bool,
+    pub http_max_connections: usize,
+    pub grpc_max_connections: usize,
+    pub quic_max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    pub grpc_idle_timeout: std::time::Duration,
+    /// `[limits]`: per-client limits of `/v1/resolve` and `/play`.
+    pub client_limits: crate::api::guard::ClientLimits,
     pub report_interval_ms: u32,
     pub replan_interval_ms: u32,
     pub table_ttl_s: u32,
@@ -451,11 +534,52 @@ impl Config {
         if let Some(x) = s.exploration_share {
             resolve.exploration_share = x;
         }
+        let mut publish = s.publish.unwrap_or_default();
+        publish.auth = s.publish_auth.or(publish.auth);
+        publish.webhook_url = s.publish_webhook.or(publish.webhook_url);
+        let publish_open_by_dev = dev && publish.auth.is_none();
+        if publish.auth.is_none() {
+            publish.auth = Some(if dev {
+                crate::publish_auth::PublishAuth::Open
+            } else {
+                crate::publish_auth::PublishAuth::Token
+            });
+        }
+        let mut client_limits = s.limits.unwrap_or_default();
+        if let Some(r) = s.rate_limit_per_s {
+            client_limits.rate_per_s = r;
+        }
+        if let Some(b) = s.rate_limit_burst {
+            client_limits.burst = b;
+        }
+        let mut api_hosts = s.api_hosts;
+        api_hosts.extend(s.server_names.iter().cloned());
+        // --dev without an admin token: the open API listens on loopback
+        // unless told otherwise.
+        let default_http = if dev && s.admin_token.is_none() {
+            "127.0.0.1:7480"
+        } else {
+            "0.0.0.0:7480"
+        };
         let mut cfg = Config {
             dev,
+            read_token: s.read_token,
+            api_hosts,
+            publish,
+            publish_open_by_dev,
+            http_max_connections: s.http_max_connections.unwrap_or(10_000),
+            grpc_max_connections: s.grpc_max_connections.unwrap_or(10_000),
+            quic_max_connections: s.quic_max_connections.unwrap_or(20_000),
+            handshake_timeout: std::time::Duration::from_millis(
+                s.handshake_timeout_ms.unwrap_or(10_000),
+            ),
+            grpc_idle_timeout: std::time::Duration::from_millis(
+                s.grpc_idle_timeout_ms.unwrap_or(300_000),
+            ),
+            client_limits,
             quic_listen: s.quic_listen.unwrap_or_else(|| addr("0.0.0.0:7400")),
             grpc_listen: s.grpc_listen.unwrap_or_else(|| addr("0.0.0.0:7401")),
-            http_listen: s.http_listen.unwrap_or_else(|| addr("0.0.0.0:7480")),
+            http_listen: s.http_listen.unwrap_or_else(|| addr(default_http)),
             database_url: s.database_url,
             admin_token: s.admin_token,
             report_interval_ms: s.report_interval_ms.unwrap_or(1000),
@@ -536,6 +660,37 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        for (key, token) in [
+            ("admin_token", &self.admin_token),
+            ("read_token", &self.read_token),
+        ] {
+            if let Some(t) = token
+                && t.trim().len() < 16
+            {
+                return Err(invalid(key, "must be at least 16 characters"));
+            }
+        }
+        for (key, n) in [
+            ("http_max_connections", self.http_max_connections),
+            ("grpc_max_connections", self.grpc_max_connections),
+            ("quic_max_connections", self.quic_max_connections),
+        ] {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(invalid(key, format!("{n} is outside 1..=1000000")));
+            }
+        }
+        if !(100..=600_000).contains(&self.handshake_timeout.as_millis()) {
+            return Err(invalid("handshake_timeout_ms", "must be 100..=600000"));
+        }
+        if !(1_000..=86_400_000).contains(&self.grpc_idle_timeout.as_millis()) {
+            return Err(invalid("grpc_idle_timeout_ms", "must be 1000..=86400000"));
+        }
+        self.publish
+            .validate()
+            .map_err(|(key, m)| invalid(key, m))?;
+        self.client_limits
+            .validate()
+            .map_err(|(key, m)| invalid(key, m))?;
         if let Some(t) = &self.enrollment_token
             && t.len() < 16
         {

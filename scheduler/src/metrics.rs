@@ -32,6 +32,74 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabel {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: &'static str,
+}
+
+/// One TCP listener's counters (`listener` = `http`, `grpc`), fed by its
+/// [`vantage_shared::listen::Listener`].
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    name: &'static str,
+    open: Family<ListenerLabel, Gauge>,
+    accepted: Family<ListenerLabel, Counter>,
+    refused: Family<ListenerLabel, Counter>,
+    closed: Family<ListenerReasonLabel, Counter>,
+    errors: Family<ListenerReasonLabel, Counter>,
+}
+
+impl vantage_shared::listen::ListenerEvents for ListenerMetrics {
+    fn accepted(&self) {
+        self.accepted
+            .get_or_create(&ListenerLabel {
+                listener: self.name,
+            })
+            .inc();
+    }
+    fn refused(&self) {
+        self.refused
+            .get_or_create(&ListenerLabel {
+                listener: self.name,
+            })
+            .inc();
+    }
+    fn closed(&self, why: vantage_shared::listen::Closed) {
+        self.closed
+            .get_or_create(&ListenerReasonLabel {
+                listener: self.name,
+                reason: why.label(),
+            })
+            .inc();
+    }
+    fn accept_error(&self, kind: &'static str) {
+        self.errors
+            .get_or_create(&ListenerReasonLabel {
+                listener: self.name,
+                reason: kind,
+            })
+            .inc();
+    }
+    fn open(&self, n: usize) {
+        self.open
+            .get_or_create(&ListenerLabel {
+                listener: self.name,
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
 fn plan_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
@@ -70,6 +138,16 @@ pub struct Metrics {
     pub store_batches: Counter,
     pub store_dropped: Counter,
     pub http_errors: Family<ReasonLabel, Counter>,
+    pub connections: Family<ListenerLabel, Gauge>,
+    pub connections_accepted: Family<ListenerLabel, Counter>,
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_closed: Family<ListenerReasonLabel, Counter>,
+    pub accept_errors: Family<ListenerReasonLabel, Counter>,
+    pub api_refused: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<EndpointLabel, Counter>,
+    pub reservations_skipped: Counter,
+    pub origin_conflicts: Counter,
+    pub publish_tokens_issued: Counter,
 }
 
 impl Metrics {
@@ -108,6 +186,16 @@ impl Metrics {
             store_batches: Counter::default(),
             store_dropped: Counter::default(),
             http_errors: Family::default(),
+            connections: Family::default(),
+            connections_accepted: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            accept_errors: Family::default(),
+            api_refused: Family::default(),
+            rate_limited: Family::default(),
+            reservations_skipped: Counter::default(),
+            origin_conflicts: Counter::default(),
+            publish_tokens_issued: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("vantage_scheduler");
         r.register(
@@ -246,7 +334,93 @@ impl Metrics {
             "HTTP API requests answered with an error, by reason",
             m.http_errors.clone(),
         );
+        r.register(
+            "connections",
+            "TCP connections open, by listener (http, grpc)",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "TCP connections admitted, by listener",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "TCP connections closed at accept: at the connection limit with every open connection proven, by listener",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "TCP connections closed by the listener, by listener and reason (shed: at the limit or out of descriptors before its first request; proof_timeout: no handshake or first request in time; idle)",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "accept() failures, by listener and reason (emfile, enfile, enobufs, enomem: back-off; other)",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "api_refused",
+            "API requests refused before their handler, by reason (unauthenticated, forbidden, cross_site, host)",
+            m.api_refused.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Viewer requests answered 429 (per-client rate limit), by endpoint (resolve, play)",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "resolve_reservations_skipped",
+            "Resolves answered without reserving load on the edge: the client's reservation budget was spent",
+            m.reservations_skipped.clone(),
+        );
+        r.register(
+            "origin_conflicts",
+            "Streams published on a second agent while another was their origin (the first publisher stays the origin)",
+            m.origin_conflicts.clone(),
+        );
+        r.register(
+            "publish_tokens_issued",
+            "Publish tokens issued through the API",
+            m.publish_tokens_issued.clone(),
+        );
+        // The refusal families show from the start (as 0): dashboards and
+        // alerts see a zero, not a missing series.
+        for listener in ["http", "grpc"] {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ListenerLabel { listener });
+            for reason in ["shed", "proof_timeout", "idle"] {
+                let _ = m
+                    .connections_closed
+                    .get_or_create(&ListenerReasonLabel { listener, reason });
+            }
+            let _ = m.accept_errors.get_or_create(&ListenerReasonLabel {
+                listener,
+                reason: "emfile",
+            });
+        }
+        for reason in ["unauthenticated", "forbidden", "cross_site", "host"] {
+            let _ = m.api_refused.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+        }
+        for endpoint in ["resolve", "play"] {
+            let _ = m.rate_limited.get_or_create(&EndpointLabel { endpoint });
+        }
         m
+    }
+
+    /// The counters of TCP listener `name`.
+    pub fn listener(&self, name: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            name,
+            open: self.connections.clone(),
+            accepted: self.connections_accepted.clone(),
+            refused: self.connections_refused.clone(),
+            closed: self.connections_closed.clone(),
+            errors: self.accept_errors.clone(),
+        }
     }
 
     /// A route table went out: whole (`delta` false) or a delta.

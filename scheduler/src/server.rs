@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 use vantage_proto::v1::route_discovery_server::RouteDiscoveryServer;
 use vantage_shared::tls::{self, ClientAuth, DevPki, TlsError};
@@ -58,26 +57,36 @@ struct TlsMaterial {
     mode: Mode,
 }
 
+/// `--dev`'s enrollment token: the one given, else the one in
+/// `<data-dir>/dev/enroll.token`, else a new random one written there
+/// (owner-only). Never empty.
+fn dev_token(config: &Config) -> Result<(String, PathBuf), StartError> {
+    let dir = config.data_dir.join("dev");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let token_path = dir.join("enroll.token");
+    let token = match &config.enrollment_token {
+        Some(t) => {
+            tls::write_private(&token_path, t.as_bytes())?;
+            t.clone()
+        }
+        None => match std::fs::read_to_string(&token_path) {
+            Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
+            _ => {
+                let t = vantage_shared::auth::random_secret();
+                tls::write_private(&token_path, t.as_bytes())?;
+                t
+            }
+        },
+    };
+    Ok((token, token_path))
+}
+
 fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
     match &config.tls {
         TlsSource::Dev => {
             let dir = config.data_dir.join("dev");
             let pki = DevPki::ensure(&dir, &config.server_names)?;
-            let token_path = dir.join("enroll.token");
-            let token = match &config.enrollment_token {
-                Some(t) => {
-                    tls::write_private(&token_path, t.as_bytes())?;
-                    t.clone()
-                }
-                None => match std::fs::read_to_string(&token_path) {
-                    Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
-                    _ => {
-                        let t = vantage_shared::auth::random_secret();
-                        tls::write_private(&token_path, t.as_bytes())?;
-                        t
-                    }
-                },
-            };
+            let (token, token_path) = dev_token(config)?;
             info!(
                 ca = %pki.ca_cert.display(),
                 token_file = %token_path.display(),
@@ -112,11 +121,20 @@ fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
                 Some(p) => Some((p.clone(), std::fs::read(p).map_err(io_err(p))?)),
                 None => None,
             };
-            let mode = match &client_ca {
-                Some(_) => Mode::Mtls,
-                None => Mode::Token {
-                    enrollment_token: config.enrollment_token.clone().unwrap_or_default(),
+            let mode = match (&client_ca, &config.enrollment_token) {
+                (Some(_), _) => Mode::Mtls,
+                (None, Some(t)) => Mode::Token {
+                    enrollment_token: t.clone(),
                 },
+                // --dev with the operator's certificate and no token: the
+                // dev token, never an empty one.
+                (None, None) => {
+                    let (token, path) = dev_token(config)?;
+                    info!(token_file = %path.display(), "development mode: enrollment token in {}", path.display());
+                    Mode::Token {
+                        enrollment_token: token,
+                    }
+                }
             };
             Ok(TlsMaterial {
                 cert_path: cert.clone(),
@@ -130,7 +148,9 @@ fn tls_material(config: &Config) -> Result<TlsMaterial, StartError> {
     }
 }
 
-fn rustls_config(m: &TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
+/// The server TLS configuration with application protocols `alpn`
+/// (telemetry's for QUIC, `h2` for gRPC).
+fn rustls_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, StartError> {
     let client_auth = match &m.client_ca {
         Some((path, pem)) => ClientAuth::Required(Arc::new(tls::roots_from_pem(pem, path)?)),
         None => ClientAuth::None,
@@ -139,8 +159,39 @@ fn rustls_config(m: &TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
         tls::certs_from_pem(&m.cert_pem, &m.cert_path)?,
         tls::key_from_pem(&m.key_pem, &m.key_path)?,
         &client_auth,
-        &[vantage_proto::TELEMETRY_ALPN],
+        alpn,
     )?)
+}
+
+/// Start-up warnings of what is open to anyone who can reach a port.
+fn warn_open(config: &Config) {
+    if config.dev && config.admin_token.is_none() {
+        if config.http_listen.ip().is_loopback() {
+            warn!(
+                http = %config.http_listen,
+                "development mode without --admin-token: the API accepts changes (drain, weights) \
+                 from anyone on this host; it listens on loopback only"
+            );
+        } else {
+            warn!(
+                http = %config.http_listen,
+                "development mode without --admin-token: the API accepts changes (drain, weights) \
+                 from anyone who can reach {}; give --admin-token or listen on loopback",
+                config.http_listen
+            );
+        }
+    }
+    if config.publish.any_open() {
+        let why = if config.publish_open_by_dev {
+            "--dev's default (give --publish-auth token for tokens)"
+        } else {
+            "publish auth = open"
+        };
+        warn!(
+            "publishing is open: anyone who can reach an agent's media or RTMP port may publish \
+             any stream ({why})"
+        );
+    }
 }
 
 /// Addresses actually bound (ports may have been 0).
@@ -155,7 +206,9 @@ pub struct Bound {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
     let material = tls_material(&config)?;
-    let quic_tls = rustls_config(&material)?;
+    let quic_tls = rustls_config(&material, &[vantage_proto::TELEMETRY_ALPN])?;
+    let grpc_tls = Arc::new(rustls_config(&material, &[b"h2"])?);
+    warn_open(&config);
     let url = config
         .database_url
         .clone()
@@ -218,19 +271,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     tasks.spawn(crate::ingest::serve(app.clone(), ingest));
     tasks.spawn(app.clone().run_planner());
     tasks.spawn(app.clone().run_liveness(socket_drops));
-    let grpc = grpc_server(app.clone(), &material, grpc_listener).await?;
+    let grpc = grpc_server(app.clone(), grpc_tls, grpc_listener).await?;
     tasks.spawn(grpc);
     let router = crate::api::router(app.clone());
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        // The peer address feeds GeoIP lookups of `/v1/resolve` and `/play`.
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serve = axum::serve(http_listener, service)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            warn!("HTTP server stopped: {e}");
-        }
-    });
+    let http = crate::listeners::http_listener(&app, http_listener);
+    tasks.spawn(crate::listeners::serve_http(
+        http,
+        router,
+        config.handshake_timeout,
+        shutdown.clone(),
+    ));
     let reload = app.clone();
     tasks.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -281,7 +331,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 async fn grpc_server(
     app: Arc<App>,
-    m: &TlsMaterial,
+    tls: Arc<rustls::ServerConfig>,
     listener: TcpListener,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, StartError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -301,33 +351,29 @@ async fn grpc_server(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Grpc(e.to_string()))?;
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
-    if let Some((_, ca)) = &m.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(ca));
-    }
     let router = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| StartError::Grpc(e.to_string()))?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::listeners::CallLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RouteDiscoveryServer::new(RouteService::new(app.clone())));
+        .add_service(
+            RouteDiscoveryServer::new(RouteService::new(app.clone()))
+                .max_decoding_message_size(crate::publish::grpc::MAX_REQUEST_BYTES),
+        );
     let shutdown = app.shutdown.clone();
-    // Each route table is one small write that an agent answers with an ACK: Nagle's
-    // algorithm would only hold tables back (tonic's own `tcp_nodelay` applies to
-    // listeners it binds itself, not to an incoming stream).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |accepted| {
-            accepted.inspect(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    warn!("gRPC connection: TCP_NODELAY not set: {e}");
-                }
-            })
-        },
-    );
+    // TLS happens in the accept loop (each handshake under the listener's
+    // deadline); tonic gets the finished connections.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let listener = crate::listeners::grpc_listener(&app, listener);
+    let accept = tokio::spawn(crate::listeners::accept_grpc(
+        listener,
+        tls,
+        tx,
+        shutdown.clone(),
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(async move {
         info!("routes (gRPC) listening");
         if let Err(e) = router
@@ -341,5 +387,6 @@ async fn grpc_server(
         {
             warn!("gRPC server stopped: {e}");
         }
+        accept.abort();
     })
 }

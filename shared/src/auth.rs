@@ -28,9 +28,16 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Constant-time string comparison.
+/// Constant-time comparison of a presented secret with the expected one.
+/// An empty secret never matches (not even an empty one): a missing
+/// setting must never turn into "any empty token is accepted".
 pub fn secrets_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    !a.is_empty() && bytes_equal(a.as_bytes(), b.as_bytes())
+}
+
+/// Constant-time byte comparison (lengths are not secret).
+pub fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// A parsed node credential.

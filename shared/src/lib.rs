@@ -7,6 +7,8 @@
 //! * [`place`] — coordinates, great-circle distance and the RTT-from-distance model.
 //! * [`stream`] — stream keys (`app/stream`) and patterns (`live/*`).
 //! * [`auth`] — enrollment tokens and per-node credentials.
+//! * [`publish_token`] — publish tokens (JWT HS256): issue and verify.
+//! * [`ratelimit`] — token buckets per client (IP prefix), bounded.
 //! * [`tls`] — development CA, certificate loading and peer identities.
 //! * [`backoff`] — jittered exponential backoff with a cap.
 //! * [`close`] — QUIC application error codes of the telemetry connection.
@@ -17,6 +19,8 @@
 //! * [`flv`] — FLV tags, incremental demuxer and muxer; [`synth`] — a synthetic FLV source.
 //! * [`rtmp`] — RTMP handshake, chunk stream (bounded decoder, encoder), messages and AMF0 commands.
 //! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
+//! * [`listen`] — connection limits of TCP listeners: cap, proof and idle
+//!   deadlines, shedding unproven connections, `accept` back-off on `EMFILE`.
 //! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent.
 //!
 //! Pure code here never reads the clock itself: callers pass `now`.
@@ -31,8 +35,11 @@ pub mod estimate;
 pub mod flv;
 pub mod frame;
 pub mod group;
+pub mod listen;
 pub mod place;
 pub mod probe;
+pub mod publish_token;
+pub mod ratelimit;
 pub mod rtmp;
 pub mod score;
 pub mod stream;

@@ -23,13 +23,51 @@ impl Default for Http {
 
 impl Http {
     pub fn new() -> Self {
+        Self::build(None, true)
+    }
+
+    /// A client that does not follow redirects and whose connections leave
+    /// from `ip` (a loopback address such as 127.0.0.2: another "client"
+    /// for per-client limits).
+    pub fn bound_to(ip: std::net::IpAddr) -> Self {
+        Self::build(Some(ip), false)
+    }
+
+    fn build(ip: Option<std::net::IpAddr>, follow: bool) -> Self {
+        let redirect = if follow {
+            reqwest::redirect::Policy::default()
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))
             .no_proxy()
+            .redirect(redirect)
+            .local_address(ip)
             .build()
             .unwrap_or_else(|e| panic!("http client: {e}"));
         Http { client }
+    }
+
+    /// Any request: `method url` with `headers` and an optional body.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .unwrap_or_else(|e| panic!("method {method:?}: {e}"));
+        let mut req = self.client.request(method, url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req).await
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {

@@ -29,6 +29,7 @@ pub mod browser;
 pub mod cluster;
 pub mod datadir;
 pub mod eventually;
+pub mod flood;
 pub mod hostile;
 pub mod http;
 pub mod impair;

@@ -56,6 +56,9 @@ pub struct SchedulerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     ready_timeout: Duration,
+    /// `--read-token`, sent by [`Scheduler::get`] (reads that need the
+    /// agents' addresses, hidden from anonymous readers).
+    read_token: Option<String>,
 }
 
 impl Default for SchedulerBuilder {
@@ -70,6 +73,7 @@ impl Default for SchedulerBuilder {
             args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            read_token: None,
         }
     }
 }
@@ -105,6 +109,15 @@ impl SchedulerBuilder {
     }
 
     /// Extra command-line arguments.
+    /// Starts the scheduler with `--read-token` and reads its API with it
+    /// (readers see agents' addresses; docs/security.md).
+    pub fn read_token(mut self, token: &str) -> Self {
+        self.args.push("--read-token".into());
+        self.args.push(token.into());
+        self.read_token = Some(token.to_owned());
+        self
+    }
+
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
@@ -391,7 +404,16 @@ impl Scheduler {
 
     /// GET an API path (`/v1/nodes`).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.http.get(&format!("{}{path}", self.api_url())).await
+        let url = format!("{}{path}", self.api_url());
+        match &self.cfg.read_token {
+            Some(t) => {
+                let bearer = format!("Bearer {t}");
+                self.http
+                    .request("GET", &url, &[("authorization", bearer.as_str())], None)
+                    .await
+            }
+            None => self.http.get(&url).await,
+        }
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {

@@ -16,33 +16,66 @@ use vantage_shared::synth::{Synth, SynthConfig};
 const PACE: Duration = Duration::from_millis(40);
 
 /// Publishes `Synth` media to `http://<addr><path>` until stopped or
-/// dropped. The task ends with an error message if the connection fails.
+/// dropped. The task ends with an error message if the connection fails;
+/// the answer of the agent (which comes when the publish ends, or at once
+/// when it is refused) is kept: [`SynthPublisher::answer`].
 #[derive(Debug)]
 pub struct SynthPublisher {
     task: JoinHandle<String>,
+    answer: Arc<Mutex<Option<(u16, String)>>>,
 }
 
 impl SynthPublisher {
     /// 320x240 25 fps, 1 s GOP, `kbps` of video, with audio.
     pub fn start(addr: SocketAddr, path: &str, kbps: u32) -> SynthPublisher {
-        let path = path.to_owned();
         let cfg = SynthConfig {
             bitrate_kbps: kbps,
             gop_frames: 25,
             ..SynthConfig::default()
         };
+        Self::start_config(addr, path, cfg)
+    }
+
+    /// Publishes with this synthetic source (another picture size makes
+    /// another stream a viewer can tell apart: see [`Seen::video_configs`]).
+    pub fn start_config(addr: SocketAddr, path: &str, cfg: SynthConfig) -> SynthPublisher {
+        let path = path.to_owned();
+        let answer = Arc::new(Mutex::new(None));
+        let a = answer.clone();
         let task = tokio::spawn(async move {
-            match publish(addr, &path, cfg).await {
+            match publish(addr, &path, cfg, a).await {
                 Ok(()) => "publisher stopped".to_owned(),
                 Err(e) => format!("publish to {addr}{path}: {e}"),
             }
         });
-        SynthPublisher { task }
+        SynthPublisher { task, answer }
     }
 
     /// Panics with the reason if the publisher has stopped.
     pub fn assert_running(&self) {
         assert!(!self.task.is_finished(), "synthetic publisher stopped");
+    }
+
+    /// The HTTP status and body the agent answered with, once it did.
+    pub fn answer(&self) -> Option<(u16, String)> {
+        self.answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for the agent's answer.
+    pub async fn wait_answer(&self, timeout: Duration) -> Option<(u16, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(a) = self.answer() {
+                return Some(a);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn stop(self) {
@@ -56,9 +89,61 @@ impl Drop for SynthPublisher {
     }
 }
 
-async fn publish(addr: SocketAddr, path: &str, cfg: SynthConfig) -> std::io::Result<()> {
-    let mut sock = TcpStream::connect(addr).await?;
+/// Reads the agent's answer to a publish: status line, headers, then the
+/// body (Content-Length or until the connection closes, 64 KiB at most).
+async fn read_answer(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    answer: Arc<Mutex<Option<(u16, String)>>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        match rd.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 65_536 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length: Option<usize> = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    });
+    let mut body = buf[head_end..].to_vec();
+    while length.is_none_or(|n| body.len() < n) && body.len() < 65_536 {
+        match tokio::time::timeout(Duration::from_secs(2), rd.read(&mut tmp)).await {
+            Ok(Ok(n)) if n > 0 => body.extend_from_slice(&tmp[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some((status, text));
+}
+
+async fn publish(
+    addr: SocketAddr,
+    path: &str,
+    cfg: SynthConfig,
+    answer: Arc<Mutex<Option<(u16, String)>>>,
+) -> std::io::Result<()> {
+    let sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
+    let (rd, mut sock) = sock.into_split();
+    let reader = tokio::spawn(read_answer(rd, answer));
+    let _reader = ReaderGrace(Some(reader));
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: video/x-flv\r\n\
          Transfer-Encoding: chunked\r\n\r\n"
@@ -90,6 +175,26 @@ async fn publish(addr: SocketAddr, path: &str, cfg: SynthConfig) -> std::io::Res
     }
 }
 
+/// The answer reader outlives the writer by up to 3 s (the writer fails
+/// when the agent answers and closes; the answer may still be in flight),
+/// then is aborted.
+struct ReaderGrace(Option<JoinHandle<()>>);
+
+impl Drop for ReaderGrace {
+    fn drop(&mut self) {
+        let Some(h) = self.0.take() else { return };
+        let abort = h.abort_handle();
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(3), h)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        });
+    }
+}
+
 /// What a [`FlvViewer`] saw.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
@@ -101,6 +206,14 @@ pub struct Seen {
     /// The body ended (cleanly or not) at this time.
     pub ended_at: Option<Instant>,
     pub error: Option<String>,
+    /// Distinct video sequence headers (decoder configurations) seen, in
+    /// order: one per publisher's picture size; a second one means the
+    /// stream switched to another source.
+    pub video_configs: Vec<Vec<u8>>,
+    /// `width` of every `onMetaData` seen.
+    pub widths: Vec<u32>,
+    /// The body is not FLV from this point on (demuxer error).
+    pub flv_error: Option<String>,
 }
 
 /// A viewer reading an HTTP-FLV URL in the background.
@@ -127,6 +240,7 @@ impl FlvViewer {
                 }
             };
             lock(&s).status = resp.status().as_u16();
+            let mut demux = vantage_shared::flv::Demuxer::new(16 << 20);
             loop {
                 let chunk = resp.chunk().await;
                 let now = Instant::now();
@@ -136,6 +250,10 @@ impl FlvViewer {
                         g.bytes += b.len() as u64;
                         g.first_at.get_or_insert(now);
                         g.last_at = Some(now);
+                        if g.flv_error.is_none() {
+                            demux.push(&b);
+                            inspect(&mut demux, &mut g);
+                        }
                     }
                     Ok(None) => {
                         g.ended_at = Some(now);
@@ -195,6 +313,32 @@ impl FlvViewer {
 impl Drop for FlvViewer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Notes the decoder configurations and metadata of the tags demuxed so far.
+fn inspect(demux: &mut vantage_shared::flv::Demuxer, g: &mut Seen) {
+    loop {
+        match demux.next_tag() {
+            Ok(Some(t)) => {
+                if t.is_video() && t.is_sequence_header() {
+                    let body = t.body.to_vec();
+                    if !g.video_configs.contains(&body) {
+                        g.video_configs.push(body);
+                    }
+                } else if t.is_metadata()
+                    && let Some(w) =
+                        vantage_shared::flv::amf::Metadata::parse(&t.body).and_then(|m| m.width)
+                {
+                    g.widths.push(w as u32);
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                g.flv_error = Some(e.to_string());
+                return;
+            }
+        }
     }
 }
 

@@ -27,7 +27,11 @@ const NEW_YORK: (f64, f64) = (40.7128, -74.0060);
 
 /// A scheduler with the default 1 s report interval.
 async fn scheduler() -> Scheduler {
-    Scheduler::builder().start().await
+    // Probe addresses are shown to authenticated readers only.
+    Scheduler::builder()
+        .read_token("measurement-read-token-0123456789")
+        .start()
+        .await
 }
 
 /// A UDP proxy in front of a probe port that is not bound yet, and the

@@ -24,6 +24,22 @@ use vantage_tests::media::{Publisher, tool, wait_routed_through};
 use vantage_tests::synth::{FlvViewer, SynthPublisher};
 use vantage_tests::{Agent, Scheduler, eventually};
 
+/// A config file lifting the per-client limits of `/v1/resolve` and
+/// `/play` (these tests play many viewers from one address; the limits
+/// have their own test, security_resolve).
+fn no_client_limits() -> String {
+    let path = std::env::temp_dir().join(format!(
+        "vantage-resolve-limits-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "[limits]\nrate_per_s = 1000000.0\nburst = 1000000.0\nreserve_per_s = 1000000.0\nreserve_burst = 1000000.0\n",
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path.display().to_string()
+}
+
 const PARIS: (f64, f64) = (48.8566, 2.3522);
 const FRANKFURT: (f64, f64) = (50.1109, 8.6821);
 const TOKYO: (f64, f64) = (35.6762, 139.6503);
@@ -92,6 +108,8 @@ async fn wait_resolvable(s: &Scheduler, stream: &str, c: (f64, f64), want_edges:
 /// are deterministic.
 async fn four_cities(report_ms: u64) -> (Scheduler, Vec<Agent>) {
     let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
         .report_interval_ms(report_ms)
         .arg("--exploration-share")
         .arg("0")
@@ -252,6 +270,8 @@ async fn stalls_in_one_group_move_only_that_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_edges_get_no_viewers_and_drained_edges_never_appear() {
     let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
         .report_interval_ms(500)
         .arg("--exploration-share")
         .arg("0")
@@ -381,7 +401,11 @@ async fn full_edges_get_no_viewers_and_drained_edges_never_appear() {
 /// Must show 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_one_group_spreads_over_near_equal_edges() {
-    let s = Scheduler::builder().start().await;
+    let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
+        .start()
+        .await;
     let mut agents = Vec::new();
     for id in ["p1", "p2", "p3"] {
         let b = Agent::builder(id, &s)
@@ -427,6 +451,8 @@ async fn a_burst_from_one_group_spreads_over_near_equal_edges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_ip_resolves_like_its_location() {
     let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
         .arg("--exploration-share")
         .arg("0")
         .arg("--geoip-city")
@@ -536,7 +562,12 @@ async fn ffmpeg_plays_through_the_play_redirect() {
     let Some(ffmpeg) = tool("ffmpeg", test) else {
         return;
     };
-    let s = Scheduler::builder().report_interval_ms(500).start().await;
+    let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
+        .report_interval_ms(500)
+        .start()
+        .await;
     let origin = Agent::builder("origin", &s)
         .at(PARIS.0, PARIS.1)
         .start()
@@ -633,7 +664,11 @@ async fn ffmpeg_plays_through_the_play_redirect() {
 /// Must show 7.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_are_400_json() {
-    let s = Scheduler::builder().start().await;
+    let s = Scheduler::builder()
+        .arg("--config")
+        .arg(no_client_limits())
+        .start()
+        .await;
     let a = Agent::builder("a", &s)
         .at(PARIS.0, PARIS.1)
         .origin("live/*", NO_MEDIA_ORIGIN)

@@ -39,6 +39,8 @@ const KBPS: u32 = 64;
 /// and plans at most every 100 ms.
 async fn scheduler() -> Scheduler {
     Scheduler::builder()
+        // Agents' probe addresses are shown to authenticated readers only.
+        .read_token("route-deltas-read-token-0123456789")
         .report_interval_ms(500)
         .arg("--replan-interval-ms")
         .arg("100")

@@ -4,30 +4,40 @@
 //!
 //! A stream key has at most one publisher on a node: a second one is
 //! refused ([`Refused::Conflict`], HTTP 409, RTMP `NetStream.Publish.BadName`)
-//! while the first is live. A relayed stream is taken over by a local
-//! publisher. The returned [`Publishing`] ends the stream when it is
-//! dropped, however the publisher's connection ends.
+//! while the first is live. Only the stream's origin accepts a publisher:
+//! a stream this node relays, or one the route table's directory names
+//! another origin for, is never taken over by a local publish
+//! ([`Refused::NotOrigin`], HTTP 409 naming the origin, RTMP
+//! `NetStream.Publish.BadName`; issue 17). The returned [`Publishing`]
+//! ends the stream when it is dropped, however the publisher's connection
+//! ends.
 
 use super::Relay;
 use super::stream::{Phase, Stream};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use vantage_shared::stream::StreamKey;
 
 /// Why a publisher was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
     /// The agent drains: no new publishers.
     Draining,
     /// The stream is already published to this node.
     Conflict,
+    /// Another node is the stream's origin (this one relays it, or the
+    /// directory names it): publish there.
+    NotOrigin { origin: String },
 }
 
 impl Refused {
     /// The message a publisher is told.
-    pub fn message(self, node_id: &str, key: &StreamKey) -> String {
+    pub fn message(&self, node_id: &str, key: &StreamKey) -> String {
         match self {
+            Refused::NotOrigin { origin } => format!(
+                "stream {key} is published on {origin}, its origin; {node_id} relays it and accepts no publisher for it"
+            ),
             Refused::Draining => format!(
                 "{node_id} is draining and accepts no new viewers or publishers of {key}; retry via the scheduler"
             ),
@@ -59,11 +69,25 @@ impl Relay {
         if self.is_draining() {
             return Err(Refused::Draining);
         }
-        let Ok((stream, generation, cancel)) = self.stream_for_publish(key) else {
-            self.metrics().publish("conflict");
-            return Err(Refused::Conflict);
+        let (stream, generation, cancel) = match self.stream_for_publish(key) {
+            Ok(s) => s,
+            Err(refused) => {
+                self.metrics().publish("conflict");
+                if let Refused::NotOrigin { origin } = &refused {
+                    warn!(
+                        stream = %key,
+                        protocol,
+                        origin,
+                        "publish refused: {origin} is the origin of {key} (this node relays it)"
+                    );
+                }
+                return Err(refused);
+            }
         };
         self.metrics().publish("accepted");
+        // Subscribe to the key's directory entry: should the scheduler name
+        // another origin (it was published there first), this publisher ends.
+        self.interest().want(key);
         info!(stream = %key, protocol, "publish started");
         Ok(Publishing {
             relay: self.clone(),

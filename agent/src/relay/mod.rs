@@ -25,6 +25,7 @@
 //! [`ReportSource`](crate::telemetry::ReportSource).
 
 pub mod admit;
+pub mod authorize;
 pub mod conn;
 pub mod hub;
 pub mod ingest;
@@ -225,10 +226,6 @@ impl std::fmt::Debug for Relay {
 /// Why a play request found no stream to wait for.
 #[derive(Debug)]
 pub(crate) struct NoSource;
-
-/// Why a publish was refused.
-#[derive(Debug)]
-pub(crate) struct Conflict;
 
 impl Relay {
     /// `static_origins` serve streams the route table has no route for.
@@ -457,22 +454,50 @@ impl Relay {
         Ok(s)
     }
 
+    /// The directory's origin for `key` when it is another node: a
+    /// publisher of `key` here is refused (or ended once the scheduler
+    /// names another origin: the first publisher of a key stays its
+    /// origin).
+    pub(crate) fn origin_elsewhere(&self, key: &StreamKey) -> Option<String> {
+        let t = self.inner.tables.borrow();
+        t.as_ref()
+            .and_then(|t| t.origin_of(key))
+            .filter(|o| !o.is_empty() && *o != self.inner.node_id)
+            .map(str::to_owned)
+    }
+
     /// The stream a publisher of `key` writes to, with its source
-    /// generation and cancellation. A relayed stream is taken over; a
-    /// stream already published here is a conflict.
+    /// generation and cancellation. A stream already published here is a
+    /// conflict; one the directory names another origin for, or one
+    /// relayed live from an upstream, is refused with that origin; a pull
+    /// still connecting with no origin known (viewers came first) is taken
+    /// over.
     pub(crate) fn stream_for_publish(
         &self,
         key: &StreamKey,
-    ) -> Result<(Arc<Stream>, u64, CancellationToken), Conflict> {
+    ) -> Result<(Arc<Stream>, u64, CancellationToken), admit::Refused> {
+        let elsewhere = || self.origin_elsewhere(key);
         let mut map = lock(&self.inner.streams);
-        let stream = match map.get(key) {
-            Some(s) if matches!(*s.phase.borrow(), Phase::Connecting | Phase::Live) => {
-                if s.role() == Role::Origin {
-                    return Err(Conflict);
-                }
-                s.clone()
+        let held = map
+            .get(key)
+            .filter(|s| matches!(*s.phase.borrow(), Phase::Connecting | Phase::Live));
+        if held.is_some_and(|s| s.role() == Role::Origin) {
+            return Err(admit::Refused::Conflict);
+        }
+        if let Some(origin) = elsewhere() {
+            return Err(admit::Refused::NotOrigin { origin });
+        }
+        let stream = match held {
+            // Relayed media flows from somewhere: that is the origin.
+            Some(s) if *s.phase.borrow() == Phase::Live => {
+                return Err(admit::Refused::NotOrigin {
+                    origin: s.upstream(),
+                });
             }
-            _ => {
+            // Viewers waiting for a stream published nowhere yet: this
+            // publisher feeds them.
+            Some(s) => s.clone(),
+            None => {
                 let s = self.new_stream(key, Role::Origin);
                 map.insert(key.clone(), s.clone());
                 s

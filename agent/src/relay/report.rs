@@ -210,6 +210,22 @@ pub async fn housekeeping(relay: Relay, cancel: CancellationToken) {
                 }
             }
         }
+        // A stream published here whose origin the scheduler says is
+        // another node (published there first): this publisher ends, told
+        // who holds the key.
+        for s in relay.streams() {
+            if s.role() == Role::Origin
+                && let Some(origin) = relay.origin_elsewhere(&s.key)
+            {
+                tracing::warn!(
+                    stream = %s.key,
+                    origin,
+                    "origin conflict: {origin} published {} first and is its origin; ending the publisher here",
+                    s.key
+                );
+                s.cancel_source();
+            }
+        }
         // Directory subscriptions no stream here used for a while go.
         if sweep.elapsed() >= SWEEP_PERIOD {
             sweep = Instant::now();

@@ -222,6 +222,12 @@ impl Stream {
         (src.generation, src.cancel.clone())
     }
 
+    /// Stops the current source (its publisher or pull ends; the stream
+    /// ends with it unless another source begins).
+    pub fn cancel_source(&self) {
+        lock(&self.source).cancel.cancel();
+    }
+
     /// Whether `generation` is still the stream's source.
     pub fn is_current(&self, generation: u64) -> bool {
         lock(&self.source).generation == generation

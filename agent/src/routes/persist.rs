@@ -44,8 +44,37 @@ pub fn save(path: &Path, table: &RouteTable) -> Result<(), PersistError> {
     })
 }
 
-/// Reads the table at `path`; `Ok(None)` when there is none.
+/// Makes `path` owner-only when an older version (or an operator) left it
+/// readable by others: it holds the cluster's probe and publish keys.
+fn make_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => warn!(
+                    path = %path.display(),
+                    "route table file was readable by others (mode {mode:o}); made owner-only (0600)"
+                ),
+                Err(e) => warn!(
+                    path = %path.display(),
+                    "route table file is readable by others (mode {mode:o}) and could not be made owner-only: {e}"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Reads the table at `path`; `Ok(None)` when there is none. A file others
+/// may read is made owner-only first.
 pub fn load(path: &Path) -> Result<Option<RouteTable>, PersistError> {
+    make_private(path);
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -151,6 +180,11 @@ mod tests {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
         save(&path, &per_origin()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A world-readable file is made owner-only when it is read.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(per_origin()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -11,6 +11,7 @@ use super::RtmpConfig;
 use super::session::{Conn, SessionError, stream_key};
 use crate::relay::Relay;
 use crate::relay::admit::Refused;
+use crate::relay::authorize::{Credential, Denied};
 use crate::relay::ingest::Session;
 use crate::relay::source::Pacer;
 use crate::relay::stream::lock;
@@ -38,12 +39,22 @@ pub async fn run(
             return Err(SessionError::Refused(msg));
         }
     };
+    let (_, query) = super::session::split_query(name);
+    let cred = Credential::from_query(query, None, Some(conn.peer));
+    if let Err(d) = relay.authorize_publish(&key, &cred, "rtmp").await {
+        let code = match d {
+            Denied::Unauthenticated(_) => "NetStream.Publish.Unauthorized",
+            Denied::Forbidden(_) => "NetStream.Publish.Denied",
+        };
+        conn.status("error", code, d.message()).await?;
+        return Err(SessionError::Refused(d.message().to_owned()));
+    }
     let publishing = match relay.admit_publisher(&key, "rtmp") {
         Ok(p) => p,
         Err(r) => {
             let msg = r.message(relay.node_id(), &key);
             let code = match r {
-                Refused::Conflict => "NetStream.Publish.BadName",
+                Refused::Conflict | Refused::NotOrigin { .. } => "NetStream.Publish.BadName",
                 Refused::Draining => "NetStream.Publish.Denied",
             };
             conn.status("error", code, &msg).await?;

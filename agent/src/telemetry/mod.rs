@@ -16,6 +16,7 @@
 
 pub mod alert;
 mod session;
+pub mod trim;
 
 use crate::config::HostPort;
 use crate::identity::Identity;

@@ -369,9 +369,20 @@ impl TelemetryClient {
                 lost_packets: path.lost_packets,
                 congestion_events: path.congestion_events,
             }),
+            tail: None,
         };
         for source in &self.sources {
             source.fill(&mut report);
+        }
+        let trimmed = super::trim::fit(&mut report, max_frame);
+        if trimmed.any() {
+            self.metrics.report_trimmed(&trimmed);
+            debug!(
+                streams = trimmed.streams,
+                groups = trimmed.groups,
+                paths = trimmed.paths,
+                "report over the frame limit: the tail left out"
+            );
         }
         let frame = TelemetryFrame {
             kind: Some(telemetry_frame::Kind::Report(report)),

@@ -198,6 +198,7 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
             lost_packets: 0,
             congestion_events: 0,
         }),
+        tail: None,
     }
 }
 

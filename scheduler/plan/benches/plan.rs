@@ -44,6 +44,7 @@ fn world(nodes: usize, streams: usize, origins: usize, r: &mut Lcg) -> Vec<NodeV
             probe_addr: format!("n{i}:7402"),
             paths: BTreeMap::new(),
             published: BTreeMap::new(),
+            published_since: BTreeMap::new(),
             static_origins: BTreeMap::new(),
         })
         .collect();

@@ -350,7 +350,10 @@ impl Graph {
             let (el, pr) = (eligible(new, &st.ranges), probeable(new));
             let load = load_term(new, st);
             let buffer = buffer_input(new.buffer_ms, &st.ranges);
-            if old.health != new.health || old.published != new.published {
+            if old.health != new.health
+                || old.published != new.published
+                || old.published_since != new.published_since
+            {
                 d.streams_changed.push(u);
             }
             if pr != self.probeable[ui] {

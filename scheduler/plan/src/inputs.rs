@@ -74,6 +74,8 @@ pub struct Planned {
     pub paths: BTreeMap<String, PathStat>,
     /// Streams published to this node, with bit rate.
     pub published: BTreeMap<StreamKey, f64>,
+    /// When each was first seen published here ([`NodeView::published_since`]).
+    pub published_since: BTreeMap<StreamKey, i64>,
 }
 
 impl Planned {
@@ -87,6 +89,7 @@ impl Planned {
             buffer_ms: v.buffer_ms,
             paths: std::mem::take(&mut v.paths),
             published: std::mem::take(&mut v.published),
+            published_since: std::mem::take(&mut v.published_since),
         }
     }
 
@@ -97,6 +100,7 @@ impl Planned {
         v.buffer_ms = self.buffer_ms;
         v.paths.clone_from(&self.paths);
         v.published.clone_from(&self.published);
+        v.published_since.clone_from(&self.published_since);
     }
 }
 
@@ -253,6 +257,7 @@ mod tests {
             )]
             .into(),
             published: [(StreamKey::parse("live/a").unwrap(), 4_000.0)].into(),
+            published_since: BTreeMap::new(),
         }
     }
 

@@ -38,6 +38,8 @@ mod source;
 pub mod trace;
 
 pub use node::{Health, NodeView, PathStat, eligible};
-pub use session::{Offered, PlanSession, RouteEntry, StepReport, TableChange, TableUpdate};
+pub use session::{
+    Offered, OriginConflict, PlanSession, RouteEntry, StepReport, TableChange, TableUpdate,
+};
 pub use settings::{Limits, PlanSettings};
 pub use source::SourceKey;

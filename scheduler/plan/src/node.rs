@@ -55,6 +55,10 @@ pub struct NodeView {
     pub paths: BTreeMap<String, PathStat>,
     /// Streams published to this node (it is their origin), with bit rate.
     pub published: BTreeMap<StreamKey, f64>,
+    /// When the scheduler first saw each of `published` here (its clock,
+    /// ms): of two nodes publishing a stream, the first stays its origin.
+    /// Missing (the simulator, old traces): ranked after known times.
+    pub published_since: BTreeMap<StreamKey, i64>,
     /// Static origins configured on this node: pattern → URL template.
     pub static_origins: BTreeMap<StreamPattern, String>,
 }
@@ -73,6 +77,7 @@ impl NodeView {
             probe_addr: String::new(),
             paths: BTreeMap::new(),
             published: BTreeMap::new(),
+            published_since: BTreeMap::new(),
             static_origins: BTreeMap::new(),
         }
     }

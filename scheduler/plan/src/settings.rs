@@ -92,6 +92,9 @@ pub struct PlanSettings {
     pub table_ttl_s: u32,
     /// Cluster key for probe authenticators, copied into every table.
     pub probe_key: Vec<u8>,
+    /// Publish policy (with the keys of publish tokens), copied into every
+    /// table; `None` in the simulator and in traces (a secret).
+    pub publish: Option<vantage_proto::v1::PublishPolicy>,
     /// Least time between two plans of inputs that moved (triggers such as
     /// a node going down plan at once).
     pub replan_interval_ms: u32,
@@ -112,6 +115,7 @@ impl Default for PlanSettings {
             report_interval_ms: 1_000,
             table_ttl_s: 3_600,
             probe_key: Vec::new(),
+            publish: None,
             replan_interval_ms: 1_000,
             full_plan_interval_ms: 60_000,
         }

@@ -73,7 +73,11 @@ async fn asset(content_type: &'static str, body: &'static str) -> impl IntoRespo
 /// Everything the page shows but the route tables: the nodes (the
 /// `/v1/nodes` view plus viewer QoE figures and a serving score), the
 /// current weights and whether mutating calls need the admin token.
-async fn state(State(app): State<Arc<App>>) -> Json<Value> {
+async fn state(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, super::ApiError> {
+    let reader = super::reader(&app, &headers)?;
     let now = now_ms();
     let ws = app.weights();
     let ranges = app.config.ranges;
@@ -82,7 +86,7 @@ async fn state(State(app): State<Arc<App>>) -> Json<Value> {
         .entries()
         .iter()
         .map(|e| {
-            let mut v = node_json(e, now, false);
+            let mut v = node_json(e, now, false, reader.authenticated);
             let (qoe, breakdown) = serving(e, &ws.weights, &ranges);
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("qoe".into(), qoe);
@@ -97,9 +101,10 @@ async fn state(State(app): State<Arc<App>>) -> Json<Value> {
             v
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "now_ms": now,
-        "dev": app.config.dev,
+        // Whether changes need no token (the page hides the token field).
+        "dev": app.config.dev && app.config.admin_token.is_none(),
         "report_interval_ms": app.config.report_interval_ms,
         "weights": {
             "version": ws.version,
@@ -109,7 +114,7 @@ async fn state(State(app): State<Arc<App>>) -> Json<Value> {
             "comment": ws.comment,
         },
         "nodes": nodes,
-    }))
+    })))
 }
 
 /// Viewer-weighted mean of `f` over the groups with samples.

@@ -1,17 +1,23 @@
 //! The scheduler's HTTP API (DESIGN §8): health, metrics, nodes, routes,
-//! weights and drain. JSON everywhere; errors are `{"error": "..."}` with a
-//! fitting status. Mutating calls need `authorization: Bearer <admin token>`
-//! unless the scheduler runs with `--dev`.
+//! weights, drain and undrain, publish tokens and keys, viewer routing.
+//! JSON everywhere; errors are `{"error": "..."}` with a fitting status.
+//! Mutating calls need `authorization: Bearer <admin token>` whenever one
+//! is configured (open only with `--dev` and no token); reads may need a
+//! read token; see [`guard`] for every check made before a handler.
 
 mod dashboard;
+pub mod guard;
 mod nodes;
+mod publish;
 mod resolve;
 mod weights;
+
+pub use guard::{Reader, reader, require_admin};
 
 use crate::app::App;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -47,33 +53,15 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Checks the admin token of a mutating request.
-pub fn require_admin(app: &App, headers: &HeaderMap) -> ApiResult<String> {
-    if app.config.dev {
-        return Ok("dev".to_owned());
-    }
-    let Some(expected) = &app.config.admin_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no admin token is configured on this scheduler; mutating calls are disabled",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if vantage_shared::auth::secrets_equal(t, expected) => Ok("admin".to_owned()),
-        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong admin token")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing `authorization: Bearer <admin token>`",
-        )),
-    }
-}
-
 pub fn router(app: Arc<App>) -> Router {
+    // Viewer routing: open, limited per client.
+    let viewers = Router::new()
+        .route("/v1/resolve", get(resolve::resolve))
+        .route("/play/{app}/{file}", get(resolve::play))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::rate_limit,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -81,14 +69,27 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{id}", get(nodes::one))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
+        .route("/v1/nodes/{id}/undrain", post(nodes::undrain))
         .route("/v1/routes/{id}", get(nodes::routes))
         .route("/v1/events", get(nodes::events))
         .route("/v1/weights", get(weights::get).put(weights::put))
         .route("/v1/weights/history", get(weights::history))
-        .route("/v1/resolve", get(resolve::resolve))
-        .route("/play/{app}/{file}", get(resolve::play))
+        .route("/v1/publish-tokens", post(publish::issue))
+        .route(
+            "/v1/publish-keys",
+            get(publish::list_keys).post(publish::rotate_key),
+        )
+        .route(
+            "/v1/publish-keys/{id}",
+            axum::routing::delete(publish::delete_key),
+        )
+        .merge(viewers)
         .merge(dashboard::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::same_site,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             count_errors,

@@ -1,6 +1,6 @@
 //! `/v1/nodes`, `/v1/routes/{id}`, drain and events.
 
-use super::{ApiError, ApiResult, require_admin};
+use super::{ApiError, ApiResult, Reader, reader, require_admin};
 use crate::app::App;
 use crate::registry::NodeEntry;
 use axum::Json;
@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use vantage_shared::clock::now_ms;
 
-/// JSON view of a node.
-pub fn node_json(e: &NodeEntry, now: i64, detail: bool) -> Value {
+/// JSON view of a node. Anonymous readers (`private` false) do not see
+/// where agents connect from nor their probe addresses.
+pub fn node_json(e: &NodeEntry, now: i64, detail: bool, private: bool) -> Value {
     let load = e.load.as_ref().map(|l| {
         json!({
             "cpu": l.cpu,
@@ -30,7 +31,7 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool) -> Value {
         .map(|p| {
             json!({
                 "target": p.target_node_id,
-                "addr": p.target_addr,
+                "addr": private.then_some(&p.target_addr),
                 "rtt_ewma_ms": p.rtt_ewma_ms,
                 "rtt_p50_ms": p.rtt_p50_ms,
                 "rtt_p95_ms": p.rtt_p95_ms,
@@ -69,7 +70,6 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool) -> Value {
         "lon": e.info.coord.map(|c| c.lon),
         "capacity_mbps": e.info.capacity_mbps,
         "public_url": e.info.public_url,
-        "probe_addr": e.info.probe_addr,
         "agent_version": e.info.agent_version,
         "last_report_age_ms": e.last_report_ms.map(|t| (now - t).max(0)),
         "state_since_ms": e.state_since_ms,
@@ -80,12 +80,21 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool) -> Value {
         "paths": paths,
         "streams": streams,
     });
+    if private && let Some(obj) = v.as_object_mut() {
+        obj.insert("probe_addr".into(), e.info.probe_addr.clone().into());
+    }
     if detail && let Some(obj) = v.as_object_mut() {
         obj.insert(
             "session".into(),
             e.session
                 .as_ref()
-                .map(|s| json!({"id": s.id, "started_ms": s.started_ms, "remote": s.remote}))
+                .map(|s| {
+                    let mut j = json!({"id": s.id, "started_ms": s.started_ms});
+                    if private {
+                        j["remote"] = s.remote.clone().into();
+                    }
+                    j
+                })
                 .unwrap_or(Value::Null),
         );
         obj.insert(
@@ -123,22 +132,41 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool) -> Value {
     v
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Json<Value> {
+pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let Reader { authenticated } = reader(&app, &headers)?;
     let now = now_ms();
     let nodes: Vec<Value> = app
         .registry
         .entries()
         .iter()
-        .map(|e| node_json(e, now, false))
+        .map(|e| node_json(e, now, false, authenticated))
         .collect();
-    Json(json!({ "nodes": nodes }))
+    Ok(Json(json!({ "nodes": nodes })))
 }
 
-pub async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// A node id from a path, checked before it is used or echoed.
+fn node_id(id: &str) -> ApiResult<&str> {
+    if vantage_shared::auth::valid_node_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found(format!(
+            "unknown node (not a node id: {} bytes)",
+            id.len()
+        )))
+    }
+}
+
+pub async fn one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let Reader { authenticated } = reader(&app, &headers)?;
+    let id = node_id(&id)?.to_owned();
     let now = now_ms();
     let mut v = app
         .registry
-        .with(&id, |e| node_json(e, now, true))
+        .with(&id, |e| node_json(e, now, true, authenticated))
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
     let scores = { app.read_plan(|plan| upstream_scores(&app, plan, &id)).await };
     if let Some(obj) = v.as_object_mut() {
@@ -181,18 +209,41 @@ pub async fn drain(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let actor = require_admin(&app, &headers)?;
+    let id = node_id(&id)?;
     let state = app
-        .drain(&id, &actor)
+        .drain(id, &actor)
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
     Ok(Json(
         json!({"node_id": id, "state": state, "draining": true}),
     ))
 }
 
+/// `POST /v1/nodes/{id}/undrain`: lifts a drain.
+pub async fn undrain(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let actor = require_admin(&app, &headers)?;
+    let id = node_id(&id)?;
+    let state = app
+        .undrain(id, &actor)
+        .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
+    Ok(Json(
+        json!({"node_id": id, "state": state, "draining": false}),
+    ))
+}
+
 /// Most live streams listed in `stream_routes` of `GET /v1/routes/{id}`.
 const STREAM_ROUTES_MAX: usize = 10_000;
 
-pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn routes(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let Reader { authenticated } = reader(&app, &headers)?;
+    let id = node_id(&id)?.to_owned();
     if !app.registry.contains(&id) {
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
@@ -219,7 +270,19 @@ pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
             (table, streams, truncated)
         })
         .await;
-    let table = table.map(|t| vantage_shared::table_view::table_json(&t));
+    let table = table.map(|t| {
+        let mut j = vantage_shared::table_view::table_json(&t);
+        if !authenticated
+            && let Some(targets) = j.get_mut("probe_targets").and_then(Value::as_array_mut)
+        {
+            for p in targets {
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("addr");
+                }
+            }
+        }
+        j
+    });
     Ok(Json(json!({
         "stream_routes": stream_routes,
         "stream_routes_truncated": truncated,
@@ -244,7 +307,9 @@ pub struct EventQuery {
 pub async fn events(
     State(app): State<Arc<App>>,
     Query(q): Query<EventQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
+    reader(&app, &headers)?;
     let limit = q.limit.unwrap_or(100).min(1000);
     app.store
         .flush()

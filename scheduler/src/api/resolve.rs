@@ -143,14 +143,27 @@ fn bad(app: &App, e: ApiError) -> Response {
     e.into_response()
 }
 
-/// Runs a resolve, counting and recording it.
-fn run(app: &App, req: &Request) -> Result<Answer, ResolveError> {
+/// Runs a resolve, counting and recording it. The client's reservation
+/// budget decides whether the answer reserves load on the chosen edge.
+fn run(app: &App, req: &Request, headers: &HeaderMap, peer: &Peer) -> Result<Answer, ResolveError> {
     let started = Instant::now();
     let ws = app.weights();
     let now = now_ms();
-    let out = app
-        .resolver
-        .resolve(req, &ws.weights, &app.config.ranges, now, &mut rand::rng());
+    let peer_addr = peer.as_ref().map(|Extension(ConnectInfo(a))| *a);
+    let reserve = app
+        .guard
+        .may_reserve(super::guard::client_ip(app, headers, peer_addr));
+    if !reserve {
+        app.metrics.reservations_skipped.inc();
+    }
+    let out = app.resolver.resolve(
+        req,
+        &ws.weights,
+        &app.config.ranges,
+        now,
+        &mut rand::rng(),
+        reserve,
+    );
     app.resolver
         .metrics
         .duration
@@ -225,7 +238,7 @@ pub async fn resolve(
         Ok(r) => r,
         Err(e) => return bad(&app, e),
     };
-    match run(&app, &req) {
+    match run(&app, &req, &headers, &peer) {
         Ok(a) => Json(answer_body(&req, &a)).into_response(),
         Err(e) => unavailable(&app, &e),
     }
@@ -335,7 +348,7 @@ pub async fn play(
         Ok(r) => r,
         Err(e) => return bad(&app, e),
     };
-    let a = match run(&app, &req) {
+    let a = match run(&app, &req, &headers, &peer) {
         Ok(a) => a,
         Err(e) => return unavailable(&app, &e),
     };

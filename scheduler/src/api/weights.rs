@@ -1,6 +1,6 @@
 //! `GET|PUT /v1/weights` and the weight history.
 
-use super::{ApiError, ApiResult, require_admin};
+use super::{ApiError, ApiResult, reader, require_admin};
 use crate::app::{App, WeightsPatch, WeightsUpdateError};
 use crate::store::WeightSet;
 use axum::Json;
@@ -20,8 +20,12 @@ fn weight_json(ws: &WeightSet) -> Value {
     })
 }
 
-pub async fn get(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(weight_json(&app.weights()))
+/// Longest comment of a weight change (bytes).
+pub const MAX_COMMENT: usize = 1024;
+
+pub async fn get(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    reader(&app, &headers)?;
+    Ok(Json(weight_json(&app.weights())))
 }
 
 pub async fn put(
@@ -37,6 +41,14 @@ pub async fn put(
     }
     let patch: WeightsPatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid weights: {e}")))?;
+    if let Some(c) = &patch.comment
+        && c.len() > MAX_COMMENT
+    {
+        return Err(ApiError::bad_request(format!(
+            "comment of {} bytes is longer than {MAX_COMMENT}",
+            c.len()
+        )));
+    }
     match app.update_weights(patch, &actor).await {
         Ok(ws) => Ok(Json(weight_json(&ws))),
         Err(e @ (WeightsUpdateError::Empty | WeightsUpdateError::Invalid(_))) => {
@@ -49,7 +61,8 @@ pub async fn put(
     }
 }
 
-pub async fn history(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+pub async fn history(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    reader(&app, &headers)?;
     let h = app
         .store
         .weight_history(100)

@@ -66,12 +66,23 @@ pub struct App {
     /// Cluster secret for probe authenticators (DESIGN §4), shared by all
     /// replicas through the store and sent to agents in every table.
     probe_key: Vec<u8>,
+    /// Keys of publish tokens, shared through the store, sent to agents
+    /// in every table with the publish policy.
+    pub publish_keys: crate::publish_auth::PublishKeys,
+    /// Per-client limits of the viewer-facing endpoints.
+    pub guard: crate::api::guard::Guard,
 }
 
 /// What the planning session is made with: the configuration, the weight
-/// set in force and the cluster probe key.
-pub fn plan_settings(config: &Config, weights: &WeightSet, probe_key: &[u8]) -> PlanSettings {
+/// set in force, the cluster probe key and the publish policy.
+pub fn plan_settings(
+    config: &Config,
+    weights: &WeightSet,
+    probe_key: &[u8],
+    publish: &vantage_proto::v1::PublishPolicy,
+) -> PlanSettings {
     PlanSettings {
+        publish: Some(publish.clone()),
         weights: weights.weights,
         weights_version: weights.version,
         ranges: config.ranges,
@@ -210,13 +221,27 @@ impl App {
             warn!("cluster setting probe_key is not hex; using its bytes");
             key_hex.into_bytes()
         });
+        let publish_keys = crate::publish_auth::PublishKeys::load(&store, now)
+            .await
+            .map_err(|e| match e {
+                crate::publish_auth::KeysError::Store(e) => e,
+                other => StoreError::InvalidValue {
+                    what: "publish_keys",
+                    detail: other.to_string(),
+                },
+            })?;
         info!(
             nodes = registry.len(),
             weights_version = weights.version,
+            publish_keys = publish_keys.list().len(),
             "state loaded"
         );
+        let policy = config.publish.policy(&publish_keys.keys());
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let mut plan = PlanSession::new(plan_settings(&config, &weights, &probe_key), threads);
+        let mut plan = PlanSession::new(
+            plan_settings(&config, &weights, &probe_key, &policy),
+            threads,
+        );
         plan.restore_versions(heads.iter().map(|h| {
             let hash = crate::publish::parse_hash(&h.hash).unwrap_or(0);
             (h.node_id.clone(), h.version, hash)
@@ -238,8 +263,31 @@ impl App {
             pending_settings: Mutex::new(None),
             ready: AtomicBool::new(false),
             probe_key,
+            publish_keys,
+            guard: crate::api::guard::Guard::new(config.client_limits.clone()),
             config,
         }))
+    }
+
+    /// The publish policy agents get: the `[publish]` settings and the
+    /// current keys.
+    pub fn publish_policy(&self) -> vantage_proto::v1::PublishPolicy {
+        self.config.publish.policy(&self.publish_keys.keys())
+    }
+
+    /// The keys changed: every table gets the new policy at the next round.
+    pub fn publish_policy_changed(&self) {
+        let settings = plan_settings(
+            &self.config,
+            &self.weights(),
+            &self.probe_key,
+            &self.publish_policy(),
+        );
+        *self
+            .pending_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(settings);
+        self.replan_at_once();
     }
 
     /// Runs `f` on the plan once no step holds it (a step in progress
@@ -296,7 +344,7 @@ impl App {
             r.weights(now_ms(), &ws);
         }
         info!(version = ws.version, ?next, actor, "weights changed");
-        let settings = plan_settings(&self.config, &ws, &self.probe_key);
+        let settings = plan_settings(&self.config, &ws, &self.probe_key, &self.publish_policy());
         *self
             .pending_settings
             .lock()
@@ -379,6 +427,35 @@ impl App {
         self.event(node_id, "drain", by);
         if let Some(r) = &self.recorder {
             r.node(now, node_id, "drain", by, None);
+        }
+        self.trigger_replan();
+        Some(state)
+    }
+
+    /// Lifts a drain (an operator's through the API, or an agent's own):
+    /// the node is offered to viewers and downstream relays again as soon
+    /// as liveness sees it up. `None` for an unknown node.
+    pub fn undrain(&self, node_id: &str, by: &str) -> Option<NodeState> {
+        let now = now_ms();
+        let interval = i64::from(self.config.report_interval_ms);
+        let state = self.registry.update(node_id, |e| {
+            e.draining = false;
+            if e.state == NodeState::Draining {
+                let fresh = e.last_report_ms.is_some_and(|t| now - t <= 2 * interval);
+                e.state = if e.session.is_some() && fresh {
+                    NodeState::Up
+                } else {
+                    NodeState::Suspect
+                };
+                e.state_since_ms = now;
+            }
+            e.state
+        })?;
+        self.persist_node(node_id);
+        self.resolver.refresh(&self.registry, now);
+        self.event(node_id, "undrain", by);
+        if let Some(r) = &self.recorder {
+            r.node(now, node_id, "undrain", by, None);
         }
         self.trigger_replan();
         Some(state)

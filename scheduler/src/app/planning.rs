@@ -88,6 +88,28 @@ impl App {
                 "the plan from scratch differs from the incremental state; it replaces it (a planner bug: please report)"
             );
         }
+        for c in &report.conflicts {
+            self.metrics.origin_conflicts.inc();
+            warn!(
+                stream = %c.stream,
+                origin = c.origin,
+                refused = c.refused,
+                "origin conflict: {} is published on {} too; {} published it first and stays its \
+                 origin, {}'s publisher is refused",
+                c.stream,
+                c.refused,
+                c.origin,
+                c.refused
+            );
+            self.event(
+                &c.refused,
+                "origin_conflict",
+                &format!(
+                    "{} published here while {} is its origin (first publisher); refused",
+                    c.stream, c.origin
+                ),
+            );
+        }
         self.metrics.plan_duration.observe(took.as_secs_f64());
         let [views, plan, publish] =
             [views_done, plan_done - views_done, took - plan_done].map(|d| d.as_secs_f64());

@@ -48,6 +48,7 @@ pub(super) fn end_session(
                 if down {
                     e.state = NodeState::Down;
                     e.state_since_ms = now;
+                    e.origin_since.clear();
                 }
             }
             ours

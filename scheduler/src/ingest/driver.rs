@@ -252,6 +252,14 @@ impl Driver {
             self.send(&t, &response);
             return;
         }
+        // At the connection limit: refused before any handshake work
+        // (`--quic-max-connections`; agents retry with backoff).
+        if self.conns.len() >= app.config.quic_max_connections {
+            app.metrics.rejected("limit");
+            let t = self.endpoint.refuse(incoming, &mut response);
+            self.send(&t, &response);
+            return;
+        }
         match self.endpoint.accept(incoming, now, &mut response, None) {
             Ok((ch, conn)) => {
                 let id = self.next_id;

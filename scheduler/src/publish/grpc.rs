@@ -15,10 +15,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vantage_proto::v1::route_discovery_server::RouteDiscovery;
 use vantage_proto::v1::{RouteRequest, RouteTable};
 use vantage_shared::clock::now_ms;
-use vantage_shared::tls::peer_node_id;
 
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `RouteRequest` decoded (10,000 subscribed keys of 200 bytes fit).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Longest NACK detail taken (stored with the route version, shown by the
+/// API); a longer one ends the stream, unlogged and unstored.
+pub const MAX_NACK_DETAIL: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct RouteService {
@@ -52,19 +56,18 @@ impl RouteDiscovery for RouteService {
         &self,
         request: Request<Streaming<RouteRequest>>,
     ) -> Result<Response<TableStream>, Status> {
-        let peer_cn = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(peer_node_id));
+        let conn = request
+            .extensions()
+            .get::<crate::listeners::GrpcConn>()
+            .cloned();
+        let peer_cn = conn.as_ref().and_then(|c| c.peer_cn.clone());
         let bearer = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.strip_prefix("Bearer "))
             .map(|s| s.trim().to_owned());
-        let remote = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let remote = conn.map(|c| c.remote.to_string()).unwrap_or_default();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -82,6 +85,21 @@ impl RouteDiscovery for RouteService {
             }
             Ok(Ok(Some(r))) => r,
         };
+        // Checked before anything logs or stores it.
+        if !vantage_shared::auth::valid_node_id(&first.node_id) {
+            warn!(
+                %remote,
+                len = first.node_id.len(),
+                "route subscription refused: not a node id"
+            );
+            return Err(self.refuse(
+                "oversized",
+                Status::invalid_argument(format!(
+                    "node_id of {} bytes is not a node id (1-64 of [A-Za-z0-9._-])",
+                    first.node_id.len()
+                )),
+            ));
+        }
         let node_id = first.node_id.clone();
         if let Err(refusal) =
             self.app
@@ -201,6 +219,27 @@ async fn serve(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
+                    if let Some(err) = &req.error_detail
+                        && err.message.len() > MAX_NACK_DETAIL
+                    {
+                        warn!(
+                            len = err.message.len(),
+                            "route stream ended: NACK detail over {MAX_NACK_DETAIL} bytes"
+                        );
+                        app.metrics
+                            .routes_rejected
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: "oversized".to_owned(),
+                            })
+                            .inc();
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "NACK detail of {} bytes exceeds {MAX_NACK_DETAIL}",
+                                err.message.len()
+                            ))))
+                            .await;
+                        return;
+                    }
                     if !req.node_id.is_empty() && req.node_id != node_id {
                         let _ = tx.send(Err(Status::permission_denied(
                             "node_id changed within a stream",

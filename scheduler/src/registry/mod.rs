@@ -163,6 +163,11 @@ impl Registry {
             let next = e.evaluate(now_ms, interval_ms, &mut hold);
             if next != e.state {
                 changes.push((e.id.clone(), e.state, next));
+                if next == NodeState::Down {
+                    // Down: its streams are nobody's; published again
+                    // later, they are new publishes.
+                    e.origin_since.clear();
+                }
                 e.state = next;
                 e.state_since_ms = now_ms;
                 e.touched += 1;

@@ -69,6 +69,10 @@ pub struct NodeEntry {
     pub load: Option<Load>,
     pub paths: BTreeMap<String, PathMeasurement>,
     pub streams: Vec<StreamState>,
+    /// When this node was first seen publishing each stream it originates
+    /// (scheduler clock; cleared when it goes down): the planner keeps the
+    /// first publisher of a stream as its origin.
+    pub origin_since: BTreeMap<String, i64>,
     pub groups: Vec<GroupQoe>,
     pub control_path: Option<ControlPath>,
     pub route_version_in_use: u64,
@@ -150,6 +154,7 @@ impl NodeEntry {
             load: None,
             paths: BTreeMap::new(),
             streams: Vec::new(),
+            origin_since: BTreeMap::new(),
             groups: Vec::new(),
             control_path: None,
             route_version_in_use: 0,
@@ -208,7 +213,15 @@ impl NodeEntry {
             keys.sort_unstable();
             keys
         };
-        let streams_changed = origins(&self.streams) != origins(&r.streams);
+        let now_origins = origins(&r.streams);
+        let streams_changed = origins(&self.streams) != now_origins;
+        if streams_changed {
+            self.origin_since
+                .retain(|k, _| now_origins.binary_search(k).is_ok());
+            for k in now_origins {
+                self.origin_since.entry(k).or_insert(now_ms);
+            }
+        }
         self.streams = r.streams;
         self.groups = r.groups;
         if r.control_path.is_some() {
@@ -303,6 +316,11 @@ impl NodeEntry {
             .filter(|s| s.role == StreamRole::Origin as i32)
             .filter_map(|s| StreamKey::parse(&s.key).ok().map(|k| (k, s.bitrate_kbps)))
             .collect();
+        let published_since = self
+            .origin_since
+            .iter()
+            .filter_map(|(k, t)| StreamKey::parse(k).ok().map(|k| (k, *t)))
+            .collect();
         let (paths, egress_mbps) = if smoothed {
             (
                 self.smoother
@@ -326,6 +344,7 @@ impl NodeEntry {
             buffer_ms,
             paths,
             published,
+            published_since,
         }
     }
 
@@ -341,6 +360,7 @@ impl NodeEntry {
             probe_addr: self.info.probe_addr.clone(),
             paths: inputs.paths,
             published: inputs.published,
+            published_since: inputs.published_since,
             static_origins: self.info.static_origins.clone(),
         }
     }

@@ -237,8 +237,10 @@ impl Resolver {
         vantage_plan::resolve::group_of(coord, asn, self.cfg.group_precision)
     }
 
-    /// Ranks edges for one viewer and accounts the viewer's bit rate to the
-    /// chosen one.
+    /// Ranks edges for one viewer and, with `reserve`, accounts the
+    /// viewer's bit rate to the chosen one until its next reports show it
+    /// (callers bound how often one client may reserve: see
+    /// `api::guard::Guard::may_reserve`).
     pub fn resolve<R: Rng + ?Sized>(
         &self,
         req: &Request,
@@ -246,6 +248,7 @@ impl Resolver {
         ranges: &Ranges,
         now_ms: i64,
         rng: &mut R,
+        reserve: bool,
     ) -> Result<Answer, ResolveError> {
         let snap = read(&self.snapshot).clone();
         let learner = read(&self.learner);
@@ -267,7 +270,7 @@ impl Resolver {
             now_ms,
             rng,
         )?;
-        if let Some(first) = answer.edges.first() {
+        if reserve && let Some(first) = answer.edges.first() {
             lock(&snap.load[first.index]).assign(answer.bitrate_mbps);
         }
         Ok(answer)

@@ -381,13 +381,27 @@ fn resolve_resolver_streams_learning_and_drain() {
     let mut rng = StdRng::seed_from_u64(1);
     r.refresh(&reg, now);
     assert_eq!(
-        r.resolve(&request("live/y", Some(LYON)), &w, &ranges, now, &mut rng),
+        r.resolve(
+            &request("live/y", Some(LYON)),
+            &w,
+            &ranges,
+            now,
+            &mut rng,
+            true
+        ),
         Err(ResolveError::UnknownStream(
             StreamKey::parse("live/y").unwrap()
         ))
     );
     let a = r
-        .resolve(&request("live/x", Some(LYON)), &w, &ranges, now, &mut rng)
+        .resolve(
+            &request("live/x", Some(LYON)),
+            &w,
+            &ranges,
+            now,
+            &mut rng,
+            true,
+        )
         .unwrap();
     assert_eq!(&*a.edges[0].node_id, "par");
     assert_eq!(&*a.edges[0].public_url, "http://par:8080");
@@ -395,7 +409,7 @@ fn resolve_resolver_streams_learning_and_drain() {
     assert_eq!(a.group, "u05k");
     // Unknown location: still an answer, ranked without distance.
     let u = r
-        .resolve(&request("live/x", None), &w, &ranges, now, &mut rng)
+        .resolve(&request("live/x", None), &w, &ranges, now, &mut rng, true)
         .unwrap();
     assert_eq!(u.group, "unknown");
     assert_eq!(u.edges.len(), 3);
@@ -413,6 +427,7 @@ fn resolve_resolver_streams_learning_and_drain() {
             &ranges,
             now + 1000,
             &mut rng,
+            true,
         )
         .unwrap();
     assert_eq!(&*a.edges[0].node_id, "fra");
@@ -427,6 +442,7 @@ fn resolve_resolver_streams_learning_and_drain() {
             &ranges,
             now + 1000,
             &mut rng,
+            true,
         )
         .unwrap();
     assert!(a.edges.iter().all(|e| &*e.node_id != "fra"));
@@ -440,7 +456,8 @@ fn resolve_resolver_streams_learning_and_drain() {
                 &w,
                 &ranges,
                 now + 10_000,
-                &mut rng
+                &mut rng,
+                true
             ),
             Err(ResolveError::UnknownStream(_))
         ),
@@ -469,7 +486,7 @@ fn resolve_asn_groups_fall_back_to_their_cell() {
     let mut req = request("live/x", Some(LYON));
     req.asn = Some(3215);
     let a = r
-        .resolve(&req, &w, &ranges, now, &mut StdRng::seed_from_u64(1))
+        .resolve(&req, &w, &ranges, now, &mut StdRng::seed_from_u64(1), true)
         .unwrap();
     assert_eq!(a.group, "u05k/as3215");
     assert_eq!(&*a.edges[0].node_id, "fra", "the cell's estimates apply");

@@ -303,6 +303,18 @@ impl Store {
             .map_err(StoreError::query("reading a cluster setting"))
     }
 
+    /// Replaces a cluster setting's value (it must exist: see
+    /// [`Self::cluster_setting`]).
+    pub async fn set_cluster_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE cluster_settings SET value = $1 WHERE key = $2")
+            .bind(value)
+            .bind(key)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("writing a cluster setting"))?;
+        Ok(())
+    }
+
     /// Every node, by id.
     pub async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         sqlx::query(queries::SELECT_NODES)

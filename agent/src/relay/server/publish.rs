@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::relay::admit::Refused;
+use crate::relay::authorize::{Credential, Denied};
 
 impl Relay {
     #[instrument(name = "publish", skip_all, fields(stream = %key, %peer))]
@@ -12,9 +13,24 @@ impl Relay {
         key: StreamKey,
         peer: SocketAddr,
     ) -> Resp {
+        let bearer = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cred = Credential::from_query(req.uri().query(), bearer, Some(peer));
+        match self.authorize_publish(&key, &cred, "http-flv").await {
+            Ok(()) => {}
+            Err(d @ Denied::Unauthenticated(_)) => {
+                return error(StatusCode::UNAUTHORIZED, d.message().to_owned());
+            }
+            Err(d @ Denied::Forbidden(_)) => {
+                return error(StatusCode::FORBIDDEN, d.message().to_owned());
+            }
+        }
         let publishing = match self.admit_publisher(&key, "http-flv") {
             Ok(p) => p,
-            Err(r @ Refused::Conflict) => {
+            Err(r @ (Refused::Conflict | Refused::NotOrigin { .. })) => {
                 return error(StatusCode::CONFLICT, r.message(self.node_id(), &key));
             }
             Err(Refused::Draining) => return draining(self.node_id(), &key),
@@ -65,6 +81,11 @@ impl Relay {
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
                 format!("no data from the publisher for {} ms", d.as_millis()),
+            ),
+            End::Stopped(_) | End::Replaced if let Some(origin) = self.origin_elsewhere(&key) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                Refused::NotOrigin { origin }.message(self.node_id(), &key),
             ),
             End::Stopped(_) | End::Replaced => (
                 StatusCode::SERVICE_UNAVAILABLE,

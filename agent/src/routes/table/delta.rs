@@ -94,6 +94,7 @@ pub fn merge(held: Option<&RouteTable>, delta: &RouteTable) -> Result<RouteTable
         },
         redirects: held.redirects.clone(),
         probe_key: delta.probe_key.clone(),
+        publish: delta.publish.clone(),
         origins: upsert(&held.origins, &delta.origins, &delta.removed_origins, |o| {
             &o.origin
         }),

@@ -76,6 +76,18 @@ pub struct StepReport {
     /// Routes the plan from scratch decided differently from the
     /// incremental state (`None`: no check this step).
     pub drift: Option<usize>,
+    /// Streams published on a node while another was their origin, first
+    /// seen in this step.
+    pub conflicts: Vec<OriginConflict>,
+}
+
+/// A stream published on two nodes: `origin` published it first and stays
+/// its origin, `refused` is told to stop (its agent refuses the publisher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginConflict {
+    pub stream: StreamKey,
+    pub origin: String,
+    pub refused: String,
 }
 
 /// The planning state of a cluster. Cloning it copies the whole plan
@@ -91,6 +103,10 @@ pub struct PlanSession {
     root_edges: IdMap<u32, Vec<f64>>,
     /// Stream → origin node.
     directory: BTreeMap<StreamKey, u32>,
+    /// (stream, node) pairs publishing a stream another node is the
+    /// origin of, and those first seen since the last step's report.
+    conflicts: BTreeSet<(StreamKey, Arc<str>)>,
+    new_conflicts: Vec<OriginConflict>,
     /// Streams each node subscribed to ([`interest`]), by node id, and
     /// the nodes subscribed to each stream.
     interest: HashMap<Arc<str>, interest::Interest>,
@@ -141,6 +157,8 @@ impl PlanSession {
             source_index: HashMap::new(),
             root_edges: IdMap::default(),
             directory: BTreeMap::new(),
+            conflicts: BTreeSet::new(),
+            new_conflicts: Vec::new(),
             interest: HashMap::new(),
             watchers: HashMap::new(),
             probes: Vec::new(),
@@ -386,6 +404,7 @@ impl PlanSession {
             self.last_full_ms = Some(now_ms);
         }
         self.finish_step(outcome, probes_all, &mut report);
+        report.conflicts = std::mem::take(&mut self.new_conflicts);
         self.rebuild = false;
         self.urgent = false;
         self.last_plan_ms = Some(now_ms);
@@ -556,10 +575,13 @@ impl PlanSession {
         self.root_edges.retain(|&r, _| eligible[r as usize]);
     }
 
-    /// Recomputes the stream → origin directory from the nodes' published
-    /// streams; returns the keys whose entry changed. Of several nodes
-    /// publishing one key (not down), the origin is the healthiest (up,
-    /// then draining, then suspect), then the first by id.
+    /// Recomputes the stream → origin directory: each stream's origin is the first node
+    /// that published it among those not down (earliest
+    /// [`NodeView::published_since`], then the healthiest, then the lowest
+    /// id), so a later publisher of the same key never displaces the
+    /// origin. Every other node publishing the key is an origin conflict,
+    /// reported once (in [`StepReport::conflicts`]) for as long as it lasts.
+    /// Returns the keys whose entry changed.
     fn refresh_directory(&mut self) -> Vec<StreamKey> {
         let rank = |h: Health| match h {
             Health::Up => 0,
@@ -567,18 +589,23 @@ impl PlanSession {
             Health::Suspect => 2,
             Health::Down => 3,
         };
+        let views = &self.graph.views;
+        let order = |i: u32, key: &StreamKey| {
+            let v = &views[i as usize];
+            let since = v.published_since.get(key).copied().unwrap_or(i64::MAX);
+            (since, rank(v.health), i)
+        };
         let mut fresh: BTreeMap<StreamKey, u32> = BTreeMap::new();
-        for (i, v) in self.graph.views.iter().enumerate() {
+        let mut claims: BTreeMap<&StreamKey, Vec<u32>> = BTreeMap::new();
+        for (i, v) in views.iter().enumerate() {
             if v.health == Health::Down {
                 continue;
             }
+            let i = i as u32;
             for key in v.published.keys() {
-                let i = i as u32;
-                let better = |cur: u32| {
-                    (rank(v.health), i) < (rank(self.graph.views[cur as usize].health), cur)
-                };
+                claims.entry(key).or_default().push(i);
                 match fresh.get_mut(key) {
-                    Some(cur) if better(*cur) => *cur = i,
+                    Some(cur) if order(i, key) < order(*cur, key) => *cur = i,
                     Some(_) => {}
                     None => {
                         fresh.insert(key.clone(), i);
@@ -586,6 +613,25 @@ impl PlanSession {
                 }
             }
         }
+        // Conflicts: every claimant but the origin, once per (key, node).
+        let mut live: BTreeSet<(StreamKey, Arc<str>)> = BTreeSet::new();
+        for (key, nodes) in &claims {
+            let Some(&origin) = fresh.get(*key) else {
+                continue;
+            };
+            for &n in nodes.iter().filter(|&&n| n != origin) {
+                let pair = ((*key).clone(), self.graph.ids[n as usize].clone());
+                if !self.conflicts.contains(&pair) {
+                    self.new_conflicts.push(OriginConflict {
+                        stream: (*key).clone(),
+                        origin: self.graph.ids[origin as usize].to_string(),
+                        refused: pair.1.to_string(),
+                    });
+                }
+                live.insert(pair);
+            }
+        }
+        self.conflicts = live;
         let mut changed = Vec::new();
         for (k, o) in &fresh {
             if self.directory.get(k) != Some(o) {

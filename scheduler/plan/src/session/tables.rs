@@ -102,6 +102,10 @@ pub(crate) fn params_hash(st: &PlanSettings) -> u64 {
     h = fnv(h, &st.report_interval_ms.to_le_bytes());
     h = fnv(h, &st.weights_version.to_le_bytes());
     h = fnv(h, &st.probe_key);
+    if let Some(p) = &st.publish {
+        use prost::Message;
+        h = fnv(h, &p.encode_to_vec());
+    }
     finalise(h)
 }
 
@@ -318,6 +322,7 @@ impl PlanSession {
             report_interval_ms: self.st.report_interval_ms,
             weights_version: self.st.weights_version,
             probe_key: self.st.probe_key.clone(),
+            publish: self.st.publish.clone(),
             ..RouteTable::default()
         }
     }

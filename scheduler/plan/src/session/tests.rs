@@ -751,3 +751,42 @@ fn a_session_seeded_with_recorded_routes_follows_the_original() {
         }
     }
 }
+
+#[test]
+fn the_first_publisher_stays_origin_and_others_are_conflicts_reported_once() {
+    let x = StreamKey::parse("live/x").unwrap();
+    let mut views = europe();
+    // "ams" (lower id than "par") publishes live/x later than "par".
+    views[0].published_since.insert(x.clone(), NOW - 10_000);
+    publish(&mut views[2], "live/x");
+    views[2].published_since.insert(x.clone(), NOW - 1_000);
+    let mut s = PlanSession::new(settings(), 1);
+    for v in views.clone() {
+        s.offer(v);
+    }
+    let r = s.step(NOW);
+    assert_eq!(
+        s.origin_of(&x),
+        Some("par"),
+        "first publisher, not lowest id"
+    );
+    assert_eq!(
+        r.conflicts,
+        vec![OriginConflict {
+            stream: x.clone(),
+            origin: "par".into(),
+            refused: "ams".into(),
+        }]
+    );
+    // Reported once while it lasts.
+    s.offer(views[2].clone());
+    let r = s.step(NOW + 1_000);
+    assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+    assert_eq!(s.origin_of(&x), Some("par"));
+    // The origin goes down: the other publisher takes over, no conflict.
+    views[0].health = Health::Down;
+    s.offer(views[0].clone());
+    let r = s.step(NOW + 2_000);
+    assert_eq!(s.origin_of(&x), Some("ams"));
+    assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+}

@@ -228,6 +228,7 @@ impl SettingsLine {
             report_interval_ms: self.report_interval_ms,
             table_ttl_s: self.table_ttl_s,
             probe_key: Vec::new(),
+            publish: None,
             replan_interval_ms: self.replan_interval_ms,
             full_plan_interval_ms: self.full_plan_interval_ms,
         })
@@ -253,6 +254,9 @@ pub struct NodeLine {
     pub paths: BTreeMap<String, PathLine>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub published: BTreeMap<String, f64>,
+    /// Added with the first-publisher rule: absent in older traces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published_since: BTreeMap<String, i64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub static_origins: BTreeMap<String, String>,
 }
@@ -307,6 +311,11 @@ impl From<&NodeView> for NodeLine {
                 .iter()
                 .map(|(k, b)| (k.to_string(), *b))
                 .collect(),
+            published_since: v
+                .published_since
+                .iter()
+                .map(|(k, t)| (k.to_string(), *t))
+                .collect(),
             static_origins: v
                 .static_origins
                 .iter()
@@ -355,6 +364,11 @@ impl NodeLine {
                 .published
                 .iter()
                 .map(|(k, b)| Ok((StreamKey::parse(k).map_err(|_| key_err(k))?, *b)))
+                .collect::<Result<_, InputError>>()?,
+            published_since: self
+                .published_since
+                .iter()
+                .map(|(k, t)| Ok((StreamKey::parse(k).map_err(|_| key_err(k))?, *t)))
                 .collect::<Result<_, InputError>>()?,
             static_origins: self
                 .static_origins
