@@ -5,13 +5,17 @@
 //!    the same stream, by counted keyframe skips; the normal viewer keeps
 //!    real time.
 //!
-//! 5. `live/x` is published (ffmpeg, H.264/AAC) to two agents, A (Paris) and
-//!    C (Brussels), so both are roots of the stream and B (Frankfurt) holds
-//!    a table with both as candidates, ranked on measured paths. A viewer
-//!    on B parses the FLV tags it receives; the upstream B pulls from (its
-//!    table's first) is SIGKILLed. B fails over to the other
-//!    root within 1 s, the viewer sees no gap over 1 s and monotonic
-//!    timestamps, and an `upstream_lost` alert reaches the scheduler.
+//! 5. `live/x` is published (ffmpeg, H.264/AAC) once, to the operator's
+//!    origin O — an agent of a second, separate cluster, standing for an
+//!    origin outside this one (one stream has one publisher: issue 17) —
+//!    and two agents of the cluster, A (Paris) and C (Brussels), pull
+//!    `live/*` from O as their static origin, so both are roots of the
+//!    pattern and B (Frankfurt) holds a table with both as candidates,
+//!    ranked on measured paths. A viewer on B parses the FLV tags it
+//!    receives; the upstream B pulls from (its table's first) is SIGKILLed.
+//!    B fails over to the other root within 1 s, the viewer sees no gap over
+//!    1 s and monotonic timestamps, and an `upstream_lost` alert reaches the
+//!    scheduler.
 //! 6. Two viewers on B send CMCD, one in the `CMCD=` query, one in `CMCD-*`
 //!    headers, each with its own `lat`/`lon`; the scheduler's
 //!    `GET /v1/nodes/B` shows both client groups with the buffer length and a
@@ -33,6 +37,8 @@ use vantage_tests::media::{
 use vantage_tests::{Agent, Scheduler, eventually};
 
 const STREAM: &str = "live/x";
+/// The static-origin pattern A and C serve `STREAM` through (test 5).
+const PATTERN: &str = "live/*";
 
 /// The upstream B's `/v1/status` shows in use for `stream`.
 fn status_upstream(status: &Value, stream: &str) -> Option<String> {
@@ -161,10 +167,21 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
         return;
     };
     let t0 = Instant::now();
+    // The operator's origin: its own scheduler and agent, not part of the
+    // cluster under test.
+    let origin_s = Scheduler::builder().start().await;
+    let o = Agent::builder("fo-origin", &origin_s)
+        .region("eu-amsterdam")
+        .at(52.37, 4.90)
+        .start()
+        .await;
+    let origin_url = format!("{}/{{app}}/{{stream}}.flv", o.media_url());
+    let mut po = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", o.media_url()));
     let s = Scheduler::builder().report_interval_ms(500).start().await;
     let a = Agent::builder(A, &s)
         .region("eu-paris")
         .at(48.8566, 2.3522)
+        .origin(PATTERN, &origin_url)
         .start()
         .await;
     let b = Agent::builder(B, &s)
@@ -175,13 +192,12 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
     let c = Agent::builder(C, &s)
         .region("eu-brussels")
         .at(50.8503, 4.3517)
+        .origin(PATTERN, &origin_url)
         .start()
         .await;
     wait_all_up(&s, &[A, B, C], Duration::from_secs(15)).await;
-    let mut pa = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", a.media_url()));
-    let mut pc = Publisher::start(&ffmpeg, &format!("{}/{STREAM}.flv", c.media_url()));
 
-    // Both A and C are origins of live/x; B's table lists both, ranked on
+    // A and C are roots of live/*; B's table lists both, ranked on
     // measured paths (before that, B's first ranking rests on distances and
     // moves once probes count, which would be a reroute, not a failover).
     let routed = try_eventually_every(
@@ -189,26 +205,21 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
         Duration::from_millis(100),
         &mut || async {
             for id in [A, C] {
-                let role = s.node(id).await.and_then(|n| stream_role(&n, STREAM));
-                if role.as_deref() != Some("origin") {
-                    return Err(format!("{id} reports {STREAM} with role {role:?}"));
-                }
                 if !pair_measured(&s, B, id).await {
                     return Err(format!("{B}-{id} not measured yet"));
                 }
             }
             let (version, routes) = acked_version(&s, &b).await?;
-            let ups = upstreams(&routes, STREAM);
+            let ups = upstreams(&routes, PATTERN);
             if ups.len() >= 2 && ups.iter().any(|u| u == A) && ups.iter().any(|u| u == C) {
                 Ok((version, ups))
             } else {
-                Err(format!("{B} v{version}: upstreams of {STREAM}: {ups:?}"))
+                Err(format!("{B} v{version}: upstreams of {PATTERN}: {ups:?}"))
             }
         },
     )
     .await;
-    pa.assert_running();
-    pc.assert_running();
+    po.assert_running();
     match routed {
         Ok((v, ups)) => eprintln!(
             "{B} holds table v{v} with upstreams {ups:?} after {:?}",
@@ -235,7 +246,7 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
                 .await
                 .and_then(|st| status_upstream(&st, STREAM));
             let table_first = match acked_version(&s, &b).await {
-                Ok((_, routes)) => first_upstream(&routes, STREAM),
+                Ok((_, routes)) => first_upstream(&routes, PATTERN),
                 Err(_) => None,
             };
             match up {
@@ -370,8 +381,9 @@ async fn killing_the_first_upstream_fails_over_within_a_second_without_a_gap() {
 
     drop(survivor);
     drop(victim);
-    pa.stop().await;
-    pc.stop().await;
+    po.stop().await;
+    drop(o);
+    drop(origin_s);
 }
 
 /// A group of `GET /v1/nodes/{id}`.
