@@ -17,7 +17,8 @@
 //! * [`flv`] — FLV tags, incremental demuxer and muxer; [`synth`] — a synthetic FLV source.
 //! * [`rtmp`] — RTMP handshake, chunk stream (bounded decoder, encoder), messages and AMF0 commands.
 //! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
-//! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent.
+//! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent;
+//!   [`table_delta`] — the delta between two whole tables (what a follower replica sends).
 //!
 //! Pure code here never reads the clock itself: callers pass `now`.
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod rtmp;
 pub mod score;
 pub mod stream;
 pub mod synth;
+pub mod table_delta;
 pub mod table_view;
 pub mod tls;
 pub mod validate;

@@ -3,6 +3,7 @@
 //! fitting status. Mutating calls need `authorization: Bearer <admin token>`
 //! unless the scheduler runs with `--dev`.
 
+pub mod cluster;
 mod dashboard;
 mod nodes;
 mod resolve;
@@ -83,6 +84,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/routes/{id}", get(nodes::routes))
         .route("/v1/events", get(nodes::events))
+        .route("/v1/cluster", get(cluster::get))
         .route("/v1/weights", get(weights::get).put(weights::put))
         .route("/v1/weights/history", get(weights::history))
         .route("/v1/resolve", get(resolve::resolve))
@@ -126,6 +128,21 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if !app.is_ready() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting or shutting down")
             .into_response();
+    }
+    // Several replicas: a replica serves viewers and route tables from what
+    // it holds while the database is away (it is ready; the body says so).
+    if app.cluster.replicated() {
+        let store = match app.store.ping().await {
+            Ok(()) => "ok",
+            Err(_) => "unavailable",
+        };
+        return axum::Json(json!({
+            "status": "ready",
+            "store": store,
+            "role": app.cluster.role().as_str(),
+            "term": app.cluster.term(),
+        }))
+        .into_response();
     }
     match app.store.ping().await {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
