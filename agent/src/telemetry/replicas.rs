@@ -107,10 +107,17 @@ impl Telemetry {
         let alerts = self.alerts.clone();
         let metrics = self.metrics.clone();
         if let Some(mut alerts_in) = self.alerts_in.take() {
+            let cancel = cancel.clone();
             tasks.spawn(async move {
                 // Every session gets every alert (a session whose queue is
-                // full loses its oldest, counted there).
-                while let Some(a) = alerts_in.recv().await {
+                // full loses its oldest, counted there). The senders live
+                // as long as the agent: stop with the sessions.
+                loop {
+                    let a = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        a = alerts_in.recv() => a,
+                    };
+                    let Some(a) = a else { return };
                     if alerts.send(a).is_err() {
                         metrics.alerts_dropped.inc();
                     }
