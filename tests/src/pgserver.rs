@@ -101,7 +101,11 @@ impl PgServer {
     pub async fn start(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // A killed postmaster may linger as a zombie until its reaper
+            // runs, and PostgreSQL keeps refusing lock files that name a
+            // process that exists: it is dead (we killed it), drop them.
             let _ = std::fs::remove_file(self.dir.join("data/postmaster.pid"));
+            let _ = std::fs::remove_file(self.dir.join(format!(".s.PGSQL.{}.lock", self.port)));
             let out = as_owner(&self.bindir.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.dir.join("data"))

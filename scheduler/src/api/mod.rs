@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An API error: status + message, rendered as JSON and counted.
 #[derive(Debug)]
@@ -47,6 +48,20 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Refuses a write at once while this replica knows the shared database is
+/// unreachable (several replicas): 503 instead of waiting out the pool's
+/// timeout; the replica keeps serving its last state read-only.
+pub fn require_store(app: &App) -> ApiResult<()> {
+    if app.cluster.replicated() && !app.cluster.store_ok() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unreachable: writes are refused until it returns (this replica \
+             serves its last state read-only)",
+        ));
+    }
+    Ok(())
+}
 
 /// Checks the admin token of a mutating request.
 pub fn require_admin(app: &App, headers: &HeaderMap) -> ApiResult<String> {
@@ -132,9 +147,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     // Several replicas: a replica serves viewers and route tables from what
     // it holds while the database is away (it is ready; the body says so).
     if app.cluster.replicated() {
-        let store = match app.store.ping().await {
-            Ok(()) => "ok",
-            Err(_) => "unavailable",
+        // Answer within a probe's timeout: what the coordination loop knows
+        // when the database is away, else a ping bounded to 500 ms.
+        let ping = tokio::time::timeout(Duration::from_millis(500), app.store.ping());
+        let store = if !app.cluster.store_ok() {
+            "unavailable"
+        } else {
+            match ping.await {
+                Ok(Ok(())) => "ok",
+                _ => "unavailable",
+            }
         };
         return axum::Json(json!({
             "status": "ready",

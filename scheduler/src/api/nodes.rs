@@ -189,6 +189,7 @@ pub async fn drain(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let actor = require_admin(&app, &headers)?;
+    super::require_store(&app)?;
     let state = app
         .drain_persisted(&id, &actor)
         .await

@@ -37,6 +37,7 @@ pub async fn put(
     }
     let patch: WeightsPatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid weights: {e}")))?;
+    super::require_store(&app)?;
     match app.update_weights(patch, &actor).await {
         Ok(ws) => Ok(Json(weight_json(&ws))),
         Err(e @ (WeightsUpdateError::Empty | WeightsUpdateError::Invalid(_))) => {
