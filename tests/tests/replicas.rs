@@ -229,6 +229,43 @@ async fn every_replica_sees_the_whole_world(admin: String) {
         assert_eq!(resp.status().as_u16(), 302, "{}: /play", s.name());
     }
 
+    // The dashboard of every replica shows who leads and each replica's
+    // health.
+    if let Some(chromium) =
+        vantage_tests::browser::chromium("postgres_every_replica_sees_the_whole_world")
+    {
+        let mut b = vantage_tests::browser::Browser::launch(&chromium, 1200, 900)
+            .await
+            .unwrap_or_else(|e| panic!("launching chromium: {e}"));
+        for (i, s) in r.all.iter().enumerate() {
+            b.goto(&format!("{}/", s.api_url()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let rows = b
+                .wait_for(
+                    "(() => { const rows = [...document.querySelectorAll('#replicas tbody tr.replica-row')]; \
+                       const leaders = rows.filter(r => r.children[1].textContent === 'leader'); \
+                       const healthy = rows.filter(r => r.children[3].textContent === 'healthy'); \
+                       return rows.length === 3 && leaders.length === 1 && healthy.length === 3 \
+                         && document.querySelector('#cluster-summary').textContent.includes('leads') \
+                         ? rows.map(r => [r.dataset.id, r.children[1].textContent]) : null; })()",
+                    Duration::from_secs(15),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("replica-{i} dashboard: {e}"));
+            let leader_row = rows
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r[1] == "leader"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            assert_eq!(
+                leader_row[0],
+                format!("replica-{leader}"),
+                "replica-{i}: {rows}"
+            );
+        }
+    }
+
     let seen = viewer.seen();
     assert!(seen.bytes > 0 && seen.ended_at.is_none(), "{seen:?}");
     publisher.assert_running();

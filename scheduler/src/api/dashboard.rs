@@ -109,6 +109,7 @@ async fn state(State(app): State<Arc<App>>) -> Json<Value> {
             "comment": ws.comment,
         },
         "nodes": nodes,
+        "cluster": super::cluster::view(&app),
     }))
 }
 
