@@ -41,6 +41,9 @@ pub mod replicas;
 pub mod sync;
 pub mod tables;
 
+#[cfg(test)]
+mod tests;
+
 pub use metrics::ClusterMetrics;
 pub use tables::StoredTable;
 
