@@ -68,6 +68,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before trying the next replica after a failure: random within
 /// these bounds.
 const FAILOVER_MIN: Duration = Duration::from_millis(50);
+/// How long the NACK of a stale replica's table may take to reach it
+/// before the agent leaves for another replica.
+const STALE_GOODBYE: Duration = Duration::from_secs(1);
 const FAILOVER_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
@@ -434,7 +437,14 @@ impl RouteClient {
                         tx.send(reply).await.map_err(|_| RoutesError::RequestClosed)?;
                         if let Some((got, held)) = stale {
                             // This replica is behind (a stale ex-leader):
-                            // get tables from another one.
+                            // get tables from another one. Half-close first
+                            // so the NACK reaches it (its answers meanwhile
+                            // are ignored), for at most a second.
+                            drop(tx);
+                            let _ = tokio::time::timeout(STALE_GOODBYE, async {
+                                while let Ok(Some(_)) = stream.message().await {}
+                            })
+                            .await;
                             return Err(RoutesError::StaleReplica { got, held });
                         }
                     }
