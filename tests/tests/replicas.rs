@@ -13,6 +13,12 @@
 //!    on the survivors keeps answering 302.
 //! 3. SIGSTOP the leader past its lease, let another take over, SIGCONT it:
 //!    it steps down, no agent accepts a table from it, one leader.
+//! 4. PostgreSQL (a server of the test's own) SIGKILLed for 10 s: reads and
+//!    `/play` go on, writes are 503 JSON errors, nothing is lost after.
+//! 5. (in 2) An agent killed during the leader failover is `down` on every
+//!    survivor and not offered within 3.5 intervals + the failover bound.
+//!
+//! Also: a second scheduler on one SQLite file is refused at start.
 //!
 //! PostgreSQL-only: without `VANTAGE_TEST_POSTGRES_URL` the tests print
 //! `SKIPPED` (and fail under `CI=true`).
@@ -914,4 +920,49 @@ async fn database_killed_for_ten_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_killed_for_ten_seconds() {
     database_killed_for_ten_seconds().await;
+}
+
+/// What to build 1: SQLite serves one replica; a second scheduler on the
+/// same database file is refused at start with a clear error, and the first
+/// one goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_second_replica_is_refused() {
+    let first = vantage_tests::Scheduler::builder().start().await;
+    let db = first.data_dir().join("vantage.db");
+    let url = format!("sqlite://{}", db.display());
+    let port = || vantage_tests::ports::free_tcp_port().to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(vantage_tests::bins::bin(vantage_tests::bins::SCHEDULER))
+            .args(["--dev", "--data-dir"])
+            .arg(first.data_dir().join("second"))
+            .args(["--database-url", &url])
+            .args([
+                "--quic-listen",
+                &format!("127.0.0.1:{}", vantage_tests::ports::free_udp_port()),
+            ])
+            .args(["--grpc-listen", &format!("127.0.0.1:{}", port())])
+            .args(["--http-listen", &format!("127.0.0.1:{}", port())])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second scheduler neither started nor exited within 30 s")
+    .expect("running vantage-scheduler");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the second replica started: {stderr}"
+    );
+    assert!(
+        stderr.contains("already uses the SQLite database")
+            && stderr.contains("PostgreSQL")
+            && stderr.contains(&db.display().to_string()),
+        "{stderr}"
+    );
+    let (st, v) = first.get("/readyz").await;
+    assert_eq!(st, 200, "{v}");
+    let c = first.get("/v1/cluster").await.1;
+    assert_eq!(c["mode"], "single", "{c}");
+    assert_eq!(c["replica"]["role"], "leader", "{c}");
 }
