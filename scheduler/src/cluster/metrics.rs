@@ -2,7 +2,7 @@
 //! docs/metrics.md): leadership, term, commits and refusals.
 
 use super::Role;
-use crate::metrics::{KindLabel, ReasonLabel};
+use crate::metrics::{KindLabel, ReasonLabel, StateLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,7 +20,7 @@ pub struct ClusterMetrics {
     pub tables_followed: Counter,
     pub tables_refused: Family<ReasonLabel, Counter>,
     pub store_errors: Family<KindLabel, Counter>,
-    pub replicas: Family<KindLabel, Gauge>,
+    pub replicas: Family<StateLabel, Gauge>,
     pub interest_writes: Counter,
 }
 
@@ -95,6 +95,28 @@ impl ClusterMetrics {
             "Transactions writing directory subscriptions of this replica's route streams",
             m.interest_writes.clone(),
         );
+        // Every series exists from the start (at 0), so alerts and rates
+        // see them before the first event.
+        for kind in ["acquired", "lost", "released", "bumped"] {
+            let _ = m.leader_changes.get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            });
+        }
+        for reason in ["older_term", "not_newer", "undecodable"] {
+            let _ = m.tables_refused.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+        }
+        for kind in ["lease", "commit", "follow", "interest", "heartbeat", "sync"] {
+            let _ = m.store_errors.get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            });
+        }
+        for state in ["healthy", "unhealthy"] {
+            let _ = m.replicas.get_or_create(&StateLabel {
+                state: state.to_owned(),
+            });
+        }
         m
     }
 

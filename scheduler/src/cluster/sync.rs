@@ -261,8 +261,8 @@ async fn heartbeat(app: &App, pool: &sqlx::PgPool) -> bool {
                 .iter()
                 .filter(|r| r.seen_age_ms < replicas::HEALTHY_WITHIN_MS)
                 .count();
-            let label = |kind: &str| crate::metrics::KindLabel {
-                kind: kind.to_owned(),
+            let label = |state: &str| crate::metrics::StateLabel {
+                state: state.to_owned(),
             };
             c.metrics
                 .replicas
