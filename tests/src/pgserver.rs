@@ -18,6 +18,8 @@ pub struct PgServer {
     bindir: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Extra server options (`-c name=value ...`).
+    options: String,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with a server.
@@ -54,6 +56,12 @@ impl PgServer {
     /// Creates and starts a new cluster; `None` when no server binaries are
     /// installed.
     pub async fn start_new() -> Option<PgServer> {
+        Self::start_new_with("").await
+    }
+
+    /// [`Self::start_new`] with extra server options, e.g.
+    /// `-c shared_preload_libraries=pg_stat_statements`.
+    pub async fn start_new_with(options: &str) -> Option<PgServer> {
         let bindir = bindir()?;
         let dir = std::env::temp_dir().join(format!("vantage-pg-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -86,6 +94,7 @@ impl PgServer {
             bindir,
             dir,
             port: crate::ports::free_tcp_port(),
+            options: options.to_owned(),
         };
         s.start().await;
         Some(s)
@@ -114,9 +123,10 @@ impl PgServer {
                 .args(["-w", "-t", "20", "-o"])
                 .arg(format!(
                     "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                     -c synchronous_commit=off -c max_connections=100",
+                     -c synchronous_commit=off -c max_connections=100 {}",
                     self.port,
-                    self.dir.display()
+                    self.dir.display(),
+                    self.options
                 ))
                 .arg("start")
                 .stdout(Stdio::null())

@@ -41,13 +41,27 @@ impl Replicas {
         lease_ms: u64,
         extra: &[&str],
     ) -> Replicas {
+        Self::start_with(admin_url, n, interval_ms, lease_ms, extra, |u| u.to_owned()).await
+    }
+
+    /// [`Self::start`], the replicas given `url_for(database URL)` (e.g.
+    /// through a proxy that counts bytes).
+    pub async fn start_with(
+        admin_url: &str,
+        n: usize,
+        interval_ms: u64,
+        lease_ms: u64,
+        extra: &[&str],
+        url_for: impl Fn(&str) -> String,
+    ) -> Replicas {
         assert!(n >= 1);
         let db = PgDatabase::create(admin_url).await;
+        let replica_url = url_for(db.url());
         let mut all: Vec<Scheduler> = Vec::with_capacity(n);
         for i in 0..n {
             let mut b = Scheduler::builder()
                 .name(format!("replica-{i}"))
-                .shared_database(db.url())
+                .shared_database(replica_url.clone())
                 .report_interval_ms(interval_ms)
                 .arg("--scheduler-id")
                 .arg(format!("replica-{i}"))
