@@ -834,7 +834,13 @@ async fn database_killed_for_ten_seconds() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     for (i, s) in r.all.iter().enumerate() {
+        let asked = Instant::now();
         let (st, v) = s.get("/readyz").await;
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "replica-{i} /readyz took {:?}",
+            asked.elapsed()
+        );
         assert_eq!(
             st, 200,
             "replica-{i} /readyz while the database is away: {v}"
