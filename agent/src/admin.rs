@@ -49,6 +49,11 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct RoutesView {
     pub version: u64,
+    /// Leader term of the table (0: none, or a scheduler without terms).
+    pub term: u64,
+    /// Route service of the scheduler replica the stream is (or was last)
+    /// open to.
+    pub scheduler: String,
     pub nonce: String,
     /// "scheduler", "disk" or "none".
     pub source: &'static str,
@@ -70,6 +75,10 @@ pub struct RoutesTable {
     pub node_id: String,
     /// 0 when no table is held.
     pub version: u64,
+    /// Leader term of the table (0: none).
+    pub term: u64,
+    /// Replica the route stream is (or was last) open to.
+    pub scheduler: String,
     pub nonce: String,
     /// "scheduler", "disk" or "none".
     pub source: &'static str,
@@ -121,6 +130,8 @@ impl AdminState {
         RoutesTable {
             node_id: self.node_id.clone(),
             version: t.map_or(0, AppliedTable::version),
+            term: t.map_or(0, AppliedTable::term),
+            scheduler: self.routes.scheduler(),
             nonce: t.map(|t| t.table.nonce.clone()).unwrap_or_default(),
             source: source_name(t),
             applied_at_ms: t.map(|t| t.applied_at_ms),
@@ -137,6 +148,8 @@ impl AdminState {
         let routes = match table {
             Some(t) => RoutesView {
                 version: t.version(),
+                term: t.term(),
+                scheduler: self.routes.scheduler(),
                 nonce: t.table.nonce.clone(),
                 source: source_name(Some(&t)),
                 applied_at_ms: Some(t.applied_at_ms),
@@ -149,6 +162,8 @@ impl AdminState {
             },
             None => RoutesView {
                 version: 0,
+                term: 0,
+                scheduler: self.routes.scheduler(),
                 nonce: String::new(),
                 source: "none",
                 applied_at_ms: None,

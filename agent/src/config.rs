@@ -26,12 +26,14 @@ mod media;
 mod values;
 pub use crate::addr::{HostPort, parse_http_url};
 use values::hostname;
-pub use values::{ClientCert, TokenSource};
+pub use values::{ClientCert, RouteTarget, TokenSource};
 
 /// Default QUIC telemetry address of the scheduler.
 pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7400";
 /// Default gRPC port of the scheduler (same host as `--scheduler`).
 pub const DEFAULT_ROUTES_PORT: u16 = 7401;
+/// Most scheduler addresses (`--scheduler`, `--routes`) an agent takes.
+pub const MAX_SCHEDULERS: usize = 16;
 pub const DEFAULT_DATA_DIR: &str = "./vantage-agent-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
@@ -92,13 +94,19 @@ pub struct Settings {
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
 
-    /// Scheduler QUIC telemetry address [default: 127.0.0.1:7400].
+    /// Scheduler QUIC telemetry address; repeat it for several scheduler
+    /// replicas (the agent reports to every one, and to every address a
+    /// DNS name resolves to) [default: 127.0.0.1:7400].
     #[arg(long, value_name = "HOST:PORT")]
-    pub scheduler: Option<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub scheduler: Vec<String>,
 
-    /// Scheduler gRPC route URL [default: https://SCHEDULER-HOST:7401].
+    /// Scheduler gRPC route URL; repeat it for several replicas (one route
+    /// stream at a time, failing over between them)
+    /// [default: https://SCHEDULER-HOST:7401 for every --scheduler].
     #[arg(long, value_name = "URL")]
-    pub routes: Option<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub routes: Vec<String>,
 
     /// CA certificate (PEM) the scheduler's certificate chains to. Required.
     #[arg(long, value_name = "FILE")]
@@ -263,8 +271,16 @@ impl Settings {
         Settings {
             config: self.config.or(lower.config),
             node_id: self.node_id.or(lower.node_id),
-            scheduler: self.scheduler.or(lower.scheduler),
-            routes: self.routes.or(lower.routes),
+            scheduler: if self.scheduler.is_empty() {
+                lower.scheduler
+            } else {
+                self.scheduler
+            },
+            routes: if self.routes.is_empty() {
+                lower.routes
+            } else {
+                self.routes
+            },
             ca: self.ca.or(lower.ca),
             token: self.token.or(lower.token),
             token_file: self.token_file.or(lower.token_file),
@@ -334,7 +350,7 @@ impl Settings {
             if !flags.contains(&flag) {
                 continue;
             }
-            let values: Vec<&str> = if flag == "origin" {
+            let values: Vec<&str> = if matches!(flag.as_str(), "origin" | "scheduler" | "routes") {
                 value
                     .split(',')
                     .map(str::trim)
@@ -395,27 +411,53 @@ impl Settings {
             )));
         }
 
-        let scheduler_raw = self
-            .scheduler
-            .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned());
-        let scheduler = HostPort::parse(&scheduler_raw)
-            .ok_or_else(|| invalid(format!("--scheduler {scheduler_raw:?} is not HOST:PORT")))?;
-
-        let routes = self.routes.unwrap_or_else(|| {
-            format!(
-                "https://{}:{DEFAULT_ROUTES_PORT}",
-                scheduler.authority_host()
-            )
-        });
-        let routes_host = match parse_http_url(&routes) {
-            Some(("https", host)) => host,
-            Some(_) => {
-                return Err(invalid(format!(
-                    "--routes {routes:?} must be an https:// URL (route tables are served over TLS)"
-                )));
-            }
-            None => return Err(invalid(format!("--routes {routes:?} is not a valid URL"))),
+        let scheduler_raw = if self.scheduler.is_empty() {
+            vec![DEFAULT_SCHEDULER.to_owned()]
+        } else {
+            self.scheduler
         };
+        let mut schedulers: Vec<HostPort> = Vec::with_capacity(scheduler_raw.len());
+        for raw in &scheduler_raw {
+            let hp = HostPort::parse(raw)
+                .ok_or_else(|| invalid(format!("--scheduler {raw:?} is not HOST:PORT")))?;
+            if !schedulers.contains(&hp) {
+                schedulers.push(hp);
+            }
+        }
+        if schedulers.len() > MAX_SCHEDULERS {
+            return Err(invalid(format!(
+                "at most {MAX_SCHEDULERS} --scheduler addresses are supported"
+            )));
+        }
+
+        let routes_raw = if self.routes.is_empty() {
+            schedulers
+                .iter()
+                .map(|s| format!("https://{}:{DEFAULT_ROUTES_PORT}", s.authority_host()))
+                .collect()
+        } else {
+            self.routes
+        };
+        let mut routes: Vec<RouteTarget> = Vec::with_capacity(routes_raw.len());
+        for url in routes_raw {
+            let host = match parse_http_url(&url) {
+                Some(("https", host)) => host,
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "--routes {url:?} must be an https:// URL (route tables are served over TLS)"
+                    )));
+                }
+                None => return Err(invalid(format!("--routes {url:?} is not a valid URL"))),
+            };
+            if !routes.iter().any(|r| r.url == url) {
+                routes.push(RouteTarget { url, host });
+            }
+        }
+        if routes.len() > MAX_SCHEDULERS {
+            return Err(invalid(format!(
+                "at most {MAX_SCHEDULERS} --routes URLs are supported"
+            )));
+        }
 
         let ca = self.ca.ok_or_else(|| {
             invalid(
@@ -512,9 +554,8 @@ impl Settings {
 
         Ok(Config {
             node_id,
-            scheduler,
+            schedulers,
             routes,
-            routes_host,
             ca,
             token,
             client_cert,
@@ -575,11 +616,11 @@ fn parse_origin(s: &str) -> Result<StaticOrigin, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_id: String,
-    pub scheduler: HostPort,
-    /// gRPC URL of the route service (https).
-    pub routes: String,
-    /// TLS name checked on the route service's certificate.
-    pub routes_host: String,
+    /// QUIC telemetry addresses of the scheduler replicas (reported to
+    /// every one).
+    pub schedulers: Vec<HostPort>,
+    /// Route services of the scheduler replicas (one stream at a time).
+    pub routes: Vec<RouteTarget>,
     pub ca: PathBuf,
     pub token: Option<TokenSource>,
     pub client_cert: Option<ClientCert>,

@@ -34,6 +34,9 @@ pub struct Identity {
     mtls: bool,
     path: PathBuf,
     credential: watch::Sender<Option<String>>,
+    /// Held by the telemetry session that enrolls (several replicas: one
+    /// enrollment at a time).
+    enrolling: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Identity {
@@ -73,6 +76,7 @@ impl Identity {
             mtls,
             path: path.to_owned(),
             credential: watch::Sender::new(stored),
+            enrolling: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -87,6 +91,11 @@ impl Identity {
     /// Whether a client certificate identifies this agent.
     pub fn is_mtls(&self) -> bool {
         self.mtls
+    }
+
+    /// Waits for the right to enroll (one telemetry session at a time).
+    pub async fn enrollment(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.enrolling.clone().lock_owned().await
     }
 
     /// The stored credential, if enrolled.

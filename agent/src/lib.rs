@@ -53,7 +53,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use telemetry::{AlertSender, HelloTemplate, TelemetryClient};
+use telemetry::{AlertSender, HelloTemplate, Telemetry};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -158,9 +158,9 @@ impl Agent {
                 source,
             })
         })?;
+        // The TLS name is set per replica by the route client.
         let mut grpc_tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
-            .domain_name(config.routes_host.clone());
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
         let identity_pair = match &config.client_cert {
             Some(cc) => {
                 let chain = tls::load_certs(&cc.cert).map_err(StartError::ClientCert)?;
@@ -344,8 +344,8 @@ impl Agent {
         )
         .with_interest(self.relay.interest().clone());
         let (lat, lon) = c.coord.map_or((0.0, 0.0), |p| (p.lat, p.lon));
-        let mut telemetry = TelemetryClient::new(
-            c.scheduler.clone(),
+        let mut telemetry = Telemetry::new(
+            c.schedulers.clone(),
             self.quic,
             HelloTemplate {
                 region: c.region.clone(),
@@ -401,8 +401,8 @@ impl Agent {
         };
         info!(
             node_id = %c.node_id,
-            scheduler = %c.scheduler,
-            routes = %c.routes,
+            schedulers = %c.schedulers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            routes = %c.routes.iter().map(|r| r.url.as_str()).collect::<Vec<_>>().join(","),
             admin = %self.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             media = %self.media.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             rtmp = %self.rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -23,6 +23,11 @@ pub struct KindLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -46,12 +51,24 @@ pub struct Metrics {
     pub route_tables: Family<ResultLabel, Counter>,
     pub route_updates: Family<KindLabel, Counter>,
     pub routes_subscribed: Gauge,
+    pub route_term: Gauge,
+    pub route_tables_refused: Family<ReasonLabel, Counter>,
+    pub routes_failovers: Counter,
     pub cpu_ratio: Gauge<f64, AtomicU64>,
     pub memory_used_bytes: Gauge,
     pub memory_total_bytes: Gauge,
 }
 
 impl Metrics {
+    /// A route table refused for `reason`.
+    pub fn route_tables_refused(&self, reason: &str) {
+        self.route_tables_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Creates the metrics and registers them under `vantage_agent_`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics::default();
@@ -83,7 +100,7 @@ impl Metrics {
         }
         r.register(
             "telemetry_connected",
-            "1 while a telemetry session with the scheduler is established",
+            "Telemetry sessions established, one per scheduler replica reached (1 with a single scheduler)",
             m.telemetry_connected.clone(),
         );
         r.register(
@@ -121,6 +138,24 @@ impl Metrics {
             "routes_subscribed",
             "1 while the route stream to the scheduler is open",
             m.routes_subscribed.clone(),
+        );
+        r.register(
+            "route_term",
+            "Leader term of the route table in use (0 = none, or a scheduler without terms)",
+            m.route_term.clone(),
+        );
+        r.register(
+            "route_tables_refused",
+            "Route tables refused because the table held is of a newer leader term, by reason (older_term)",
+            m.route_tables_refused.clone(),
+        );
+        let _ = m.route_tables_refused.get_or_create(&ReasonLabel {
+            reason: "older_term".to_owned(),
+        });
+        r.register(
+            "routes_failovers",
+            "Route streams moved to another scheduler replica after a failure",
+            m.routes_failovers.clone(),
         );
         r.register(
             "cpu_ratio",

@@ -923,3 +923,119 @@ async fn routes_json(addr: SocketAddr) -> serde_json::Value {
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// Waits for the next route request on either of two fake replicas: which
+/// one (0 or 1) and the request.
+async fn next_request_of(
+    a: &mut mpsc::UnboundedReceiver<(Option<String>, vantage_proto::v1::RouteRequest)>,
+    b: &mut mpsc::UnboundedReceiver<(Option<String>, vantage_proto::v1::RouteRequest)>,
+) -> (usize, vantage_proto::v1::RouteRequest) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            r = a.recv() => (0, r.expect("channel closed").1),
+            r = b.recv() => (1, r.expect("channel closed").1),
+        }
+    })
+    .await
+    .expect("timed out waiting for a route request")
+}
+
+/// Issue 19: two scheduler replicas. The one the agent streams from turns
+/// stale (a paused ex-leader) and sends a table of an older term: the agent
+/// NACKs it with code 9, keeps its table, counts it, and moves to the other
+/// replica, announcing the table and term it holds; that replica's newer
+/// tables are taken.
+#[tokio::test]
+async fn a_table_of_an_older_term_is_refused_and_the_agent_moves_to_another_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let pki = pki(&pki_dir);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let credential = NodeCredential::issue("edge-1").encode();
+    std::fs::write(data.join("node.credential"), &credential).unwrap();
+    let term2 = |v: u64| RouteTable {
+        term: 2,
+        ..per_origin_table(v)
+    };
+    let (tx_a, rx_a) = watch::channel(Some(term2(1)));
+    let (tx_b, rx_b) = watch::channel(Some(term2(1)));
+    let (req_a, mut requests_a) = mpsc::unbounded_channel();
+    let (req_b, mut requests_b) = mpsc::unbounded_channel();
+    let a = FakeRoutes::start(&pki, "127.0.0.1:0".parse().unwrap(), rx_a, req_a).await;
+    let b = FakeRoutes::start(&pki, "127.0.0.1:0".parse().unwrap(), rx_b, req_b).await;
+    let second = format!("--routes=https://127.0.0.1:{}", b.addr.port());
+    let config = agent_config_with(&pki_dir, &data, free_addr(), a.addr, &[&second]);
+    assert_eq!(config.routes.len(), 2);
+    let agent = start_agent(config).await;
+
+    // Whichever replica the agent picked first serves term 2, version 1.
+    let (first, hello) = next_request_of(&mut requests_a, &mut requests_b).await;
+    assert_eq!((hello.version_info, hello.term), (0, 0));
+    let (at, ack) = next_request_of(&mut requests_a, &mut requests_b).await;
+    assert_eq!(at, first);
+    assert_eq!((ack.version_info, ack.term, ack.error_detail), (1, 2, None));
+
+    // That replica goes stale: term 1, a higher version.
+    let stale = RouteTable {
+        term: 1,
+        nonce: "stale".into(),
+        ..per_origin_table(7)
+    };
+    let (stale_tx, fresh_tx) = if first == 0 {
+        (&tx_a, &tx_b)
+    } else {
+        (&tx_b, &tx_a)
+    };
+    stale_tx.send_replace(Some(stale));
+    let (at, nack) = next_request_of(&mut requests_a, &mut requests_b).await;
+    assert_eq!(at, first);
+    assert_eq!(
+        (nack.version_info, nack.term),
+        (1, 2),
+        "keeps announcing what it holds"
+    );
+    let detail = nack.error_detail.expect("a NACK");
+    assert_eq!(detail.code, 9, "{}", detail.message);
+    assert!(detail.message.contains("term 1"), "{}", detail.message);
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().version(), 1);
+    assert_eq!(agent.routes.borrow().as_ref().unwrap().term(), 2);
+    assert_eq!(stored(&data), term2(1));
+
+    // It moves to the other replica, announcing version 1 of term 2.
+    let (at, hello) = next_request_of(&mut requests_a, &mut requests_b).await;
+    assert_eq!(at, 1 - first, "the agent left the stale replica");
+    assert_eq!((hello.version_info, hello.term), (1, 2));
+    fresh_tx.send_replace(Some(RouteTable {
+        term: 3,
+        ..per_origin_table(8)
+    }));
+    let (at, ack) = next_request_of(&mut requests_a, &mut requests_b).await;
+    assert_eq!(at, 1 - first);
+    assert_eq!((ack.version_info, ack.term, ack.error_detail), (8, 3, None));
+    let m = agent.metrics().await;
+    for needle in [
+        "vantage_agent_route_tables_refused_total{reason=\"older_term\"} 1",
+        "vantage_agent_route_term 3",
+        "vantage_agent_route_version 8",
+        "vantage_agent_routes_failovers_total 1",
+    ] {
+        assert!(m.contains(needle), "missing {needle:?} in\n{m}");
+    }
+    let routes = routes_json(agent.admin).await;
+    assert_eq!(routes["term"], 3);
+    assert_eq!(
+        routes["scheduler"],
+        format!(
+            "https://127.0.0.1:{}",
+            if first == 0 {
+                b.addr.port()
+            } else {
+                a.addr.port()
+            }
+        )
+    );
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}

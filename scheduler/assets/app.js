@@ -211,6 +211,37 @@ function renderTable(nodes) {
   }
 }
 
+// ---------------------------------------------------------------- replicas
+
+function renderCluster(c) {
+  if (!c) return;
+  const me = c.replica || {};
+  const leader = c.leader ? `${c.leader.id} leads (term ${c.leader.term})` : "no leader: taking over";
+  $("#cluster-summary").textContent =
+    `— ${c.mode === "replicated" ? leader : "single replica (SQLite)"} · this page: ${me.id}` +
+    (me.store === "ok" ? "" : " · database unreachable: read-only");
+  const body = $("#replicas tbody");
+  body.replaceChildren();
+  for (const r of (c.replicas || []).slice().sort((a, b) => a.id.localeCompare(b.id))) {
+    const name = r.self || !r.http_url
+      ? el("strong", {}, r.id)
+      : el("a", { href: `${r.http_url}/ui/` }, r.id);
+    body.append(el(
+      "tr",
+      { class: "replica-row", "data-id": r.id },
+      el("td", {}, name, r.self ? " (this page)" : ""),
+      el("td", {}, el("span", { class: `badge ${r.role === "leader" ? "up" : "draining"}` }, r.role)),
+      el("td", {}, String(r.term)),
+      el("td", {}, el("span", { class: `badge ${r.healthy ? "up" : "down"}` }, r.healthy ? "healthy" : "unhealthy")),
+      el("td", {}, age(r.seen_age_ms)),
+      el("td", {}, `${r.nodes_up} / ${r.nodes}`),
+      el("td", {}, String(r.agents_connected)),
+      el("td", {}, String(r.route_streams)),
+      el("td", {}, r.agent_version || "–"),
+    ));
+  }
+}
+
 // ---------------------------------------------------------------- routes
 
 async function select(id) {
@@ -370,6 +401,7 @@ function render() {
     Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ") +
     ` · ${viewers} viewers · weights v${ui.state.weights.version}` +
     (ui.state.dev ? " · dev mode" : "");
+  renderCluster(ui.state.cluster);
   renderMap(nodes);
   renderTable(nodes);
   renderWeights(ui.state.weights);

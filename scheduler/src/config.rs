@@ -175,6 +175,16 @@ pub struct Settings {
     /// Identifier of this scheduler replica. Default: host name.
     #[arg(long, env = "VANTAGE_SCHEDULER_ID")]
     pub scheduler_id: Option<String>,
+    /// Several replicas (PostgreSQL): how long the leader's lease lasts
+    /// without renewal, ms; a new leader takes over within about this long
+    /// after the leader dies. Default 3000
+    #[arg(long, env = "VANTAGE_LEASE_MS")]
+    pub lease_ms: Option<u32>,
+    /// URL of this replica's HTTP API as other replicas' dashboards link to
+    /// it. Default http://<scheduler id>:<HTTP port> (http://<address> when
+    /// --http-listen names one)
+    #[arg(long, env = "VANTAGE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "VANTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -353,6 +363,8 @@ impl Settings {
                 self.server_names
             },
             scheduler_id: self.scheduler_id.or(lower.scheduler_id),
+            lease_ms: self.lease_ms.or(lower.lease_ms),
+            advertise_url: self.advertise_url.or(lower.advertise_url),
             log_format: self.log_format.or(lower.log_format),
             record_dir: self.record_dir.or(lower.record_dir),
             geoip_city: self.geoip_city.or(lower.geoip_city),
@@ -442,6 +454,10 @@ pub struct Config {
     pub enrollment_token: Option<String>,
     pub server_names: Vec<String>,
     pub scheduler_id: String,
+    /// Leader lease (several replicas on PostgreSQL).
+    pub lease_ms: u32,
+    /// This replica's HTTP API URL as other replicas show it.
+    pub advertise_url: String,
     pub log_format: LogFormat,
     pub file_weights: Option<Weights>,
     pub ranges: Ranges,
@@ -561,6 +577,15 @@ impl Config {
         } else {
             "0.0.0.0:7480"
         };
+        let http_listen = s.http_listen.unwrap_or_else(|| addr(default_http));
+        let scheduler_id = s.scheduler_id.unwrap_or_else(default_scheduler_id);
+        let advertise_url = s.advertise_url.unwrap_or_else(|| {
+            if http_listen.ip().is_unspecified() {
+                format!("http://{scheduler_id}:{}", http_listen.port())
+            } else {
+                format!("http://{http_listen}")
+            }
+        });
         let mut cfg = Config {
             dev,
             read_token: s.read_token,
@@ -579,7 +604,7 @@ impl Config {
             client_limits,
             quic_listen: s.quic_listen.unwrap_or_else(|| addr("0.0.0.0:7400")),
             grpc_listen: s.grpc_listen.unwrap_or_else(|| addr("0.0.0.0:7401")),
-            http_listen: s.http_listen.unwrap_or_else(|| addr(default_http)),
+            http_listen,
             database_url: s.database_url,
             admin_token: s.admin_token,
             report_interval_ms: s.report_interval_ms.unwrap_or(1000),
@@ -591,7 +616,9 @@ impl Config {
             tls,
             enrollment_token,
             server_names: s.server_names,
-            scheduler_id: s.scheduler_id.unwrap_or_else(default_scheduler_id),
+            scheduler_id,
+            lease_ms: s.lease_ms.unwrap_or(3_000),
+            advertise_url,
             log_format: s.log_format.unwrap_or_default(),
             file_weights: s.weights,
             ranges: s.ranges.unwrap_or_default(),
@@ -627,6 +654,26 @@ impl Config {
             return Err(invalid(
                 "replan_interval_ms",
                 format!("{} is outside 50..=60000", self.replan_interval_ms),
+            ));
+        }
+        if !(300..=60_000).contains(&self.lease_ms) {
+            return Err(invalid(
+                "lease_ms",
+                format!("{} is outside 300..=60000", self.lease_ms),
+            ));
+        }
+        if !(self.advertise_url.starts_with("http://")
+            || self.advertise_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "advertise_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if !vantage_shared::auth::valid_node_id(&self.scheduler_id) {
+            return Err(invalid(
+                "scheduler_id",
+                "1-64 characters of [A-Za-z0-9._-], starting alphanumeric",
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {

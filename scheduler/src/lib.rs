@@ -9,6 +9,8 @@
 //! and events through sqlx (SQLite or PostgreSQL); [`api`] is the HTTP API;
 //! [`record`] writes optional traces of inputs and plans (`--record`) and
 //! replays them through the planner.
+//! [`cluster`] makes several replicas on one PostgreSQL database work as one
+//! (a fenced leader lease, committed tables served by every replica).
 //! [`server::run`] wires it together; `main.rs` only parses flags and waits
 //! for a signal.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod listeners;

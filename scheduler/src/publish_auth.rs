@@ -277,7 +277,9 @@ impl PublishKeys {
             })
             .collect();
         let text = serde_json::to_string(&stored).map_err(|e| KeysError::Corrupt(e.to_string()))?;
-        store.set_cluster_setting(SETTING, &text).await?;
+        store
+            .set_cluster_setting(SETTING, &text, vantage_shared::clock::now_ms())
+            .await?;
         *write(&self.keys) = keys;
         Ok(())
     }

@@ -24,6 +24,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ingest(#[from] crate::ingest::IngestError),
+    #[error(transparent)]
+    Lock(#[from] crate::cluster::lock::LockError),
     #[error("cannot listen on {addr}/tcp ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -213,6 +215,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .database_url
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir.join("vantage.db")));
+    // One scheduler per SQLite file (several replicas need PostgreSQL);
+    // held until this function returns.
+    let _sqlite_lock = match crate::cluster::lock::sqlite_path(&url) {
+        Some(db) => Some(crate::cluster::lock::acquire(&db, &config.scheduler_id)?),
+        None => None,
+    };
     let store = Store::open(&url).await?;
     info!(backend = store.backend().as_str(), "store open");
     let app = App::new(
@@ -256,8 +264,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             })?,
     };
 
+    // Several replicas: serve what the leader committed from the start.
+    if app.cluster.replicated() {
+        match app.follow_tables().await {
+            Ok(n) => info!(tables = n, "committed route tables read"),
+            Err(e) => warn!("committed route tables not read yet: {e}"),
+        }
+    }
     // First plan before accepting anyone, so tables exist for known nodes
-    // (on a blocking thread: a round takes the plan's lock blocking).
+    // (on a blocking thread: a round takes the plan's lock blocking; with
+    // several replicas, only a leader plans).
     let first = app.clone();
     if tokio::task::spawn_blocking(move || first.plan_round(true))
         .await
@@ -271,6 +287,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     tasks.spawn(crate::ingest::serve(app.clone(), ingest));
     tasks.spawn(app.clone().run_planner());
     tasks.spawn(app.clone().run_liveness(socket_drops));
+    crate::cluster::sync::spawn(&app, &mut tasks);
     let grpc = grpc_server(app.clone(), grpc_tls, grpc_listener).await?;
     tasks.spawn(grpc);
     let router = crate::api::router(app.clone());
@@ -301,6 +318,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     info!(
         quic = %bound.quic, grpc = %bound.grpc, http = %bound.http,
         scheduler_id = app.config.scheduler_id,
+        replicated = app.cluster.replicated(),
         "vantage-scheduler ready"
     );
     println!(
@@ -310,6 +328,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     shutdown.cancelled().await;
     info!("shutting down");
+    crate::cluster::sync::release(&app).await;
     let grace = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(grace);
     loop {

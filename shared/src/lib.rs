@@ -21,7 +21,8 @@
 //! * [`cmcd`] — CTA-5004 (CMCD v1) player data from queries, headers and JSON beacons.
 //! * [`listen`] — connection limits of TCP listeners: cap, proof and idle
 //!   deadlines, shedding unproven connections, `accept` back-off on `EMFILE`.
-//! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent.
+//! * [`table_view`] — the JSON view of a route table, the same on the scheduler and the agent;
+//!   [`table_delta`] — the delta between two whole tables (what a follower replica sends).
 //!
 //! Pure code here never reads the clock itself: callers pass `now`.
 #![forbid(unsafe_code)]
@@ -44,6 +45,7 @@ pub mod rtmp;
 pub mod score;
 pub mod stream;
 pub mod synth;
+pub mod table_delta;
 pub mod table_view;
 pub mod tls;
 pub mod validate;

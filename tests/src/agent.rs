@@ -51,6 +51,9 @@ pub struct SchedulerEndpoints {
     pub grpc_url: String,
     pub ca: PathBuf,
     pub token_file: PathBuf,
+    /// Further replicas (`--scheduler` and `--routes` repeated), which
+    /// share the first one's CA and enrollment token.
+    pub more: Vec<(SocketAddr, String)>,
 }
 
 impl SchedulerEndpoints {
@@ -60,7 +63,18 @@ impl SchedulerEndpoints {
             grpc_url: s.grpc_url(),
             ca: s.ca_path(),
             token_file: s.token_path(),
+            more: Vec::new(),
         }
+    }
+
+    /// Every replica of `all` (the first one's CA and token).
+    pub fn of_all(all: &[&Scheduler]) -> Self {
+        let mut e = SchedulerEndpoints::of(all[0]);
+        e.more = all[1..]
+            .iter()
+            .map(|s| (s.quic_addr(), s.grpc_url()))
+            .collect();
+        e
     }
 }
 
@@ -297,6 +311,14 @@ impl Agent {
         }
         if let Some(adv) = &c.probe_advertise {
             a.extend(["--probe-advertise".to_owned(), adv.clone()]);
+        }
+        for (quic, grpc) in &c.sched.more {
+            a.extend([
+                "--scheduler".to_owned(),
+                quic.to_string(),
+                "--routes".to_owned(),
+                grpc.clone(),
+            ]);
         }
         a.extend(c.args.iter().cloned());
         a

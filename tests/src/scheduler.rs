@@ -59,6 +59,9 @@ pub struct SchedulerBuilder {
     /// `--read-token`, sent by [`Scheduler::get`] (reads that need the
     /// agents' addresses, hidden from anonymous readers).
     read_token: Option<String>,
+    /// A database shared with other replicas (not created or dropped by
+    /// this handle).
+    shared_database: Option<String>,
 }
 
 impl Default for SchedulerBuilder {
@@ -74,6 +77,7 @@ impl Default for SchedulerBuilder {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             read_token: None,
+            shared_database: None,
         }
     }
 }
@@ -140,12 +144,19 @@ impl SchedulerBuilder {
         self
     }
 
+    /// `--database-url URL` of a database several replicas share: this
+    /// handle neither creates nor drops it (the store setting is ignored).
+    pub fn shared_database(mut self, url: impl Into<String>) -> Self {
+        self.shared_database = Some(url.into());
+        self
+    }
+
     /// Builds the handle without starting the process.
     pub async fn build(self) -> Scheduler {
         let dir = DataDir::new(self.data_dir.clone(), &self.name);
-        let db = match &self.store {
-            Store::Sqlite => None,
-            Store::Postgres { admin_url } => Some(PgDatabase::create(admin_url).await),
+        let db = match (&self.shared_database, &self.store) {
+            (Some(_), _) | (None, Store::Sqlite) => None,
+            (None, Store::Postgres { admin_url }) => Some(PgDatabase::create(admin_url).await),
         };
         Scheduler {
             ports_fixed: self.ports.is_some(),
@@ -247,7 +258,10 @@ impl Scheduler {
 
     /// The PostgreSQL database URL, when the store is PostgreSQL.
     pub fn database_url(&self) -> Option<&str> {
-        self.db.as_ref().map(PgDatabase::url)
+        self.cfg
+            .shared_database
+            .as_deref()
+            .or(self.db.as_ref().map(PgDatabase::url))
     }
 
     /// Asserts the scheduler keeps its state in the store it was given:
@@ -296,8 +310,8 @@ impl Scheduler {
         if let Some(ms) = self.cfg.report_interval_ms {
             a.extend(["--report-interval-ms".to_owned(), ms.to_string()]);
         }
-        if let Some(db) = &self.db {
-            a.extend(["--database-url".to_owned(), db.url().to_owned()]);
+        if let Some(url) = self.database_url() {
+            a.extend(["--database-url".to_owned(), url.to_owned()]);
         }
         a.extend(self.cfg.args.iter().cloned());
         a

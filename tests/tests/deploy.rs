@@ -528,3 +528,162 @@ fn configuration_reference_covers_every_flag() {
         "docs/configuration.md does not mention: {missing:?}"
     );
 }
+
+/// Issue 19: the three-replica manifests (`deploy/kubernetes/replicas/`)
+/// pass `kubernetes-validate --strict`: a StatefulSet of 3 whose pods name
+/// themselves (`--scheduler-id`, advertise URL) and read the database URL
+/// from a Secret, a headless Service for the agents, a LoadBalancer for
+/// viewers, a disruption budget keeping 2; the ConfigMap loads with the
+/// real loader.
+#[test]
+fn kubernetes_replica_manifests_validate() {
+    let test = "kubernetes_replica_manifests_validate";
+    let Some(py) = python(test) else {
+        return;
+    };
+    let file = repo().join("deploy/kubernetes/replicas/scheduler.yaml");
+    let (code, out, err) = run(Command::new(&py)
+        .args(["-m", "kubernetes_validate", "--strict"])
+        .arg(&file));
+    assert_eq!(code, 0, "kubernetes-validate failed:\n{out}{err}");
+    let docs = yaml_docs(&py, std::slice::from_ref(&file)).remove(0);
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {}", file.display()))
+            .clone()
+    };
+    let sts = find("StatefulSet", "vantage-scheduler");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let headless = find("Service", "vantage-scheduler-replicas");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(sts["spec"]["serviceName"], "vantage-scheduler-replicas");
+    assert_eq!(
+        find("PodDisruptionBudget", "vantage-scheduler")["spec"]["minAvailable"],
+        2
+    );
+    let env: Vec<Value> = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let named = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
+    assert!(
+        named("VANTAGE_DATABASE_URL")
+            .is_some_and(|e| e["valueFrom"]["secretKeyRef"]["name"] == "vantage-database"),
+        "the database URL comes from a Secret: {env:?}"
+    );
+    assert_eq!(
+        named("VANTAGE_SCHEDULER_ID").unwrap_or_default()["value"],
+        "$(POD_NAME)"
+    );
+    assert!(named("VANTAGE_ADVERTISE_URL").is_some());
+
+    let toml = find("ConfigMap", "vantage-scheduler-replicas")["data"]["scheduler.toml"]
+        .as_str()
+        .expect("scheduler.toml")
+        .to_owned();
+    assert!(toml.contains("lease_ms = "), "{toml}");
+    let root = tempfile::tempdir().expect("tempdir");
+    for sub in ["etc/vantage/tls", "etc/vantage/enroll"] {
+        std::fs::create_dir_all(root.path().join(sub)).expect("mkdir");
+    }
+    for f in ["etc/vantage/tls/tls.crt", "etc/vantage/tls/tls.key"] {
+        std::fs::write(root.path().join(f), "not a PEM file\n").expect("write");
+    }
+    std::fs::write(
+        root.path().join("etc/vantage/enroll/enroll.token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("write");
+    let cfg = root.path().join("scheduler.toml");
+    std::fs::write(&cfg, relocate(&toml, root.path())).expect("write");
+    let (code, _, err) = run(Command::new(bins::bin(bins::SCHEDULER))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(root.path().join("sched-data"))
+        .args(["--scheduler-id", "vantage-scheduler-0"])
+        .args([
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0"]));
+    assert!(
+        code == 1 && err.contains("tls.crt"),
+        "replica ConfigMap: exit {code} (want 1, failing on the dummy certificate): {err}"
+    );
+}
+
+/// Issue 19: `deploy/compose/replicas.yaml` parses: PostgreSQL, three
+/// scheduler replicas with distinct ids on one database, agents given
+/// every replica, every flag exists.
+#[test]
+fn compose_replicas_file_parses() {
+    let test = "compose_replicas_file_parses";
+    let Some(py) = python(test) else {
+        return;
+    };
+    let file = repo().join("deploy/compose/replicas.yaml");
+    let doc = yaml_docs(&py, &[file]).remove(0).remove(0);
+    let services = doc["services"].as_object().expect("services");
+    assert!(services.contains_key("postgres"), "{:?}", services.keys());
+    let args = |s: &Value| -> Vec<String> {
+        s["command"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    let value_of = |a: &[String], flag: &str| -> Vec<String> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    let built_with = |s: &Value, d: &str| {
+        s["build"]["dockerfile"]
+            .as_str()
+            .is_some_and(|x| x.ends_with(d))
+    };
+    let schedulers: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, s)| built_with(s, "scheduler.Dockerfile"))
+        .collect();
+    assert_eq!(schedulers.len(), 3, "{:?}", services.keys());
+    let mut ids = BTreeSet::new();
+    let mut urls = BTreeSet::new();
+    for (name, s) in &schedulers {
+        let a = args(s);
+        assert_flags_exist(name, bins::SCHEDULER, &a);
+        ids.extend(value_of(&a, "--scheduler-id"));
+        urls.extend(value_of(&a, "--database-url"));
+        assert_eq!(
+            s["depends_on"]["postgres"]["condition"], "service_healthy",
+            "{name}"
+        );
+    }
+    assert_eq!(ids.len(), 3, "distinct --scheduler-id: {ids:?}");
+    assert_eq!(urls.len(), 1, "one database: {urls:?}");
+    assert!(
+        urls.iter().all(|u| u.starts_with("postgres://")),
+        "{urls:?}"
+    );
+    let agents: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, s)| built_with(s, "agent.Dockerfile"))
+        .collect();
+    assert!(agents.len() >= 3);
+    for (name, a) in &agents {
+        let a_args = args(a);
+        assert_flags_exist(name, bins::AGENT, &a_args);
+        let given: BTreeSet<String> = value_of(&a_args, "--scheduler").into_iter().collect();
+        let want: BTreeSet<String> = schedulers
+            .iter()
+            .map(|(n, _)| format!("{n}:7400"))
+            .collect();
+        assert_eq!(given, want, "{name} is given every replica");
+    }
+}

@@ -75,6 +75,7 @@ async fn mtls_binds_node_ids_to_certificates() {
         grpc_url: s.grpc_url(),
         ca: ca.join("ca.pem"),
         token_file: token,
+        more: Vec::new(),
     };
     let with_cert = |id: &str, cert_of: &str| {
         AgentBuilder::new(id, endpoints.clone())

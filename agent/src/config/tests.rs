@@ -21,9 +21,12 @@ fn defaults_apply_when_only_required_settings_are_given() {
     )
     .unwrap();
     assert_eq!(cfg.node_id, "edge-1");
-    assert_eq!(cfg.scheduler, HostPort::parse("127.0.0.1:7400").unwrap());
-    assert_eq!(cfg.routes, "https://127.0.0.1:7401");
-    assert_eq!(cfg.routes_host, "127.0.0.1");
+    assert_eq!(
+        cfg.schedulers,
+        vec![HostPort::parse("127.0.0.1:7400").unwrap()]
+    );
+    assert_eq!(cfg.routes[0].url, "https://127.0.0.1:7401");
+    assert_eq!(cfg.routes[0].host, "127.0.0.1");
     assert_eq!(cfg.data_dir, PathBuf::from("./vantage-agent-data"));
     assert_eq!(cfg.http_listen.to_string(), "0.0.0.0:8080");
     assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:8081");
@@ -77,8 +80,8 @@ scheduler = "file.example:7400"
     assert_eq!(cfg.region, "env-region", "env wins over file");
     assert_eq!(cfg.capacity_mbps, 10.0, "file wins over default");
     assert_eq!(cfg.ca, PathBuf::from("file-ca.pem"));
-    assert_eq!(cfg.scheduler.host, "file.example");
-    assert_eq!(cfg.routes, "https://file.example:7401");
+    assert_eq!(cfg.schedulers[0].host, "file.example");
+    assert_eq!(cfg.routes[0].url, "https://file.example:7401");
     assert_eq!(cfg.coord, Coord::new(-33.5, 151.2));
     assert_eq!(cfg.origins.len(), 2);
     assert_eq!(cfg.origins[0].pattern, "live/*");
@@ -111,10 +114,10 @@ fn negative_coordinates_and_ipv6_scheduler_parse_from_flags() {
     )
     .unwrap();
     assert_eq!(cfg.coord, Coord::new(-12.5, -77.0));
-    assert_eq!(cfg.scheduler.host, "::1");
-    assert_eq!(cfg.scheduler.port, 9000);
-    assert_eq!(cfg.routes, "https://[::1]:7401");
-    assert_eq!(cfg.routes_host, "::1");
+    assert_eq!(cfg.schedulers[0].host, "::1");
+    assert_eq!(cfg.schedulers[0].port, 9000);
+    assert_eq!(cfg.routes[0].url, "https://[::1]:7401");
+    assert_eq!(cfg.routes[0].host, "::1");
 }
 
 #[test]
@@ -358,4 +361,84 @@ fn rtmp_settings_apply_and_are_range_checked() {
         let e = validate_err(&["--node-id=e", "--ca=c", flag]);
         assert!(e.contains(want), "{flag}: {e}");
     }
+}
+
+#[test]
+fn several_schedulers_from_flags_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let argv = |extra: &[&str]| {
+        let mut a = vec!["vantage-agent", "--node-id=e", "--ca=c"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    // Repeated flags: every replica, route URLs derived for each.
+    let cfg = Config::load_from(
+        argv(&[
+            "--scheduler=s1:7400",
+            "--scheduler=s2:7400",
+            "--scheduler=s1:7400",
+        ]),
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.schedulers,
+        vec![
+            HostPort::parse("s1:7400").unwrap(),
+            HostPort::parse("s2:7400").unwrap()
+        ],
+        "duplicates are dropped"
+    );
+    let urls: Vec<&str> = cfg.routes.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(urls, ["https://s1:7401", "https://s2:7401"]);
+    assert_eq!(cfg.routes[1].host, "s2");
+    // A comma-separated variable.
+    let cfg = Config::load_from(
+        argv(&[]),
+        env(&[
+            ("VANTAGE_SCHEDULER", "a:1, b:2"),
+            ("VANTAGE_ROUTES", "https://a:3,https://b:4"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.schedulers.len(), 2);
+    assert_eq!(cfg.routes[1].url, "https://b:4");
+    // A list in the file; one string still works.
+    let file = write(
+        dir.path(),
+        "a.toml",
+        "node_id = \"e\"\nca = \"c\"\nscheduler = [\"x:1\", \"y:1\"]\n",
+    );
+    let cfg = Config::load_from(
+        vec![
+            "vantage-agent".to_owned(),
+            format!("--config={}", file.display()),
+        ],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(cfg.schedulers.len(), 2);
+    let file = write(
+        dir.path(),
+        "b.toml",
+        "node_id = \"e\"\nca = \"c\"\nscheduler = \"x:1\"\n",
+    );
+    let cfg = Config::load_from(
+        vec![
+            "vantage-agent".to_owned(),
+            format!("--config={}", file.display()),
+        ],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(cfg.schedulers.len(), 1);
+    assert!(
+        validate_err(&[
+            "--node-id=e",
+            "--ca=c",
+            "--routes=https://a:1",
+            "--routes=http://b:1"
+        ])
+        .contains("https://")
+    );
 }

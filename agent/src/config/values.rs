@@ -47,3 +47,30 @@ pub struct ClientCert {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
+
+/// A file key that takes one string or a list of strings (`scheduler =
+/// "a:7400"` or `scheduler = ["a:7400", "b:7400"]`).
+pub(crate) fn one_or_many<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <OneOrMany as serde::Deserialize>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Where the agent reaches one scheduler replica's route service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// `https://host:port`.
+    pub url: String,
+    /// The TLS name checked on its certificate (the URL's host).
+    pub host: String,
+}

@@ -1,14 +1,22 @@
 //! Route tables from the scheduler (DESIGN §6).
 //!
 //! [`RouteClient`] keeps one `RouteDiscovery/StreamRoutes` subscription open
-//! (resubscribing with jittered backoff after any error). A received table
+//! to one scheduler replica at a time (`--routes`, repeatable; a DNS name
+//! counts once per address). When the stream fails it moves to the next
+//! replica after a short random pause (agents do not all land on the same
+//! replica at once), starting from a random one; only after every replica
+//! failed in a row does it back off (jittered, capped). HTTP/2 keep-alives
+//! notice a frozen replica within seconds. The persisted table stays in
+//! force throughout. A received table
 //! is a whole table or a delta on the version held; either way it becomes a
 //! whole table ([`AppliedTable::update`]) that is [validated](table::validate)
 //! in full. A valid one is published as an `Arc<AppliedTable>` on a `watch`
 //! channel (atomic for every reader), persisted to `<data-dir>/routes.pb`,
 //! then ACKed; an invalid one (or a delta on a version not held, or a table
 //! of more than `routes_max_entries` entries once merged) is NACKed with
-//! code 3 and the last good table stays in force.
+//! code 3 and the last good table stays in force. A table of an older
+//! leader term than the one held (a stale replica's) is NACKed with code 9,
+//! counted, and the client moves to another replica.
 //!
 //! Other modules read the table in use through a [`TableReceiver`] and look
 //! streams up with [`AppliedTable::route_for`] (the table model and lookup
@@ -20,6 +28,7 @@ pub mod interest;
 pub mod persist;
 pub mod table;
 
+use crate::config::RouteTarget;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use std::path::PathBuf;
@@ -52,8 +61,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest route-table message accepted (tonic's default is 4 MiB, about
 /// 160,000 short directory entries; `routes_max_entries` bounds the entries).
 pub const MAX_TABLE_BYTES: usize = 64 << 20;
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on an idle stream: a replica that stops answering (frozen,
+/// partitioned) is left within about their sum.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before trying the next replica after a failure: random within
+/// these bounds.
+const FAILOVER_MIN: Duration = Duration::from_millis(50);
+/// How long the NACK of a stale replica's table may take to reach it
+/// before the agent leaves for another replica.
+const STALE_GOODBYE: Duration = Duration::from_secs(1);
+const FAILOVER_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
@@ -67,6 +85,8 @@ pub enum RoutesError {
     Metadata,
     #[error("route stream request side closed")]
     RequestClosed,
+    #[error("the replica sent a table of an older term (term {got} < {held})")]
+    StaleReplica { got: u64, held: u64 },
 }
 
 impl From<tonic::Status> for RoutesError {
@@ -99,9 +119,19 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct RoutesStatus {
     subscribed: AtomicBool,
     acked: AtomicBool,
+    /// The replica the stream is (or was last) open to.
+    scheduler: std::sync::Mutex<String>,
 }
 
 impl RoutesStatus {
+    /// The route service of the replica the stream is (or was last) open to.
+    pub fn scheduler(&self) -> String {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether a route stream is open.
     pub fn subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Relaxed)
@@ -117,7 +147,7 @@ impl RoutesStatus {
 /// Keeps the route subscription alive and applies tables.
 pub struct RouteClient {
     node_id: String,
-    url: String,
+    targets: Vec<RouteTarget>,
     tls: ClientTlsConfig,
     identity: Arc<Identity>,
     path: PathBuf,
@@ -134,9 +164,17 @@ enum End {
     Closed,
 }
 
+/// One replica to connect to: the URL (maybe an address a name resolved
+/// to) and the TLS name of its certificate.
+#[derive(Debug, Clone)]
+struct Endpoint_ {
+    url: String,
+    host: String,
+}
+
 impl RouteClient {
     pub fn new(
-        url: String,
+        targets: Vec<RouteTarget>,
         tls: ClientTlsConfig,
         identity: Arc<Identity>,
         path: PathBuf,
@@ -144,13 +182,19 @@ impl RouteClient {
         tables: watch::Sender<Option<Arc<AppliedTable>>>,
         metrics: Metrics,
     ) -> Self {
-        let version = tables.borrow().as_ref().map_or(0, |t| t.version());
+        let (version, term) = tables
+            .borrow()
+            .as_ref()
+            .map_or((0, 0), |t| (t.version(), t.term()));
         metrics
             .route_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+        metrics
+            .route_term
+            .set(i64::try_from(term).unwrap_or(i64::MAX));
         Self {
             node_id: identity.node_id().to_owned(),
-            url,
+            targets,
             tls,
             identity,
             path,
@@ -181,11 +225,56 @@ impl RouteClient {
         self.tables.borrow().as_ref().map_or(0, |t| t.version())
     }
 
-    /// Subscribes until `cancel`, resubscribing with backoff.
-    #[instrument(name = "routes", skip_all, fields(url = %self.url))]
+    fn held_term(&self) -> u64 {
+        self.tables.borrow().as_ref().map_or(0, |t| t.term())
+    }
+
+    /// The replicas to try, in order: every configured URL, a name's
+    /// addresses each (looked up now; a name that does not resolve is tried
+    /// as it is).
+    async fn endpoints(&self) -> Vec<Endpoint_> {
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let url: axum::http::Uri = match t.url.parse() {
+                Ok(u) => u,
+                Err(_) => continue,
+            };
+            let port = url.port_u16().unwrap_or(443);
+            let literal = t.host.parse::<std::net::IpAddr>().is_ok();
+            let resolved = if literal {
+                None
+            } else {
+                tokio::net::lookup_host((t.host.as_str(), port))
+                    .await
+                    .ok()
+                    .map(|a| a.collect::<Vec<_>>())
+                    .filter(|a| !a.is_empty())
+            };
+            match resolved {
+                Some(addrs) => out.extend(addrs.into_iter().map(|a| Endpoint_ {
+                    url: format!("https://{a}"),
+                    host: t.host.clone(),
+                })),
+                None => out.push(Endpoint_ {
+                    url: t.url.clone(),
+                    host: t.host.clone(),
+                }),
+            }
+        }
+        out
+    }
+
+    /// Subscribes until `cancel`: to one replica at a time, moving to the
+    /// next after a failure (a short random pause), backing off once every
+    /// replica failed in a row.
+    #[instrument(name = "routes", skip_all)]
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut credentials = self.identity.subscribe();
+        let mut endpoints = self.endpoints().await;
+        // Agents start at different replicas.
+        let mut next = rand::random_range(0..endpoints.len().max(1));
+        let mut failed_in_row = 0usize;
         loop {
             let credential = if self.identity.is_mtls() {
                 self.identity.credential()
@@ -201,21 +290,47 @@ impl RouteClient {
                     },
                 }
             };
+            if endpoints.is_empty() {
+                endpoints = self.endpoints().await;
+            }
+            let Some(ep) = endpoints.get(next % endpoints.len().max(1)).cloned() else {
+                error!("no route service to subscribe to");
+                return;
+            };
+            *self
+                .status
+                .scheduler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = ep.url.clone();
             let started = Instant::now();
-            let end = self.subscribe(credential, &cancel).await;
+            let end = self.subscribe(&ep, credential, &cancel).await;
             self.interest.set_connected(false);
             self.status.subscribed.store(false, Ordering::Relaxed);
             self.metrics.routes_subscribed.set(0);
             match end {
                 Ok(End::Cancelled) => return,
-                Ok(End::Closed) => info!("route stream ended by the scheduler"),
-                Err(e) => warn!(error = %e, "route stream failed"),
+                Ok(End::Closed) => {
+                    info!(scheduler = %ep.url, "route stream ended by the scheduler")
+                }
+                Err(e) => warn!(scheduler = %ep.url, error = %e, "route stream failed"),
             }
             if started.elapsed() >= HEALTHY_AFTER {
                 backoff.reset();
+                failed_in_row = 0;
             }
-            let delay = backoff.next_delay(&mut rand::rng());
-            debug!(?delay, "resubscribing after backoff");
+            failed_in_row += 1;
+            next += 1;
+            let delay = if endpoints.len() > 1 && failed_in_row < endpoints.len() {
+                // Another replica at once (jittered, so agents spread).
+                self.metrics.routes_failovers.inc();
+                rand::random_range(FAILOVER_MIN..=FAILOVER_MAX)
+            } else {
+                failed_in_row = 0;
+                // A full round failed: look names up again, and back off.
+                endpoints = self.endpoints().await;
+                backoff.next_delay(&mut rand::rng())
+            };
+            debug!(?delay, "resubscribing");
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -225,12 +340,13 @@ impl RouteClient {
 
     async fn subscribe(
         &self,
+        ep: &Endpoint_,
         credential: Option<String>,
         cancel: &CancellationToken,
     ) -> Result<End, RoutesError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
+        let endpoint = Endpoint::from_shared(ep.url.clone())
             .map_err(|e| RoutesError::Url(error_chain(&e)))?
-            .tls_config(self.tls.clone())
+            .tls_config(self.tls.clone().domain_name(ep.host.clone()))
             .map_err(|e| RoutesError::Url(error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -246,12 +362,14 @@ impl RouteClient {
 
         let (tx, rx) = mpsc::channel::<RouteRequest>(8);
         let held = self.held_version();
+        let held_term = self.held_term();
         // The first request carries every stream wanted (it replaces what
         // the scheduler held); a large set continues in the next requests.
         let mut chunks = self.interest.take_all().into_iter();
         tx.send(RouteRequest {
             node_id: self.node_id.clone(),
             version_info: held,
+            term: held_term,
             subscribe: chunks.next().unwrap_or_default(),
             ..RouteRequest::default()
         })
@@ -274,7 +392,9 @@ impl RouteClient {
             self.status.acked.store(true, Ordering::Relaxed);
         }
         info!(
+            scheduler = %ep.url,
             held_version = held,
+            held_term,
             streams = self.interest.len(),
             "subscribed to route tables"
         );
@@ -313,8 +433,20 @@ impl RouteClient {
                 _ = self.interest.changed() => {}
                 msg = stream.message() => match msg? {
                     Some(table) => {
-                        let reply = self.handle(table).await;
+                        let (reply, stale) = self.handle(table).await;
                         tx.send(reply).await.map_err(|_| RoutesError::RequestClosed)?;
+                        if let Some((got, held)) = stale {
+                            // This replica is behind (a stale ex-leader):
+                            // get tables from another one. Half-close first
+                            // so the NACK reaches it (its answers meanwhile
+                            // are ignored), for at most a second.
+                            drop(tx);
+                            let _ = tokio::time::timeout(STALE_GOODBYE, async {
+                                while let Ok(Some(_)) = stream.message().await {}
+                            })
+                            .await;
+                            return Err(RoutesError::StaleReplica { got, held });
+                        }
                     }
                     None => return Ok(End::Closed),
                 },
@@ -322,9 +454,11 @@ impl RouteClient {
         }
     }
 
-    /// Validates, applies (merging a delta), persists and answers one table.
-    async fn handle(&self, table: RouteTable) -> RouteRequest {
+    /// Validates, applies (merging a delta), persists and answers one
+    /// table; also says whether it came from an older term (got, held).
+    async fn handle(&self, table: RouteTable) -> (RouteRequest, Option<(u64, u64)>) {
         let version = table.version;
+        let term = table.term;
         let base_version = table.base_version;
         let nonce = table.nonce.clone();
         let kind = UpdateKind::of(&table);
@@ -357,30 +491,44 @@ impl RouteClient {
                 self.metrics.table_result("ack");
                 self.metrics.route_update(kind.as_str());
                 self.status.acked.store(true, Ordering::Relaxed);
-                info!(version, base_version, nonce = %nonce, kind = kind.as_str(),
+                self.metrics
+                    .route_term
+                    .set(i64::try_from(term).unwrap_or(i64::MAX));
+                info!(version, term, base_version, nonce = %nonce, kind = kind.as_str(),
                     "applied route table");
-                RouteRequest {
+                let reply = RouteRequest {
                     node_id: self.node_id.clone(),
                     version_info: version,
+                    term,
                     response_nonce: nonce,
                     ..RouteRequest::default()
-                }
+                };
+                (reply, None)
             }
             Err(e) => {
                 self.metrics.table_result("nack");
+                let stale = match &e {
+                    TableError::OlderTerm { got, held } => {
+                        self.metrics.route_tables_refused("older_term");
+                        Some((*got, *held))
+                    }
+                    _ => None,
+                };
                 let held = self.held_version();
-                warn!(version, base_version, nonce = %nonce, error = %e, kept_version = held,
+                warn!(version, term, base_version, nonce = %nonce, error = %e, kept_version = held,
                     "rejected route table (NACK)");
-                RouteRequest {
+                let reply = RouteRequest {
                     node_id: self.node_id.clone(),
                     version_info: held,
+                    term: self.held_term(),
                     response_nonce: nonce,
                     error_detail: Some(ErrorDetail {
-                        code: TableError::NACK_CODE,
+                        code: e.nack_code(),
                         message: e.to_string(),
                     }),
                     ..RouteRequest::default()
-                }
+                };
+                (reply, stale)
             }
         }
     }

@@ -1,6 +1,12 @@
 //! Telemetry to the scheduler over QUIC (DESIGN §3).
 //!
-//! [`TelemetryClient::run`] keeps one connection to the scheduler: it opens
+//! [`Telemetry`] reports to every scheduler replica the agent is configured
+//! with (`--scheduler`, repeatable; a DNS name counts once per address it
+//! resolves to, looked up again every 30 s): one [`TelemetryClient`] per
+//! replica, each with its own connection, backoff and status, so a dead
+//! replica costs only its own session. Alerts go to every session.
+//!
+//! [`TelemetryClient::run`] keeps one connection to one replica: it opens
 //! the control stream, sends `Hello`, and on `Welcome` opens one
 //! unidirectional stream carrying a `Report` every report interval and each
 //! `Alert` as soon as it is raised. The interval comes from `Welcome`, later
@@ -15,8 +21,11 @@
 //! once and again right after every later Welcome, and keeps reporting.
 
 pub mod alert;
+mod replicas;
 mod session;
 pub mod trim;
+
+pub use replicas::Telemetry;
 
 use crate::config::HostPort;
 use crate::identity::Identity;
@@ -26,7 +35,7 @@ use crate::routes::TableReceiver;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 use vantage_proto::v1::{Alert, Hello, RejectReason, StaticOrigin};
@@ -110,28 +119,121 @@ pub fn immediate_acks() -> quinn::AckFrequencyConfig {
     acks
 }
 
-/// Telemetry state for `/v1/status`.
+/// Telemetry state for `/v1/status`: the first connected session's (in
+/// configured order), reports summed over every session, and each session.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TelemetrySnapshot {
+    /// Some session is connected.
     pub connected: bool,
     pub session_id: Option<String>,
     pub reports_sent: u64,
     pub report_interval_ms: u32,
     pub scheduler: String,
+    /// One per scheduler replica.
+    pub sessions: Vec<SessionSnapshot>,
 }
 
-/// Shared, updated by the client, read by the admin server.
-#[derive(Debug, Default)]
-pub struct TelemetryStatus(Mutex<TelemetrySnapshot>);
+/// One session's state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionSnapshot {
+    pub scheduler: String,
+    pub connected: bool,
+    pub session_id: Option<String>,
+    pub reports_sent: u64,
+    pub report_interval_ms: u32,
+    /// The replica's role and term when it welcomed this agent.
+    pub role: String,
+    pub term: u64,
+}
 
-impl TelemetryStatus {
-    fn lock(&self) -> MutexGuard<'_, TelemetrySnapshot> {
+/// One session's state, updated by its client.
+#[derive(Debug, Default)]
+pub struct SessionStatus(Mutex<SessionSnapshot>);
+
+impl SessionStatus {
+    fn lock(&self) -> MutexGuard<'_, SessionSnapshot> {
         // A poisoned lock only means a panic elsewhere; the data is plain.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn snapshot(&self) -> TelemetrySnapshot {
+    pub fn snapshot(&self) -> SessionSnapshot {
         self.lock().clone()
+    }
+}
+
+/// Every session's state, read by the admin server.
+#[derive(Debug, Default)]
+pub struct TelemetryStatus(Mutex<Vec<Arc<SessionStatus>>>);
+
+impl TelemetryStatus {
+    fn sessions(&self) -> MutexGuard<'_, Vec<Arc<SessionStatus>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(&self, s: Arc<SessionStatus>) {
+        self.sessions().push(s);
+    }
+
+    pub(crate) fn remove(&self, s: &Arc<SessionStatus>) {
+        self.sessions().retain(|x| !Arc::ptr_eq(x, s));
+    }
+
+    pub fn snapshot(&self) -> TelemetrySnapshot {
+        let sessions: Vec<SessionSnapshot> = self.sessions().iter().map(|s| s.snapshot()).collect();
+        let main = sessions
+            .iter()
+            .find(|s| s.connected)
+            .or_else(|| sessions.first())
+            .cloned()
+            .unwrap_or_default();
+        TelemetrySnapshot {
+            connected: sessions.iter().any(|s| s.connected),
+            session_id: main.session_id,
+            reports_sent: sessions.iter().map(|s| s.reports_sent).sum(),
+            report_interval_ms: main.report_interval_ms,
+            scheduler: main.scheduler,
+            sessions,
+        }
+    }
+}
+
+/// Where one telemetry session connects: an address, or a name resolved
+/// at every attempt (its first address), and the TLS name of the
+/// scheduler's certificate.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server_name: String,
+    pub connect: Connect,
+}
+
+#[derive(Debug, Clone)]
+pub enum Connect {
+    Addr(std::net::SocketAddr),
+    Name(HostPort),
+}
+
+impl Target {
+    /// The target of a configured `HOST:PORT` (an IP literal is used as it
+    /// is).
+    pub fn of(hp: &HostPort) -> Self {
+        let connect = match hp.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Connect::Addr(std::net::SocketAddr::new(ip, hp.port)),
+            Err(_) => Connect::Name(hp.clone()),
+        };
+        Target {
+            server_name: hp.host.clone(),
+            connect,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.connect {
+            Connect::Addr(a) if a.ip().to_string() == self.server_name => write!(f, "{a}"),
+            Connect::Addr(a) => write!(f, "{}@{a}", self.server_name),
+            Connect::Name(hp) => write!(f, "{hp}"),
+        }
     }
 }
 
@@ -157,15 +259,17 @@ pub trait ReportSource: Send + Sync {
 }
 
 pub struct TelemetryClient {
-    scheduler: HostPort,
+    target: Target,
     sources: Vec<Arc<dyn ReportSource>>,
     quic: quinn::ClientConfig,
     hello: HelloTemplate,
     identity: Arc<Identity>,
     tables: TableReceiver,
     load: watch::Receiver<LoadSample>,
-    alerts: mpsc::Receiver<Alert>,
-    status: Arc<TelemetryStatus>,
+    alerts: broadcast::Receiver<Alert>,
+    status: Arc<SessionStatus>,
+    /// Whether this session counts in `telemetry_connected`.
+    counted: bool,
     metrics: Metrics,
     report_seq: u64,
     alert_seq: u64,
@@ -199,23 +303,23 @@ impl TelemetryClient {
 
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        scheduler: HostPort,
+        target: Target,
         quic: quinn::ClientConfig,
         hello: HelloTemplate,
         identity: Arc<Identity>,
         tables: TableReceiver,
         load: watch::Receiver<LoadSample>,
-        alerts: mpsc::Receiver<Alert>,
+        alerts: broadcast::Receiver<Alert>,
         metrics: Metrics,
     ) -> Self {
-        let status = Arc::new(TelemetryStatus::default());
+        let status = Arc::new(SessionStatus::default());
         {
             let mut s = status.lock();
-            s.scheduler = scheduler.to_string();
+            s.scheduler = target.to_string();
             s.report_interval_ms = DEFAULT_REPORT_INTERVAL_MS;
         }
         Self {
-            scheduler,
+            target,
             sources: Vec::new(),
             quic,
             hello,
@@ -224,6 +328,7 @@ impl TelemetryClient {
             load,
             alerts,
             status,
+            counted: false,
             metrics,
             report_seq: 0,
             alert_seq: 0,
@@ -231,12 +336,16 @@ impl TelemetryClient {
         }
     }
 
-    pub fn status(&self) -> Arc<TelemetryStatus> {
+    pub fn status(&self) -> Arc<SessionStatus> {
         self.status.clone()
     }
 
     pub(crate) fn held_version(&self) -> u64 {
         self.tables.borrow().as_ref().map_or(0, |t| t.version())
+    }
+
+    pub(crate) fn held_term(&self) -> u64 {
+        self.tables.borrow().as_ref().map_or(0, |t| t.table.term)
     }
 
     /// The Hello of the next session: current credential and route version.
@@ -257,11 +366,12 @@ impl TelemetryClient {
             node_credential: self.identity.credential().unwrap_or_default(),
             probe_addr: h.probe_addr.clone(),
             static_origins: h.static_origins.clone(),
+            route_term: self.held_term(),
         }
     }
 
     /// Connects and reconnects until `cancel`.
-    #[instrument(name = "telemetry", skip_all, fields(scheduler = %self.scheduler))]
+    #[instrument(name = "telemetry", skip_all, fields(scheduler = %self.target))]
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut slow = Backoff::new(Duration::from_secs(10), Duration::from_secs(10));
@@ -269,6 +379,9 @@ impl TelemetryClient {
             let started = Instant::now();
             let outcome = self.session(&cancel).await;
             self.set_disconnected();
+            if matches!(outcome, Outcome::Shutdown) {
+                return;
+            }
             let delay = match outcome {
                 Outcome::Shutdown => return,
                 Outcome::Rejected(RejectReason::UnknownNode) => {
@@ -282,6 +395,13 @@ impl TelemetryClient {
                     if let Err(e) = self.identity.forget() {
                         error!(error = %e, "could not delete the stored credential");
                     }
+                    backoff.next_delay(&mut rand::rng())
+                }
+                Outcome::Rejected(RejectReason::DuplicateNode)
+                    if self.identity.credential().is_some() =>
+                {
+                    // Another session enrolled this node meanwhile (several
+                    // replicas): try again with its credential.
                     backoff.next_delay(&mut rand::rng())
                 }
                 Outcome::Rejected(reason) => {
@@ -307,9 +427,17 @@ impl TelemetryClient {
         }
     }
 
-    fn set_disconnected(&self) {
+    fn set_disconnected(&mut self) {
         self.status.lock().connected = false;
-        self.metrics.telemetry_connected.set(0);
+        if std::mem::take(&mut self.counted) {
+            self.metrics.telemetry_connected.dec();
+        }
+    }
+
+    pub(crate) fn set_connected(&mut self) {
+        if !std::mem::replace(&mut self.counted, true) {
+            self.metrics.telemetry_connected.inc();
+        }
     }
 }
 

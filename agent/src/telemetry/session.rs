@@ -29,7 +29,11 @@ fn ticker(interval_ms: u32, first: Instant) -> Interval {
 
 impl TelemetryClient {
     async fn resolve(&self) -> Result<SocketAddr, TelemetryError> {
-        let addr = self.scheduler.to_string();
+        let hp = match &self.target.connect {
+            super::Connect::Addr(a) => return Ok(*a),
+            super::Connect::Name(hp) => hp,
+        };
+        let addr = hp.to_string();
         let mut addrs =
             tokio::net::lookup_host(addr.as_str())
                 .await
@@ -71,14 +75,25 @@ impl TelemetryClient {
                 return failed(TelemetryError::Endpoint(e.to_string()));
             }
         };
-        let connecting = match endpoint.connect_with(self.quic.clone(), addr, &self.scheduler.host)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.connect_result("error");
-                return failed(e.into());
+        // Token mode without a credential yet: one session enrolls at a time
+        // (several replicas would each issue a credential); the others wait
+        // and then present the credential it stored.
+        let enrolling = if !self.identity.is_mtls() && self.identity.credential().is_none() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Outcome::Shutdown,
+                g = self.identity.enrollment() => Some(g),
             }
+        } else {
+            None
         };
+        let connecting =
+            match endpoint.connect_with(self.quic.clone(), addr, &self.target.server_name) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.connect_result("error");
+                    return failed(e.into());
+                }
+            };
         let conn = tokio::select! {
             _ = cancel.cancelled() => return Outcome::Shutdown,
             r = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match r {
@@ -95,7 +110,7 @@ impl TelemetryClient {
         };
         debug!(%addr, "QUIC connection established");
 
-        let outcome = self.on_connection(&conn, cancel).await;
+        let outcome = self.on_connection(&conn, cancel, enrolling).await;
         match &outcome {
             Outcome::Shutdown => {
                 conn.close(CloseCode::Normal.code().into(), b"shutdown");
@@ -144,6 +159,7 @@ impl TelemetryClient {
         &mut self,
         conn: &quinn::Connection,
         cancel: &CancellationToken,
+        enrolling: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Outcome {
         let ended = |error| Outcome::Ended {
             welcomed: false,
@@ -209,6 +225,12 @@ impl TelemetryClient {
             },
         };
         self.metrics.connect_result("welcomed");
+        if !welcome.node_credential.is_empty()
+            && let Err(e) = self.identity.store(&welcome.node_credential)
+        {
+            error!(error = %e, "could not store the node credential from Welcome");
+        }
+        drop(enrolling);
         let error = self.welcomed(conn, welcome, send, recv, cancel).await;
         match error {
             None => Outcome::Shutdown,
@@ -228,11 +250,6 @@ impl TelemetryClient {
         recv: quinn::RecvStream,
         cancel: &CancellationToken,
     ) -> Option<TelemetryError> {
-        if !welcome.node_credential.is_empty()
-            && let Err(e) = self.identity.store(&welcome.node_credential)
-        {
-            error!(error = %e, "could not store the node credential from Welcome");
-        }
         let mut interval_ms =
             clamp_interval(welcome.report_interval_ms).unwrap_or(DEFAULT_REPORT_INTERVAL_MS);
         let max_frame = match welcome.max_frame_bytes {
@@ -244,11 +261,15 @@ impl TelemetryClient {
             s.connected = true;
             s.session_id = Some(welcome.session_id.clone());
             s.report_interval_ms = interval_ms;
+            s.role = welcome.role.clone();
+            s.term = welcome.term;
         }
-        self.metrics.telemetry_connected.set(1);
+        self.set_connected();
         info!(
             session_id = %welcome.session_id,
             scheduler_id = %welcome.scheduler_id,
+            role = %welcome.role,
+            term = welcome.term,
             report_interval_ms = interval_ms,
             "welcomed by the scheduler"
         );
@@ -272,11 +293,17 @@ impl TelemetryClient {
             tokio::select! {
                 _ = cancel.cancelled() => return None,
                 e = conn.closed() => return Some(e.into()),
-                Some(alert) = self.alerts.recv() => {
-                    if let Some(e) = self.send_alert(&mut uni, alert, max_frame).await {
-                        return Some(e);
+                alert = self.alerts.recv() => match alert {
+                    Ok(alert) => {
+                        if let Some(e) = self.send_alert(&mut uni, alert, max_frame).await {
+                            return Some(e);
+                        }
                     }
-                }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        self.metrics.alerts_dropped.inc_by(n);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                },
                 _ = tick.tick() => {
                     if let Some(e) = self.send_report(&mut uni, conn, max_frame).await {
                         return Some(e);

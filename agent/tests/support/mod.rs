@@ -207,6 +207,8 @@ async fn serve_conn(
             scheduler_id: "fake".into(),
             node_credential: issued.unwrap_or_default(),
             max_frame_bytes: DEFAULT_MAX_FRAME as u32,
+            role: "leader".into(),
+            term: 0,
         })),
     };
     if frame::write(&mut send, &welcome).await.is_err() {

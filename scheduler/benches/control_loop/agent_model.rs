@@ -97,6 +97,7 @@ pub(crate) fn hello(idx: usize, id: &str, token: &str) -> Hello {
         public_url: format!("http://127.0.0.1:{}/", 30_000 + idx % 30_000),
         capabilities: vec!["telemetry-v1".into(), "routes-v1".into()],
         route_version: 0,
+        route_term: 0,
         enrollment_token: token.into(),
         node_credential: String::new(),
         probe_addr: format!("127.0.0.1:{}", 20_000 + idx % 10_000),

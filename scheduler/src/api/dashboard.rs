@@ -114,6 +114,7 @@ async fn state(
             "comment": ws.comment,
         },
         "nodes": nodes,
+        "cluster": super::cluster::view(&app),
     })))
 }
 

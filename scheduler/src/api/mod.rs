@@ -5,6 +5,7 @@
 //! is configured (open only with `--dev` and no token); reads may need a
 //! read token; see [`guard`] for every check made before a handler.
 
+pub mod cluster;
 mod dashboard;
 pub mod guard;
 mod nodes;
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An API error: status + message, rendered as JSON and counted.
 #[derive(Debug)]
@@ -53,6 +55,20 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Refuses a write at once while this replica knows the shared database is
+/// unreachable (several replicas): 503 instead of waiting out the pool's
+/// timeout; the replica keeps serving its last state read-only.
+pub fn require_store(app: &App) -> ApiResult<()> {
+    if app.cluster.replicated() && !app.cluster.store_ok() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unreachable: writes are refused until it returns (this replica \
+             serves its last state read-only)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn router(app: Arc<App>) -> Router {
     // Viewer routing: open, limited per client.
     let viewers = Router::new()
@@ -72,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{id}/undrain", post(nodes::undrain))
         .route("/v1/routes/{id}", get(nodes::routes))
         .route("/v1/events", get(nodes::events))
+        .route("/v1/cluster", get(cluster::get))
         .route("/v1/weights", get(weights::get).put(weights::put))
         .route("/v1/weights/history", get(weights::history))
         .route("/v1/publish-tokens", post(publish::issue))
@@ -127,6 +144,28 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if !app.is_ready() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting or shutting down")
             .into_response();
+    }
+    // Several replicas: a replica serves viewers and route tables from what
+    // it holds while the database is away (it is ready; the body says so).
+    if app.cluster.replicated() {
+        // Answer within a probe's timeout: what the coordination loop knows
+        // when the database is away, else a ping bounded to 500 ms.
+        let ping = tokio::time::timeout(Duration::from_millis(500), app.store.ping());
+        let store = if !app.cluster.store_ok() {
+            "unavailable"
+        } else {
+            match ping.await {
+                Ok(Ok(())) => "ok",
+                _ => "unavailable",
+            }
+        };
+        return axum::Json(json!({
+            "status": "ready",
+            "store": store,
+            "role": app.cluster.role().as_str(),
+            "term": app.cluster.term(),
+        }))
+        .into_response();
     }
     match app.store.ping().await {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),

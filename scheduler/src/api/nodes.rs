@@ -168,7 +168,16 @@ pub async fn one(
         .registry
         .with(&id, |e| node_json(e, now, true, authenticated))
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
-    let scores = { app.read_plan(|plan| upstream_scores(&app, plan, &id)).await };
+    // A follower plans nothing: it explains from its own registry (every
+    // replica receives every report).
+    let scores = if app.cluster.is_leader() {
+        app.read_plan(|plan| upstream_scores(&app, plan.views(), &id))
+            .await
+    } else {
+        let mut views = Vec::new();
+        app.registry.for_each(|e| views.push(e.view()));
+        upstream_scores(&app, &views, &id)
+    };
     if let Some(obj) = v.as_object_mut() {
         obj.insert("upstream_scores".into(), scores);
     }
@@ -178,10 +187,9 @@ pub async fn one(
 /// How every eligible peer scores as this node's upstream, best first, with
 /// each term's input, its source (measured / modelled / default) and its
 /// contribution: the explanation behind the planner's edge costs.
-fn upstream_scores(app: &App, plan: &vantage_plan::PlanSession, id: &str) -> Value {
+fn upstream_scores(app: &App, views: &[vantage_plan::NodeView], id: &str) -> Value {
     use vantage_plan::edge::edge_inputs;
     use vantage_plan::eligible;
-    let views = plan.views();
     let Some(me) = views.iter().find(|v| v.id == id) else {
         return Value::Array(Vec::new());
     };
@@ -210,8 +218,16 @@ pub async fn drain(
 ) -> ApiResult<Json<Value>> {
     let actor = require_admin(&app, &headers)?;
     let id = node_id(&id)?;
+    super::require_store(&app)?;
     let state = app
-        .drain(id, &actor)
+        .drain_persisted(id, &actor)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("drain not saved (nothing changed): {e}"),
+            )
+        })?
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
     Ok(Json(
         json!({"node_id": id, "state": state, "draining": true}),
@@ -226,8 +242,16 @@ pub async fn undrain(
 ) -> ApiResult<Json<Value>> {
     let actor = require_admin(&app, &headers)?;
     let id = node_id(&id)?;
+    super::require_store(&app)?;
     let state = app
-        .undrain(id, &actor)
+        .undrain_persisted(id, &actor)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("undrain not saved (nothing changed): {e}"),
+            )
+        })?
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
     Ok(Json(
         json!({"node_id": id, "state": state, "draining": false}),
@@ -248,6 +272,9 @@ pub async fn routes(
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
     let st = app.publisher.channel(&id).status();
+    if !app.cluster.is_leader() {
+        return Ok(Json(committed_routes(&app, &id, &st)));
+    }
     let (table, stream_routes, truncated) = app
         .read_plan(|plan| {
             let table = plan.table(&id);
@@ -270,8 +297,7 @@ pub async fn routes(
             (table, streams, truncated)
         })
         .await;
-    let table = table.map(|t| {
-        let mut j = vantage_shared::table_view::table_json(&t);
+    let redact = |mut j: Value| {
         if !authenticated
             && let Some(targets) = j.get_mut("probe_targets").and_then(Value::as_array_mut)
         {
@@ -282,12 +308,20 @@ pub async fn routes(
             }
         }
         j
-    });
+    };
+    // Several replicas: the table streams serve is the committed one.
+    let table = match app.publisher.table(&id) {
+        Some(t) if app.cluster.replicated() => {
+            Some(redact(vantage_shared::table_view::table_json(&t.table)))
+        }
+        _ => table.map(|t| redact(vantage_shared::table_view::table_json(&t))),
+    };
     Ok(Json(json!({
         "stream_routes": stream_routes,
         "stream_routes_truncated": truncated,
         "node_id": id,
         "version": st.version,
+        "term": app.publisher.table(&id).map_or_else(|| app.cluster.term(), |t| t.term),
         "nonce": st.last_nonce,
         "acked_version": st.acked_version,
         "acked_at_ms": st.acked_at_ms,
@@ -295,6 +329,51 @@ pub async fn routes(
         "sent": {"full": st.sent_full, "delta": st.sent_delta, "bytes": st.sent_bytes},
         "table": table,
     })))
+}
+
+/// `GET /v1/routes/{id}` on a follower: the committed table it serves,
+/// and the routes of the streams that table lists (a follower plans
+/// nothing; the leader lists every live stream).
+fn committed_routes(app: &App, id: &str, st: &crate::publish::Status) -> Value {
+    let committed = app.publisher.table(id);
+    let stream_routes: Vec<Value> = committed
+        .as_ref()
+        .map(|t| {
+            t.table
+                .directory
+                .iter()
+                .map(|d| {
+                    let ups: Vec<Value> = t
+                        .table
+                        .origins
+                        .iter()
+                        .find(|o| o.origin == d.origin)
+                        .map(|o| {
+                            o.upstreams
+                                .iter()
+                                .map(|u| json!({"node_id": u.node_id, "hops": u.hops}))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!({"stream": d.stream, "origin": d.origin, "upstreams": ups})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "stream_routes": stream_routes,
+        "stream_routes_truncated": false,
+        "node_id": id,
+        "version": st.version,
+        "term": committed.as_ref().map(|t| t.term),
+        "nonce": st.last_nonce,
+        "acked_version": st.acked_version,
+        "acked_at_ms": st.acked_at_ms,
+        "nacked": st.nacked,
+        "sent": {"full": st.sent_full, "delta": st.sent_delta, "bytes": st.sent_bytes},
+        "planned_by": "leader",
+        "table": committed.map(|t| vantage_shared::table_view::table_json(&t.table)),
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]

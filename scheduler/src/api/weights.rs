@@ -49,6 +49,7 @@ pub async fn put(
             c.len()
         )));
     }
+    super::require_store(&app)?;
     match app.update_weights(patch, &actor).await {
         Ok(ws) => Ok(Json(weight_json(&ws))),
         Err(e @ (WeightsUpdateError::Empty | WeightsUpdateError::Invalid(_))) => {

@@ -79,7 +79,10 @@ impl App {
                 state: to.label().to_owned(),
             })
             .inc();
-        self.event(id, to.label(), &format!("from {}", from.label()));
+        // Every replica sees every node; the leader records what they see.
+        if self.cluster.is_leader() {
+            self.event(id, to.label(), &format!("from {}", from.label()));
+        }
         if let Some(r) = &self.recorder {
             r.node(now_ms(), id, to.label(), from.label(), None);
         }

@@ -12,10 +12,13 @@
 mod drops;
 mod liveness;
 mod planning;
+mod replica;
 
 pub use drops::SocketDrops;
+pub(crate) use replica::entry_of;
 
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{Metrics, StateLabel};
 use crate::publish::Publisher;
@@ -71,6 +74,10 @@ pub struct App {
     pub publish_keys: crate::publish_auth::PublishKeys,
     /// Per-client limits of the viewer-facing endpoints.
     pub guard: crate::api::guard::Guard,
+    /// This replica among several (PostgreSQL), or the only one (SQLite).
+    pub cluster: Arc<Cluster>,
+    /// A new term for the plan session, taken by the next planning round.
+    pending_term: Mutex<Option<u64>>,
 }
 
 /// What the planning session is made with: the configuration, the weight
@@ -195,25 +202,16 @@ impl App {
         );
         let registry = Arc::new(Registry::new());
         for rec in store.load_nodes().await? {
-            let mut e = NodeEntry::new(
-                rec.id.clone(),
-                NodeInfo {
-                    region: rec.region,
-                    coord: Coord::new(rec.lat, rec.lon),
-                    capacity_mbps: rec.capacity_mbps,
-                    public_url: rec.public_url,
-                    probe_addr: rec.probe_addr,
-                    agent_version: String::new(),
-                    static_origins: BTreeMap::new(),
-                },
-                rec.enrolled_at_ms,
-            );
-            e.credential_hash = rec.credential_hash;
-            e.draining = rec.drained;
-            registry.insert(e);
+            registry.insert(entry_of(rec));
         }
+        let cluster = Arc::new(crate::cluster::join(&config, &store, &mut prometheus).await?);
         let heads = store.route_heads().await?;
         let publisher = Publisher::new(store.clone(), &heads);
+        let publisher = if cluster.replicated() {
+            publisher.replicated()
+        } else {
+            publisher
+        };
         let key_hex = store
             .cluster_setting("probe_key", &hex::encode(rand::random::<[u8; 32]>()), now)
             .await?;
@@ -242,10 +240,15 @@ impl App {
             plan_settings(&config, &weights, &probe_key, &policy),
             threads,
         );
-        plan.restore_versions(heads.iter().map(|h| {
-            let hash = crate::publish::parse_hash(&h.hash).unwrap_or(0);
-            (h.node_id.clone(), h.version, hash)
-        }));
+        if !cluster.replicated() {
+            // Several replicas: the session a replica plans with is built
+            // when it takes the lead (`App::become_leader`).
+            plan.set_term(cluster.term());
+            plan.restore_versions(heads.iter().map(|h| {
+                let hash = crate::publish::parse_hash(&h.hash).unwrap_or(0);
+                (h.node_id.clone(), h.version, hash)
+            }));
+        }
         Ok(Arc::new(Self {
             auth: crate::auth::Auth::new(auth_mode, registry.clone()),
             registry,
@@ -265,6 +268,8 @@ impl App {
             probe_key,
             publish_keys,
             guard: crate::api::guard::Guard::new(config.client_limits.clone()),
+            cluster,
+            pending_term: Mutex::new(None),
             config,
         }))
     }
@@ -344,6 +349,7 @@ impl App {
             r.weights(now_ms(), &ws);
         }
         info!(version = ws.version, ?next, actor, "weights changed");
+        self.cluster.notify("weights");
         let settings = plan_settings(&self.config, &ws, &self.probe_key, &self.publish_policy());
         *self
             .pending_settings
@@ -408,6 +414,53 @@ impl App {
     pub fn replan_at_once(&self) {
         self.replan_now.store(true, Ordering::Relaxed);
         self.replan.notify_one();
+    }
+
+    /// An operator's drain (API): persisted first (so it holds on every
+    /// replica and after a restart), then in force here and replanned.
+    /// `Ok(None)`: unknown node.
+    pub async fn drain_persisted(
+        &self,
+        node_id: &str,
+        by: &str,
+    ) -> Result<Option<NodeState>, StoreError> {
+        if !self.registry.contains(node_id) {
+            return Ok(None);
+        }
+        self.store.set_drained(node_id, true).await?;
+        self.cluster.notify("nodes");
+        Ok(self.drain(node_id, by))
+    }
+
+    /// An operator's undrain (API): the stored drain is lifted first (so a
+    /// restart does not bring it back), then here. Other replicas lift it
+    /// when they next restart (they do not follow undrains live yet).
+    /// `Ok(None)`: unknown node.
+    pub async fn undrain_persisted(
+        &self,
+        node_id: &str,
+        by: &str,
+    ) -> Result<Option<NodeState>, StoreError> {
+        if !self.registry.contains(node_id) {
+            return Ok(None);
+        }
+        self.store.set_drained(node_id, false).await?;
+        self.cluster.notify("nodes");
+        Ok(self.undrain(node_id, by))
+    }
+
+    /// A drain another replica took: in force here, nothing recorded.
+    pub(crate) fn drain_local(&self, node_id: &str) {
+        let now = now_ms();
+        self.registry.update(node_id, |e| {
+            e.draining = true;
+            if e.state != NodeState::Down {
+                e.state = NodeState::Draining;
+                e.state_since_ms = now;
+            }
+        });
+        self.resolver.refresh(&self.registry, now);
+        self.trigger_replan();
     }
 
     /// Marks a node draining (API or agent) and replans.

@@ -19,6 +19,11 @@ impl App {
     /// steps the plan when something is due (or `force`), and announces
     /// new versions. Returns the step's report when it stepped.
     pub fn plan_round(&self, force: bool) -> Option<StepReport> {
+        // Several replicas: only the leader plans (followers serve its
+        // committed tables).
+        if !self.cluster.is_leader() {
+            return None;
+        }
         let started = Instant::now();
         let now = now_ms();
         let views = self.registry.changed_views();
@@ -27,9 +32,17 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let term = self
+            .pending_term
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut plan = self.plan.blocking_write();
         if let Some(settings) = settings {
             plan.set_settings(settings);
+        }
+        if let Some(term) = term {
+            plan.set_term(term);
         }
         for v in views {
             plan.offer(v);
@@ -52,6 +65,22 @@ impl App {
             let took = u64::try_from((plan_done - views_done).as_micros()).unwrap_or(u64::MAX);
             r.step(ticket, inputs.complete(&plan, &report, now, took));
         }
+        // Several replicas: the new versions are committed (fenced by the
+        // lease) before any route stream sees them.
+        if self.cluster.replicated() {
+            let tables: Vec<crate::cluster::StoredTable> = report
+                .changed
+                .iter()
+                .filter_map(|id| {
+                    let t = plan.table(id)?;
+                    Some(crate::cluster::StoredTable::new(t, plan.content_hash(id)))
+                })
+                .collect();
+            drop(plan);
+            self.cluster.queue_tables(tables);
+            self.after_step(&report, started, views_done, plan_done);
+            return Some(report);
+        }
         // After a full step every node's version is announced: at start-up
         // a table that kept its stored version has a stream waiting for it
         // too (an agent holding an older one gets it then).
@@ -70,6 +99,18 @@ impl App {
         for (id, version, hash) in &versions {
             self.publisher.published(id, *version, *hash, now);
         }
+        self.after_step(&report, started, views_done, plan_done);
+        Some(report)
+    }
+
+    /// Metrics and a debug line of a step.
+    fn after_step(
+        &self,
+        report: &StepReport,
+        started: Instant,
+        views_done: Duration,
+        plan_done: Duration,
+    ) {
         let took = started.elapsed();
         self.metrics.plans.inc();
         self.metrics
@@ -128,7 +169,6 @@ impl App {
             publish_ms = publish * 1e3,
             "plan step"
         );
-        Some(report)
     }
 
     /// The planning loop: a round every 100 ms (`ROUND_EVERY`) and on every

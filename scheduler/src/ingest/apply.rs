@@ -72,7 +72,9 @@ pub(super) fn end_session(
             } else {
                 "draining agent's connection ended"
             };
-            app.event(node_id, "down", why);
+            if app.cluster.is_leader() {
+                app.event(node_id, "down", why);
+            }
             app.trigger_replan();
         }
     }
@@ -101,7 +103,9 @@ pub(super) fn handle_frame(
                 // small, and viewers are waiting for the stream).
                 app.replan_at_once();
             }
-            if let Some(minute) = finished {
+            // Several replicas all receive every report; the leader alone
+            // writes what they observe alike.
+            if let Some(minute) = finished.filter(|_| app.cluster.is_leader()) {
                 // Once a minute per node: the roll-up and the last-seen time.
                 app.store
                     .record(crate::store::WriteOp::Rollup(minute.to_store(node_id)));
@@ -138,11 +142,13 @@ pub(super) fn handle_frame(
             if let Some(r) = &app.recorder {
                 r.alert(now_ms(), node_id, &kind, &a);
             }
-            app.event(
-                node_id,
-                &format!("alert:{kind}"),
-                &format!("{} {}", a.subject, a.detail),
-            );
+            if app.cluster.is_leader() {
+                app.event(
+                    node_id,
+                    &format!("alert:{kind}"),
+                    &format!("{} {}", a.subject, a.detail),
+                );
+            }
             app.trigger_replan();
             Ok(())
         }

@@ -310,6 +310,14 @@ impl Driver {
                         mark_dirty(&mut self.dirty, ch, c);
                     }
                 }
+                Command::LookedUp { conn, result } => {
+                    if let Some(ch) = self.by_id.get(&conn).copied()
+                        && let Some(c) = self.conns.get_mut(&ch)
+                    {
+                        c.session.on_looked_up(&cx, &mut c.conn, result);
+                        mark_dirty(&mut self.dirty, ch, c);
+                    }
+                }
                 Command::Shutdown => {
                     if self.shutdown_at.is_none() {
                         self.shutdown_at = Some(now);

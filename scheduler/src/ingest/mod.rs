@@ -161,12 +161,24 @@ enum Command {
         reason: String,
     },
     /// The store answered an enrollment: go on with the Welcome or close.
-    Admitted {
+    Admitted { conn: u64, result: Enrolled },
+    /// The store answered a lookup of a node this replica does not know
+    /// (several replicas: enrolled through another one, maybe).
+    LookedUp {
         conn: u64,
-        result: Result<(), String>,
+        result: Result<Option<crate::store::NodeRecord>, String>,
     },
     /// Close everything and stop.
     Shutdown,
+}
+
+/// What the store said to an enrollment.
+#[derive(Debug)]
+enum Enrolled {
+    Done,
+    /// Another replica enrolled the node first: its record as stored.
+    Duplicate(Option<crate::store::NodeRecord>),
+    Failed(String),
 }
 
 /// The command queue of the event loop and the waker that interrupts its

@@ -1,5 +1,13 @@
 //! The `vantage.v1.RouteDiscovery` service: one bidirectional stream per
 //! agent, xDS-style (see `proto/vantage/v1/routes.proto`).
+//!
+//! One replica ([`serve`]): tables come from the planning session, deltas
+//! from its log. Several replicas ([`serve_committed`]): tables come from
+//! the committed tables every replica holds (the leader's own, or read from
+//! the database by a follower), deltas are computed against the whole table
+//! the agent ACKed on this stream ([`vantage_shared::table_delta`]), and a
+//! table goes out only when its (term, version) is newer than what the
+//! agent holds.
 
 use crate::app::App;
 use prost::Message;
@@ -115,11 +123,14 @@ impl RouteDiscovery for RouteService {
             };
             return Err(self.refuse(reject_label(refusal.reason), status));
         }
+        self.app.observe_agent_term(first.term);
+        let stream = self.app.cluster.open_stream(&node_id);
         // The first request's subscriptions replace what the node held
         // (before its first table is chosen, so that table lists them).
         super::interest::apply(
             &self.app,
             &node_id,
+            stream,
             &first.subscribe,
             &first.unsubscribe,
             true,
@@ -130,9 +141,19 @@ impl RouteDiscovery for RouteService {
         let span = info_span!("routes", node_id = %node_id, %remote);
         tokio::spawn(
             async move {
-                info!(held = first.version_info, "route stream open");
+                info!(
+                    held = first.version_info,
+                    term = first.term,
+                    "route stream open"
+                );
                 app.metrics.route_subscribers.inc();
-                serve(&app, &node_id, first.version_info, inbound, tx).await;
+                let held = (first.term, first.version_info);
+                if app.cluster.replicated() {
+                    serve_committed(&app, &node_id, stream, held, inbound, tx).await;
+                } else {
+                    serve(&app, &node_id, stream, first.version_info, inbound, tx).await;
+                }
+                app.cluster.close_stream(&node_id, stream);
                 app.metrics.route_subscribers.dec();
                 info!("route stream closed");
             }
@@ -161,6 +182,7 @@ fn nonce() -> String {
 async fn serve(
     app: &Arc<App>,
     node_id: &str,
+    stream: u64,
     held: u64,
     mut inbound: Streaming<RouteRequest>,
     tx: mpsc::Sender<Result<RouteTable, Status>>,
@@ -246,7 +268,7 @@ async fn serve(
                         ))).await;
                         return;
                     }
-                    super::interest::apply(app, node_id, &req.subscribe, &req.unsubscribe, false)
+                    super::interest::apply(app, node_id, stream, &req.subscribe, &req.unsubscribe, false)
                         .await;
                     let Some((nonce, version)) = pending.clone() else { continue };
                     if req.response_nonce != nonce {
@@ -271,6 +293,139 @@ async fn serve(
                                 base = version;
                             } else {
                                 base = 0;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    debug!(%status, "route stream error");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What an agent holds on a stream served from committed tables.
+struct Held {
+    /// (term, version) the agent holds (0, 0: nothing).
+    key: (u64, u64),
+    /// The whole table behind `key`, when known (sent and ACKed on this
+    /// stream, or the committed one the agent announced): deltas are
+    /// computed against it.
+    table: Option<Arc<crate::cluster::StoredTable>>,
+}
+
+/// [`serve`] for several replicas: sends the node's committed table
+/// whenever one newer than what the agent holds is taken — a delta on top
+/// of the table the agent ACKed here, the whole table otherwise — one at a
+/// time, and records ACKs and NACKs. A NACKed version is not resent on this
+/// stream.
+async fn serve_committed(
+    app: &Arc<App>,
+    node_id: &str,
+    stream: u64,
+    held: (u64, u64),
+    mut inbound: Streaming<RouteRequest>,
+    tx: mpsc::Sender<Result<RouteTable, Status>>,
+) {
+    let channel = app.publisher.channel(node_id);
+    let mut watch = channel.subscribe();
+    let mut holds = Held {
+        key: held,
+        table: None,
+    };
+    let mut pending: Option<(String, Arc<crate::cluster::StoredTable>)> = None;
+    let mut parked: Option<(u64, u64)> = None;
+    loop {
+        watch.borrow_and_update();
+        if pending.is_none()
+            && let Some(cur) = app.publisher.table(node_id)
+        {
+            // An agent of a scheduler without terms announces term 0: the
+            // same version is the same table.
+            if holds.key.0 == 0 && holds.key.1 == cur.version {
+                holds.key = cur.key();
+            }
+            if holds.key == cur.key() && holds.table.is_none() {
+                holds.table = Some(cur.clone());
+            }
+            if cur.key() > holds.key && parked != Some(cur.key()) {
+                let delta = holds
+                    .table
+                    .as_ref()
+                    .filter(|b| b.key() == holds.key)
+                    .and_then(|b| vantage_shared::table_delta::delta(&b.table, &cur.table));
+                let is_delta = delta.is_some();
+                let mut t = delta.unwrap_or_else(|| (*cur.table).clone());
+                t.nonce = nonce();
+                t.generated_at_ms = now_ms();
+                let bytes = t.encoded_len();
+                app.publisher.sent(node_id, &t.nonce, is_delta, bytes);
+                app.metrics.route_pushed(is_delta, bytes);
+                debug!(
+                    version = t.version,
+                    term = t.term,
+                    base = t.base_version,
+                    delta = is_delta,
+                    bytes,
+                    "sending route table"
+                );
+                pending = Some((t.nonce.clone(), cur));
+                if tx.send(Ok(t)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("scheduler shutting down"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+            changed = watch.changed(), if pending.is_none() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    if !req.node_id.is_empty() && req.node_id != node_id {
+                        let _ = tx.send(Err(Status::permission_denied(
+                            "node_id changed within a stream",
+                        ))).await;
+                        return;
+                    }
+                    app.observe_agent_term(req.term);
+                    super::interest::apply(app, node_id, stream, &req.subscribe, &req.unsubscribe, false)
+                        .await;
+                    let Some((nonce, sent)) = pending.clone() else { continue };
+                    if req.response_nonce != nonce {
+                        debug!(nonce = req.response_nonce, "stale nonce ignored");
+                        continue;
+                    }
+                    pending = None;
+                    let now = now_ms();
+                    let version = sent.version;
+                    match req.error_detail {
+                        Some(err) => {
+                            warn!(version, term = sent.term, code = err.code, detail = err.message, "route table NACKed");
+                            app.metrics.route_nacks.inc();
+                            app.publisher.nack(node_id, version, &err.message, now);
+                            app.event(node_id, "route_nack", &format!("v{version}: {}", err.message));
+                            // What the agent holds now is what it says (its
+                            // last good table), content unknown here.
+                            holds = Held { key: (req.term, req.version_info), table: None };
+                            parked = Some(sent.key());
+                        }
+                        None => {
+                            app.metrics.route_acks.inc();
+                            if req.version_info == version {
+                                app.publisher.ack(node_id, version, now);
+                                holds = Held { key: sent.key(), table: Some(sent) };
+                            } else {
+                                holds = Held { key: (req.term, req.version_info), table: None };
                             }
                         }
                     }

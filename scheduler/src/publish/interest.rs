@@ -2,6 +2,11 @@
 //! `unsubscribe`): keys checked, the plan's subscriptions changed
 //! ([`vantage_plan::PlanSession::subscribe`]), and a table whose version
 //! moved announced to its stream at once — no planning step is needed.
+//!
+//! Several replicas: every replica also queues the change for the database
+//! (`crate::cluster::interest`), where the leader picks up what followers
+//! received; the leader changes its plan at once and commits the table
+//! (announced once committed).
 
 use crate::app::App;
 use crate::metrics::KindLabel;
@@ -19,6 +24,7 @@ pub const MAX_KEYS_PER_REQUEST: usize = 10_000;
 pub async fn apply(
     app: &App,
     node_id: &str,
+    stream: u64,
     subscribe: &[String],
     unsubscribe: &[String],
     replace: bool,
@@ -49,6 +55,22 @@ pub async fn apply(
     };
     let add = parse(subscribe);
     let remove = parse(unsubscribe);
+    if app.cluster.replicated() {
+        app.cluster.interest.queue(
+            node_id,
+            stream,
+            crate::cluster::interest::Pending {
+                replace,
+                add: add.iter().map(ToString::to_string).collect(),
+                remove: remove.iter().map(ToString::to_string).collect(),
+            },
+        );
+        if !app.cluster.is_leader() {
+            count("forwarded", add.len() + remove.len());
+            count("invalid", invalid);
+            return;
+        }
+    }
     let over = subscribe.len().saturating_sub(MAX_KEYS_PER_REQUEST)
         + unsubscribe.len().saturating_sub(MAX_KEYS_PER_REQUEST);
     if invalid > 0 || over > 0 {
@@ -59,14 +81,21 @@ pub async fn apply(
             "directory subscriptions not taken (invalid keys, or over the per-request limit)"
         );
     }
-    let (done, version, hash, held) = {
+    let (done, version, hash, held, committed) = {
         let mut plan = app.plan.write().await;
         let done = plan.subscribe(node_id, &add, &remove, replace);
+        // Several replicas: the new version is committed before any stream
+        // sees it.
+        let committed = (done.version > 0 && app.cluster.replicated())
+            .then(|| plan.table(node_id))
+            .flatten()
+            .map(|t| crate::cluster::StoredTable::new(t, plan.content_hash(node_id)));
         (
             done,
             plan.version(node_id),
             plan.content_hash(node_id),
             plan.subscription_count(),
+            committed,
         )
     };
     count("added", done.added);
@@ -91,7 +120,9 @@ pub async fn apply(
         version = done.version,
         "subscriptions"
     );
-    if done.version > 0 {
+    if let Some(t) = committed {
+        app.cluster.queue_tables([t]);
+    } else if done.version > 0 && !app.cluster.replicated() {
         app.publisher.published(node_id, version, hash, now_ms());
     }
 }

@@ -13,10 +13,17 @@
 //!   goes out as a whole table. A new stream (the agent reconnected, maybe
 //!   fixed) gets the current version whole, NACKed or not.
 //! * [`grpc`] serves the `RouteDiscovery` stream on top of this.
+//! * Several replicas (PostgreSQL): route streams serve the *committed*
+//!   tables ([`Publisher::offer`]), whole, by node — on the leader once its
+//!   commit succeeded, on followers once read from the database. A table is
+//!   taken only when its (term, version) is newer than the one held; one of
+//!   an older term is refused and counted. Versions are then recorded by the
+//!   leader's commit, not here.
 
 pub mod grpc;
 pub mod interest;
 
+use crate::cluster::StoredTable;
 use crate::store::{RouteHead, Store, WriteOp};
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex};
@@ -80,6 +87,21 @@ impl Channel {
 pub struct Publisher {
     channels: DashMap<String, Arc<Channel>>,
     store: Store,
+    /// Several replicas: every node's committed whole table.
+    tables: DashMap<Arc<str>, Arc<StoredTable>>,
+    /// Whether [`Publisher::published`] records versions in the store (one
+    /// replica; with several, the leader's commit does).
+    record_versions: bool,
+}
+
+/// What [`Publisher::offer`] did with a committed table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Taken,
+    /// The table held is of a newer term: a stale leader's table.
+    OlderTerm,
+    /// The table held is this version or newer (read twice, or late).
+    NotNewer,
 }
 
 impl Publisher {
@@ -97,7 +119,55 @@ impl Publisher {
                 })),
             );
         }
-        Self { channels, store }
+        Self {
+            channels,
+            store,
+            tables: DashMap::new(),
+            record_versions: true,
+        }
+    }
+
+    /// Several replicas: versions are recorded by the leader's commit.
+    pub fn replicated(mut self) -> Self {
+        self.record_versions = false;
+        self
+    }
+
+    /// Takes a committed table (several replicas) if it is newer than the
+    /// one held, and wakes the node's route stream.
+    pub fn offer(&self, table: Arc<StoredTable>) -> Offer {
+        use dashmap::mapref::entry::Entry;
+        match self.tables.entry(table.node_id.clone()) {
+            Entry::Occupied(mut held) => {
+                if table.term < held.get().term {
+                    return Offer::OlderTerm;
+                }
+                if table.key() <= held.get().key() {
+                    return Offer::NotNewer;
+                }
+                held.insert(table.clone());
+            }
+            Entry::Vacant(v) => {
+                v.insert(table.clone());
+            }
+        }
+        let ch = self.channel(&table.node_id);
+        let mut st = ch.lock();
+        st.version = table.version;
+        st.hash = table.hash_hex();
+        drop(st);
+        ch.tx.send_replace(table.version);
+        Offer::Taken
+    }
+
+    /// The committed table of a node (several replicas).
+    pub fn table(&self, node_id: &str) -> Option<Arc<StoredTable>> {
+        self.tables.get(node_id).map(|t| t.clone())
+    }
+
+    /// Every committed table held (several replicas), in no order.
+    pub fn tables(&self) -> Vec<Arc<StoredTable>> {
+        self.tables.iter().map(|t| t.value().clone()).collect()
     }
 
     pub fn channel(&self, node_id: &str) -> Arc<Channel> {
@@ -121,7 +191,7 @@ impl Publisher {
         st.version = version;
         st.hash = hash.clone();
         drop(st);
-        if new {
+        if new && self.record_versions {
             self.store.record(WriteOp::RouteVersion {
                 node_id: node_id.to_owned(),
                 version,

@@ -102,6 +102,21 @@ impl Registry {
         v
     }
 
+    /// The fresh view of every node (a new planning session: a replica
+    /// that takes over as the leader), marking each as offered.
+    pub fn all_views(&self) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self
+            .nodes
+            .iter_mut()
+            .map(|mut e| {
+                e.offered = e.touched;
+                e.fresh_view()
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// Runs `f` on every entry without cloning (one shard lock at a time,
     /// in no particular order).
     pub fn for_each(&self, mut f: impl FnMut(&NodeEntry)) {

@@ -36,6 +36,9 @@ pub enum StoreError {
     VersionConflict { attempts: u32 },
     #[error("the database writer task has stopped")]
     WriterStopped,
+    /// The database is unreachable: `pending` queued writes wait for it.
+    #[error("the database is unavailable ({pending} queued writes wait for it): {last_error}")]
+    Unavailable { pending: u64, last_error: String },
     /// Queued writes that never reached the database since the previous `flush`.
     #[error("{ops} queued database writes were lost: {last_error}")]
     WritesLost { ops: u64, last_error: String },
@@ -50,6 +53,7 @@ impl StoreError {
                 is_transient_sqlx(source)
             }
             StoreError::VersionConflict { .. }
+            | StoreError::Unavailable { .. }
             | StoreError::WriterStopped
             | StoreError::WritesLost { .. } => true,
             _ => false,

@@ -21,7 +21,7 @@ mod queries;
 mod writer;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,7 +38,9 @@ pub use model::{
 };
 pub use writer::{FLUSH_EVERY, MAX_BATCH, QUEUE_CAPACITY, WriteStats};
 
-use error::{is_unique_violation, redact_url};
+use error::is_unique_violation;
+pub(crate) use error::redact_url as redact;
+use error::redact_url;
 use writer::{Counters, Msg, Writer};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -46,6 +48,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// How long a connection waits for a locked SQLite database before failing.
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How long a PostgreSQL operation waits for a connection before it fails
+/// (the database is unreachable: API writes answer 503, queued writes wait).
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of `insert_weights` when concurrent writers pick the same version.
 const WEIGHT_VERSION_ATTEMPTS: u32 = 16;
 
@@ -103,7 +108,12 @@ impl Store {
         first.close().await.map_err(open_error)?;
 
         let options = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(match backend {
+                Backend::Sqlite => Duration::from_secs(10),
+                // A replica must notice an unreachable database quickly:
+                // writes answer 503 and the batch writer waits for it.
+                Backend::Postgres => PG_ACQUIRE_TIMEOUT,
+            })
             .max_connections(match backend {
                 // One writer at a time anyway; a few readers alongside thanks to WAL.
                 Backend::Sqlite => 4,
@@ -276,6 +286,102 @@ impl Store {
             .map_err(StoreError::query("upserting a node"))
     }
 
+    /// Enrolls a node: inserts it, or fills in the credential of a node
+    /// known without one; committed when this returns. `false` when the node
+    /// is enrolled already (another replica enrolled it first: the
+    /// credential in the store stays, and this enrollment is refused).
+    pub async fn enroll_node(&self, rec: &NodeRecord) -> Result<bool, StoreError> {
+        queries::check_node(rec)?;
+        let done = sqlx::query(queries::ENROLL_NODE)
+            .bind(&rec.id)
+            .bind(&rec.region)
+            .bind(rec.lat)
+            .bind(rec.lon)
+            .bind(rec.capacity_mbps)
+            .bind(&rec.public_url)
+            .bind(&rec.probe_addr)
+            .bind(rec.credential_hash.as_deref())
+            .bind(rec.enrolled_at_ms)
+            .bind(rec.last_seen_ms)
+            .bind(i64::from(rec.drained))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("enrolling a node"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// One node, if the store knows it (a node enrolled through another
+    /// replica).
+    pub async fn load_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        sqlx::query(queries::SELECT_NODE)
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("loading a node"))?
+            .as_ref()
+            .map(queries::node)
+            .transpose()
+    }
+
+    /// Sets a node's persisted drain flag; committed when this returns (an
+    /// operator's drain through any replica holds cluster-wide). `false`
+    /// when the node is unknown.
+    pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE nodes SET drained = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(drained))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("setting a drain"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Ids of the nodes whose drain flag is set.
+    pub async fn drained_nodes(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT id FROM nodes WHERE drained = 1 ORDER BY id")
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("loading drained nodes"))?
+            .iter()
+            .map(|r| {
+                r.try_get::<String, _>(0)
+                    .map_err(StoreError::query("loading drained nodes"))
+            })
+            .collect()
+    }
+
+    /// The version of the latest weight set (0: none).
+    pub async fn latest_weights_version(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM weight_sets")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("reading the weight set version"))?;
+        let v: i64 = row
+            .try_get(0)
+            .map_err(StoreError::query("reading the weight set version"))?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    /// Stores a cluster-wide setting (replacing it).
+    pub async fn set_cluster_setting(
+        &self,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cluster_settings (key, value, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now_ms)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("writing a cluster setting"))?;
+        Ok(())
+    }
+
     /// A cluster-wide setting; when absent, stores `default` first. All
     /// replicas agree: the first writer wins and everyone reads its value.
     pub async fn cluster_setting(
@@ -301,18 +407,6 @@ impl Store {
             .map_err(StoreError::query("reading a cluster setting"))?;
         row.try_get::<String, _>(0)
             .map_err(StoreError::query("reading a cluster setting"))
-    }
-
-    /// Replaces a cluster setting's value (it must exist: see
-    /// [`Self::cluster_setting`]).
-    pub async fn set_cluster_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE cluster_settings SET value = $1 WHERE key = $2")
-            .bind(value)
-            .bind(key)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(StoreError::query("writing a cluster setting"))?;
-        Ok(())
     }
 
     /// Every node, by id.

@@ -38,6 +38,22 @@ enrolled_at_ms = excluded.enrolled_at_ms, \
 last_seen_ms = CASE WHEN excluded.last_seen_ms > nodes.last_seen_ms THEN excluded.last_seen_ms ELSE nodes.last_seen_ms END, \
 drained = excluded.drained";
 
+/// Enrollment: a new node, or one known without a credential (facts
+/// recorded before it enrolled); a node that has a credential already is
+/// left alone (no row changes: the caller refuses the enrollment).
+pub(super) const ENROLL_NODE: &str = "\
+INSERT INTO nodes (id, region, lat, lon, capacity_mbps, public_url, probe_addr, credential_hash, enrolled_at_ms, last_seen_ms, drained) \
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+ON CONFLICT (id) DO UPDATE SET \
+region = excluded.region, lat = excluded.lat, lon = excluded.lon, capacity_mbps = excluded.capacity_mbps, \
+public_url = excluded.public_url, probe_addr = excluded.probe_addr, \
+credential_hash = excluded.credential_hash, enrolled_at_ms = excluded.enrolled_at_ms \
+WHERE nodes.credential_hash IS NULL";
+
+pub(super) const SELECT_NODE: &str = "\
+SELECT id, region, lat, lon, capacity_mbps, public_url, probe_addr, credential_hash, enrolled_at_ms, last_seen_ms, drained \
+FROM nodes WHERE id = $1";
+
 pub(super) const SELECT_NODES: &str = "\
 SELECT id, region, lat, lon, capacity_mbps, public_url, probe_addr, credential_hash, enrolled_at_ms, last_seen_ms, drained \
 FROM nodes ORDER BY id";

@@ -16,8 +16,8 @@ use super::*;
 
 const PG_ENV: &str = "VANTAGE_TEST_POSTGRES_URL";
 
-struct TestDb {
-    url: String,
+pub(crate) struct TestDb {
+    pub(crate) url: String,
     _dir: Option<tempfile::TempDir>,
     /// (admin URL, database name) of a PostgreSQL database to drop at the end.
     pg: Option<(String, String)>,
@@ -33,7 +33,7 @@ impl TestDb {
         }
     }
 
-    async fn postgres() -> Option<TestDb> {
+    pub(crate) async fn postgres() -> Option<TestDb> {
         let admin = match std::env::var(PG_ENV) {
             Ok(url) if !url.trim().is_empty() => url,
             _ => {

@@ -1,5 +1,6 @@
 //! The batch writer: one task owns the queue of fire-and-forget writes and commits them in one
-//! transaction every [`FLUSH_EVERY`] or every [`MAX_BATCH`] ops, whichever comes first.
+//! transaction every [`FLUSH_EVERY`] or every [`MAX_BATCH`] ops, whichever comes first. While the
+//! database is unreachable the writes wait (up to [`QUEUE_CAPACITY`]) and go in when it is back.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +20,11 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub const MAX_BATCH: usize = 1_000;
 /// Queued ops beyond this are dropped (and counted) by [`super::Store::record`].
 pub const QUEUE_CAPACITY: usize = 100_000;
-/// Pause before the single retry of a failed batch.
+/// Pause before the single retry of a failed batch, and the first pause
+/// while the database is unreachable.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Longest pause between two attempts while the database is unreachable.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 pub(super) enum Msg {
     Op(WriteOp),
@@ -54,7 +58,7 @@ pub struct WriteStats {
 pub(super) struct Counters {
     batches: AtomicU64,
     ops_written: AtomicU64,
-    dropped_queue_full: AtomicU64,
+    pub(super) dropped_queue_full: AtomicU64,
     dropped_failed: AtomicU64,
     dropped_invalid: AtomicU64,
     batch_errors: AtomicU64,
@@ -123,6 +127,7 @@ impl Writer {
         let mut msgs: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outage = Outage::default();
 
         loop {
             tokio::select! {
@@ -133,20 +138,33 @@ impl Writer {
                     for msg in msgs.drain(..) {
                         match msg {
                             Msg::Op(op) => {
+                                if pending.len() >= QUEUE_CAPACITY {
+                                    // The database is away and the backlog is full.
+                                    self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                                    losses.ops += 1;
+                                    continue;
+                                }
                                 self.push(&mut pending, op, &mut losses);
-                                if pending.len() >= MAX_BATCH {
-                                    self.commit(&mut pending, &mut losses).await;
+                                if pending.len() >= MAX_BATCH && !outage.active() {
+                                    self.commit(&mut pending, &mut losses, &mut outage).await;
                                 }
                             }
                             Msg::Flush(reply) => {
-                                self.commit(&mut pending, &mut losses).await;
-                                let lost = std::mem::take(&mut losses);
-                                let result = match lost.last_error {
-                                    Some(last_error) if lost.ops > 0 => Err(StoreError::WritesLost {
-                                        ops: lost.ops,
-                                        last_error,
-                                    }),
-                                    _ => Ok(()),
+                                self.commit(&mut pending, &mut losses, &mut outage).await;
+                                let result = if outage.active() {
+                                    Err(StoreError::Unavailable {
+                                        pending: pending.len() as u64,
+                                        last_error: outage.last_error.clone().unwrap_or_default(),
+                                    })
+                                } else {
+                                    let lost = std::mem::take(&mut losses);
+                                    match lost.last_error {
+                                        Some(last_error) if lost.ops > 0 => Err(StoreError::WritesLost {
+                                            ops: lost.ops,
+                                            last_error,
+                                        }),
+                                        _ => Ok(()),
+                                    }
                                 };
                                 // The flusher may have given up waiting; nothing to do then.
                                 let _ = reply.send(result);
@@ -155,11 +173,21 @@ impl Writer {
                     }
                 }
                 _ = tick.tick() => {
-                    self.commit(&mut pending, &mut losses).await;
+                    if outage.retry_due() {
+                        self.commit(&mut pending, &mut losses, &mut outage).await;
+                    }
                 }
             }
         }
-        self.commit(&mut pending, &mut losses).await;
+        self.commit(&mut pending, &mut losses, &mut outage).await;
+        if !pending.is_empty() {
+            let n = pending.len() as u64;
+            tracing::error!(
+                ops = n,
+                "the database is unavailable at shutdown: {n} queued writes are lost"
+            );
+            self.counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
+        }
         tracing::debug!("store writer stopped");
     }
 
@@ -179,42 +207,69 @@ impl Writer {
         }
     }
 
-    /// Commits `pending` in one transaction; on failure retries once, then drops the batch.
-    async fn commit(&self, pending: &mut Vec<Prepared>, losses: &mut Losses) {
-        if pending.is_empty() {
-            return;
-        }
-        let n = pending.len() as u64;
-        let mut attempt = 0;
-        let error = loop {
-            attempt += 1;
-            match self.try_commit(pending).await {
-                Ok(()) => {
-                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                    self.counters.ops_written.fetch_add(n, Ordering::Relaxed);
-                    pending.clear();
-                    return;
-                }
-                Err(e) => {
-                    self.counters.batch_errors.fetch_add(1, Ordering::Relaxed);
-                    self.counters.set_last_error(e.to_string());
-                    if attempt >= 2 {
-                        break e;
+    /// Commits `pending` in transactions of at most [`MAX_BATCH`] ops. A
+    /// batch that fails because the database is unreachable (a transient
+    /// error) stays queued and is retried with backoff for as long as it
+    /// takes — nothing is lost while the database is away, up to
+    /// [`QUEUE_CAPACITY`] ops. Any other failure is retried once, then that
+    /// batch is dropped (and counted).
+    async fn commit(&self, pending: &mut Vec<Prepared>, losses: &mut Losses, outage: &mut Outage) {
+        while !pending.is_empty() {
+            let take = pending.len().min(MAX_BATCH);
+            let n = take as u64;
+            let mut attempt = 0;
+            let error = loop {
+                attempt += 1;
+                match self.try_commit(&pending[..take]).await {
+                    Ok(()) => {
+                        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                        self.counters.ops_written.fetch_add(n, Ordering::Relaxed);
+                        pending.drain(..take);
+                        if outage.active() {
+                            tracing::info!(
+                                after_ms = outage.since.map_or(0, |s| s.elapsed().as_millis()),
+                                "the database is reachable again; queued writes are committed"
+                            );
+                        }
+                        *outage = Outage::default();
+                        break None;
                     }
-                    tracing::warn!(ops = n, error = %e, "database batch failed; retrying once");
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    Err(e) if e.is_transient() => {
+                        self.counters.batch_errors.fetch_add(1, Ordering::Relaxed);
+                        self.counters.set_last_error(e.to_string());
+                        if !outage.active() {
+                            tracing::warn!(
+                                ops = pending.len(),
+                                error = %e,
+                                "the database is unavailable; queued writes wait for it"
+                            );
+                        }
+                        outage.failed(e.to_string());
+                        return;
+                    }
+                    Err(e) => {
+                        self.counters.batch_errors.fetch_add(1, Ordering::Relaxed);
+                        self.counters.set_last_error(e.to_string());
+                        if attempt >= 2 {
+                            break Some(e);
+                        }
+                        tracing::warn!(ops = n, error = %e, "database batch failed; retrying once");
+                        tokio::time::sleep(RETRY_DELAY).await;
+                    }
                 }
+            };
+            if let Some(error) = error {
+                tracing::error!(
+                    ops = n,
+                    error = %error,
+                    "dropping {n} queued database writes: the batch failed twice"
+                );
+                self.counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
+                losses.ops += n;
+                losses.last_error = Some(error.to_string());
+                pending.drain(..take);
             }
-        };
-        tracing::error!(
-            ops = n,
-            error = %error,
-            "dropping {n} queued database writes: the batch failed twice"
-        );
-        self.counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
-        losses.ops += n;
-        losses.last_error = Some(error.to_string());
-        pending.clear();
+        }
     }
 
     async fn try_commit(&self, ops: &[Prepared]) -> Result<(), StoreError> {
@@ -229,5 +284,37 @@ impl Writer {
         tx.commit()
             .await
             .map_err(StoreError::query("committing a write batch"))
+    }
+}
+
+/// The database unreachable: since when, and when to try again (backoff
+/// from [`RETRY_DELAY`] to [`MAX_RETRY_DELAY`]).
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    next_try: Option<std::time::Instant>,
+    delay: Duration,
+    last_error: Option<String>,
+}
+
+impl Outage {
+    fn active(&self) -> bool {
+        self.since.is_some()
+    }
+
+    fn retry_due(&self) -> bool {
+        self.next_try.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    fn failed(&mut self, error: String) {
+        let now = std::time::Instant::now();
+        self.since.get_or_insert(now);
+        self.delay = if self.delay.is_zero() {
+            RETRY_DELAY
+        } else {
+            (self.delay * 2).min(MAX_RETRY_DELAY)
+        };
+        self.next_try = Some(now + self.delay);
+        self.last_error = Some(error);
     }
 }

@@ -109,6 +109,7 @@ pub fn merge(held: Option<&RouteTable>, delta: &RouteTable) -> Result<RouteTable
         removed_streams: Vec::new(),
         removed_patterns: Vec::new(),
         probe_targets_changed: false,
+        term: delta.term,
     })
 }
 

@@ -88,6 +88,10 @@ pub enum TableError {
     NotWhole(u64),
     #[error("{at}: {reason}")]
     Invalid { at: String, reason: String },
+    /// A table of an older leader term than the table held: a stale
+    /// scheduler replica's (a paused or partitioned ex-leader).
+    #[error("table of term {got} is older than the term {held} of the table held")]
+    OlderTerm { got: u64, held: u64 },
     /// More entries than `routes_max_entries` (after merging a delta).
     #[error(
         "table of {} entries exceeds routes_max_entries {max} \
@@ -142,6 +146,16 @@ impl TableError {
     /// gRPC status code carried in the NACK's `error_detail.code`
     /// (3 = INVALID_ARGUMENT).
     pub const NACK_CODE: i32 = 3;
+    /// NACK code of a table from an older term.
+    pub const OLDER_TERM_CODE: i32 = 9;
+
+    /// The code a NACK of this error carries.
+    pub fn nack_code(&self) -> i32 {
+        match self {
+            TableError::OlderTerm { .. } => Self::OLDER_TERM_CODE,
+            _ => Self::NACK_CODE,
+        }
+    }
 }
 
 pub(crate) fn invalid(at: impl Into<String>, reason: impl Into<String>) -> TableError {
@@ -292,6 +306,16 @@ impl AppliedTable {
         max_entries: usize,
         now_ms: i64,
     ) -> Result<Self, TableError> {
+        // Terms only grow: a table planned under an older leader term never
+        // replaces one of a newer term (routes.proto, "Terms").
+        if let Some(h) = held
+            && received.term < h.table.term
+        {
+            return Err(TableError::OlderTerm {
+                got: received.term,
+                held: h.table.term,
+            });
+        }
         if received.base_version == 0 {
             check_entries(&received, max_entries)?;
             return Self::new(received, node_id, TableSource::Scheduler, now_ms);
@@ -304,6 +328,11 @@ impl AppliedTable {
 
     pub fn version(&self) -> u64 {
         self.table.version
+    }
+
+    /// The leader term the table was planned under (0: none).
+    pub fn term(&self) -> u64 {
+        self.table.term
     }
 
     /// Where to pull `key` from (see the module docs for the order).

@@ -120,6 +120,9 @@ pub struct PlanSession {
     /// versions restored from the store).
     books: HashMap<Arc<str>, Book>,
     params_hash: u64,
+    /// Term of the scheduler leader stepping this session (0: no terms);
+    /// every table carries it and its content hash covers it.
+    term: u64,
     /// Planned views waiting for the next step, by id.
     pending: BTreeMap<String, NodeView>,
     removed: BTreeSet<String>,
@@ -148,7 +151,7 @@ impl PlanSession {
     /// An empty session; `threads` bounds the threads a step may use
     /// (the result never depends on it).
     pub fn new(settings: PlanSettings, threads: usize) -> Self {
-        let params_hash = tables::params_hash(&settings);
+        let params_hash = tables::params_hash(&settings, 0);
         PlanSession {
             graph: Graph::build(Vec::new(), &settings, 1),
             st: settings,
@@ -166,6 +169,7 @@ impl PlanSession {
             route_sum: Vec::new(),
             books: HashMap::new(),
             params_hash,
+            term: 0,
             pending: BTreeMap::new(),
             removed: BTreeSet::new(),
             rebuild: false,
@@ -190,6 +194,22 @@ impl PlanSession {
             self.rebuild = true;
             self.urgent = true;
         }
+    }
+
+    /// The leader term tables are stamped with. A new term is a change of
+    /// every table (each gets a new version at the next step, planned
+    /// everything), so an agent holding a table of an older term learns the
+    /// new one and refuses the older leader's tables from then on.
+    pub fn set_term(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.rebuild = true;
+            self.urgent = true;
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// How fresh telemetry becomes planner input.

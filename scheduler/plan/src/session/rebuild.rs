@@ -133,7 +133,7 @@ impl PlanSession {
         let plans: Vec<(usize, bool)> = (0..self.sources.len()).map(|s| (s, true)).collect();
         report.sources_planned += plans.len();
         let routes = self.plan_sources(&plans, &|_| (Vec::new(), Vec::new()), &[], facts_changed);
-        let params = tables::params_hash(&self.st);
+        let params = tables::params_hash(&self.st, self.term);
         self.params_hash = params;
         SourcesOutcome {
             routes,

@@ -95,9 +95,13 @@ impl TableUpdate {
     }
 }
 
-/// Hash of the settings every table carries.
-pub(crate) fn params_hash(st: &PlanSettings) -> u64 {
+/// Hash of the settings every table carries (and of the term, when there
+/// is one: tables of term 0 hash as they did before terms existed).
+pub(crate) fn params_hash(st: &PlanSettings, term: u64) -> u64 {
     let mut h = fnv(FNV_OFFSET, b"params");
+    if term > 0 {
+        h = fnv(h, &term.to_le_bytes());
+    }
     h = fnv(h, &st.table_ttl_s.to_le_bytes());
     h = fnv(h, &st.report_interval_ms.to_le_bytes());
     h = fnv(h, &st.weights_version.to_le_bytes());
@@ -323,6 +327,7 @@ impl PlanSession {
             weights_version: self.st.weights_version,
             probe_key: self.st.probe_key.clone(),
             publish: self.st.publish.clone(),
+            term: self.term,
             ..RouteTable::default()
         }
     }

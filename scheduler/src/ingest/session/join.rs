@@ -12,7 +12,7 @@ impl Session {
         conn: &mut Connection,
         first: AgentControl,
     ) -> Result<(), Refusal> {
-        let Some(agent_control::Kind::Hello(hello)) = first.kind else {
+        let Some(agent_control::Kind::Hello(hello)) = first.kind.clone() else {
             return Err(refusal(
                 CloseCode::ProtocolViolation,
                 "first control message is not Hello",
@@ -29,10 +29,39 @@ impl Session {
                     .ok()
             })
             .and_then(|certs| certs.first().and_then(vantage_shared::tls::peer_node_id));
-        let admission = match cx.app.auth.admit(&hello, peer_cn.as_deref()) {
+        let admission = cx.app.auth.admit(&hello, peer_cn.as_deref());
+        // Several replicas: a node another replica enrolled (or whose
+        // enrollment raced ours) is known to the store, not yet here.
+        let ask_store = match &admission {
+            Ok(Admission::Enroll(_)) => true,
+            Err(r) => {
+                matches!(r.reason, RejectReason::UnknownNode | RejectReason::BadToken)
+                    && !hello.node_credential.is_empty()
+            }
+            Ok(Admission::Known) => false,
+        };
+        if ask_store && cx.app.cluster.replicated() && !self.looked_up {
+            let store = cx.app.store.clone();
+            let links = cx.links.clone();
+            let conn_id = self.id;
+            let node_id = hello.node_id.clone();
+            tokio::spawn(async move {
+                let result = store.load_node(&node_id).await.map_err(|e| e.to_string());
+                links.send(Command::LookedUp {
+                    conn: conn_id,
+                    result,
+                });
+            });
+            self.looking_up = Some(first);
+            self.phase = Phase::LookingUp;
+            self.deadline = None;
+            return Ok(());
+        }
+        let admission = match admission {
             Ok(a) => a,
             Err(refusal) => return self.reject(cx, conn, refusal.reason, refusal.detail),
         };
+        cx.app.observe_agent_term(hello.route_term);
         let node_id = hello.node_id.clone();
         let session_id = hex::encode(rand::random::<[u8; 8]>());
         let now = now_ms();
@@ -89,7 +118,11 @@ impl Session {
             let links = cx.links.clone();
             let conn_id = self.id;
             tokio::spawn(async move {
-                let result = store.upsert_node(&rec).await.map_err(|e| e.to_string());
+                let result = match store.enroll_node(&rec).await {
+                    Ok(true) => Enrolled::Done,
+                    Ok(false) => Enrolled::Duplicate(store.load_node(&rec.id).await.ok().flatten()),
+                    Err(e) => Enrolled::Failed(e.to_string()),
+                };
                 links.send(Command::Admitted {
                     conn: conn_id,
                     result,
@@ -114,6 +147,8 @@ impl Session {
                 scheduler_id: app.config.scheduler_id.clone(),
                 node_credential: j.credential.clone(),
                 max_frame_bytes: app.config.max_frame_bytes as u32,
+                role: app.cluster.role().as_str().to_owned(),
+                term: app.cluster.term(),
             })),
         };
         self.control_out.extend_from_slice(&frame::encode(&welcome));

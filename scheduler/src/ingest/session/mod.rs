@@ -2,7 +2,9 @@
 //! machine the event loop ([`super::driver`]) feeds with connection events:
 //!
 //! `Handshake` (TLS) → `Hello` (control stream and its first frame within
-//! 5 s) → `Admitting` (only while the store makes an enrollment durable) →
+//! 5 s) → `LookingUp` (several replicas only: the store is asked about a
+//! node this replica does not know or cannot admit yet) → `Admitting` (only
+//! while the store makes an enrollment durable) →
 //! `Telemetry` (Welcome sent; the report stream within 5 s) → `Running`
 //! (reports and alerts; a `Draining` announcement on the control stream) →
 //! `Finishing` (the agent finished its control stream: what is left of the
@@ -17,7 +19,7 @@ mod inbound;
 mod join;
 
 use super::apply::{check_hello, end_session, handle_frame, node_info};
-use super::{Command, Links, SessionLink};
+use super::{Command, Enrolled, Links, SessionLink};
 use crate::app::App;
 use crate::auth::Admission;
 use crate::registry::{NodeEntry, NodeInfo, Session as RegistrySession};
@@ -61,6 +63,7 @@ pub(super) struct Ctx<'a> {
 enum Phase {
     Handshake,
     Hello,
+    LookingUp,
     Admitting,
     Telemetry,
     Running,
@@ -92,6 +95,9 @@ pub(super) struct Session {
     agent_drain: bool,
     /// The close code and detail of a rejection being delivered.
     rejection: Option<Refusal>,
+    /// The Hello waiting for a store lookup, and whether one was made.
+    looking_up: Option<AgentControl>,
+    looked_up: bool,
     control: Inbound,
     control_out: Vec<u8>,
     reports: Inbound,
@@ -108,6 +114,8 @@ impl Session {
             joining: None,
             agent_drain: false,
             rejection: None,
+            looking_up: None,
+            looked_up: false,
             control: Inbound::default(),
             control_out: Vec::new(),
             reports: Inbound::default(),
@@ -177,23 +185,89 @@ impl Session {
     }
 
     /// The store's answer to an enrollment.
-    pub(super) fn on_admitted(
-        &mut self,
-        cx: &Ctx<'_>,
-        conn: &mut Connection,
-        result: Result<(), String>,
-    ) {
+    pub(super) fn on_admitted(&mut self, cx: &Ctx<'_>, conn: &mut Connection, result: Enrolled) {
         if self.phase != Phase::Admitting {
             return;
         }
         match result {
-            Ok(()) => self.welcome(cx, conn),
-            Err(e) => self.close(
+            Enrolled::Done => self.welcome(cx, conn),
+            Enrolled::Duplicate(stored) => {
+                // The credential another replica issued stays in force.
+                if let Some(j) = self.joining.take() {
+                    let id = self.id;
+                    cx.app.registry.update(&j.node_id, |e| {
+                        e.credential_hash = stored.as_ref().and_then(|r| r.credential_hash.clone());
+                        if e.session
+                            .as_ref()
+                            .and_then(|s| s.connection.as_ref())
+                            .is_some_and(|c| c.id() == id)
+                        {
+                            e.session = None;
+                        }
+                    });
+                    let detail = format!(
+                        "node id {:?} was enrolled through another replica; present its credential",
+                        j.node_id
+                    );
+                    let _ = self.reject(cx, conn, RejectReason::DuplicateNode, detail);
+                }
+            }
+            Enrolled::Failed(e) => self.close(
                 cx,
                 conn,
                 CloseCode::ShuttingDown,
                 format!("store unavailable: {e}"),
             ),
+        }
+    }
+
+    /// The store's answer to a lookup (several replicas): the node as
+    /// another replica enrolled it, if it did; the Hello is checked again.
+    pub(super) fn on_looked_up(
+        &mut self,
+        cx: &Ctx<'_>,
+        conn: &mut Connection,
+        result: Result<Option<crate::store::NodeRecord>, String>,
+    ) {
+        if self.phase != Phase::LookingUp {
+            return;
+        }
+        let Some(hello) = self.looking_up.take() else {
+            return;
+        };
+        self.looked_up = true;
+        self.phase = Phase::Hello;
+        match result {
+            Ok(Some(rec)) => {
+                let id = rec.id.clone();
+                let hash = rec.credential_hash.clone();
+                let drained = rec.drained;
+                if cx
+                    .app
+                    .registry
+                    .update(&id, |e| {
+                        if hash.is_some() {
+                            e.credential_hash = hash.clone();
+                        }
+                        e.draining |= drained;
+                    })
+                    .is_none()
+                {
+                    cx.app.registry.insert(crate::app::entry_of(rec));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return self.close(
+                    cx,
+                    conn,
+                    CloseCode::ShuttingDown,
+                    format!("store unavailable: {e}"),
+                );
+            }
+        }
+        if let Err((code, reason)) = self.hello(cx, conn, hello) {
+            self.close(cx, conn, code, reason);
         }
     }
 
