@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::auth::Mode;
+use crate::comments::grpc::CommentService;
 use crate::config::{Config, TlsSource};
 use crate::publish::grpc::RouteService;
 use crate::store::{Store, StoreError};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
+use vantage_proto::v1::comment_control_server::CommentControlServer;
 use vantage_proto::v1::route_discovery_server::RouteDiscoveryServer;
 use vantage_shared::tls::{self, ClientAuth, DevPki, TlsError};
 
@@ -231,6 +233,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             warn!("HTTP server stopped: {e}");
         }
     });
+    tasks.spawn(app.comments.clone().reload_loop(app.shutdown.clone()));
     let reload = app.clone();
     tasks.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -289,6 +292,9 @@ async fn grpc_server(
         .set_serving::<RouteDiscoveryServer<RouteService>>()
         .await;
     reporter
+        .set_serving::<CommentControlServer<CommentService>>()
+        .await;
+    reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -313,7 +319,8 @@ async fn grpc_server(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RouteDiscoveryServer::new(RouteService::new(app.clone())));
+        .add_service(RouteDiscoveryServer::new(RouteService::new(app.clone())))
+        .add_service(CommentControlServer::new(CommentService::new(app.clone())));
     let shutdown = app.shutdown.clone();
     // Each route table is one small write that an agent answers with an ACK: Nagle's
     // algorithm would only hold tables back (tonic's own `tcp_nodelay` applies to

@@ -7,6 +7,7 @@
 //! * [`place`] — coordinates, great-circle distance and the RTT-from-distance model.
 //! * [`stream`] — stream keys (`app/stream`) and patterns (`live/*`).
 //! * [`auth`] — enrollment tokens and per-node credentials.
+//! * [`comment_token`] — signed tokens of live comments (posters, agent links).
 //! * [`tls`] — development CA, certificate loading and peer identities.
 //! * [`backoff`] — jittered exponential backoff with a cap.
 //! * [`close`] — QUIC application error codes of the telemetry connection.
@@ -27,6 +28,7 @@ pub mod backoff;
 pub mod clock;
 pub mod close;
 pub mod cmcd;
+pub mod comment_token;
 pub mod estimate;
 pub mod flv;
 pub mod frame;

@@ -189,6 +189,8 @@ struct Shared {
     drain: OnceLock<crate::drain::Drain>,
     /// LL-HLS output per stream.
     hls: crate::hls::Hub,
+    /// Live comments (`/{app}/{stream}/comments`), set by the agent.
+    comments: OnceLock<crate::comments::WeakComments>,
 }
 
 /// The relay; cheap to clone.
@@ -248,6 +250,7 @@ impl Relay {
                 viewer_stats: OnceLock::new(),
                 drain: OnceLock::new(),
                 hls: crate::hls::Hub::default(),
+                comments: OnceLock::new(),
             }),
         }
     }

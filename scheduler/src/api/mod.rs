@@ -1,8 +1,9 @@
 //! The scheduler's HTTP API (DESIGN §8): health, metrics, nodes, routes,
-//! weights and drain. JSON everywhere; errors are `{"error": "..."}` with a
+//! weights, drain, viewer routing and live comments. JSON everywhere; errors are `{"error": "..."}` with a
 //! fitting status. Mutating calls need `authorization: Bearer <admin token>`
 //! unless the scheduler runs with `--dev`.
 
+mod comments;
 mod dashboard;
 mod nodes;
 mod resolve;
@@ -87,6 +88,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/weights/history", get(weights::history))
         .route("/v1/resolve", get(resolve::resolve))
         .route("/play/{app}/{file}", get(resolve::play))
+        .route("/play/{app}/{stream}/comments", get(resolve::play_comments))
+        .route("/v1/comments", get(comments::summary))
+        .route(
+            "/v1/comments/blocklist",
+            get(comments::get_blocklist).put(comments::put_blocklist),
+        )
+        .route("/v1/comments/tokens", post(comments::token))
+        .route("/v1/comments/keys/rotate", post(comments::rotate))
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -303,6 +303,26 @@ impl Store {
             .map_err(StoreError::query("reading a cluster setting"))
     }
 
+    /// Sets a cluster-wide setting (insert or replace).
+    pub async fn put_cluster_setting(
+        &self,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cluster_settings (key, value, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now_ms)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("writing a cluster setting"))?;
+        Ok(())
+    }
+
     /// Every node, by id.
     pub async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         sqlx::query(queries::SELECT_NODES)

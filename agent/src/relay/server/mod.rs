@@ -5,6 +5,7 @@
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
 //! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
+//! | `GET /{app}/{stream}/comments` | live comments: upgrade to WebSocket ([`crate::comments`]); 426 without the upgrade headers, 404 no live stream, 503 draining or full |
 //! | `GET /watch/{app}/{stream}[?via=hls\|flv]` | the watch page (hls.js or mpegts.js, vendored, served from `/watch/assets/`) |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
@@ -17,6 +18,7 @@
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
 //! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
 
+mod comments;
 mod hls;
 mod publish;
 mod viewer_cmcd;
@@ -174,9 +176,14 @@ impl Relay {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(CONN_BUF);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         tokio::select! {
             r = conn => if let Err(e) = r {
+                if e.is_timeout() {
+                    self.metrics().header_timeouts.inc();
+                }
                 debug!(%peer, error = %e, "media connection ended");
             },
             _ = token.cancelled() => {}
@@ -211,6 +218,12 @@ impl Relay {
                 method_not_allowed("GET, OPTIONS")
             };
             ("other", resp)
+        } else if let Some(key) = comments::comments_path(&path) {
+            let resp = match key {
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Ok(key) => self.comments_upgrade(req, key, peer).await,
+            };
+            ("comments", resp)
         } else if let Some((key, file)) = hls::hls_path(&path) {
             let resp = match (key, file) {
                 (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
