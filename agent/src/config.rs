@@ -206,6 +206,11 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub relay_cache_max_bytes: Option<u64>,
 
+    /// Relay: media connections whose first request head has not arrived
+    /// yet; more are closed at accept (16..=1000000) [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub relay_max_pending: Option<usize>,
+
     /// LL-HLS: longest part, the playlist's PART-TARGET (100..=2000)
     /// [default: 500].
     #[arg(long, value_name = "MS")]
@@ -362,6 +367,7 @@ impl Settings {
                 .relay_write_coalesce_ms
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
+            relay_max_pending: self.relay_max_pending.or(lower.relay_max_pending),
             hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
             hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
             rtmp_listen: self.rtmp_listen.or(lower.rtmp_listen),

@@ -224,15 +224,16 @@ type Ws =
 
 async fn pump(mut ws: Ws, mut rx: mpsc::UnboundedReceiver<Message>, log: Arc<Mutex<Log>>) {
     let lock = || log.lock().unwrap_or_else(|p| p.into_inner());
+    let mut write_failed = false;
     loop {
         tokio::select! {
-            out = rx.recv() => match out {
+            out = rx.recv(), if !write_failed => match out {
                 Some(m) => {
+                    // A failed write (the server closed) leaves what it
+                    // sent before, the close frame included, to be read.
                     if let Err(e) = ws.send(m).await {
-                        let mut l = lock();
-                        l.error.get_or_insert(e.to_string());
-                        l.ended = true;
-                        return;
+                        lock().error.get_or_insert(e.to_string());
+                        write_failed = true;
                     }
                 }
                 None => return,
@@ -360,4 +361,25 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
+}
+
+/// Resident memory of process `pid` (KiB), from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A raw WebSocket upgrade request for `path` (no extensions).
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
 }

@@ -360,19 +360,37 @@ async fn run(
     match end {
         End::Peer => svc.metrics.close("peer"),
         End::Io => svc.metrics.close("io"),
-        End::Closing => {
-            // The close frame (and what was queued before it) gets a moment.
+        End::Closing if member.closing() != Some(ws::close::SLOW) => {
+            // A lingering close: the close frame (and what was queued before
+            // it) leaves, the write side is shut, and what the client still
+            // sends is read and dropped for a moment, so that its data does
+            // not meet a reset that would destroy the close frame on its way.
+            room.leave(&member);
             let linger = async {
                 while member.pending() {
                     if member.sock.writable().await.is_err()
                         || member.flush(svc.now_ms(), &svc.io).is_err()
                     {
-                        break;
+                        return;
+                    }
+                }
+                let _ = socket2::SockRef::from(&member.sock).shutdown(std::net::Shutdown::Write);
+                let mut sink = [0u8; 512];
+                loop {
+                    if member.sock.readable().await.is_err() {
+                        return;
+                    }
+                    match member.sock.try_read(&mut sink) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
                     }
                 }
             };
             let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
         }
+        End::Closing => {}
     }
     room.leave(&member);
     let _ = socket2::SockRef::from(&member.sock).shutdown(std::net::Shutdown::Both);

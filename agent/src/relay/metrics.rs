@@ -76,6 +76,7 @@ pub struct RelayMetrics {
     pub hls_segments: Counter,
     pub hls_segmenters: Gauge,
     pub header_timeouts: Counter,
+    pub pending_refused: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -187,6 +188,12 @@ impl RelayMetrics {
             "Media connections closed because no complete request head arrived within 10 s \
              (silent or half-sent requests, upgrades that never come)",
             m.header_timeouts.clone(),
+        );
+        r.register(
+            "pending_refused",
+            "Media connections closed at accept because relay-max-pending connections were \
+             already waiting for their first request head",
+            m.pending_refused.clone(),
         );
         let h = registry.sub_registry_with_prefix("vantage_agent_hls");
         h.register(

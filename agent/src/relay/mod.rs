@@ -99,6 +99,10 @@ pub struct RelayConfig {
     /// between go out together in one write). Fewer, larger writes cost
     /// far less per viewer; the window adds at most this much delay. 50 ms.
     pub write_coalesce: Duration,
+    /// Media connections whose first request head has not arrived yet;
+    /// more are closed at accept (each such connection holds hyper's read
+    /// buffer until its header timeout). 4096.
+    pub max_pending: usize,
 }
 
 impl Default for RelayConfig {
@@ -121,6 +125,7 @@ impl Default for RelayConfig {
             hls_part_target: Duration::from_millis(500),
             hls_window: 6,
             write_coalesce: Duration::from_millis(50),
+            max_pending: 4096,
         }
     }
 }

@@ -42,6 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -108,12 +109,34 @@ fn via_list(h: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Counts a connection among those whose first request head has not
+/// arrived, until it has or the connection ends.
+struct Unfinished {
+    count: Arc<AtomicUsize>,
+    done: AtomicBool,
+}
+
+impl Unfinished {
+    fn request_arrived(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.request_arrived();
+    }
+}
+
 /// Accepts media connections until `cancel`.
 pub async fn accept_loop(
     relay: Relay,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    let unfinished = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -130,9 +153,18 @@ pub async fn accept_loop(
                 }
             }
         };
+        if unfinished.load(Ordering::Relaxed) >= relay.config().max_pending {
+            relay.metrics().pending_refused.inc();
+            continue; // dropping `sock` closes it
+        }
+        unfinished.fetch_add(1, Ordering::Relaxed);
+        let pending = Arc::new(Unfinished {
+            count: unfinished.clone(),
+            done: AtomicBool::new(false),
+        });
         let relay = relay.clone();
         let token = cancel.child_token();
-        tokio::spawn(async move { relay.serve_conn(sock, peer, token).await });
+        tokio::spawn(async move { relay.serve_conn(sock, peer, token, pending).await });
     }
 }
 
@@ -156,7 +188,13 @@ impl Relay {
         self.metrics().viewers.get()
     }
 
-    async fn serve_conn(self, sock: TcpStream, peer: SocketAddr, token: CancellationToken) {
+    async fn serve_conn(
+        self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        token: CancellationToken,
+        pending: Arc<Unfinished>,
+    ) {
         let _ = sock.set_nodelay(true);
         let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.config().notsent_lowat);
         let shared = Arc::new(ConnShared::default());
@@ -167,6 +205,7 @@ impl Relay {
             shared,
         };
         let svc = service_fn(move |req| {
+            pending.request_arrived();
             let relay = relay.clone();
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(relay.handle(req, peer, conn).await) }
