@@ -13,6 +13,7 @@
 use super::frame::Format;
 use super::ws::close_frame;
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -29,11 +30,12 @@ pub enum Kind {
     Link { node: String },
 }
 
-/// Byte and frame counters shared by every connection of the agent.
-#[derive(Debug, Default)]
+/// Bytes and writes to comment sockets, shared by every connection of the
+/// agent (the `write_bytes` and `writes` metrics).
+#[derive(Debug, Clone, Default)]
 pub struct Io {
-    pub bytes_out: AtomicU64,
-    pub writes: AtomicU64,
+    pub bytes_out: Counter,
+    pub writes: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -202,8 +204,8 @@ impl Member {
         if out.queue.is_empty() {
             match self.sock.try_write(&frame) {
                 Ok(n) => {
-                    io.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    io.writes.fetch_add(1, Ordering::Relaxed);
+                    io.bytes_out.inc_by(n as u64);
+                    io.writes.inc();
                     if n == frame.len() {
                         return Offer::Taken;
                     }
@@ -272,8 +274,8 @@ impl Member {
                 }
             };
             drop(slices);
-            io.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            io.writes.fetch_add(1, Ordering::Relaxed);
+            io.bytes_out.inc_by(n as u64);
+            io.writes.inc();
             out.queued -= n;
             let mut left = n;
             while left > 0 {

@@ -37,6 +37,7 @@ pub struct CommentMetrics {
     pub delivered: Counter,
     pub batches: Counter,
     pub write_bytes: Counter,
+    pub writes: Counter,
     pub rooms: Gauge,
     pub links: Gauge,
     pub link_attempts: Family<ResultLabel, Counter>,
@@ -110,6 +111,11 @@ impl CommentMetrics {
             "write_bytes",
             "Bytes written to comment connections",
             m.write_bytes.clone(),
+        );
+        r.register(
+            "writes",
+            "Writes (system calls) to comment connections: batches coalesce comments into one",
+            m.writes.clone(),
         );
         r.register("rooms", "Rooms held", m.rooms.clone());
         r.register(

@@ -192,12 +192,16 @@ impl Comments {
             .clamp(2, 16)
             * 2;
         let now = Instant::now();
+        let io = member::Io {
+            bytes_out: metrics.write_bytes.clone(),
+            writes: metrics.writes.clone(),
+        };
         Comments {
             inner: Arc::new(Shared {
                 cfg,
                 node_id: node_id.into(),
                 metrics,
-                io: member::Io::default(),
+                io,
                 shards,
                 cancel: CancellationToken::new(),
                 clock: now,

@@ -81,7 +81,7 @@ impl Comments {
         let delivered = svc.delivered.load(Ordering::Relaxed);
         let posts = svc.posts.load(Ordering::Relaxed);
         let sequenced = svc.sequenced.load(Ordering::Relaxed);
-        let bytes = svc.io.bytes_out.load(Ordering::Relaxed);
+        let bytes = svc.io.bytes_out.get();
         let per_s = |new: u64, old: u64| new.saturating_sub(old) as f64 / dt;
         r.last = RateView {
             fanout_per_s: per_s(delivered, r.delivered),
@@ -89,9 +89,6 @@ impl Comments {
             sequenced_per_s: per_s(sequenced, r.sequenced),
             egress_mbps: per_s(bytes, r.bytes) * 8.0 / 1e6,
         };
-        svc.metrics
-            .write_bytes
-            .inc_by(bytes.saturating_sub(r.bytes));
         (r.at, r.delivered, r.posts, r.sequenced, r.bytes) =
             (now, delivered, posts, sequenced, bytes);
         r.last
