@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Upgrades tried again after a failure (reported by the benchmark).
+pub static RETRIES: AtomicU64 = AtomicU64::new(0);
+
 /// What one connection saw (shared with the benchmark).
 #[derive(Debug, Default)]
 pub struct Stat {
@@ -196,12 +199,21 @@ impl Fleet {
                 .map_err(|e| e.to_string())?;
             let path = path.to_owned();
             opening.spawn(async move {
-                let r = tokio::time::timeout(Duration::from_secs(30), upgrade(addr, &path)).await;
-                drop(permit);
-                match r {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err("upgrade timed out".to_owned()),
+                // A loaded machine may drop an upgrade now and then: three
+                // tries, each bounded, then the benchmark gives up.
+                let mut last = String::new();
+                for _ in 0..3 {
+                    match tokio::time::timeout(Duration::from_secs(30), upgrade(addr, &path)).await
+                    {
+                        Ok(Ok(c)) => return Ok(c),
+                        Ok(Err(e)) => last = e.to_string(),
+                        Err(_) => last = "upgrade timed out".to_owned(),
+                    }
+                    RETRIES.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                drop(permit);
+                Err(format!("{last} (3 tries)"))
             });
             // Reap finished handshakes as we go (bounded memory).
             while let Some(r) = opening.try_join_next() {

@@ -94,6 +94,9 @@ struct Figures {
     slab_per_pair_b: f64,
     tcp_mem_pages: i64,
     idle_cores: f64,
+    /// Share of the idle CPU spent in user space (the rest is the kernel:
+    /// on loopback, both ends' TCP processing of a heartbeat).
+    idle_user_share: f64,
     base_cores: f64,
     one_p50_ms: f64,
     one_p99_ms: f64,
@@ -197,9 +200,10 @@ async fn connect(args: &Args, addr: SocketAddr, path: &str) -> Result<Fleet, Str
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
-        "  {} connections upgraded and welcomed in {:.1?}",
+        "  {} connections upgraded and welcomed in {:.1?} ({} upgrades tried again)",
         args.connections,
-        started.elapsed()
+        started.elapsed(),
+        fleet::RETRIES.swap(0, Ordering::Relaxed)
     );
     Ok(fleet)
 }
@@ -219,16 +223,20 @@ async fn idle(args: &Args, pid: u32, fleet: &Fleet, f: &mut Figures, slab0: u64,
         f.per_conn_kib()
     );
     let w = procfs::Window::start(pid);
+    let (u0, _) = procfs::cpu_split_s(pid);
     tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
     let (cpu, wall) = w.end();
+    let (u1, _) = procfs::cpu_split_s(pid);
     f.idle_cores = cpu / wall;
+    f.idle_user_share = (u1 - u0) / cpu.max(1e-9);
     eprintln!(
         "  idle with heartbeats every {} ms: {:.2} % of a core ({:.2} % without connections, \
-         {:.1} µs of CPU per heartbeat); {} closed",
+         {:.1} µs of CPU per heartbeat, {:.0} % of it in user space); {} closed",
         args.heartbeat_ms,
         f.idle_cores * 100.0,
         f.base_cores * 100.0,
         f.us_per_heartbeat(args.heartbeat_ms),
+        f.idle_user_share * 100.0,
         fleet.closed()
     );
 }
@@ -540,7 +548,7 @@ async fn reference_phases(args: &Args) -> Result<Figures, String> {
     f.sustained_wall_s = wall;
     f.delivered = field(&done, "delivered");
     f.client_received = fleet.comments() - c0;
-    f.writes = (f.delivered / (args.rate * args.coalesce_ms as f64 / 1000.0).max(1.0)).round();
+    f.writes = field(&done, "writes");
     f.machine_cores = m.cores_until(&procfs::MachineCpu::read(), num_cpus());
     eprintln!(
         "  {} comments/s: {:.2} cores, {:.0} deliveries/s (clients counted {:.0}/s), skipped {}, \
@@ -618,6 +626,7 @@ fn report(args: &Args, all: &[Figures]) {
             "slab_per_socket_pair_bytes": f.slab_per_pair_b,
             "tcp_mem_pages": f.tcp_mem_pages,
             "idle_cores": f.idle_cores,
+            "idle_user_share": f.idle_user_share,
             "base_cores": f.base_cores,
             "us_per_heartbeat": f.us_per_heartbeat(args.heartbeat_ms),
             "one_p50_ms": f.one_p50_ms,

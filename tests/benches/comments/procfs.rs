@@ -8,16 +8,22 @@ const TICKS_PER_S: f64 = 100.0;
 
 /// CPU time (utime + stime) of `pid`, in seconds.
 pub fn cpu_s(pid: u32) -> f64 {
+    let (u, s) = cpu_split_s(pid);
+    u + s
+}
+
+/// (user, system) CPU time of `pid`, in seconds.
+pub fn cpu_split_s(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state); utime is field 14, stime 15.
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (t(11) + t(12)) as f64 / TICKS_PER_S
+    (t(11) as f64 / TICKS_PER_S, t(12) as f64 / TICKS_PER_S)
 }
 
 /// Resident memory of `pid`, KiB.

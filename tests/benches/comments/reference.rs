@@ -9,8 +9,9 @@
 //! queues instead).
 //!
 //! Commands: `one` — one comment to everyone now; `rate R SECS WINDOW_MS` —
-//! R comments per second for SECS seconds, one batch per window (as the
-//! agent coalesces). Each answers `DONE delivered=D skipped=S`.
+//! R comments per second for SECS seconds, everything due since the last
+//! pass in one batch, at most one pass per window (as the agent coalesces).
+//! Each answers `DONE delivered=D skipped=S writes=W`.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -119,11 +120,12 @@ pub fn serve(listen: SocketAddr) -> std::io::Result<()> {
         let line = line?;
         let words: Vec<&str> = line.split_whitespace().collect();
         let conns = conns.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut delivered, mut skipped) = (0u64, 0u64);
+        let (mut delivered, mut skipped, mut writes) = (0u64, 0u64, 0u64);
         match words.as_slice() {
             ["one"] => {
                 let (d, s) = fan_out(&conns, &batch(seq, 1));
                 seq += 1;
+                writes += d + s;
                 delivered += d;
                 skipped += s;
             }
@@ -131,15 +133,22 @@ pub fn serve(listen: SocketAddr) -> std::io::Result<()> {
                 let rate: f64 = rate.parse().unwrap_or(200.0);
                 let secs: f64 = secs.parse().unwrap_or(10.0);
                 let window = Duration::from_millis(window_ms.parse().unwrap_or(100));
-                let per_batch = (rate * window.as_secs_f64()).round().max(1.0) as u64;
+                // As the agent coalesces: each pass sends every comment due
+                // since the last one in one batch, at most once per window;
+                // a pass that takes longer than the window makes the next
+                // batch larger, not later.
                 let start = Instant::now();
+                let first = seq;
                 let mut next = start;
                 while start.elapsed().as_secs_f64() < secs {
-                    let (d, s) = fan_out(&conns, &batch(seq, per_batch));
-                    seq += per_batch;
-                    delivered += d * per_batch;
+                    let due = first + (start.elapsed().as_secs_f64() * rate) as u64;
+                    let n = due.saturating_sub(seq).clamp(1, u64::from(u16::MAX));
+                    let (d, s) = fan_out(&conns, &batch(seq, n));
+                    seq += n;
+                    writes += d + s;
+                    delivered += d * n;
                     skipped += s;
-                    next += window;
+                    next = (next + window).max(Instant::now());
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
@@ -149,7 +158,7 @@ pub fn serve(listen: SocketAddr) -> std::io::Result<()> {
             _ => {}
         }
         println!(
-            "DONE delivered={delivered} skipped={skipped} connections={} next_seq={seq}",
+            "DONE delivered={delivered} skipped={skipped} writes={writes} connections={} next_seq={seq}",
             conns.len()
         );
         std::io::stdout().flush()?;
