@@ -139,6 +139,7 @@ async fn hostile_comment_clients_are_refused_or_dropped_and_the_room_goes_on() {
         .await
         .unwrap();
     assert_eq!(flooder.auth_wait(&token).await["ok"], true);
+    let flood_started = Instant::now();
     for i in 0..1000 {
         flooder.post(&format!("f{i}"), &format!("flood {i}"));
     }
@@ -148,6 +149,8 @@ async fn hostile_comment_clients_are_refused_or_dropped_and_the_room_goes_on() {
         "{:?}",
         flooder.log().closed
     );
+    // Its bucket: the burst (200), refilled at 100/s while it was connected.
+    let flood_allowed = 200 + (100.0 * flood_started.elapsed().as_secs_f64()).ceil() as usize;
     let flood_nacked = flooder.log().nacks.len();
     eprintln!("flooder: {flood_nacked} refused before the close");
     assert!(
@@ -445,8 +448,8 @@ async fn hostile_comment_clients_are_refused_or_dropped_and_the_room_goes_on() {
     // cut off: they are part of the room like any others.
     let flood_in_room = reference.iter().filter(|t| t.starts_with("flood ")).count();
     assert!(
-        flood_in_room <= 200,
-        "{flood_in_room} flood comments in the room"
+        flood_in_room <= flood_allowed,
+        "{flood_in_room} flood comments in the room (at most {flood_allowed}: burst and refill)"
     );
     assert_eq!(
         reference.len(),

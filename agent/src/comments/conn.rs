@@ -323,6 +323,9 @@ async fn run(
     } else {
         WebSocketContext::from_partially_read(leftover.to_vec(), WsRole::Server, Some(config))
     };
+    // The leftover is a slice of hyper's request read buffer (8 KiB): kept,
+    // it would hold that buffer for the connection's whole life.
+    drop(leftover);
     room.join(member.clone(), &resume);
     let mut client = Client {
         poster: None,
