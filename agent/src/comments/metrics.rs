@@ -73,7 +73,7 @@ impl CommentMetrics {
         r.register(
             "closed",
             "Comment connections closed, by reason (peer, idle, slow_reader, oversized, \
-             invalid_utf8, protocol, flood, room_gone, shutdown, io)",
+             invalid_utf8, protocol, flood, io)",
             m.closed.clone(),
         );
         r.register(
