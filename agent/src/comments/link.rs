@@ -67,7 +67,7 @@ pub async fn run(comments: Comments, room: Arc<Room>) {
         if room.cancel.is_cancelled() || room.is_sequencer() {
             return;
         }
-        let (agents, _) = agent_candidates(upstream_candidates(svc.relay(), &room.key).await);
+        let (agents, _) = agent_candidates(upstream_candidates(svc.relay(), &room.key, true).await);
         let downstream = room.downstream_nodes();
         let usable: Vec<Candidate> = agents
             .into_iter()

@@ -125,7 +125,7 @@ impl CommentMetrics {
         );
         r.register(
             "link_attempts",
-            "Upstream link attempts by result (welcomed, refused, error)",
+            "Upstream link attempts by result (welcomed; error: not welcomed, refused included)",
             m.link_attempts.clone(),
         );
         r.register(
@@ -158,7 +158,59 @@ impl CommentMetrics {
             "Comment settings received from the scheduler, by result (applied, invalid)",
             m.settings_updates.clone(),
         );
+        m.init_labels();
         m
+    }
+
+    /// Creates every known label set at zero, so that each series exists
+    /// (and `rate()` works) before its first event.
+    fn init_labels(&self) {
+        for kind in ["viewer", "link"] {
+            let _ = self.connections.get_or_create(&KindLabel { kind });
+            let _ = self.accepted.get_or_create(&KindLabel { kind });
+        }
+        for reason in [
+            "not_websocket",
+            "bad_request",
+            "no_room",
+            "max_connections",
+            "draining",
+            "link_auth",
+            "loop",
+            "handshake_timeout",
+            "upgrade_failed",
+        ] {
+            let _ = self.refused.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in [
+            "peer",
+            "idle",
+            "slow_reader",
+            "oversized",
+            "invalid_utf8",
+            "protocol",
+            "flood",
+            "io",
+        ] {
+            let _ = self.closed.get_or_create(&ReasonLabel { reason });
+        }
+        for r in super::frame::Reason::ALL {
+            let _ = self
+                .rejected
+                .get_or_create(&ReasonLabel { reason: r.label() });
+        }
+        for result in ["post", "delivery"] {
+            let _ = self.duplicates.get_or_create(&ResultLabel { result });
+        }
+        for result in ["welcomed", "error"] {
+            let _ = self.link_attempts.get_or_create(&ResultLabel { result });
+        }
+        for reason in ["closed", "stalled", "error"] {
+            let _ = self.failovers.get_or_create(&ReasonLabel { reason });
+        }
+        for result in ["applied", "invalid"] {
+            let _ = self.settings_updates.get_or_create(&ResultLabel { result });
+        }
     }
 
     pub fn reject(&self, reason: super::frame::Reason) {
@@ -170,10 +222,10 @@ impl CommentMetrics {
     }
 
     pub fn close(&self, reason: &'static str) {
-        self.closed.get_or_create(&ReasonLabel { reason }).inc();
+        let _ = self.closed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+        let _ = self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 }

@@ -160,7 +160,23 @@ impl WeakComments {
 /// The upstream candidates of room `key`: the same the video of `key` is
 /// pulled from (route table, else static origin), best first. The one place
 /// comments ask for upstreams.
-pub(crate) async fn upstream_candidates(relay: &Relay, key: &StreamKey) -> Vec<Candidate> {
+///
+/// The route table lists only the streams an agent subscribes to (the
+/// on-demand directory): a room subscribes to its key like a play does and
+/// keeps it subscribed while it lives. With `wait` (opening a room, a link
+/// looking for an upstream) a key the table does not list yet waits for
+/// the scheduler's answer like a play (up to 2 s); without (housekeeping),
+/// the subscription is only refreshed.
+pub(crate) async fn upstream_candidates(
+    relay: &Relay,
+    key: &StreamKey,
+    wait: bool,
+) -> Vec<Candidate> {
+    if wait {
+        relay.await_directory(key, None).await;
+    } else {
+        relay.interest().want(key);
+    }
     relay.candidates(key)
 }
 
@@ -258,7 +274,7 @@ impl Comments {
             return Ok(r.clone());
         }
         let relay = &self.inner.relay;
-        let (agents, static_only) = agent_candidates(upstream_candidates(relay, key).await);
+        let (agents, static_only) = agent_candidates(upstream_candidates(relay, key, true).await);
         let role = if !agents.is_empty() {
             Role::Follower
         } else if published_here(relay, key) {
@@ -370,7 +386,7 @@ impl Comments {
         // Role: the route table may now name an upstream for a room this
         // agent numbers (the stream moved), or none for a follower whose
         // stream is now published here.
-        let (agents, _) = agent_candidates(upstream_candidates(&svc.relay, &room.key).await);
+        let (agents, _) = agent_candidates(upstream_candidates(&svc.relay, &room.key, false).await);
         if sequencer && !agents.is_empty() {
             info!(room = %room.key, "the stream's origin is elsewhere now: following it");
             room.become_follower();
