@@ -6,7 +6,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["vantage/v1/telemetry.proto", "vantage/v1/routes.proto"];
+    let files = [
+        "vantage/v1/telemetry.proto",
+        "vantage/v1/routes.proto",
+        "vantage/v1/comments.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -2,7 +2,7 @@
 //! (200 iff a route table is held, from the scheduler or from disk, and the
 //! agent is not draining),
 //! `/metrics`, `/v1/status` (including the relay's streams, viewers,
-//! upstreams and lags) and `/v1/routes` (the whole route table in use, in
+//! upstreams and lags, and the live comment rooms) and `/v1/routes` (the whole route table in use, in
 //! the scheduler's `GET /v1/routes/{id}` rendering).
 
 use crate::routes::{AppliedTable, Entries, RoutesStatus, TableReceiver, TableSource};
@@ -32,6 +32,7 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub probe: crate::probe::ProbeStatus,
     pub relay: crate::relay::Relay,
+    pub comments: crate::comments::Comments,
     pub drain: crate::drain::Drain,
 }
 
@@ -44,6 +45,8 @@ pub struct Status {
     pub probe: crate::probe::ProbeView,
     /// Streams, viewers, upstreams in use, lags.
     pub relay: crate::relay::RelayStatus,
+    /// Live comment rooms, connections, upstream links, rates.
+    pub comments: crate::comments::report::CommentsStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,6 +184,7 @@ impl AdminState {
             routes,
             probe: self.probe.snapshot(),
             relay: self.relay.status(),
+            comments: self.comments.status(),
         }
     }
 }

@@ -19,9 +19,11 @@ use vantage_shared::auth::valid_node_id;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamPattern;
 
+use crate::comments::CommentsConfig;
 use crate::relay::RelayConfig;
 use crate::rtmp::RtmpConfig;
 
+mod comments;
 mod media;
 mod values;
 pub use crate::addr::{HostPort, parse_http_url};
@@ -217,6 +219,11 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub relay_cache_max_bytes: Option<u64>,
 
+    /// Relay: media connections whose first request head has not arrived
+    /// yet; more are closed at accept (16..=1000000) [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub relay_max_pending: Option<usize>,
+
     /// LL-HLS: longest part, the playlist's PART-TARGET (100..=2000)
     /// [default: 500].
     #[arg(long, value_name = "MS")]
@@ -257,6 +264,74 @@ pub struct Settings {
     /// (0..=3600 s) [default: 30].
     #[arg(long, value_name = "S")]
     pub drain_grace_s: Option<u64>,
+
+    /// Comments: heartbeat interval announced to clients, who send `ping` at
+    /// least this often (1000..=300000) [default: 20000].
+    #[arg(long, value_name = "MS")]
+    pub comments_heartbeat_ms: Option<u64>,
+
+    /// Comments: a connection silent for this long is closed (more than the
+    /// heartbeat, up to 600000) [default: 60000].
+    #[arg(long, value_name = "MS")]
+    pub comments_idle_timeout_ms: Option<u64>,
+
+    /// Comments: deliveries to a connection are batched into one write per
+    /// window; the first comment after a quiet window goes at once (0..=1000)
+    /// [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub comments_coalesce_ms: Option<u64>,
+
+    /// Comments: comments kept per room for resuming clients and links
+    /// (16..=1000000) [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub comments_buffer: Option<usize>,
+
+    /// Comments: longest comment text in UTF-8 bytes (1..=4096) [default: 500].
+    #[arg(long, value_name = "BYTES")]
+    pub comments_max_text_bytes: Option<usize>,
+
+    /// Comments: posts per second per poster connection (0.01..=1000)
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    pub comments_client_rate: Option<f64>,
+
+    /// Comments: burst of posts per poster connection (1..=10000) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub comments_client_burst: Option<u32>,
+
+    /// Comments: posts per second per room, at its sequencer (0.1..=100000)
+    /// [default: 500].
+    #[arg(long, value_name = "N")]
+    pub comments_room_rate: Option<f64>,
+
+    /// Comments: burst of posts per room (1..=1000000) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub comments_room_burst: Option<u32>,
+
+    /// Comments: connections at once; more get 503 (1..=10000000)
+    /// [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub comments_max_connections: Option<usize>,
+
+    /// Comments: bytes queued for a connection that does not read before it
+    /// is dropped as a slow reader (4096..=67108864) [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    pub comments_queue_bytes: Option<usize>,
+
+    /// Comments: queued bytes that do not move for this long drop the
+    /// connection as a slow reader (100..=600000) [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub comments_write_timeout_ms: Option<u64>,
+
+    /// Comments: an upstream link without the sequencer's heartbeat for this
+    /// long fails over to the next candidate (1500..=60000) [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub comments_stall_timeout_ms: Option<u64>,
+
+    /// Comments: an accepted upgrade must hand over its socket, and an
+    /// upstream link be welcomed, within this (100..=60000) [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub comments_handshake_timeout_ms: Option<u64>,
 
     /// Most entries (directory, origins, patterns, probe targets) a route
     /// table may hold once a delta is merged; a larger table is NACKed and
@@ -316,6 +391,7 @@ impl Settings {
                 .relay_write_coalesce_ms
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
+            relay_max_pending: self.relay_max_pending.or(lower.relay_max_pending),
             hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
             hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
             rtmp_listen: self.rtmp_listen.or(lower.rtmp_listen),
@@ -326,6 +402,32 @@ impl Settings {
             rtmp_idle_timeout_ms: self.rtmp_idle_timeout_ms.or(lower.rtmp_idle_timeout_ms),
             rtmp_max_chunk_size: self.rtmp_max_chunk_size.or(lower.rtmp_max_chunk_size),
             rtmp_max_message_bytes: self.rtmp_max_message_bytes.or(lower.rtmp_max_message_bytes),
+            comments_heartbeat_ms: self.comments_heartbeat_ms.or(lower.comments_heartbeat_ms),
+            comments_idle_timeout_ms: self
+                .comments_idle_timeout_ms
+                .or(lower.comments_idle_timeout_ms),
+            comments_coalesce_ms: self.comments_coalesce_ms.or(lower.comments_coalesce_ms),
+            comments_buffer: self.comments_buffer.or(lower.comments_buffer),
+            comments_max_text_bytes: self
+                .comments_max_text_bytes
+                .or(lower.comments_max_text_bytes),
+            comments_client_rate: self.comments_client_rate.or(lower.comments_client_rate),
+            comments_client_burst: self.comments_client_burst.or(lower.comments_client_burst),
+            comments_room_rate: self.comments_room_rate.or(lower.comments_room_rate),
+            comments_room_burst: self.comments_room_burst.or(lower.comments_room_burst),
+            comments_max_connections: self
+                .comments_max_connections
+                .or(lower.comments_max_connections),
+            comments_queue_bytes: self.comments_queue_bytes.or(lower.comments_queue_bytes),
+            comments_write_timeout_ms: self
+                .comments_write_timeout_ms
+                .or(lower.comments_write_timeout_ms),
+            comments_stall_timeout_ms: self
+                .comments_stall_timeout_ms
+                .or(lower.comments_stall_timeout_ms),
+            comments_handshake_timeout_ms: self
+                .comments_handshake_timeout_ms
+                .or(lower.comments_handshake_timeout_ms),
             drain_grace_s: self.drain_grace_s.or(lower.drain_grace_s),
             routes_max_entries: self.routes_max_entries.or(lower.routes_max_entries),
         }
@@ -399,6 +501,7 @@ impl Settings {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let relay = self.relay_settings()?;
         let rtmp = self.rtmp_settings()?;
+        let comments = self.comments_settings()?;
         let node_id = self.node_id.unwrap_or_default();
         if node_id.is_empty() {
             return Err(invalid(
@@ -578,6 +681,7 @@ impl Settings {
                 .rtmp_listen
                 .unwrap_or_else(|| default_addr(crate::rtmp::DEFAULT_LISTEN)),
             rtmp,
+            comments,
             drain_grace,
             routes_max_entries,
         })
@@ -644,6 +748,8 @@ pub struct Config {
     pub rtmp_listen: SocketAddr,
     /// RTMP listener settings (`rtmp_*` keys).
     pub rtmp: RtmpConfig,
+    /// Live comment settings (`comments_*` keys).
+    pub comments: CommentsConfig,
     /// Longest drain after SIGTERM (`drain_grace_s`).
     pub drain_grace: Duration,
     /// Most entries a route table may hold (`routes_max_entries`).
@@ -681,6 +787,11 @@ impl Config {
     /// `<data-dir>/routes.pb`
     pub fn routes_path(&self) -> PathBuf {
         self.data_dir.join("routes.pb")
+    }
+
+    /// `<data-dir>/comments.pb` (keys and blocklist from the scheduler)
+    pub fn comments_path(&self) -> PathBuf {
+        self.data_dir.join("comments.pb")
     }
 }
 

@@ -14,6 +14,9 @@
 //! * [`hls`] — LL-HLS (fMP4 parts, blocking playlist reload) from the relay's rings.
 //! * [`rtmp`] — RTMP publish and play on `--rtmp-listen` (1935), fed into and
 //!   from the same relay.
+//! * [`comments`] — live comments: a WebSocket room per stream on the media
+//!   port, numbered by the stream's origin agent, fanned out along the
+//!   video's upstream routes.
 //! * [`probe`] — UDP path probes (responder + prober) to the table's targets.
 //! * [`viewer`] — `TCP_INFO` of viewer sockets, aggregated per client group.
 //! * [`drain`] — graceful drain on SIGTERM (announce, refuse newcomers).
@@ -30,6 +33,7 @@
 
 pub mod addr;
 pub mod admin;
+pub mod comments;
 pub mod config;
 mod disk;
 pub mod drain;
@@ -136,6 +140,7 @@ pub struct Agent {
     rtmp: tokio::net::TcpListener,
     rtmp_metrics: rtmp::metrics::RtmpMetrics,
     relay: relay::Relay,
+    comments: comments::Comments,
     drain: drain::Drain,
     quic: quinn::ClientConfig,
     grpc_tls: tonic::transport::ClientTlsConfig,
@@ -258,6 +263,13 @@ impl Agent {
         let rtmp_metrics = rtmp::metrics::RtmpMetrics::register(&mut registry);
         let drain = drain::Drain::new(config.drain_grace);
         relay.set_drain(drain.clone());
+        let comments = comments::Comments::new(
+            config.comments.clone(),
+            config.node_id.clone(),
+            relay.clone(),
+            comments::CommentMetrics::register(&mut registry),
+        );
+        relay.set_comments(comments.downgrade());
         Ok(Agent {
             registry: Arc::new(registry),
             metrics,
@@ -273,6 +285,7 @@ impl Agent {
             rtmp,
             rtmp_metrics,
             relay,
+            comments,
             drain,
             quic,
             grpc_tls,
@@ -315,6 +328,11 @@ impl Agent {
         self.relay.clone()
     }
 
+    /// Live comments (status, report source).
+    pub fn comments(&self) -> comments::Comments {
+        self.comments.clone()
+    }
+
     /// The drain handle: start it to drain (see [`drain`]).
     pub fn drain(&self) -> drain::Drain {
         self.drain.clone()
@@ -333,6 +351,16 @@ impl Agent {
         let cancel = cancel.child_token();
         let c = &self.config;
         let (load_rx, load_task) = load::spawn(self.metrics.clone(), LOAD_PERIOD, cancel.clone());
+        let comment_control = comments::control::ControlClient::new(
+            self.comments.clone(),
+            // The first scheduler replica (comment control does not fail
+            // over between replicas yet).
+            c.routes.first().map(|r| r.url.clone()).unwrap_or_default(),
+            self.grpc_tls.clone(),
+            self.identity.clone(),
+            c.comments_path(),
+        );
+        comment_control.load_stored();
         let route_client = RouteClient::new(
             c.routes.clone(),
             self.grpc_tls,
@@ -388,6 +416,8 @@ impl Agent {
         telemetry.add_source(Arc::new(self.viewers.clone()));
         // After the viewer sampler: the relay completes its groups.
         telemetry.add_source(Arc::new(self.relay.clone()));
+        // After the relay: adds the comments' bytes to its egress.
+        telemetry.add_source(Arc::new(self.comments.clone()));
         let admin_state = admin::AdminState {
             node_id: c.node_id.clone(),
             telemetry: telemetry.status(),
@@ -397,6 +427,7 @@ impl Agent {
             registry: self.registry.clone(),
             probe: probe.status(),
             relay: self.relay.clone(),
+            comments: self.comments.clone(),
             drain: self.drain.clone(),
         };
         info!(
@@ -441,6 +472,17 @@ impl Agent {
         tasks.spawn(async move {
             let r = relay.serve(media, t).await;
             ("relay", r.map_err(|e| e.to_string()))
+        });
+        let t = cancel.clone();
+        tasks.spawn(async move {
+            comment_control.run(t).await;
+            ("comment settings", Ok(()))
+        });
+        let t = cancel.clone();
+        let comments = self.comments.clone();
+        tasks.spawn(async move {
+            comments.run(t).await;
+            ("comments", Ok(()))
         });
         let t = cancel.clone();
         let listener = self.admin;

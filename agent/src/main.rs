@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,6 +71,33 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+/// Raises the soft limit of open files to the hard limit: every viewer,
+/// comment connection and upstream is a descriptor, and distributions
+/// start services with a soft limit of 1024 (docs/operations.md, "File
+/// descriptors and kernel settings").
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current.is_none() || lim.current == lim.maximum {
+        info!(soft = ?lim.current, hard = ?lim.maximum, "open file limit");
+        return;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    ) {
+        Ok(()) => {
+            info!(from = ?lim.current, to = ?lim.maximum, "raised the open file limit to the hard limit")
+        }
+        Err(e) => {
+            warn!(soft = ?lim.current, hard = ?lim.maximum, error = %e, "could not raise the open file limit")
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

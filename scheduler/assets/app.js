@@ -197,6 +197,11 @@ function renderTable(nodes) {
       el("td", {}, loss),
       el("td", {}, buffer),
       el("td", {}, l ? l.streams : "–"),
+      el(
+        "td",
+        { class: "comments", title: "connections · posts/s · delivered/s" },
+        l ? `${l.comment_connections || 0} · ${fmt(l.comment_posts_per_s, 1)}/s · ${fmt(l.comment_fanout_per_s, 0)}/s` : "–",
+      ),
       el("td", {}, age(n.last_report_age_ms)),
       el(
         "td",
@@ -396,10 +401,20 @@ function render() {
   const counts = {};
   for (const n of nodes) counts[n.state] = (counts[n.state] || 0) + 1;
   const viewers = nodes.reduce((s, n) => s + ((n.load && n.load.viewers) || 0), 0);
+  // Live comments over the nodes that report (a node down holds none).
+  const live = nodes.filter((n) => n.connected && n.load);
+  const sum = (f) => live.reduce((s, n) => s + (n.load[f] || 0), 0);
+  ui.comments = {
+    connections: sum("comment_connections"),
+    posts_per_s: sum("comment_posts_per_s"),
+    fanout_per_s: sum("comment_fanout_per_s"),
+  };
   $("#summary").textContent =
     `${nodes.length} nodes: ` +
     Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ") +
-    ` · ${viewers} viewers · weights v${ui.state.weights.version}` +
+    ` · ${viewers} viewers · comments: ${ui.comments.connections} connected, ` +
+    `${fmt(ui.comments.posts_per_s, 1)} posts/s, ${fmt(ui.comments.fanout_per_s, 0)} delivered/s` +
+    ` · weights v${ui.state.weights.version}` +
     (ui.state.dev ? " · dev mode" : "");
   renderCluster(ui.state.cluster);
   renderMap(nodes);

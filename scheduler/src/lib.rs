@@ -8,7 +8,8 @@
 //! deltas over gRPC (xDS-style ACK/NACK); [`store`] persists nodes, weights, route versions
 //! and events through sqlx (SQLite or PostgreSQL); [`api`] is the HTTP API;
 //! [`record`] writes optional traces of inputs and plans (`--record`) and
-//! replays them through the planner.
+//! replays them through the planner; [`comments`] keeps the live comments'
+//! signing keys and blocklist and pushes them to agents.
 //! [`cluster`] makes several replicas on one PostgreSQL database work as one
 //! (a fenced leader lease, committed tables served by every replica).
 //! [`server::run`] wires it together; `main.rs` only parses flags and waits
@@ -19,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cluster;
+pub mod comments;
 pub mod config;
 pub mod ingest;
 pub mod listeners;

@@ -278,7 +278,7 @@ impl PublishKeys {
             .collect();
         let text = serde_json::to_string(&stored).map_err(|e| KeysError::Corrupt(e.to_string()))?;
         store
-            .set_cluster_setting(SETTING, &text, vantage_shared::clock::now_ms())
+            .put_cluster_setting(SETTING, &text, vantage_shared::clock::now_ms())
             .await?;
         *write(&self.keys) = keys;
         Ok(())

@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::auth::Mode;
+use crate::comments::grpc::CommentService;
 use crate::config::{Config, TlsSource};
 use crate::publish::grpc::RouteService;
 use crate::store::{Store, StoreError};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use vantage_proto::v1::comment_control_server::CommentControlServer;
 use vantage_proto::v1::route_discovery_server::RouteDiscoveryServer;
 use vantage_shared::tls::{self, ClientAuth, DevPki, TlsError};
 
@@ -298,6 +300,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.handshake_timeout,
         shutdown.clone(),
     ));
+    tasks.spawn(app.comments.clone().reload_loop(app.shutdown.clone()));
     let reload = app.clone();
     tasks.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -358,6 +361,9 @@ async fn grpc_server(
         .set_serving::<RouteDiscoveryServer<RouteService>>()
         .await;
     reporter
+        .set_serving::<CommentControlServer<CommentService>>()
+        .await;
+    reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -380,7 +386,8 @@ async fn grpc_server(
         .add_service(
             RouteDiscoveryServer::new(RouteService::new(app.clone()))
                 .max_decoding_message_size(crate::publish::grpc::MAX_REQUEST_BYTES),
-        );
+        )
+        .add_service(CommentControlServer::new(CommentService::new(app.clone())));
     let shutdown = app.shutdown.clone();
     // TLS happens in the accept loop (each handshake under the listener's
     // deadline); tonic gets the finished connections.

@@ -7,6 +7,7 @@
 //! * [`place`] — coordinates, great-circle distance and the RTT-from-distance model.
 //! * [`stream`] — stream keys (`app/stream`) and patterns (`live/*`).
 //! * [`auth`] — enrollment tokens and per-node credentials.
+//! * [`comment_token`] — signed tokens of live comments (posters, agent links).
 //! * [`publish_token`] — publish tokens (JWT HS256): issue and verify.
 //! * [`ratelimit`] — token buckets per client (IP prefix), bounded.
 //! * [`tls`] — development CA, certificate loading and peer identities.
@@ -32,6 +33,7 @@ pub mod backoff;
 pub mod clock;
 pub mod close;
 pub mod cmcd;
+pub mod comment_token;
 pub mod estimate;
 pub mod flv;
 pub mod frame;

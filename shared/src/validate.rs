@@ -43,6 +43,11 @@ pub fn report(r: &Report) -> Result<(), InvalidValue> {
         unit(|| "load.cpu".into(), l.cpu)?;
         non_negative(|| "load.egress_mbps".into(), l.egress_mbps)?;
         non_negative(|| "load.ingress_mbps".into(), l.ingress_mbps)?;
+        non_negative(
+            || "load.comment_fanout_per_s".into(),
+            l.comment_fanout_per_s,
+        )?;
+        non_negative(|| "load.comment_posts_per_s".into(), l.comment_posts_per_s)?;
     }
     for (i, p) in r.paths.iter().enumerate() {
         non_negative(|| format!("paths[{i}].rtt_ewma_ms"), p.rtt_ewma_ms)?;
@@ -110,5 +115,11 @@ mod tests {
         r.paths[0].rtt_ewma_ms = 1.0;
         r.load.as_mut().unwrap().cpu = f64::NAN;
         assert_eq!(report(&r).unwrap_err().field, "load.cpu");
+        r.load.as_mut().unwrap().cpu = 0.1;
+        r.load.as_mut().unwrap().comment_fanout_per_s = -1.0;
+        assert_eq!(report(&r).unwrap_err().field, "load.comment_fanout_per_s");
+        r.load.as_mut().unwrap().comment_fanout_per_s = 10.0;
+        r.load.as_mut().unwrap().comment_posts_per_s = f64::INFINITY;
+        assert_eq!(report(&r).unwrap_err().field, "load.comment_posts_per_s");
     }
 }

@@ -14,6 +14,7 @@
 //! * [`rtmp`] — a raw RTMP client for hostile-input tests.
 //! * [`browser`] — headless Chromium over the DevTools protocol (screenshots, clicks).
 //! * [`synth`] — synthetic FLV publisher and background HTTP-FLV viewer (no ffmpeg).
+//! * [`comments`] — live comment WebSocket clients and poster tokens.
 //! * [`store_tests!`] — declares the `sqlite_*` and `postgres_*` variants of a test.
 //!
 //! Binaries are found next to the test executable (`target/debug`), or in
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod bins;
 pub mod browser;
 pub mod cluster;
+pub mod comments;
 pub mod datadir;
 pub mod eventually;
 pub mod flood;

@@ -1,8 +1,10 @@
 //! The dashboard in a real (headless) Chromium, against a real scheduler
 //! and agents at four cities with the synthetic stream published at one:
 //! the map shows every node where its coordinates say, the table has a row
-//! per node, a click shows that node's route table, a screenshot is a real
-//! picture, and editing a weight in the page changes `GET /v1/weights`.
+//! per node, a click shows that node's route table, the live comment rates
+//! of the nodes (the demo's chatters) show in the table and the summary, a
+//! screenshot is a real picture, and editing a weight in the page changes
+//! `GET /v1/weights`.
 //!
 //! `VANTAGE_UPDATE_SCREENSHOTS=1` also writes the screenshot to
 //! `docs/img/dashboard.png`.
@@ -10,6 +12,9 @@
 #[path = "../src/bin/vantage-demo/traffic.rs"]
 #[allow(dead_code)]
 mod traffic;
+
+#[path = "../src/bin/vantage-demo/chat.rs"]
+mod chat;
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -69,6 +74,19 @@ async fn dashboard_shows_every_node_and_edits_weights() {
         })
         .collect();
     let viewers = tokio::spawn(traffic::viewers(edges, 4, stop.clone()));
+    // The demo's comment chatters in the stream's room at two agents.
+    let mut rooms = Vec::new();
+    for a in [&agents[0], &agents[2]] {
+        let token =
+            vantage_tests::comments::poster_token(&sched, &format!("{}-chat", a.node_id()), None)
+                .await;
+        rooms.push(chat::Room {
+            url: vantage_tests::comments::comments_url(a, "live/demo"),
+            city: a.node_id().to_owned(),
+            token: Some(token),
+        });
+    }
+    let chatters = tokio::spawn(chat::run(rooms, 3, stop.clone()));
     let state_url = format!("{}/ui/state", sched.api_url());
     let http = Http::new();
     eventually(WAIT, "CMCD buffer figures in /ui/state", || async {
@@ -149,6 +167,36 @@ async fn dashboard_shows_every_node_and_edits_weights() {
         .unwrap();
     assert!(basemap.as_f64().unwrap_or(0.0) > 0.0, "basemap: {basemap}");
 
+    // Comment rates: per node in the table, and in the summary.
+    let comments = b
+        .wait_for(
+            "window.vantage.comments && window.vantage.comments.connections >= 8 && \
+             window.vantage.comments.posts_per_s > 0 && window.vantage.comments.fanout_per_s > 0 && \
+             document.querySelector(\"#nodes tbody tr[data-id='paris'] td.comments\").textContent",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("comment rates never showed: {e}"));
+    // Paris holds its 4 clients and tokyo's upstream link (paris is the
+    // stream's origin).
+    let cell = comments.as_str().unwrap_or_default().to_owned();
+    let conns: u64 = cell
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(conns, 5, "paris: comment connections in {cell:?}");
+    let summary = b
+        .eval("document.querySelector('#summary').textContent")
+        .await
+        .unwrap();
+    assert!(
+        summary
+            .as_str()
+            .is_some_and(|s| s.contains("comments: 9 connected")),
+        "{summary}"
+    );
+
     // A click on a row shows that node's route table.
     b.click("#nodes tbody tr[data-id='tokyo']").await.unwrap();
     let routes = b
@@ -224,4 +272,5 @@ async fn dashboard_shows_every_node_and_edits_weights() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), viewers).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), chatters).await;
 }

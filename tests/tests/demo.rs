@@ -1,7 +1,8 @@
 //! `vantage-demo` (README's first command) starts a scheduler and six agents
 //! at real cities, publishes the synthetic stream over RTMP and runs
-//! viewers; the dashboard answers, the printed watch page is served, the
-//! printed play URL serves FLV that `ffprobe` accepts, and after Ctrl-C
+//! viewers and comment chatters; the dashboard answers, the printed watch
+//! page is served, the printed play URL serves FLV that `ffprobe` accepts,
+//! the demo's comments flow (scheduler summary, a room client), and after Ctrl-C
 //! (SIGINT) or SIGTERM every child is gone.
 
 // Test code throughout; the shared body is not a #[test] fn itself.
@@ -190,8 +191,11 @@ async fn demo_stops_cleanly_on(signal: Signal, traffic: bool, test: &str) {
             .watch
             .clone()
             .unwrap_or_else(|| panic!("no watch URL: {seen:#?}"));
+        // With a poster token in the fragment, so the browser may comment.
+        let (watch, fragment) = watch.split_once('#').unwrap_or((&watch, ""));
         assert!(watch.ends_with("/watch/live/demo"), "{watch}");
-        let (status, page) = http.get_text(&watch).await;
+        assert!(fragment.starts_with("token="), "{fragment}");
+        let (status, page) = http.get_text(watch).await;
         assert_eq!(status, 200, "{watch}: {page}");
         assert!(
             page.contains("/watch/assets/hls.min.js") && page.contains("/watch/assets/mpegts.js"),
@@ -268,6 +272,38 @@ async fn demo_stops_cleanly_on(signal: Signal, traffic: bool, test: &str) {
             },
         )
         .await;
+    }
+
+    if traffic {
+        // The synthetic chatters comment in every agent's room: the
+        // scheduler's comment summary shows the connections and posts, and
+        // a client of the origin's room receives their comments.
+        eventually(Duration::from_secs(30), "demo comments", || async {
+            let (_, v) = http.get(&format!("{api}/v1/comments")).await;
+            let conns = v["connections"].as_u64().unwrap_or(0);
+            let posts = v["posts_per_s"].as_f64().unwrap_or(0.0);
+            if conns >= 24 && posts > 0.0 {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await;
+        let watch = b.watch.clone().unwrap_or_default();
+        let origin = watch.split("/watch/").next().unwrap_or_default();
+        let url = format!(
+            "{}/live/demo/comments?backlog=0",
+            origin.replacen("http://", "ws://", 1)
+        );
+        let reader = vantage_tests::comments::CommentClient::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("demo comment room: {e}"));
+        eventually(Duration::from_secs(20), "a demo comment", || async {
+            let n = reader.log().comments.len();
+            if n > 0 { Ok(n) } else { Err(n) }
+        })
+        .await;
+        reader.close().await;
     }
 
     // The signal to the demo alone (not its children): it stops them all.

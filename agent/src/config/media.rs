@@ -82,6 +82,10 @@ impl Settings {
             }
             r.cache_max_bytes = usize::try_from(b).unwrap_or(usize::MAX);
         }
+        if let Some(n) = self.relay_max_pending {
+            check("relay-max-pending", n as u64, 16..=1_000_000)?;
+            r.max_pending = n;
+        }
         ms(
             "hls-part-target-ms",
             self.hls_part_target_ms,

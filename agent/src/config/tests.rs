@@ -364,6 +364,76 @@ fn rtmp_settings_apply_and_are_range_checked() {
 }
 
 #[test]
+fn comment_settings_apply_and_are_range_checked() {
+    let defaults = Config::load_from(["vantage-agent", "--node-id=e", "--ca=c"], env(&[])).unwrap();
+    assert_eq!(
+        defaults.comments,
+        crate::comments::CommentsConfig::default()
+    );
+    assert_eq!(defaults.relay.max_pending, 4096);
+    let cfg = Config::load_from(
+        [
+            "vantage-agent",
+            "--node-id=e",
+            "--ca=c",
+            "--comments-heartbeat-ms=5000",
+            "--comments-coalesce-ms=0",
+            "--comments-client-rate=2.5",
+            "--comments-room-burst=10",
+            "--relay-max-pending=100",
+        ],
+        env(&[
+            ("VANTAGE_COMMENTS_IDLE_TIMEOUT_MS", "15000"),
+            ("VANTAGE_COMMENTS_BUFFER", "64"),
+            ("VANTAGE_COMMENTS_QUEUE_BYTES", "8192"),
+        ]),
+    )
+    .unwrap();
+    let c = &cfg.comments;
+    assert_eq!(c.heartbeat, std::time::Duration::from_secs(5));
+    assert_eq!(c.idle_timeout, std::time::Duration::from_secs(15));
+    assert_eq!(c.coalesce, std::time::Duration::ZERO);
+    assert_eq!((c.buffer, c.queue_bytes), (64, 8192));
+    assert_eq!((c.client_rate.per_s, c.room_rate.burst), (2.5, 10.0));
+    assert_eq!(cfg.relay.max_pending, 100);
+    for (flags, want) in [
+        (
+            &[
+                "--comments-heartbeat-ms=30000",
+                "--comments-idle-timeout-ms=20000",
+            ][..],
+            "must be longer than --comments-heartbeat-ms",
+        ),
+        (
+            &["--comments-coalesce-ms=5000"],
+            "--comments-coalesce-ms 5000 is outside",
+        ),
+        (
+            &["--comments-client-rate=0"],
+            "--comments-client-rate 0 is outside",
+        ),
+        (&["--comments-buffer=1"], "--comments-buffer 1 is outside"),
+        (
+            &["--comments-max-text-bytes=0"],
+            "--comments-max-text-bytes 0 is outside",
+        ),
+        (
+            &["--comments-stall-timeout-ms=100"],
+            "--comments-stall-timeout-ms 100 is outside",
+        ),
+        (
+            &["--relay-max-pending=1"],
+            "--relay-max-pending 1 is outside",
+        ),
+    ] {
+        let mut args = vec!["--node-id=e", "--ca=c"];
+        args.extend_from_slice(flags);
+        let e = validate_err(&args);
+        assert!(e.contains(want), "{flags:?}: {e}");
+    }
+}
+
+#[test]
 fn several_schedulers_from_flags_env_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let argv = |extra: &[&str]| {

@@ -71,6 +71,11 @@ impl MeteredIo {
         }
     }
 
+    /// The socket (a connection upgraded to another protocol).
+    pub fn into_inner(self) -> TcpStream {
+        self.inner
+    }
+
     fn after_write(&mut self) {
         let Some(stats) = &self.stats else { return };
         if self.shared.changed.swap(false, Ordering::Acquire) {

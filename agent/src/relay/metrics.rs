@@ -29,7 +29,7 @@ pub struct RoleLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StatusLabel {
-    /// `play`, `publish`, `hls`, `cmcd`, `other`.
+    /// `play`, `publish`, `hls`, `cmcd`, `comments`, `other`.
     pub kind: &'static str,
     /// HTTP status code.
     pub status: u16,
@@ -77,6 +77,8 @@ pub struct RelayMetrics {
     pub hls_parts: Counter,
     pub hls_segments: Counter,
     pub hls_segmenters: Gauge,
+    pub header_timeouts: Counter,
+    pub pending_refused: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -93,7 +95,7 @@ impl RelayMetrics {
         let r = registry.sub_registry_with_prefix("vantage_agent_relay");
         r.register(
             "requests",
-            "Media HTTP requests by kind (play, publish, hls, cmcd, other) and status code",
+            "Media HTTP requests by kind (play, publish, hls, cmcd, comments, other) and status code",
             m.requests.clone(),
         );
         r.register("streams", "Streams held, by role", m.streams.clone());
@@ -192,6 +194,18 @@ impl RelayMetrics {
             "stream_gop_cache_ms",
             "Media held in the GOP cache per stream (first 100 streams)",
             m.stream_gop_cache_ms.clone(),
+        );
+        r.register(
+            "header_timeouts",
+            "Media connections closed because no complete request head arrived within 10 s \
+             (silent or half-sent requests, upgrades that never come)",
+            m.header_timeouts.clone(),
+        );
+        r.register(
+            "pending_refused",
+            "Media connections closed at accept because relay-max-pending connections were \
+             already waiting for their first request head",
+            m.pending_refused.clone(),
         );
         let h = registry.sub_registry_with_prefix("vantage_agent_hls");
         h.register(

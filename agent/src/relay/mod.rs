@@ -114,6 +114,10 @@ pub struct RelayConfig {
     /// (whole-run fan-out CPU 0.59–0.80× `fanout.c`'s against 0.85–1.43× at
     /// 50 ms: docs/benchmarks.md).
     pub write_coalesce: Duration,
+    /// Media connections whose first request head has not arrived yet;
+    /// more are closed at accept (each such connection holds hyper's read
+    /// buffer until its header timeout). 4096.
+    pub max_pending: usize,
 }
 
 impl Default for RelayConfig {
@@ -137,6 +141,7 @@ impl Default for RelayConfig {
             hls_part_target: Duration::from_millis(500),
             hls_window: 6,
             write_coalesce: Duration::from_millis(100),
+            max_pending: 4096,
         }
     }
 }
@@ -207,6 +212,8 @@ struct Shared {
     drain: OnceLock<crate::drain::Drain>,
     /// LL-HLS output per stream.
     hls: crate::hls::Hub,
+    /// Live comments (`/{app}/{stream}/comments`), set by the agent.
+    comments: OnceLock<crate::comments::WeakComments>,
 }
 
 /// The relay; cheap to clone.
@@ -264,6 +271,7 @@ impl Relay {
                 viewer_stats: OnceLock::new(),
                 drain: OnceLock::new(),
                 hls: crate::hls::Hub::default(),
+                comments: OnceLock::new(),
             }),
         }
     }

@@ -385,8 +385,7 @@ impl TelemetryClient {
                 mem_total_bytes: load.mem_total_bytes,
                 egress_mbps: 0.0,
                 ingress_mbps: 0.0,
-                viewers: 0,
-                streams: 0,
+                ..Default::default()
             }),
             paths: Vec::new(),
             streams: Vec::new(),

@@ -190,6 +190,7 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
             ingress_mbps: 4.0 * streams.len() as f64,
             viewers,
             streams: streams.len() as u32,
+            ..Default::default()
         }),
         paths,
         streams,

@@ -1,11 +1,12 @@
 //! The scheduler's HTTP API (DESIGN §8): health, metrics, nodes, routes,
-//! weights, drain and undrain, publish tokens and keys, viewer routing.
-//! JSON everywhere; errors are `{"error": "..."}` with a fitting status.
-//! Mutating calls need `authorization: Bearer <admin token>` whenever one
-//! is configured (open only with `--dev` and no token); reads may need a
-//! read token; see [`guard`] for every check made before a handler.
+//! weights, drain and undrain, publish tokens and keys, viewer routing and
+//! live comments. JSON everywhere; errors are `{"error": "..."}` with a
+//! fitting status. Mutating calls need `authorization: Bearer <admin token>`
+//! whenever one is configured (open only with `--dev` and no token); reads
+//! may need a read token; see [`guard`] for every check made before a handler.
 
 pub mod cluster;
+mod comments;
 mod dashboard;
 pub mod guard;
 mod nodes;
@@ -74,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
     let viewers = Router::new()
         .route("/v1/resolve", get(resolve::resolve))
         .route("/play/{app}/{file}", get(resolve::play))
+        .route("/play/{app}/{stream}/comments", get(resolve::play_comments))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             guard::rate_limit,
@@ -91,6 +93,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster", get(cluster::get))
         .route("/v1/weights", get(weights::get).put(weights::put))
         .route("/v1/weights/history", get(weights::history))
+        .route("/v1/comments", get(comments::summary))
+        .route(
+            "/v1/comments/blocklist",
+            get(comments::get_blocklist).put(comments::put_blocklist),
+        )
+        .route("/v1/comments/tokens", post(comments::token))
+        .route("/v1/comments/keys/rotate", post(comments::rotate))
         .route("/v1/publish-tokens", post(publish::issue))
         .route(
             "/v1/publish-keys",

@@ -22,6 +22,9 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool, private: bool) -> Value 
             "ingress_mbps": l.ingress_mbps,
             "viewers": l.viewers,
             "streams": l.streams,
+            "comment_connections": l.comment_connections,
+            "comment_fanout_per_s": l.comment_fanout_per_s,
+            "comment_posts_per_s": l.comment_posts_per_s,
             "utilisation": e.utilisation(),
         })
     });

@@ -6,7 +6,12 @@
 //!   `/{app}/{stream}.flv`, query string preserved (plus `lat`/`lon` when the
 //!   location came from a header or GeoIP, so the edge groups the viewer the
 //!   same way); `GET /play/{app}/{stream}.m3u8?...` the same to the edge's
-//!   LL-HLS playlist `/{app}/{stream}/index.m3u8`.
+//!   LL-HLS playlist `/{app}/{stream}/index.m3u8`;
+//! * `GET /play/{app}/{stream}/comments?...` — `302` to the chosen edge's
+//!   live comments WebSocket, `ws://` (or `wss://` for an `https` edge)
+//!   `…/{app}/{stream}/comments`, same client groups. Browsers' WebSocket
+//!   does not follow redirects: a page fetches this URL (or `/v1/resolve`,
+//!   whose edges carry `comments_url`) and connects to the location.
 //!
 //! 400 for bad parameters, 404 when no origin is known for the stream, 503
 //! with `Retry-After` when no edge is eligible. See `docs/viewer-routing.md`.
@@ -270,6 +275,7 @@ struct EdgeBody<'a> {
     node_id: &'a str,
     public_url: &'a str,
     url: String,
+    comments_url: String,
     score: f64,
     basis: &'static str,
     group_samples: f64,
@@ -279,6 +285,18 @@ struct EdgeBody<'a> {
 /// The edge's URL of `stream`.
 fn edge_url(public_url: &str, stream: &StreamKey) -> String {
     format!("{public_url}/{stream}.flv")
+}
+
+/// The edge's live comments WebSocket of `stream`.
+pub fn edge_comments_url(public_url: &str, stream: &StreamKey) -> String {
+    let ws = if let Some(rest) = public_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = public_url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        public_url.to_owned()
+    };
+    format!("{}/{stream}/comments", ws.trim_end_matches('/'))
 }
 
 fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
@@ -301,6 +319,7 @@ fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
                 node_id: &e.node_id,
                 public_url: &e.public_url,
                 url: edge_url(&e.public_url, &req.stream),
+                comments_url: edge_comments_url(&e.public_url, &req.stream),
                 score: e.score,
                 basis: if e.measured() { "measured" } else { "modelled" },
                 group_samples: e.group_samples,
@@ -315,6 +334,14 @@ fn edge_hls_url(public_url: &str, stream: &StreamKey) -> String {
     format!("{public_url}/{stream}/index.m3u8")
 }
 
+/// What a `/play` redirect points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Flv,
+    Hls,
+    Comments,
+}
+
 /// `GET /play/{app}/{stream}.flv` and `GET /play/{app}/{stream}.m3u8`.
 pub async fn play(
     State(app): State<Arc<App>>,
@@ -324,37 +351,73 @@ pub async fn play(
     peer: Peer,
     query: Params,
 ) -> Response {
-    let q = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return bad(&app, ApiError::bad_request(e.body_text())),
-    };
-    let (name, hls) = match (file.strip_suffix(".flv"), file.strip_suffix(".m3u8")) {
-        (Some(n), _) => (n, false),
-        (None, Some(n)) => (n, true),
+    let (name, target) = match (file.strip_suffix(".flv"), file.strip_suffix(".m3u8")) {
+        (Some(n), _) => (n, Target::Flv),
+        (None, Some(n)) => (n, Target::Hls),
         (None, None) => {
             return bad(
                 &app,
                 ApiError::bad_request(
-                    "play path must be /play/{app}/{stream}.flv or /play/{app}/{stream}.m3u8",
+                    "play path must be /play/{app}/{stream}.flv, /play/{app}/{stream}.m3u8 \
+                     or /play/{app}/{stream}/comments",
                 ),
             );
         }
     };
+    redirect(&app, &app_name, name, target, raw, &headers, &peer, query)
+}
+
+/// `GET /play/{app}/{stream}/comments`.
+pub async fn play_comments(
+    State(app): State<Arc<App>>,
+    Path((app_name, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    peer: Peer,
+    query: Params,
+) -> Response {
+    redirect(
+        &app,
+        &app_name,
+        &name,
+        Target::Comments,
+        raw,
+        &headers,
+        &peer,
+        query,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn redirect(
+    app: &App,
+    app_name: &str,
+    name: &str,
+    target: Target,
+    raw: Option<String>,
+    headers: &HeaderMap,
+    peer: &Peer,
+    query: Params,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return bad(app, ApiError::bad_request(e.body_text())),
+    };
     let stream = match StreamKey::parse(&format!("{app_name}/{name}")) {
         Ok(k) => k,
-        Err(e) => return bad(&app, ApiError::bad_request(e.to_string())),
+        Err(e) => return bad(app, ApiError::bad_request(e.to_string())),
     };
-    let req = match request(&app, &q, &headers, &peer, stream, 1) {
+    let req = match request(app, &q, headers, peer, stream, 1) {
         Ok(r) => r,
-        Err(e) => return bad(&app, e),
+        Err(e) => return bad(app, e),
     };
-    let a = match run(&app, &req, &headers, &peer) {
+    let a = match run(app, &req, headers, peer) {
         Ok(a) => a,
-        Err(e) => return unavailable(&app, &e),
+        Err(e) => return unavailable(app, &e),
     };
     let Some(edge) = a.edges.first() else {
         return unavailable(
-            &app,
+            app,
             &ResolveError::NoEligible {
                 stream: req.stream.clone(),
                 known: 0,
@@ -362,10 +425,10 @@ pub async fn play(
             },
         );
     };
-    let mut location = if hls {
-        edge_hls_url(&edge.public_url, &req.stream)
-    } else {
-        edge_url(&edge.public_url, &req.stream)
+    let mut location = match target {
+        Target::Flv => edge_url(&edge.public_url, &req.stream),
+        Target::Hls => edge_hls_url(&edge.public_url, &req.stream),
+        Target::Comments => edge_comments_url(&edge.public_url, &req.stream),
     };
     let mut query: Vec<String> = raw.into_iter().filter(|r| !r.is_empty()).collect();
     if let (Some(c), false) = (req.coord, req.source == LocationSource::Query) {
@@ -390,6 +453,17 @@ pub async fn play(
     let h = r.headers_mut();
     h.insert(header::LOCATION, loc);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if target == Target::Comments {
+        // A page on an agent fetches this to learn its comments edge.
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("location, x-vantage-node"),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&edge.node_id) {
         h.insert("x-vantage-node", v);
     }
@@ -426,5 +500,18 @@ mod tests {
             Some("81.2.69.142".parse().unwrap())
         );
         assert_eq!(header_ip(&h, Some("x-bad")), None);
+    }
+
+    #[test]
+    fn comments_urls_follow_the_edge_scheme() {
+        let k = StreamKey::parse("live/x").unwrap();
+        assert_eq!(
+            edge_comments_url("http://e1:8080", &k),
+            "ws://e1:8080/live/x/comments"
+        );
+        assert_eq!(
+            edge_comments_url("https://e1.example/", &k),
+            "wss://e1.example/live/x/comments"
+        );
     }
 }

@@ -57,6 +57,8 @@ pub struct App {
     pub resolver: crate::resolve::Resolver,
     /// Trace writer (`--record`); `None` when recording is off.
     pub recorder: Option<crate::record::Recorder>,
+    /// Live comments: signing keys and blocklist pushed to agents.
+    pub comments: Arc<crate::comments::CommentControl>,
     weights: RwLock<WeightSet>,
     replan: Notify,
     /// Set with a trigger that must not wait for the debounce (weights).
@@ -205,6 +207,16 @@ impl App {
             registry.insert(entry_of(rec));
         }
         let cluster = Arc::new(crate::cluster::join(&config, &store, &mut prometheus).await?);
+        let comment_metrics = crate::comments::CommentMetrics::register(&mut prometheus);
+        let comments = crate::comments::CommentControl::load(store.clone(), comment_metrics)
+            .await
+            .map_err(|e| match e {
+                crate::comments::CommentsError::Store(s) => s,
+                crate::comments::CommentsError::Invalid(detail) => StoreError::InvalidValue {
+                    what: "comment settings",
+                    detail,
+                },
+            })?;
         let heads = store.route_heads().await?;
         let publisher = Publisher::new(store.clone(), &heads);
         let publisher = if cluster.replicated() {
@@ -260,6 +272,7 @@ impl App {
             shutdown,
             resolver,
             recorder,
+            comments: Arc::new(comments),
             weights: RwLock::new(weights),
             replan: Notify::new(),
             replan_now: AtomicBool::new(false),

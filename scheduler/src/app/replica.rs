@@ -135,7 +135,7 @@ impl App {
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     if let Err(e) = store
-                        .set_cluster_setting("term", &next.to_string(), now_ms())
+                        .put_cluster_setting("term", &next.to_string(), now_ms())
                         .await
                     {
                         warn!("the new term is not saved: {e}");

@@ -362,26 +362,6 @@ impl Store {
         Ok(u64::try_from(v).unwrap_or(0))
     }
 
-    /// Stores a cluster-wide setting (replacing it).
-    pub async fn set_cluster_setting(
-        &self,
-        key: &str,
-        value: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO cluster_settings (key, value, created_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .bind(now_ms)
-        .execute(&self.inner.pool)
-        .await
-        .map_err(StoreError::query("writing a cluster setting"))?;
-        Ok(())
-    }
-
     /// A cluster-wide setting; when absent, stores `default` first. All
     /// replicas agree: the first writer wins and everyone reads its value.
     pub async fn cluster_setting(
@@ -407,6 +387,26 @@ impl Store {
             .map_err(StoreError::query("reading a cluster setting"))?;
         row.try_get::<String, _>(0)
             .map_err(StoreError::query("reading a cluster setting"))
+    }
+
+    /// Sets a cluster-wide setting (insert or replace).
+    pub async fn put_cluster_setting(
+        &self,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cluster_settings (key, value, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now_ms)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("writing a cluster setting"))?;
+        Ok(())
     }
 
     /// Every node, by id.

@@ -138,6 +138,7 @@ on_both_backends!(
     invalid_ops_are_dropped_and_reported,
     failed_batch_is_retried_then_dropped_and_writer_continues,
     cluster_settings_first_writer_wins,
+    cluster_settings_put_replaces_for_every_replica,
 );
 
 async fn cluster_settings_first_writer_wins(url: &str) {
@@ -155,6 +156,31 @@ async fn cluster_settings_first_writer_wins(url: &str) {
         "aaaa"
     );
     again.close().await.unwrap();
+}
+
+async fn cluster_settings_put_replaces_for_every_replica(url: &str) {
+    let a = Store::open(url).await.unwrap();
+    let b = Store::open(url).await.unwrap();
+    a.put_cluster_setting("comment_blocklist", "one", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.cluster_setting("comment_blocklist", "default", 2)
+            .await
+            .unwrap(),
+        "one"
+    );
+    b.put_cluster_setting("comment_blocklist", "two", 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.cluster_setting("comment_blocklist", "default", 4)
+            .await
+            .unwrap(),
+        "two"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
 
 fn node(id: &str, credential: Option<&str>, seen: i64) -> NodeRecord {

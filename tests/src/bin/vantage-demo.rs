@@ -4,7 +4,9 @@
 //! at real cities (Paris, Frankfurt, London, New York, Tokyo, São Paulo), all
 //! on loopback; publishes the built-in synthetic stream (`/live/demo.flv`)
 //! to the Paris agent and keeps a trickle of synthetic viewers (with CMCD)
-//! watching; prints the dashboard URL, a play URL and a few `curl`
+//! watching and a few synthetic chatters commenting in the stream's live
+//! comment room on every agent; prints the dashboard URL, the watch page
+//! (with a poster token, so the browser can comment too), a play URL and a few `curl`
 //! commands, and runs until Ctrl-C, SIGTERM or SIGHUP (or `--duration`).
 //! Then it stops the traffic, stops every child with SIGTERM, waits, and
 //! SIGKILLs whatever is still running after the grace period, so nothing is
@@ -17,6 +19,8 @@
 //! cargo build --bins && target/debug/vantage-demo
 //! ```
 
+#[path = "vantage-demo/chat.rs"]
+mod chat;
 #[path = "vantage-demo/traffic.rs"]
 mod traffic;
 
@@ -340,8 +344,22 @@ async fn bring_up(
             .trim_start_matches('/')
             .split_once('.')
             .unwrap_or(("live/demo", ""));
+        let mut rooms = Vec::new();
+        for (a, (city, ..)) in agents.iter().zip(CITIES) {
+            rooms.push(chat::Room {
+                url: vantage_tests::comments::comments_url(a, app_stream),
+                city: city.to_owned(),
+                token: poster_token(&s.api_url(), &format!("{city}-viewer"), Some(city)).await,
+            });
+        }
+        traffic.spawn(chat::run(rooms, CHAT_READERS, stop_traffic.clone()));
+        let you = poster_token(&s.api_url(), "you", None).await;
         play = Some(Play {
-            watch: format!("{}/watch/{app_stream}", origin.media_url()),
+            watch: format!(
+                "{}/watch/{app_stream}{}",
+                origin.media_url(),
+                you.map(|t| format!("#token={t}")).unwrap_or_default()
+            ),
             rtmp: format!("{}/{app_stream}", origin.rtmp_url()),
             hls: format!("{}/{app_stream}/index.m3u8", origin.media_url()),
             url,
@@ -393,6 +411,25 @@ async fn wait_up(sched: &Scheduler, timeout: Duration) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Silent comment readers per agent (besides one chatter).
+const CHAT_READERS: usize = 3;
+
+/// A poster token from the scheduler (`--dev`: no admin token needed).
+async fn poster_token(api: &str, sub: &str, name: Option<&str>) -> Option<String> {
+    let mut body = serde_json::json!({"sub": sub, "ttl_s": 86_400});
+    if let Some(n) = name {
+        body["name"] = serde_json::json!(n);
+    }
+    let (status, v) = vantage_tests::http::Http::new()
+        .post_json(&format!("{api}/v1/comments/tokens"), &body)
+        .await;
+    if status != 200 {
+        eprintln!("warning: no poster token ({status} {v}); comments are read-only");
+        return None;
+    }
+    v["token"].as_str().map(str::to_owned)
 }
 
 /// Where to watch the demo stream.
@@ -449,7 +486,8 @@ fn print_banner(
     println!("dashboard       {api}/");
     if let Some(play) = play {
         println!(
-            "watch           {}   (in a browser: LL-HLS with hls.js; ?via=flv for HTTP-FLV)",
+            "watch           {}\n                (in a browser: LL-HLS with hls.js and live comments beside and over \
+             the video; the #token lets you comment too)",
             play.watch
         );
         println!(
@@ -462,6 +500,10 @@ fn print_banner(
             println!("play via edge   {r}   (the scheduler redirects to the best edge)");
         }
         println!("viewers         up to {MAX_VIEWERS} synthetic viewers with CMCD, 5-20 s each");
+        println!(
+            "comments        {CHAT_READERS} readers and a chatter per agent in the live/demo room \
+             (ws://…/live/demo/comments; rates on the dashboard)"
+        );
     }
     println!();
     println!("scheduler API   {api}");
@@ -496,6 +538,7 @@ fn print_banner(
         "  curl -s {}/v1/status",
         agents.first().map(Agent::admin_url).unwrap_or_default()
     );
+    println!("  curl -s {api}/v1/comments");
     println!("  curl -s {api}/metrics");
     if let Some(play) = play {
         println!("  ffprobe -hide_banner {}", play.url);

@@ -162,6 +162,8 @@ pub struct ImpairHandle {
     upstream: SocketAddr,
     control: watch::Sender<Impairment>,
     counters: Arc<Counters>,
+    /// TCP: client addresses whose connections are frozen.
+    held: watch::Sender<std::collections::BTreeSet<SocketAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -181,6 +183,22 @@ impl ImpairHandle {
         imp.validate()?;
         self.control.send_replace(imp);
         Ok(())
+    }
+
+    /// TCP: freezes the connection from `client` (the address it connects
+    /// from): no byte moves either way until [`Self::release`], without a
+    /// close or a reset — a path that died silently.
+    pub fn hold(&self, client: SocketAddr) {
+        self.held.send_modify(|h| {
+            h.insert(client);
+        });
+    }
+
+    /// TCP: lets a held connection move again.
+    pub fn release(&self, client: SocketAddr) {
+        self.held.send_modify(|h| {
+            h.remove(&client);
+        });
     }
 
     pub fn impairment(&self) -> Impairment {

@@ -9,6 +9,7 @@
 use super::shaper::Shaper;
 use super::stats::{Counters, inc};
 use super::{Direction, ImpairError, ImpairHandle, Impairment, Link, Options};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,9 +54,11 @@ impl TcpImpair {
         let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let (control, imp_rx) = watch::channel(imp);
+        let held = watch::Sender::new(BTreeSet::new());
         let counters = Arc::new(Counters::default());
         let links = Links {
             imp: imp_rx,
+            held: held.subscribe(),
             // One token bucket per direction, shared by all connections: the
             // proxy is one link.
             up: Arc::new(Mutex::new(Shaper::new(opts.seed))),
@@ -68,6 +71,7 @@ impl TcpImpair {
             upstream,
             control,
             counters,
+            held,
             task,
         })
     }
@@ -76,6 +80,8 @@ impl TcpImpair {
 #[derive(Clone)]
 struct Links {
     imp: watch::Receiver<Impairment>,
+    /// Client addresses whose connections are frozen ([`ImpairHandle::hold`]).
+    held: watch::Receiver<BTreeSet<SocketAddr>>,
     up: Arc<Mutex<Shaper>>,
     down: Arc<Mutex<Shaper>>,
     counters: Arc<Counters>,
@@ -89,13 +95,13 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, links: Links, 
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((client, _)) => {
+                Ok((client, peer)) => {
                     if conns.len() >= opts.max_flows {
                         inc(&counters.flows_refused, 1);
                         continue; // dropping `client` closes it
                     }
                     inc(&counters.flows_total, 1);
-                    conns.spawn(connection(client, upstream, links.clone(), opts.clone()));
+                    conns.spawn(connection(client, peer, upstream, links.clone(), opts.clone()));
                 }
                 Err(_) => {
                     // EMFILE and friends: back off a little instead of spinning.
@@ -111,7 +117,13 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, links: Links, 
     }
 }
 
-async fn connection(client: TcpStream, upstream: SocketAddr, links: Links, opts: Options) {
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    upstream: SocketAddr,
+    links: Links,
+    opts: Options,
+) {
     let up = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(upstream)).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -124,8 +136,8 @@ async fn connection(client: TcpStream, upstream: SocketAddr, links: Links, opts:
     let (cr, cw) = client.into_split();
     let (ur, uw) = up.into_split();
     tokio::join!(
-        pump(cr, uw, Direction::Upstream, links.clone()),
-        pump(ur, cw, Direction::Downstream, links),
+        pump(cr, uw, Direction::Upstream, peer, links.clone()),
+        pump(ur, cw, Direction::Downstream, peer, links),
     );
 }
 
@@ -140,7 +152,13 @@ fn chunk_size(link: &Link) -> usize {
 
 /// One direction of a connection: read, stamp, queue; write at release time.
 /// Ends (shutting down the write side) at EOF or on an error either side.
-async fn pump(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, dir: Direction, links: Links) {
+async fn pump(
+    mut r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+    dir: Direction,
+    peer: SocketAddr,
+    links: Links,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Instant, Vec<u8>)>(CHUNK_QUEUE);
     let counters = links.counters.clone();
     let reader = async move {
@@ -158,6 +176,14 @@ async fn pump(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, dir: Direction, links
                 Ok(n) => n,
             };
             buf.truncate(n);
+            // A held connection forwards nothing (its bytes wait here and in
+            // the kernel's buffers) until it is released.
+            let mut held = links.held.clone();
+            while held.borrow_and_update().contains(&peer) {
+                if held.changed().await.is_err() {
+                    return;
+                }
+            }
             let now = Instant::now();
             // The impairment in force when the bytes arrived.
             let link = *links.imp.borrow().link(dir);

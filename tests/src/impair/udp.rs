@@ -82,6 +82,7 @@ impl UdpImpair {
             upstream,
             control,
             counters,
+            held: watch::Sender::new(std::collections::BTreeSet::new()),
             task,
         })
     }

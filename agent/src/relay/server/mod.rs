@@ -5,6 +5,7 @@
 //! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
 //! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
+//! | `GET /{app}/{stream}/comments` | live comments: upgrade to WebSocket ([`crate::comments`]); 426 without the upgrade headers, 404 no live stream, 503 draining or full |
 //! | `GET /watch/{app}/{stream}[?via=hls\|flv]` | the watch page (hls.js or mpegts.js, vendored, served from `/watch/assets/`) |
 //! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
@@ -17,6 +18,7 @@
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
 //! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
 
+mod comments;
 mod hls;
 mod publish;
 mod viewer_cmcd;
@@ -40,6 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -114,12 +117,34 @@ fn via_list(h: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Counts a connection among those whose first request head has not
+/// arrived, until it has or the connection ends.
+struct Unfinished {
+    count: Arc<AtomicUsize>,
+    done: AtomicBool,
+}
+
+impl Unfinished {
+    fn request_arrived(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.request_arrived();
+    }
+}
+
 /// Accepts media connections until `cancel`.
 pub async fn accept_loop(
     relay: Relay,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    let unfinished = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -136,9 +161,18 @@ pub async fn accept_loop(
                 }
             }
         };
+        if unfinished.load(Ordering::Relaxed) >= relay.config().max_pending {
+            relay.metrics().pending_refused.inc();
+            continue; // dropping `sock` closes it
+        }
+        unfinished.fetch_add(1, Ordering::Relaxed);
+        let pending = Arc::new(Unfinished {
+            count: unfinished.clone(),
+            done: AtomicBool::new(false),
+        });
         let relay = relay.clone();
         let token = cancel.child_token();
-        tokio::spawn(async move { relay.serve_conn(sock, peer, token).await });
+        tokio::spawn(async move { relay.serve_conn(sock, peer, token, pending).await });
     }
 }
 
@@ -162,7 +196,13 @@ impl Relay {
         self.metrics().viewers.get()
     }
 
-    async fn serve_conn(self, sock: TcpStream, peer: SocketAddr, token: CancellationToken) {
+    async fn serve_conn(
+        self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        token: CancellationToken,
+        pending: Arc<Unfinished>,
+    ) {
         let _ = sock.set_nodelay(true);
         let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.config().notsent_lowat);
         let shared = Arc::new(ConnShared::default());
@@ -173,6 +213,7 @@ impl Relay {
             shared,
         };
         let svc = service_fn(move |req| {
+            pending.request_arrived();
             let relay = relay.clone();
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(relay.handle(req, peer, conn).await) }
@@ -182,9 +223,14 @@ impl Relay {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(CONN_BUF);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         tokio::select! {
             r = conn => if let Err(e) = r {
+                if e.is_timeout() {
+                    self.metrics().header_timeouts.inc();
+                }
                 debug!(%peer, error = %e, "media connection ended");
             },
             _ = token.cancelled() => {}
@@ -219,6 +265,12 @@ impl Relay {
                 method_not_allowed("GET, OPTIONS")
             };
             ("other", resp)
+        } else if let Some(key) = comments::comments_path(&path) {
+            let resp = match key {
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Ok(key) => self.comments_upgrade(req, key, peer).await,
+            };
+            ("comments", resp)
         } else if let Some((key, file)) = hls::hls_path(&path) {
             let resp = match (key, file) {
                 (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
