@@ -44,6 +44,8 @@ pub struct GroupAgg {
     pub loss: f64,
     pub buffer_ms: f64,
     pub stall_rate: f64,
+    /// Mean TCP delivery rate of the group's connections, Mbps.
+    pub delivery_mbps: f64,
 }
 
 /// A node's report.

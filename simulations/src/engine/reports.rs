@@ -26,7 +26,7 @@ impl Engine<'_> {
         let mut groups: Vec<Vec<(u32, GroupAgg)>> = vec![Vec::new(); self.n];
         let mut agg: Vec<((u16, u32), Sums)> = self.agg.drain().collect();
         agg.sort_unstable_by_key(|(k, _)| *k);
-        for ((node, city), (k, rtt, loss, buf, stalled)) in agg {
+        for ((node, city), (k, rtt, loss, buf, stalled, rate)) in agg {
             let kf = f64::from(k);
             let g = GroupAgg {
                 viewers: k,
@@ -34,18 +34,30 @@ impl Engine<'_> {
                 loss: (loss / kf).min(1.0),
                 buffer_ms: buf / kf,
                 stall_rate: f64::from(stalled) / kf,
+                delivery_mbps: self.noisy(rate / kf),
             };
             groups[usize::from(node)].push((city, g));
         }
-        let extra: u32 = self.telemetry_delay.iter().map(|(_, d)| *d).sum();
+        let t_s = self.now as f64 / 1000.0;
+        let extra: f64 = self
+            .telemetry_delay
+            .iter()
+            .map(|&(i, d)| f64::from(d) * self.s.events[i].get_ref().strength(t_s))
+            .sum();
+        let extra = extra.round() as u32;
         let delay = u64::from(tel.delay_ms + extra);
         let planned = self.kind.plans_upstreams();
         for (node, node_groups) in groups.iter_mut().enumerate() {
-            let lost = self
-                .telemetry_loss
-                .iter()
-                .any(|(_, p)| p.is_none_or(|p| usize::from(p) == node));
-            if !self.up[node] || lost {
+            let mut lost = false;
+            for &(i, p) in &self.telemetry_loss {
+                if p.is_none_or(|p| usize::from(p) == node) {
+                    let share = self.s.events[i].get_ref().strength(t_s);
+                    lost |= share >= 1.0 || self.noise.random::<f64>() < share;
+                }
+            }
+            let dropped = tel.loss_probability > 0.0
+                && self.noise.random::<f64>() < tel.loss_probability;
+            if !self.up[node] || lost || dropped {
                 continue;
             }
             let egress = self.egress(node);
@@ -82,8 +94,8 @@ impl Engine<'_> {
                 || usize::from(self.w.stream_origin[stream]) == node
                     && self.feeds[node * self.streams + stream].downstream > 0
             {
-                let (r, _) = self.feed_ratio(node, stream, 0);
-                sum += self.w.gop_ms * f64::from(r);
+                let r = self.feed_ratio_top(node, stream);
+                sum += self.w.gop_ms * r;
                 k += 1;
             }
         }

@@ -32,7 +32,7 @@ use vantage_plan::resolve::learn::{DEFAULT_MAX_GROUPS, Learner};
 use vantage_plan::resolve::rank::{LoadLedger, RankParams};
 use vantage_plan::resolve::{EdgeNode, Edges, LocationSource, Request, ResolveParams, resolve};
 use vantage_proto::v1::GroupQoe;
-use vantage_shared::score::{Ranges, Weights};
+use vantage_shared::score::{Ranges, Stability, Weights};
 use vantage_shared::stream::StreamKey;
 
 /// Nearest up nodes scored per resolve (the scheduler's
@@ -40,6 +40,9 @@ use vantage_shared::stream::StreamKey;
 pub const NEAREST: usize = 16;
 /// Geohash characters of a client group (`[resolve] group_precision`).
 pub const GROUP_PRECISION: usize = vantage_shared::group::DEFAULT_PRECISION;
+/// Edges a steering reload ranks (the viewer's current one must be among
+/// them to be kept).
+pub const STEER_CANDIDATES: usize = 8;
 /// Snapshot age after which it is rebuilt (`[resolve] refresh_ms`).
 pub const REFRESH_MS: u64 = 1_000;
 /// How often decayed estimates are pruned, and below which weight.
@@ -50,6 +53,7 @@ const PRUNE_MIN_WEIGHT: f64 = 0.01;
 pub struct Qoe {
     pub weights: Weights,
     pub ranges: Ranges,
+    pub stability: Stability,
     pub params: RankParams,
     default_bitrate_kbps: f64,
     learner: Learner,
@@ -70,7 +74,14 @@ pub struct Qoe {
 }
 
 impl Qoe {
-    pub fn new(weights: Weights, ranges: Ranges, w: &World, keys: &[StreamKey], seed: u64) -> Self {
+    pub fn new(
+        weights: Weights,
+        ranges: Ranges,
+        stability: Stability,
+        w: &World,
+        keys: &[StreamKey],
+        seed: u64,
+    ) -> Self {
         let params = RankParams::default();
         let n = w.n();
         let mut published = vec![Vec::new(); n];
@@ -80,6 +91,7 @@ impl Qoe {
         Qoe {
             weights,
             ranges,
+            stability,
             params,
             default_bitrate_kbps: vantage_plan::Limits::default().default_bitrate_kbps,
             learner: Learner::new(params.group_half_life_ms, DEFAULT_MAX_GROUPS),
@@ -176,6 +188,44 @@ impl Qoe {
         self.built_ms = Some(now_ms);
     }
 
+    /// A Content Steering reload of a viewer on `current`: the core's
+    /// ranking without exploration or spreading, and the move the
+    /// scheduler's steering endpoint would answer
+    /// ([`vantage_plan::resolve::steer`]); the viewer's bit rate is
+    /// accounted to the new edge.
+    pub fn steer(&mut self, ask: &Ask<'_>, current: usize) -> Option<usize> {
+        let req = self.requests.get_mut(ask.stream as usize)?;
+        req.coord = Some(ask.world.cities[ask.city as usize].city.coord);
+        req.n = STEER_CANDIDATES;
+        let rank = RankParams {
+            exploration_share: 0.0,
+            spread_band: 0.0,
+            ..self.params
+        };
+        let params = ResolveParams {
+            weights: &self.weights,
+            ranges: &self.ranges,
+            rank: &rank,
+            nearest: NEAREST,
+            group_precision: GROUP_PRECISION,
+            default_bitrate_kbps: self.default_bitrate_kbps,
+        };
+        let ledgers = &self.ledgers;
+        let answer = resolve(
+            &self.edges,
+            &self.learner,
+            &|i| ledgers[i].total(),
+            req,
+            &params,
+            ask.now_ms as i64,
+            &mut self.rng,
+        )
+        .ok()?;
+        let to = vantage_plan::resolve::steer(&answer, current, &self.stability)?;
+        self.ledgers[to].assign(answer.bitrate_mbps);
+        Some(to)
+    }
+
     /// The edge for one viewer: the core's answer, and the viewer's bit
     /// rate accounted to it. A viewer that just failed to reach a node
     /// asks for two edges and takes the first other one, as a client of
@@ -226,6 +276,7 @@ fn group_qoe(groups: &[(u32, GroupAgg)], w: &World) -> Vec<GroupQoe> {
             stall_rate: g.stall_rate,
             buffer_ms: g.buffer_ms,
             samples: g.viewers,
+            delivery_rate_mbps: g.delivery_mbps,
         })
         .collect()
 }

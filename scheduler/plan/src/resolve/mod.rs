@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vantage_shared::group::{Cell, GroupKey};
 use vantage_shared::place::Coord;
-use vantage_shared::score::{Breakdown, Ranges, Source, Weights};
+use vantage_shared::score::{Breakdown, Ranges, Source, Stability, Weights};
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
 /// Where a viewer's location came from.
@@ -321,4 +321,25 @@ pub fn resolve<R: Rng + ?Sized>(
         bitrate_mbps,
         edges: answer_edges,
     })
+}
+
+/// Mid-session steering (HLS Content Steering reloads, docs/viewer-routing.md):
+/// for a viewer on node `current` (an index of [`Edges::nodes`]) and an
+/// answer ranked without exploration or spreading, the node it should move
+/// to, or `None` to stay. It moves to the best edge when `current` is not
+/// in the answer (not eligible any more: down, draining, full, or ranked
+/// below the answer's length) or when the best is clearly better than
+/// `current` ([`Stability::should_switch`], the planner's hysteresis), so
+/// viewers do not flap between near-equal edges.
+pub fn steer(answer: &Answer, current: usize, stability: &Stability) -> Option<usize> {
+    let best = answer.edges.first()?;
+    if best.index == current {
+        return None;
+    }
+    match answer.edges.iter().find(|e| e.index == current) {
+        None => Some(best.index),
+        Some(cur) => stability
+            .should_switch(cur.score, best.score)
+            .then_some(best.index),
+    }
 }
