@@ -77,29 +77,52 @@ pub struct Trace {
     pub name: String,
     pub step_s: f64,
     pub mbps: Vec<f32>,
-    /// Mean of the samples (the trace's shape is `sample / mean`).
+    /// Mean of the samples.
     pub mean_mbps: f64,
+    /// The trace's shape: each sample over the mean of the measured ones,
+    /// where samples under [`IDLE_SHARE`] of that mean (no transfer in the
+    /// interval: the FCC traces log web browsing, with idle gaps between
+    /// page loads) repeat the measured sample before them.
+    shape: Vec<f32>,
 }
+
+/// Samples under this share of a trace's mean are idle gaps, not capacity.
+pub const IDLE_SHARE: f64 = 0.05;
 
 impl Trace {
     fn new(name: String, step_s: f64, mbps: Vec<f32>) -> Self {
         let mean_mbps = mbps.iter().map(|&x| f64::from(x)).sum::<f64>() / mbps.len().max(1) as f64;
+        let busy = |x: f32| f64::from(x) >= IDLE_SHARE * mean_mbps;
+        let (sum, n) = mbps
+            .iter()
+            .filter(|&&x| busy(x))
+            .fold((0.0, 0usize), |(s, n), &x| (s + f64::from(x), n + 1));
+        let busy_mean = if n > 0 { sum / n as f64 } else { 1.0 };
+        let mut last = mbps.iter().copied().find(|&x| busy(x)).unwrap_or(1.0);
+        let shape = mbps
+            .iter()
+            .map(|&x| {
+                if busy(x) {
+                    last = x;
+                }
+                (f64::from(last) / busy_mean) as f32
+            })
+            .collect();
         Trace {
             name,
             step_s,
             mbps,
             mean_mbps,
+            shape,
         }
     }
 
-    /// The trace's shape at `t_s`: the sample over the trace's mean (1 on
-    /// average), for capacities drawn elsewhere that vary like the trace.
+    /// The trace's shape at `t_s` (1 on average over measured samples),
+    /// for capacities drawn elsewhere that vary like the trace.
     pub fn shape(&self, t_s: f64) -> f64 {
-        if self.mean_mbps > 0.0 {
-            self.at(t_s) / self.mean_mbps
-        } else {
-            1.0
-        }
+        let len = self.shape.len().max(1);
+        let i = (t_s / self.step_s).floor().max(0.0) as usize % len;
+        f64::from(self.shape.get(i).copied().unwrap_or(1.0))
     }
 
     /// Throughput at `t_s` seconds into the trace (wrapping around).

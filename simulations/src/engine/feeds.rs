@@ -16,6 +16,9 @@ impl Engine<'_> {
             return 0.0;
         }
         let up = self.pick_upstream(node, stream);
+        // Whatever was memoised for the idle feed in this load update is
+        // stale now.
+        self.ratio_memo[idx].0 = u64::MAX;
         self.feeds[idx].active = true;
         self.feeds[idx].upstream = up as u16;
         self.feeds[up * self.streams + stream].downstream += 1;
@@ -117,6 +120,7 @@ impl Engine<'_> {
         if old == to || self.feeds[idx].upstream == NONE {
             return;
         }
+        self.ratio_memo[idx].0 = u64::MAX;
         let need = self.feeds[idx].need;
         for (k, &c) in need.iter().enumerate() {
             if c > 0 {
