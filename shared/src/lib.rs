@@ -38,5 +38,6 @@ pub mod score;
 pub mod stream;
 pub mod synth;
 pub mod table_view;
+pub mod tcp;
 pub mod tls;
 pub mod validate;

@@ -46,6 +46,7 @@ pub fn edge_inputs(
         buffer_ms: buffer_input(u.buffer_ms, ranges),
         utilisation: Input::measured(util),
         km,
+        throughput_ratio: Inputs::no_throughput(ranges),
     }
 }
 

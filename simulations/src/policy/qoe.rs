@@ -211,18 +211,19 @@ impl Qoe {
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
         let ledgers = &self.ledgers;
+        let (now, lag) = (ask.now_ms as i64, self.params.admission_lag_ms);
         let answer = resolve(
             &self.edges,
             &self.learner,
-            &|i| ledgers[i].total(),
+            &|i| ledgers[i].charged(now, lag),
             req,
             &params,
-            ask.now_ms as i64,
+            now,
             &mut self.rng,
         )
         .ok()?;
         let to = vantage_plan::resolve::steer(&answer, current, &self.stability)?;
-        self.ledgers[to].assign(answer.bitrate_mbps);
+        self.ledgers[to].assign_at(answer.bitrate_mbps, now);
         Some(to)
     }
 
@@ -243,13 +244,14 @@ impl Qoe {
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
         let ledgers = &self.ledgers;
+        let (now, lag) = (ask.now_ms as i64, self.params.admission_lag_ms);
         let answer = resolve(
             &self.edges,
             &self.learner,
-            &|i| ledgers[i].total(),
+            &|i| ledgers[i].charged(now, lag),
             req,
             &params,
-            ask.now_ms as i64,
+            now,
             &mut self.rng,
         )
         .ok()?;
@@ -258,7 +260,7 @@ impl Qoe {
             .iter()
             .map(|e| e.index)
             .find(|&i| Some(i as u16) != ask.exclude)?;
-        self.ledgers[chosen].assign(answer.bitrate_mbps);
+        self.ledgers[chosen].assign_at(answer.bitrate_mbps, now);
         Some(chosen)
     }
 }

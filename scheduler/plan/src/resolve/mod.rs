@@ -277,6 +277,7 @@ pub fn resolve<R: Rng + ?Sized>(
                     egress_mbps: n.egress_mbps,
                     assigned_mbps: assigned(i),
                     group: estimates.get(&i).copied(),
+                    node_wide: learner.node(&n.id),
                 }
             })
             .collect()
