@@ -201,6 +201,11 @@ impl<'a> Engine<'a> {
                 },
                 report_interval_ms: s.telemetry.report_interval_ms,
                 replan_interval_ms: s.telemetry.replan_interval_ms,
+                // Relay hops are judged against one stream's top rendition.
+                limits: vantage_plan::Limits {
+                    default_bitrate_kbps: w.bitrate_mbps * 1000.0,
+                    ..vantage_plan::Limits::default()
+                },
                 ..PlanSettings::default()
             };
             let ids = w.nodes.iter().map(|x| x.id.clone()).collect();

@@ -23,7 +23,7 @@
 use super::Ask;
 use crate::telemetry::{GroupAgg, View};
 use crate::world::World;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub const NEAREST: usize = 16;
 pub const GROUP_PRECISION: usize = vantage_shared::group::DEFAULT_PRECISION;
 /// Edges a steering reload ranks (the viewer's current one must be among
 /// them to be kept).
-pub const STEER_CANDIDATES: usize = 8;
+pub const STEER_CANDIDATES: usize = 64;
 /// Snapshot age after which it is rebuilt (`[resolve] refresh_ms`).
 pub const REFRESH_MS: u64 = 1_000;
 /// How often decayed estimates are pruned, and below which weight.
@@ -222,7 +222,30 @@ impl Qoe {
             &mut self.rng,
         )
         .ok()?;
-        let to = vantage_plan::resolve::steer(&answer, current, &self.stability)?;
+        // A node over the hard limit sheds its excess: each viewer that
+        // reloads leaves with the probability that brings it back.
+        let n = &self.edges.nodes[current];
+        let u = if n.capacity_mbps > 0.0 {
+            n.egress_mbps / n.capacity_mbps
+        } else {
+            f64::INFINITY
+        };
+        let h = self.ranges.hard_utilisation;
+        let over = u >= h && self.rng.random::<f64>() < (u - h) / u;
+        let to = vantage_plan::resolve::steer(&self.edges, &answer, current, over, &self.stability)?;
+        if std::env::var_os("SIMDBG2").is_some() {
+            let cur = answer.edges.iter().find(|e| e.index == current);
+            let b = &answer.edges[0];
+            eprintln!(
+                "steer t={} {} -> {} over={over} cur={:?} best={:.3} {:?}",
+                ask.now_ms,
+                current,
+                to,
+                cur.map(|c| (c.score, c.breakdown.terms.iter().map(|t| (t.name, (t.penalty * 100.0).round() / 100.0, t.source)).collect::<Vec<_>>())),
+                b.score,
+                b.breakdown.terms.iter().map(|t| (t.name, (t.penalty * 100.0).round() / 100.0, t.source)).collect::<Vec<_>>()
+            );
+        }
         self.ledgers[to].assign_at(answer.bitrate_mbps, now);
         Some(to)
     }

@@ -327,20 +327,44 @@ pub fn resolve<R: Rng + ?Sized>(
 /// Mid-session steering (HLS Content Steering reloads, docs/viewer-routing.md):
 /// for a viewer on node `current` (an index of [`Edges::nodes`]) and an
 /// answer ranked without exploration or spreading, the node it should move
-/// to, or `None` to stay. It moves to the best edge when `current` is not
-/// in the answer (not eligible any more: down, draining, full, or ranked
-/// below the answer's length) or when the best is clearly better than
-/// `current` ([`Stability::should_switch`], the planner's hysteresis), so
-/// viewers do not flap between near-equal edges.
-pub fn steer(answer: &Answer, current: usize, stability: &Stability) -> Option<usize> {
+/// to, or `None` to stay.
+///
+/// * `current` ranked in the answer: move only when the best is clearly
+///   better ([`Stability::should_switch`] with the margins doubled: a move
+///   costs the viewer a new connection and the node a burst), so viewers
+///   do not flap between near-equal edges;
+/// * `current` not in the answer (not eligible for a *new* viewer):
+///   move when it is not up any more or is itself over the hard
+///   utilisation limit (`current_over_limit`); a node merely too full for
+///   one more viewer keeps the viewers it has (the answer charges the
+///   viewer's bit rate as if it were new, which would empty every node
+///   near the limit at once).
+pub fn steer(
+    edges: &Edges,
+    answer: &Answer,
+    current: usize,
+    current_over_limit: bool,
+    stability: &Stability,
+) -> Option<usize> {
     let best = answer.edges.first()?;
     if best.index == current {
         return None;
     }
+    let margins = Stability {
+        switch_margin_abs: 2.0 * stability.switch_margin_abs,
+        switch_margin_rel: 2.0 * stability.switch_margin_rel,
+        ..*stability
+    };
     match answer.edges.iter().find(|e| e.index == current) {
-        None => Some(best.index),
-        Some(cur) => stability
+        Some(cur) => margins
             .should_switch(cur.score, best.score)
             .then_some(best.index),
+        None => {
+            let up = edges
+                .nodes
+                .get(current)
+                .is_some_and(|n| n.health == Health::Up);
+            (!up || current_over_limit).then_some(best.index)
+        }
     }
 }

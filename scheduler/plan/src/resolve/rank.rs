@@ -9,7 +9,7 @@
 //! | RTT | the group's mean `TCP_INFO` RTT on that edge | modelled from distance | modelled from distance |
 //! | loss | the group's retransmit rate on that edge | modelled: the node's retransmit rate | default 0 |
 //! | buffer health | `buffer_ms · (1 − stall_rate)` | modelled: the node's | default healthy (`buffer_ms.hi`) |
-//! | throughput | the group's mean `TCP_INFO` delivery rate / bit rate (else Padhye from the two above) | modelled: Padhye(modelled RTT, the node's loss) / bit rate | default: no penalty |
+//! | throughput | Padhye(the two above) / bit rate, or the group's mean `TCP_INFO` delivery rate / bit rate where that is higher (measured) | modelled: Padhye(modelled RTT, the node's loss) / bit rate | default: no penalty |
 //! | utilisation | (reported egress + load assigned since + join rate × `admission_lag_ms`) / capacity | — | — |
 //! | distance | — | modelled great-circle km (default mid-range when unknown) | |
 //!
@@ -273,9 +273,14 @@ pub fn inputs(c: &Candidate<'_>, input: &RankInput<'_>) -> Inputs {
         } else {
             Input::default_value(ranges.buffer_ms.hi)
         };
+        // What the path carries: Padhye from the group's own RTT and
+        // retransmit rate, or more where its connections were seen to
+        // deliver more (a delivery rate is a floor: it is also held down by
+        // the viewers' own last miles, which no edge changes).
+        let model = padhye_mbps(rtt.value, loss.value);
         let throughput = match g.delivery_mbps {
-            Some(r) => Input::measured(ratio(r)),
-            None => Input::modelled(ratio(padhye_mbps(rtt.value, loss.value))),
+            Some(r) if r >= model => Input::measured(ratio(r)),
+            _ => Input::modelled(ratio(model)),
         };
         (rtt, loss, buffer, throughput)
     } else if let Some(n) = seen(c.node_wide) {
