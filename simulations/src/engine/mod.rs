@@ -497,13 +497,6 @@ impl<'a> Engine<'a> {
     }
 
     fn finish(&mut self, mut s: Session, abandoned: bool) {
-        if s.stalls > 0 && std::env::var_os("SIMDBG").is_some() {
-            eprintln!(
-                "stall {:?} hls={} cap={:.1} node={} k={} stalls={} stall_ms={:.0} play={:.0} city={} sw={} moves={}",
-                s.a.access, s.a.hls, s.a.capacity_mbps, s.node, s.rendition, s.stalls, s.stall_ms, s.play_ms,
-                self.w.cities[s.a.city as usize].city.name, s.switches, s.moves
-            );
-        }
         self.detach(&mut s);
         self.metrics.session(SessionRecord {
             abandoned,

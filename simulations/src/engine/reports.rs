@@ -63,7 +63,11 @@ impl Engine<'_> {
             let egress = self.egress(node);
             let cap = self.w.nodes[node].capacity_mbps;
             let egress_seen = self.noisy(egress);
-            let buffer_ms = self.buffer_health(node);
+            let (buffer_ms, streams) = if self.kind == PolicyKind::Qoe {
+                self.stream_health(node)
+            } else {
+                (self.buffer_health(node), Vec::new())
+            };
             let paths = if planned {
                 self.probe(node)
             } else {
@@ -77,6 +81,7 @@ impl Engine<'_> {
                 buffer_ms,
                 groups: std::mem::take(node_groups),
                 paths,
+                streams,
             };
             let at = (self.now + delay).max(self.delivered_at[node]);
             self.delivered_at[node] = at;
@@ -100,6 +105,23 @@ impl Engine<'_> {
             }
         }
         (k > 0).then(|| sum / f64::from(k))
+    }
+
+    /// [`Self::buffer_health`] and the GOP-cache depth of each stream the
+    /// node holds (what the agent reports per stream).
+    pub(super) fn stream_health(&mut self, node: usize) -> (Option<f64>, Vec<(u32, f64)>) {
+        let mut out = Vec::new();
+        for stream in 0..self.streams {
+            let f = self.feeds[node * self.streams + stream];
+            if f.active
+                || usize::from(self.w.stream_origin[stream]) == node && f.downstream > 0
+            {
+                let r = self.feed_ratio_top(node, stream);
+                out.push((stream as u32, self.w.gop_ms * r));
+            }
+        }
+        let mean = (!out.is_empty()).then(|| out.iter().map(|x| x.1).sum::<f64>() / out.len() as f64);
+        (mean, out)
     }
 
     /// What `node`'s agent measured towards its table's probe targets this

@@ -67,6 +67,8 @@ pub struct Qoe {
     published: Vec<Vec<(StreamKey, f64)>>,
     /// One request per stream slot, its location set per viewer.
     requests: Vec<Request>,
+    /// Stream keys by slot.
+    keys: Vec<StreamKey>,
     built_ms: Option<u64>,
     dirty: bool,
     pruned_ms: u64,
@@ -121,6 +123,7 @@ impl Qoe {
                     n: 1,
                 })
                 .collect(),
+            keys: keys.to_vec(),
             built_ms: None,
             dirty: true,
             pruned_ms: 0,
@@ -170,6 +173,14 @@ impl Qoe {
                 coord: Some(node.coord),
                 capacity_mbps: node.capacity_mbps,
                 egress_mbps: view.egress_mbps[i],
+                stream_buffer_ms: {
+                    let mut v: Vec<(StreamKey, f64)> = view.latest_streams[i]
+                        .iter()
+                        .filter_map(|&(s, ms)| Some((self.keys.get(s as usize)?.clone(), ms)))
+                        .collect();
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v
+                },
             });
         }
         self.edges = Edges::new(nodes, published, Vec::new());
@@ -233,19 +244,6 @@ impl Qoe {
         let h = self.ranges.hard_utilisation;
         let over = u >= h && self.rng.random::<f64>() < (u - h) / u;
         let to = vantage_plan::resolve::steer(&self.edges, &answer, current, over, &self.stability)?;
-        if std::env::var_os("SIMDBG2").is_some() {
-            let cur = answer.edges.iter().find(|e| e.index == current);
-            let b = &answer.edges[0];
-            eprintln!(
-                "steer t={} {} -> {} over={over} cur={:?} best={:.3} {:?}",
-                ask.now_ms,
-                current,
-                to,
-                cur.map(|c| (c.score, c.breakdown.terms.iter().map(|t| (t.name, (t.penalty * 100.0).round() / 100.0, t.source)).collect::<Vec<_>>())),
-                b.score,
-                b.breakdown.terms.iter().map(|t| (t.name, (t.penalty * 100.0).round() / 100.0, t.source)).collect::<Vec<_>>()
-            );
-        }
         self.ledgers[to].assign_at(answer.bitrate_mbps, now);
         Some(to)
     }

@@ -110,6 +110,19 @@ pub struct EdgeNode {
     pub coord: Option<Coord>,
     pub capacity_mbps: f64,
     pub egress_mbps: f64,
+    /// Media in this node's GOP cache per stream it holds, ms (its feed's
+    /// health: a full GOP when the upstream keeps up), sorted by stream.
+    pub stream_buffer_ms: Vec<(StreamKey, f64)>,
+}
+
+impl EdgeNode {
+    /// The GOP-cache depth this node reported for `stream`, if it holds it.
+    pub fn stream_buffer(&self, stream: &StreamKey) -> Option<f64> {
+        self.stream_buffer_ms
+            .binary_search_by(|(k, _)| k.cmp(stream))
+            .ok()
+            .map(|i| self.stream_buffer_ms[i].1)
+    }
 }
 
 /// An immutable picture of the cluster for resolves.
@@ -278,6 +291,7 @@ pub fn resolve<R: Rng + ?Sized>(
                     assigned_mbps: assigned(i),
                     group: estimates.get(&i).copied(),
                     node_wide: learner.node(&n.id),
+                    stream_buffer_ms: n.stream_buffer(&req.stream),
                 }
             })
             .collect()

@@ -9,6 +9,7 @@
 //! | RTT | the group's mean `TCP_INFO` RTT on that edge | modelled from distance | modelled from distance |
 //! | loss | the group's retransmit rate on that edge | modelled: the node's retransmit rate | default 0 |
 //! | buffer health | `buffer_ms · (1 − stall_rate)` | modelled: the node's | default healthy (`buffer_ms.hi`) |
+//! | … and at most | the node's GOP-cache depth for this stream (its feed's health), measured, when it holds the stream | | |
 //! | throughput | Padhye(the two above) / bit rate, or the group's mean `TCP_INFO` delivery rate / bit rate where that is higher (measured) | modelled: Padhye(modelled RTT, the node's loss) / bit rate | default: no penalty |
 //! | utilisation | (reported egress + load assigned since + join rate × `admission_lag_ms`) / capacity | — | — |
 //! | distance | — | modelled great-circle km (default mid-range when unknown) | |
@@ -131,6 +132,9 @@ pub struct Candidate<'a> {
     pub group: Option<&'a GroupEstimate>,
     /// What this node's viewers of every group experienced, if any.
     pub node_wide: Option<&'a GroupEstimate>,
+    /// The node's GOP-cache depth for the viewer's stream (its feed of
+    /// that stream), if it holds it.
+    pub stream_buffer_ms: Option<f64>,
 }
 
 impl Candidate<'_> {
@@ -305,6 +309,12 @@ pub fn inputs(c: &Candidate<'_>, input: &RankInput<'_>) -> Inputs {
             Input::default_value(ranges.buffer_ms.hi),
             Inputs::no_throughput(ranges),
         )
+    };
+    // A feed of this very stream that does not keep up shows in the node's
+    // GOP cache before any viewer stalls.
+    let buffer_ms = match c.stream_buffer_ms {
+        Some(b) if b.is_finite() && b < buffer_ms.value => Input::measured(b.max(0.0)),
+        _ => buffer_ms,
     };
     Inputs {
         rtt_ms,
