@@ -293,7 +293,10 @@ pub fn score_value(weights: &Weights, ranges: &Ranges, inputs: &Inputs) -> f64 {
         + weights.load * ranges.load_penalty(inputs.utilisation.value)
         + weights.distance * ranges.km.normalise(inputs.km.value)
         + weights.throughput
-            * (1.0 - ranges.throughput_ratio.normalise(inputs.throughput_ratio.value)))
+            * (1.0
+                - ranges
+                    .throughput_ratio
+                    .normalise(inputs.throughput_ratio.value)))
         / sum
 }
 
@@ -324,7 +327,9 @@ pub fn score(weights: &Weights, ranges: &Ranges, inputs: &Inputs) -> Breakdown {
         (
             "throughput",
             inputs.throughput_ratio,
-            1.0 - ranges.throughput_ratio.normalise(inputs.throughput_ratio.value),
+            1.0 - ranges
+                .throughput_ratio
+                .normalise(inputs.throughput_ratio.value),
         ),
     ];
     let sum = weights.sum().max(f64::MIN_POSITIVE);

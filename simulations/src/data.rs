@@ -351,7 +351,10 @@ pub struct AccessSpeeds {
 
 impl AccessSpeeds {
     pub fn of(&self, country: &str) -> AccessSpeed {
-        self.by_country.get(country).copied().unwrap_or(self.fallback)
+        self.by_country
+            .get(country)
+            .copied()
+            .unwrap_or(self.fallback)
     }
 }
 
@@ -396,7 +399,11 @@ pub fn load_access_speeds(path: &Path) -> Result<AccessSpeeds, SimError> {
             continue;
         }
         if c.len() != 2 || !c.chars().all(|x| x.is_ascii_uppercase()) {
-            return Err(data_err(path, line, format!("`{c}`: not an ISO country code")));
+            return Err(data_err(
+                path,
+                line,
+                format!("`{c}`: not an ISO country code"),
+            ));
         }
         by_country.insert(
             c,
@@ -471,9 +478,7 @@ pub fn load_traces(pattern: &Path, notes: &mut Vec<String>) -> Result<Vec<Trace>
         let mut steps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
         steps.sort_by(f64::total_cmp);
         let step_s = steps[steps.len() / 2].max(0.1);
-        let uneven = steps
-            .iter()
-            .any(|d| (d - step_s).abs() > 0.01 * step_s);
+        let uneven = steps.iter().any(|d| (d - step_s).abs() > 0.01 * step_s);
         if uneven {
             let (t0, t1) = (times[0], times[times.len() - 1]);
             let n = (((t1 - t0) / step_s).floor() as usize + 1).min(10_000_000);

@@ -322,7 +322,14 @@ pub fn summarise(runs: &[&RunResult]) -> Summary {
         ),
         zero_stall_share: round(share(zero, started), 5),
         zero_stall_share_attempted: round(share(zero, sessions), 5),
-        mean_bitrate_mbps: round(if play_ms > 0.0 { mbps_ms / play_ms } else { 0.0 }, 4),
+        mean_bitrate_mbps: round(
+            if play_ms > 0.0 {
+                mbps_ms / play_ms
+            } else {
+                0.0
+            },
+            4,
+        ),
         switches_per_session: round(
             if started > 0 {
                 switches as f64 / started as f64

@@ -98,10 +98,9 @@ impl World {
             &s.data_file(&s.data.pings, "pings.csv"),
         )
         .map_err(in_field("data.servers / data.pings"))?;
-        let speeds = data::load_access_speeds(
-            &s.data_file(&s.data.access_speeds, "access-speeds.csv"),
-        )
-        .map_err(in_field("data.access_speeds"))?;
+        let speeds =
+            data::load_access_speeds(&s.data_file(&s.data.access_speeds, "access-speeds.csv"))
+                .map_err(in_field("data.access_speeds"))?;
         if matrix.is_empty() {
             return Err(SimError::World("the latency matrix has no servers".into()));
         }
@@ -176,7 +175,9 @@ impl World {
                 return Err(s.err(
                     vline,
                     &format!("viewers.regions[{i}]"),
-                    format!("`{r}`: no city of that country code (≥ min_population) in the cities data"),
+                    format!(
+                        "`{r}`: no city of that country code (≥ min_population) in the cities data"
+                    ),
                 ));
             }
         }
@@ -302,8 +303,10 @@ impl World {
         let lifetimes = match &st.lifetime {
             Lifetime::Seconds(x) => LifetimeModel::Fixed(*x),
             Lifetime::Named(n) if n == "ytlive" => LifetimeModel::Empirical(
-                data::load_durations(&s.data_file(&s.data.stream_durations, "ytlive-durations.csv"))
-                    .map_err(in_field("data.stream_durations"))?,
+                data::load_durations(
+                    &s.data_file(&s.data.stream_durations, "ytlive-durations.csv"),
+                )
+                .map_err(in_field("data.stream_durations"))?,
             ),
             Lifetime::Named(_) => LifetimeModel::Forever,
         };
@@ -329,7 +332,10 @@ impl World {
             stream_origin,
             stream_cdf,
             lifetimes,
-            bitrate_mbps: ladder_mbps.last().copied().unwrap_or(st.bitrate_kbps / 1000.0),
+            bitrate_mbps: ladder_mbps
+                .last()
+                .copied()
+                .unwrap_or(st.bitrate_kbps / 1000.0),
             ladder_mbps,
             gop_ms: st.gop_ms,
         })

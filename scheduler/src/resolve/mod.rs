@@ -184,6 +184,16 @@ impl Resolver {
                     coord: e.info.coord,
                     capacity_mbps: e.info.capacity_mbps,
                     egress_mbps: e.load.as_ref().map_or(0.0, |l| l.egress_mbps),
+                    stream_buffer_ms: {
+                        let mut v: Vec<(StreamKey, f64)> = e
+                            .streams
+                            .iter()
+                            .filter_map(|s| Some((StreamKey::parse(&s.key).ok()?, s.gop_cache_ms)))
+                            .collect();
+                        v.sort_by(|a, b| a.0.cmp(&b.0));
+                        v.dedup_by(|a, b| a.0 == b.0);
+                        v
+                    },
                 });
                 load.push(track.load.clone());
             });
@@ -257,7 +267,8 @@ impl Resolver {
             group_precision: self.cfg.group_precision,
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
-        let assigned = |i: usize| lock(&snap.load[i]).total();
+        let lag = self.params.admission_lag_ms;
+        let assigned = |i: usize| lock(&snap.load[i]).charged(now_ms, lag);
         let answer = vantage_plan::resolve::resolve(
             &snap.edges,
             &learner,
@@ -268,7 +279,7 @@ impl Resolver {
             rng,
         )?;
         if let Some(first) = answer.edges.first() {
-            lock(&snap.load[first.index]).assign(answer.bitrate_mbps);
+            lock(&snap.load[first.index]).assign_at(answer.bitrate_mbps, now_ms);
         }
         Ok(answer)
     }

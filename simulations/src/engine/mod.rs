@@ -448,8 +448,7 @@ impl<'a> Engine<'a> {
                             self.steer(&mut s);
                         }
                     } else if step.stalls > 0 && p.flv_reconnect_stalls > 0 {
-                        if self.now.saturating_sub(s.window_ms) > p.flv_reconnect_window_ms as u64
-                        {
+                        if self.now.saturating_sub(s.window_ms) > p.flv_reconnect_window_ms as u64 {
                             s.window_ms = self.now;
                             s.window_stalls = 0;
                         }

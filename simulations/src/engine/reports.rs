@@ -55,8 +55,8 @@ impl Engine<'_> {
                     lost |= share >= 1.0 || self.noise.random::<f64>() < share;
                 }
             }
-            let dropped = tel.loss_probability > 0.0
-                && self.noise.random::<f64>() < tel.loss_probability;
+            let dropped =
+                tel.loss_probability > 0.0 && self.noise.random::<f64>() < tel.loss_probability;
             if !self.up[node] || lost || dropped {
                 continue;
             }
@@ -113,14 +113,13 @@ impl Engine<'_> {
         let mut out = Vec::new();
         for stream in 0..self.streams {
             let f = self.feeds[node * self.streams + stream];
-            if f.active
-                || usize::from(self.w.stream_origin[stream]) == node && f.downstream > 0
-            {
+            if f.active || usize::from(self.w.stream_origin[stream]) == node && f.downstream > 0 {
                 let r = self.feed_ratio_top(node, stream);
                 out.push((stream as u32, self.w.gop_ms * r));
             }
         }
-        let mean = (!out.is_empty()).then(|| out.iter().map(|x| x.1).sum::<f64>() / out.len() as f64);
+        let mean =
+            (!out.is_empty()).then(|| out.iter().map(|x| x.1).sum::<f64>() / out.len() as f64);
         (mean, out)
     }
 

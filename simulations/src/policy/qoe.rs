@@ -23,8 +23,8 @@
 use super::Ask;
 use crate::telemetry::{GroupAgg, View};
 use crate::world::World;
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::Arc;
 use vantage_plan::Health;
@@ -243,7 +243,8 @@ impl Qoe {
         };
         let h = self.ranges.hard_utilisation;
         let over = u >= h && self.rng.random::<f64>() < (u - h) / u;
-        let to = vantage_plan::resolve::steer(&self.edges, &answer, current, over, &self.stability)?;
+        let to =
+            vantage_plan::resolve::steer(&self.edges, &answer, current, over, &self.stability)?;
         self.ledgers[to].assign_at(answer.bitrate_mbps, now);
         Some(to)
     }

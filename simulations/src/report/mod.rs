@@ -37,7 +37,20 @@ pub fn table(c: &Comparison) -> String {
     let _ = writeln!(
         out,
         "{:<13} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>9} {:>8} {:>7}",
-        "", "", "share", "ms", "ms", "ratio", "ratio", "share", "share", "mean", "ms", "node·s", "", "GB"
+        "",
+        "",
+        "share",
+        "ms",
+        "ms",
+        "ratio",
+        "ratio",
+        "share",
+        "share",
+        "mean",
+        "ms",
+        "node·s",
+        "",
+        "GB"
     );
     for p in &c.policies {
         let _ = writeln!(

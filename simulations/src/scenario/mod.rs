@@ -349,7 +349,10 @@ impl StreamsSpec {
     /// The ladder in kbps, ascending.
     pub fn ladder(&self) -> Vec<f64> {
         if self.ladder_kbps.is_empty() {
-            DEFAULT_LADDER.iter().map(|k| k * self.bitrate_kbps).collect()
+            DEFAULT_LADDER
+                .iter()
+                .map(|k| k * self.bitrate_kbps)
+                .collect()
         } else {
             self.ladder_kbps.clone()
         }

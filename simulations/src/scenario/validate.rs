@@ -177,11 +177,7 @@ impl Scenario {
             if let Some(j) = o.jitter_ms
                 && !nonneg(j)
             {
-                return Err(self.err(
-                    at,
-                    &format!("network.rtt[{i}].jitter_ms"),
-                    "must be ≥ 0",
-                ));
+                return Err(self.err(at, &format!("network.rtt[{i}].jitter_ms"), "must be ≥ 0"));
             }
         }
         let p = &self.player;
