@@ -141,7 +141,7 @@ impl Engine<'_> {
             let (xr, xl) = self.pair_degrade(u, node);
             let rtt_true = self.w.rtt(u, node) + self.cong[u].queue_ms + xr;
             let loss_true =
-                (network::path_loss(&self.s.network, self.w.km(u, node)) + self.cong[u].loss + xl)
+                (network::relay_loss(&self.s.network, self.w.km(u, node)) + self.cong[u].loss + xl)
                     .min(0.9);
             let jitter = self.w.jitter(u, node);
             let rtt = (rtt_true + jitter * self.gauss().abs()).max(0.1);

@@ -339,7 +339,7 @@ impl Engine<'_> {
         let c = &self.cong[u];
         let (xr, xl) = self.pair_degrade(u, v);
         let rtt = self.w.rtt(u, v) + c.queue_ms + xr;
-        let loss = network::path_loss(net, self.w.km(u, v)) + c.loss + xl;
+        let loss = network::relay_loss(net, self.w.km(u, v)) + c.loss + xl;
         (
             network::tcp_mbps(rtt, loss.min(0.9)),
             c.share,

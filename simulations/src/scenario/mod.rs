@@ -149,6 +149,10 @@ pub struct NetworkSpec {
     /// Loss of a path: `base_loss + loss_per_1000km · km / 1000`.
     pub base_loss: f64,
     pub loss_per_1000km: f64,
+    /// Loss between data centres (relay hops, probes):
+    /// `relay_base_loss + relay_loss_per_1000km · km / 1000`.
+    pub relay_base_loss: f64,
+    pub relay_loss_per_1000km: f64,
     /// Utilisation where congestion loss starts.
     pub congestion_knee: f64,
     /// Congestion loss added at utilisation 1 (quadratic from the knee).
@@ -187,6 +191,8 @@ impl Default for NetworkSpec {
             access_rtt_ms: 10.0,
             base_loss: 0.001,
             loss_per_1000km: 0.001,
+            relay_base_loss: 0.0001,
+            relay_loss_per_1000km: 0.00001,
             congestion_knee: 0.8,
             loss_at_capacity: 0.02,
             service_ms: 2.0,

@@ -138,6 +138,8 @@ impl Scenario {
             ("access_rtt_ms", n.access_rtt_ms),
             ("base_loss", n.base_loss),
             ("loss_per_1000km", n.loss_per_1000km),
+            ("relay_base_loss", n.relay_base_loss),
+            ("relay_loss_per_1000km", n.relay_loss_per_1000km),
             ("loss_at_capacity", n.loss_at_capacity),
             ("service_ms", n.service_ms),
             ("max_queue_ms", n.max_queue_ms),
@@ -147,7 +149,7 @@ impl Scenario {
                 return Err(self.err_key(name, &format!("network.{name}"), "must be ≥ 0"));
             }
         }
-        if !(n.base_loss < 1.0 && n.loss_at_capacity < 1.0) {
+        if !(n.base_loss < 1.0 && n.loss_at_capacity < 1.0 && n.relay_base_loss < 1.0) {
             return Err(self.err_key("base_loss", "network.base_loss", "loss must be < 1"));
         }
         if !(n.congestion_knee > 0.0 && n.congestion_knee < 1.0) {
