@@ -268,7 +268,10 @@ impl Resolver {
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
         let lag = self.params.admission_lag_ms;
-        let assigned = |i: usize| lock(&snap.load[i]).charged(now_ms, lag);
+        let assigned = |i: usize| {
+            let l = lock(&snap.load[i]);
+            (l.total(), l.charge(now_ms, lag))
+        };
         let answer = vantage_plan::resolve::resolve(
             &snap.edges,
             &learner,

@@ -31,6 +31,7 @@ fn cand<'a>(id: &'a str, at: (f64, f64)) -> Candidate<'a> {
         capacity_mbps: 1000.0,
         egress_mbps: 0.0,
         assigned_mbps: 0.0,
+        charge_mbps: 0.0,
         group: None,
         node_wide: None,
         stream_buffer_ms: None,

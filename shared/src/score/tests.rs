@@ -51,7 +51,7 @@ fn invalid_weights_are_refused() {
         buffer: 0.0,
         load: 0.0,
         distance: 0.0,
-        throughput: 0.25,
+        throughput: 0.0,
     };
     assert_eq!(zero.validate(), Err(WeightsError::AllZero));
 }

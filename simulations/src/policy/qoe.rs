@@ -226,7 +226,7 @@ impl Qoe {
         let answer = resolve(
             &self.edges,
             &self.learner,
-            &|i| ledgers[i].charged(now, lag),
+            &|i| (ledgers[i].total(), ledgers[i].charge(now, lag)),
             req,
             &params,
             now,
@@ -270,7 +270,7 @@ impl Qoe {
         let answer = resolve(
             &self.edges,
             &self.learner,
-            &|i| ledgers[i].charged(now, lag),
+            &|i| (ledgers[i].total(), ledgers[i].charge(now, lag)),
             req,
             &params,
             now,

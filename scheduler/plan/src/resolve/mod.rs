@@ -210,12 +210,17 @@ pub fn group_of(coord: Option<Coord>, asn: Option<u32>, precision: usize) -> Gro
 }
 
 /// Ranks edges for one viewer. `assigned(i)`: the load the caller
-/// assigned to node `i` since its last report (Mbps); the caller accounts
-/// the viewer's bit rate to the chosen edge (`answer.edges[0].index`).
+/// assigned to node `i` since its last report and the join-rate charge of
+/// admission (Mbps, [`rank::LoadLedger::total`] and
+/// [`rank::LoadLedger::charge`]); the caller accounts the viewer's bit
+/// rate to the chosen edge (`answer.edges[0].index`). When the charge
+/// leaves no edge eligible, the ranking is made again without it: the
+/// charge keeps headroom, it never turns a viewer away that capacity
+/// could take.
 pub fn resolve<R: Rng + ?Sized>(
     edges: &Edges,
     learner: &Learner,
-    assigned: &dyn Fn(usize) -> f64,
+    assigned: &dyn Fn(usize) -> (f64, f64),
     req: &Request,
     p: &ResolveParams<'_>,
     now_ms: i64,
@@ -277,10 +282,11 @@ pub fn resolve<R: Rng + ?Sized>(
         },
         n: req.n.max(1),
     };
-    let build = |set: &[usize]| -> Vec<Candidate<'_>> {
+    let build = |set: &[usize], charged: bool| -> Vec<Candidate<'_>> {
         set.iter()
             .map(|&i| {
                 let n = &edges.nodes[i];
+                let (assigned_mbps, charge) = assigned(i);
                 Candidate {
                     id: &n.id,
                     public_url: &n.public_url,
@@ -288,7 +294,8 @@ pub fn resolve<R: Rng + ?Sized>(
                     coord: n.coord,
                     capacity_mbps: n.capacity_mbps,
                     egress_mbps: n.egress_mbps,
-                    assigned_mbps: assigned(i),
+                    assigned_mbps,
+                    charge_mbps: if charged { charge } else { 0.0 },
                     group: estimates.get(&i).copied(),
                     node_wide: learner.node(&n.id),
                     stream_buffer_ms: n.stream_buffer(&req.stream),
@@ -297,11 +304,15 @@ pub fn resolve<R: Rng + ?Sized>(
             .collect()
     };
     let mut set = picked;
-    let mut cands = build(&set);
+    let mut cands = build(&set, true);
     let mut ranking = rank::rank(&input, &cands, rng);
     if ranking.edges.is_empty() && set.len() < edges.up.len() {
         set = edges.up.clone();
-        cands = build(&set);
+        cands = build(&set, true);
+        ranking = rank::rank(&input, &cands, rng);
+    }
+    if ranking.edges.is_empty() {
+        cands = build(&set, false);
         ranking = rank::rank(&input, &cands, rng);
     }
     if ranking.chosen().is_none() {

@@ -128,6 +128,9 @@ pub struct Candidate<'a> {
     pub egress_mbps: f64,
     /// Bit rate of viewers this resolver sent there since that report.
     pub assigned_mbps: f64,
+    /// Join-rate-aware admission: the node's join rate times the
+    /// admission lag, Mbps ([`LoadLedger::charge`]).
+    pub charge_mbps: f64,
     /// What this node's viewers of the viewer's group experienced, if any.
     pub group: Option<&'a GroupEstimate>,
     /// What this node's viewers of every group experienced, if any.
@@ -141,7 +144,8 @@ impl Candidate<'_> {
     /// Utilisation with the assigned load and `extra_mbps` more.
     pub fn projected_utilisation(&self, extra_mbps: f64) -> f64 {
         if self.capacity_mbps > 0.0 {
-            (self.egress_mbps + self.assigned_mbps + extra_mbps) / self.capacity_mbps
+            (self.egress_mbps + self.assigned_mbps + self.charge_mbps + extra_mbps)
+                / self.capacity_mbps
         } else {
             f64::INFINITY
         }
@@ -467,10 +471,9 @@ impl LoadLedger {
         self.rate * (-dt / JOIN_RATE_TAU_MS).exp()
     }
 
-    /// What a ranking charges the node on top of its reported egress: the
-    /// load assigned since its reports plus the join rate times `lag_ms`.
-    pub fn charged(&self, now_ms: i64, lag_ms: i64) -> f64 {
-        self.total() + self.rate_at(now_ms) * lag_ms.max(0) as f64 / 1000.0
+    /// Join-rate-aware admission: the join rate times `lag_ms`, Mbps.
+    pub fn charge(&self, now_ms: i64, lag_ms: i64) -> f64 {
+        self.rate_at(now_ms) * lag_ms.max(0) as f64 / 1000.0
     }
 
     /// A new report from the node arrived.
