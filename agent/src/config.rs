@@ -193,6 +193,11 @@ pub struct Settings {
     #[arg(long, value_name = "MS")]
     pub relay_idle_timeout_ms: Option<u64>,
 
+    /// Relay: a stream's directory subscription is kept this long after
+    /// the last stream here used it (1000..=86400000) [default: 60000].
+    #[arg(long, value_name = "MS")]
+    pub relay_directory_linger_ms: Option<u64>,
+
     /// Relay: viewers are woken at most once per this window, so tags
     /// arriving in between go out in one write (0..=500; 0 = every video tag)
     /// [default: 50].
@@ -288,6 +293,9 @@ impl Settings {
                 .or(lower.relay_overflow_disconnect),
             relay_stall_timeout_ms: self.relay_stall_timeout_ms.or(lower.relay_stall_timeout_ms),
             relay_idle_timeout_ms: self.relay_idle_timeout_ms.or(lower.relay_idle_timeout_ms),
+            relay_directory_linger_ms: self
+                .relay_directory_linger_ms
+                .or(lower.relay_directory_linger_ms),
             relay_write_coalesce_ms: self
                 .relay_write_coalesce_ms
                 .or(lower.relay_write_coalesce_ms),

@@ -244,10 +244,12 @@ impl Agent {
         );
         let (alerts, alerts_rx) = telemetry::alert::channel(metrics.clone());
         let tables = watch::Sender::new(initial.map(Arc::new));
+        let interest = routes::Interest::default();
         let relay = relay::Relay::new(
             config.relay.clone(),
             config.node_id.clone(),
             tables.subscribe(),
+            interest.clone(),
             &config.origins,
             alerts.clone(),
             relay::metrics::RelayMetrics::register(&mut registry),
@@ -339,7 +341,8 @@ impl Agent {
             c.routes_max_entries,
             self.tables.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_interest(self.relay.interest().clone());
         let (lat, lon) = c.coord.map_or((0.0, 0.0), |p| (p.lat, p.lon));
         let mut telemetry = TelemetryClient::new(
             c.scheduler.clone(),

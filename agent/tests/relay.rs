@@ -53,7 +53,15 @@ impl TestRelay {
         let (tables, rx) = watch::channel(None);
         let (alerts_tx, alerts) =
             vantage_agent::telemetry::alert::channel(vantage_agent::metrics::Metrics::default());
-        let relay = Relay::new(cfg, node_id, rx, origins, alerts_tx, metrics);
+        let relay = Relay::new(
+            cfg,
+            node_id,
+            rx,
+            Default::default(),
+            origins,
+            alerts_tx,
+            metrics,
+        );
         let listener = vantage_agent::relay::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();

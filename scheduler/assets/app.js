@@ -262,18 +262,28 @@ function renderRoutes() {
   const streams = el("table", { id: "route-streams" },
     el("thead", {}, el("tr", {}, el("th", {}, "stream"), el("th", {}, "upstreams (best first)"))));
   const sb = el("tbody");
-  for (const s of t.streams || []) {
+  // Every live stream as this node pulls it (its origin's route in the
+  // table), marked when the node subscribed to it (its table lists it),
+  // then the static-origin patterns.
+  const listed = new Set((t.directory || []).map((d) => d.stream));
+  const rows = (r.stream_routes || []).map((s) => {
+    const route = (t.origins || []).find((o) => o.origin === s.origin);
+    const note = s.origin === r.node_id ? " (published here)" : listed.has(s.stream) ? " (subscribed)" : "";
+    return { stream: s.stream + note, upstreams: route ? route.upstreams : s.upstreams };
+  });
+  rows.push(...(t.patterns || []));
+  for (const s of rows) {
     const ups = el("td");
     (s.upstreams || []).forEach((u, i) => {
       if (i) ups.append(" → ");
       ups.append(
         el("strong", {}, u.node_id || u.url),
-        el("span", { class: "kind" }, ` ${u.kind}${u.hops ? `, ${u.hops} hop` : ""}, ${fmt(u.score, 3)}`),
+        el("span", { class: "kind" }, ` ${u.kind || "node"}${u.hops ? `, ${u.hops} hop` : ""}${u.score !== undefined ? `, ${fmt(u.score, 3)}` : ""}`),
       );
     });
     sb.append(el("tr", {}, el("td", {}, s.stream), ups));
   }
-  if (!(t.streams || []).length) sb.append(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "no streams")));
+  if (!rows.length) sb.append(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "no streams")));
   streams.append(sb);
   const probes = el("p", { class: "muted" },
     "probe targets: " + ((t.probe_targets || []).map((p) => `${p.node_id} (${p.reason})`).join(", ") || "none"));

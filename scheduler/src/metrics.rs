@@ -61,6 +61,8 @@ pub struct Metrics {
     pub route_acks: Counter,
     pub route_nacks: Counter,
     pub route_subscribers: Gauge,
+    pub stream_subscriptions: Family<KindLabel, Counter>,
+    pub stream_subscribed: Gauge,
     pub routes_rejected: Family<ReasonLabel, Counter>,
     pub weights_version: Gauge,
     pub weight_changes: Counter,
@@ -97,6 +99,8 @@ impl Metrics {
             route_acks: Counter::default(),
             route_nacks: Counter::default(),
             route_subscribers: Gauge::default(),
+            stream_subscriptions: Family::default(),
+            stream_subscribed: Gauge::default(),
             routes_rejected: Family::default(),
             weights_version: Gauge::default(),
             weight_changes: Counter::default(),
@@ -196,6 +200,16 @@ impl Metrics {
             "route_subscribers",
             "Open RouteDiscovery streams",
             m.route_subscribers.clone(),
+        );
+        r.register(
+            "stream_subscriptions",
+            "Directory subscription changes from agents, by kind: added, removed, invalid (not a stream key), refused (over the per-node or per-request limit)",
+            m.stream_subscriptions.clone(),
+        );
+        r.register(
+            "stream_subscribed",
+            "Directory subscriptions held, over every node",
+            m.stream_subscribed.clone(),
         );
         r.register(
             "routes_rejected",

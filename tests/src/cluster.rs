@@ -124,9 +124,26 @@ pub fn table_of(routes: &Value) -> &Value {
     routes.get("table").unwrap_or(&Value::Null)
 }
 
-/// Node ids of the upstream candidates of route `stream` (best first) in a
-/// `/v1/routes/{id}` answer; empty when the table has no such route.
+/// Node ids of the upstream candidates of `stream` (best first) in a
+/// `/v1/routes/{id}` answer: the live stream's route as the node would
+/// pull it (`stream_routes`, whether or not the agent subscribed to it),
+/// else the table's `streams` view (patterns); empty when there is none.
 pub fn upstreams(routes: &Value, stream: &str) -> Vec<String> {
+    let planned = routes
+        .get("stream_routes")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r.get("stream").and_then(Value::as_str) == Some(stream))
+        });
+    if let Some(r) = planned.filter(|r| r["upstreams"].as_array().is_some_and(|a| !a.is_empty())) {
+        return r["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| u["node_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+    }
     table_of(routes)
         .get("streams")
         .and_then(Value::as_array)

@@ -11,7 +11,9 @@
 //!   `GET /v1/routes/{id}` on the scheduler), having caught up by deltas
 //!   from the version it kept on disk.
 //!
-//! Streams are published as synthetic FLV over HTTP POST (no ffmpeg).
+//! Streams are published as synthetic FLV over HTTP POST (no ffmpeg). A
+//! node's directory lists the streams it subscribed to: a play request on
+//! an agent ([`want`]) makes it subscribe.
 
 use prost::Message;
 use serde_json::Value;
@@ -52,16 +54,49 @@ fn publish(origin: SocketAddr, stream: &str) -> SynthPublisher {
     SynthPublisher::start(origin, &format!("/{stream}.flv"), KBPS)
 }
 
-/// The stream keys of a rendered table's directory.
+/// The stream keys of a rendered table's directory that name an origin
+/// (a stream published nowhere is listed without one while its
+/// subscription lingers).
 fn directory(table: &Value) -> BTreeSet<String> {
     table["directory"]
         .as_array()
         .map(|d| {
             d.iter()
+                .filter(|e| e["origin"].as_str().is_some_and(|o| !o.is_empty()))
                 .filter_map(|e| e["stream"].as_str().map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// One play request for `stream` on agent `a`, its answer's status (0:
+/// no answer): a viewer arriving, which makes the agent subscribe to the
+/// stream's directory entry (and pull it when it is live).
+async fn play_once(a: &Agent, stream: &str) -> u16 {
+    let url = format!("{}/{stream}.flv", a.media_url());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+    match client.get(&url).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Plays `stream` on `a` until it answers 200: `a` subscribed and pulls it.
+async fn want(a: &Agent, stream: &str) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{} plays {stream}", a.node_id()),
+        || async {
+            match play_once(a, stream).await {
+                200 => Ok(()),
+                status => Err(status),
+            }
+        },
+    )
+    .await;
 }
 
 fn keys(streams: &[&str]) -> BTreeSet<String> {
@@ -133,8 +168,8 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
     const A: &str = "nack-a";
     const B: &str = "nack-b";
     // B's first table holds one entry (its probe target A); two streams of
-    // A add a directory entry each and the route to origin A: 4 fits, a
-    // third stream makes 5.
+    // A that B plays add a directory entry each and the route to origin A:
+    // 4 fits, a third stream makes 5.
     const LIMIT: u64 = 4;
     let s = scheduler().await;
     let a = Agent::builder(A, &s)
@@ -147,6 +182,12 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
         .at(50.1109, 8.6821)
         .arg("--routes-max-entries")
         .arg(LIMIT.to_string())
+        // Streams B pulled stay held (in use) for the whole test; a
+        // subscription no stream uses goes within ~6 s (1 s, swept every 5 s).
+        .arg("--relay-idle-timeout-ms")
+        .arg("600000")
+        .arg("--relay-directory-linger-ms")
+        .arg("1000")
         .start()
         .await;
     wait_all_up(&s, &[A, B], Duration::from_secs(15)).await;
@@ -167,10 +208,13 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
     )
     .await;
 
-    // Two streams: B's table grows to exactly the limit, by deltas.
+    // Two streams, played on B: B's table grows to exactly the limit, by
+    // deltas.
     let origin = media_addr(&a);
     let _s1 = publish(origin, "live/s1");
     let _s2 = publish(origin, "live/s2");
+    want(&b, "live/s1").await;
+    want(&b, "live/s2").await;
     let t1 = eventually(
         Duration::from_secs(20),
         "B holds live/s1 and live/s2",
@@ -197,8 +241,25 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
     let pb_v1 = routes_pb(&b);
     let mine_v1 = b.routes().await["table"].clone();
 
-    // A third stream: the delta on v1 would make 5 entries. NACK.
-    let s3 = publish(origin, "live/s3");
+    // A third stream played on B: the delta on v1 would make 5 entries.
+    // NACK (and the play request finds no route: 404).
+    let _s3 = publish(origin, "live/s3");
+    eventually(
+        Duration::from_secs(15),
+        "the scheduler knows live/s3",
+        || async {
+            let r = record(&s, B).await;
+            let known = r["stream_routes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["stream"] == "live/s3"));
+            if known { Ok(()) } else { Err(r) }
+        },
+    )
+    .await;
+    let b_plays = tokio::spawn({
+        let url = format!("{}/live/s3.flv", b.media_url());
+        async move { reqwest::get(&url).await.map_or(0, |r| r.status().as_u16()) }
+    });
     let nacked = eventually(Duration::from_secs(20), "B NACKs", || async {
         let r = record(&s, B).await;
         if r["nacked"].is_object() {
@@ -234,15 +295,17 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
     assert_eq!(routes_pb(&b), pb_v1, "routes.pb is unchanged");
     assert!(s.metric("vantage_scheduler_route_nacks_total", &[]).await >= 1.0);
 
-    // The third stream ends: the next version fits, goes out whole (the
-    // scheduler no longer knows what B holds) and is ACKed.
+    let status = b_plays.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 404, "B has no route for live/s3 while it NACKs");
+    // No stream on B uses live/s3: its subscription lingers out, the next
+    // version fits, goes out whole (the scheduler no longer knows what B
+    // holds) and is ACKed.
     let full_metric0 = s
         .metric("vantage_scheduler_route_updates_total", &[("kind", "full")])
         .await;
     let agent_full0 = b
         .metric("vantage_agent_route_updates_total", &[("kind", "full")])
         .await;
-    s3.stop();
     let t2 = eventually(
         Duration::from_secs(20),
         "B takes the version after the NACKed one",
@@ -257,6 +320,7 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
     )
     .await;
     assert_eq!(directory(&t2), keys(&["live/s1", "live/s2"]));
+    assert_eq!(t2["directory"].as_array().map(Vec::len), Some(2), "{t2}");
     let after = record(&s, B).await;
     let (full2, _) = sent(&after);
     assert_eq!(full2, full0 + 1, "one whole table after the NACK: {after}");
@@ -284,10 +348,13 @@ async fn an_agent_that_nacks_a_delta_keeps_its_table_and_takes_the_next_version_
 
 /// Starts and ends streams on `origin`, `changes` times, one every
 /// `every`: a new stream while fewer than 2 are live, else every third
-/// change ends the oldest (at most 5 live). Signals `halfway` after half of
-/// the changes. Returns the publishers still live and their keys.
+/// change ends the oldest (at most 5 live); each new stream is played once
+/// on every agent of `viewers` (which subscribes them to it). Signals
+/// `halfway` after half of the changes. Returns the publishers still live
+/// and their keys.
 async fn churn(
     origin: SocketAddr,
+    viewers: Vec<String>,
     changes: usize,
     every: Duration,
     halfway: tokio::sync::oneshot::Sender<()>,
@@ -301,6 +368,19 @@ async fn churn(
             let key = format!("live/c{next}");
             next += 1;
             let p = publish(origin, &key);
+            for v in &viewers {
+                // One request each, not waited for (an agent that is down
+                // answers nothing; the test plays again at the end).
+                let url = format!("{v}/{key}.flv");
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(3))
+                        .build();
+                    if let Ok(c) = client {
+                        let _ = c.get(&url).send().await;
+                    }
+                });
+            }
             live.push_back((key, p));
         } else if let Some((_, p)) = live.pop_front() {
             p.stop();
@@ -351,6 +431,7 @@ async fn an_agent_restarted_mid_stream_of_deltas_converges_to_the_schedulers_tab
     let (half_tx, half_rx) = tokio::sync::oneshot::channel();
     let driver = tokio::spawn(churn(
         media_addr(&a),
+        vec![b.media_url(), c.media_url()],
         30,
         Duration::from_millis(330),
         half_tx,
@@ -386,17 +467,24 @@ async fn an_agent_restarted_mid_stream_of_deltas_converges_to_the_schedulers_tab
         .unwrap_or_else(|e| panic!("churn task failed: {e}"));
     let live_keys: BTreeSet<String> = live.iter().map(|(k, _)| k.clone()).collect();
     assert!(!live_keys.is_empty());
+    // Viewers of every live stream on B and C (C missed the streams that
+    // started while it was down).
+    for key in &live_keys {
+        want(&b, key).await;
+        want(&c, key).await;
+    }
 
-    // Settled: every agent holds the scheduler's table for it, with the
-    // streams still live in its directory.
+    // Settled: every agent holds the scheduler's table for it; B and C list
+    // the streams still live with their origin (A, the origin, lists
+    // whatever it was asked for before its publisher connected).
     let mut tables = Vec::new();
-    for agent in [&a, &b, &c] {
+    for (agent, live_keys) in [(&a, None), (&b, Some(&live_keys)), (&c, Some(&live_keys))] {
         let t = eventually(
             Duration::from_secs(30),
             &format!("{} converges", agent.node_id()),
             || async {
                 let t = converged(&s, agent).await?;
-                if directory(&t) == live_keys {
+                if live_keys.is_none_or(|k| directory(&t) == *k) {
                     Ok(t)
                 } else {
                     Err(format!(
@@ -411,8 +499,9 @@ async fn an_agent_restarted_mid_stream_of_deltas_converges_to_the_schedulers_tab
         tables.push(t);
     }
     assert_eq!(
-        tables[1]["directory"], tables[2]["directory"],
-        "B (never restarted) and C (restarted) agree on the directory"
+        directory(&tables[1]),
+        directory(&tables[2]),
+        "B (never restarted) and C (restarted) agree on the live streams"
     );
     let st = c.status().await;
     assert_eq!(st["routes"]["source"], "scheduler", "{st}");
@@ -455,4 +544,105 @@ async fn an_agent_restarted_mid_stream_of_deltas_converges_to_the_schedulers_tab
         0.0
     );
     drop(live);
+}
+
+/// The on-demand directory: a stream's start reaches the tables of the
+/// agents that asked for it, and no other; asking for a stream published
+/// nowhere is answered (an entry without origin) and the play gets 404 as
+/// soon as it is, without waiting out the directory wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_change_reaches_only_the_agents_that_asked_for_it() {
+    const A: &str = "dir-a";
+    const B: &str = "dir-b";
+    const C: &str = "dir-c";
+    let s = scheduler().await;
+    let mut agents = Vec::new();
+    for (id, lat, lon) in [
+        (A, 48.8566, 2.3522),
+        (B, 50.1109, 8.6821),
+        (C, 51.5074, -0.1278),
+    ] {
+        agents.push(Agent::builder(id, &s).at(lat, lon).start().await);
+    }
+    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
+    wait_all_up(&s, &[A, B, C], Duration::from_secs(15)).await;
+    wait_all_acked(&s, &[a, b, c], Duration::from_secs(15)).await;
+
+    // B asks for live/later before it exists: the scheduler answers (an
+    // entry without origin) and the play gets 404 — the wait ended on the
+    // answer, not on its 2 s timeout.
+    assert_eq!(play_once(b, "live/later").await, 404);
+    assert_eq!(
+        b.metric(
+            "vantage_agent_relay_directory_waits_total",
+            &[("result", "answered")]
+        )
+        .await,
+        1.0
+    );
+    let t = eventually(Duration::from_secs(10), "B converged", || converged(&s, b)).await;
+    let listed: Vec<&Value> = t["directory"].as_array().into_iter().flatten().collect();
+    assert_eq!(listed.len(), 1, "{t}");
+    assert_eq!(listed[0]["stream"], "live/later");
+    assert_eq!(listed[0]["origin"], "");
+
+    // A already publishes a stream, so every table has a route to origin
+    // A. The new stream starts at A: B's table names A; C's version does
+    // not move.
+    let _first = publish(media_addr(a), "live/first");
+    let c_before = eventually(Duration::from_secs(15), "C routes to origin A", || async {
+        let t = converged(&s, c).await?;
+        if t["origins"].as_array().is_some_and(|o| o.len() == 1) {
+            Ok(t)
+        } else {
+            Err(format!("{t}"))
+        }
+    })
+    .await;
+    let _p = publish(media_addr(a), "live/later");
+    eventually(Duration::from_secs(15), "B's table names A", || async {
+        let t = converged(&s, b).await?;
+        if directory(&t) == keys(&["live/later"]) {
+            Ok(())
+        } else {
+            Err(format!("{t}"))
+        }
+    })
+    .await;
+    want(b, "live/later").await;
+    let t = eventually(Duration::from_secs(10), "C converged", || converged(&s, c)).await;
+    assert!(directory(&t).is_empty(), "{t}");
+    // C's version moves only with its own routes or probe targets (probes
+    // measuring the paths may reorder them meanwhile), never for the
+    // stream.
+    let content = |t: &Value| {
+        let mut t = t.clone();
+        if let Some(o) = t.as_object_mut() {
+            o.remove("version");
+        }
+        t
+    };
+    if t["version"] != c_before["version"] {
+        assert_ne!(
+            content(&t),
+            content(&c_before),
+            "C's table moved to a new version with the same content"
+        );
+    }
+    // The scheduler's view of C's route to the stream exists all the same.
+    let r = record(&s, C).await;
+    assert!(
+        r["stream_routes"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["stream"] == "live/later" && e["origin"] == A)),
+        "{r}"
+    );
+    assert!(
+        s.metric(
+            "vantage_scheduler_stream_subscriptions_total",
+            &[("kind", "added")]
+        )
+        .await
+            >= 1.0
+    );
 }

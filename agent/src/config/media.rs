@@ -57,6 +57,12 @@ impl Settings {
             &mut r.idle_timeout,
         )?;
         ms(
+            "relay-directory-linger-ms",
+            self.relay_directory_linger_ms,
+            1_000..=86_400_000,
+            &mut r.directory_linger,
+        )?;
+        ms(
             "relay-write-coalesce-ms",
             self.relay_write_coalesce_ms,
             0..=500,

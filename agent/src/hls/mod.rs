@@ -135,7 +135,7 @@ async fn segment(relay: &Relay, key: &StreamKey, hs: &HlsStream) -> Result<(), P
     let cfg = relay.config().clone();
     let kill = tokio_util::sync::CancellationToken::new();
     let (stream, slot) = relay
-        .attach_viewer(key, relay.node_id(), |stream| {
+        .attach_viewer(key, relay.node_id(), None, |stream| {
             Arc::new(ViewerSlot::new(
                 relay.next_viewer_id(),
                 Arc::from(HLS_GROUP),

@@ -139,18 +139,22 @@ impl PlayRefused {
 
 impl Relay {
     /// Attaches a viewer to `key` (every play path goes through here): the
-    /// stream held here, or one pull started with `via` as the loop guard;
-    /// waits up to `play_wait` for it to be live. `slot` makes the viewer's
-    /// slot once the stream is live.
+    /// stream held here, or one pull started with `via` as the loop guard
+    /// (after the stream's directory entry was asked for:
+    /// [`Relay::await_directory`]; `hint` is the origin a downstream relay
+    /// named); waits up to `play_wait` for it to be live. `slot` makes the
+    /// viewer's slot once the stream is live.
     pub(crate) async fn attach_viewer(
         &self,
         key: &StreamKey,
         via: &str,
+        hint: Option<&str>,
         slot: impl Fn(&Stream) -> Arc<super::viewer::ViewerSlot>,
     ) -> Result<(Arc<Stream>, Arc<super::viewer::ViewerSlot>), PlayRefused> {
+        self.await_directory(key, hint).await;
         for _ in 0..2 {
             let stream = self
-                .stream_for_play(key, via)
+                .stream_for_play(key, via, hint)
                 .map_err(|_| PlayRefused::NoSource)?;
             let mut rx = stream.phase.subscribe();
             let waited = tokio::time::timeout(

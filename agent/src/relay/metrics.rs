@@ -61,6 +61,8 @@ pub struct RelayMetrics {
     pub malformed_flv: Family<ReasonLabel, Counter>,
     pub pulls: Family<ResultLabel, Counter>,
     pub pulls_active: Gauge,
+    pub directory_waits: Family<ResultLabel, Counter>,
+    pub directory_wait_seconds: Counter<f64, AtomicU64>,
     pub failovers: Family<ReasonLabel, Counter>,
     pub loops_refused: Counter,
     pub ingress_bytes: Counter,
@@ -125,6 +127,16 @@ impl RelayMetrics {
             "pulls",
             "Upstream pull attempts by result (ok, not_found, error)",
             m.pulls.clone(),
+        );
+        r.register(
+            "directory_waits",
+            "Play requests that waited for the scheduler's answer to a directory subscription, by result (answered, timeout, closed)",
+            m.directory_waits.clone(),
+        );
+        r.register(
+            "directory_wait_seconds",
+            "Time play requests spent waiting for directory answers",
+            m.directory_wait_seconds.clone(),
         );
         r.register(
             "pulls_active",
@@ -219,6 +231,13 @@ impl RelayMetrics {
 
     pub fn publish(&self, result: &'static str) {
         self.publishes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn directory_wait(&self, result: &'static str, waited: std::time::Duration) {
+        self.directory_waits
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.directory_wait_seconds.inc_by(waited.as_secs_f64());
     }
 
     pub fn pull(&self, result: &'static str) {

@@ -37,7 +37,7 @@ pub mod source;
 pub mod stream;
 pub mod viewer;
 
-use crate::routes::{Lookup, TableReceiver};
+use crate::routes::{Interest, Lookup, TableReceiver};
 use crate::telemetry::AlertSender;
 use crate::viewer::ViewerStats;
 use hub::CacheLimits;
@@ -58,6 +58,15 @@ pub use report::RelayStatus;
 
 /// Request header carrying the node ids a pull went through (loop guard).
 pub const VIA_HEADER: &str = "x-vantage-via";
+/// Request header of a pull naming the stream's origin node as the puller's
+/// directory has it: a relay whose directory does not list the stream yet
+/// uses that origin's route instead of waiting for its own subscription.
+pub const ORIGIN_HEADER: &str = "x-vantage-origin";
+
+/// How long a play request for a stream the directory does not list waits
+/// for the scheduler's answer to the subscription (only while the route
+/// stream is up).
+pub const DIRECTORY_WAIT: Duration = Duration::from_secs(2);
 
 /// Relay settings. Defaults in [`RelayConfig::default`].
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +81,9 @@ pub struct RelayConfig {
     pub stall_timeout: Duration,
     /// A pulled stream without viewers for this long is stopped. 10 s.
     pub idle_timeout: Duration,
+    /// A directory subscription no stream here used for this long is
+    /// dropped ([`crate::routes::interest`]). 60 s.
+    pub directory_linger: Duration,
     /// Connecting to an upstream, up to its response head and first
     /// bytes. 2 s.
     pub connect_timeout: Duration,
@@ -109,6 +121,7 @@ impl Default for RelayConfig {
             overflow_window: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            directory_linger: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(10),
             play_wait: Duration::from_secs(10),
@@ -173,6 +186,8 @@ struct Shared {
     cfg: RelayConfig,
     node_id: String,
     tables: TableReceiver,
+    /// Streams whose directory entries this agent subscribes to.
+    interest: Interest,
     static_origins: Vec<(StreamPattern, String)>,
     alerts: AlertSender,
     metrics: RelayMetrics,
@@ -219,6 +234,7 @@ impl Relay {
         cfg: RelayConfig,
         node_id: impl Into<String>,
         tables: TableReceiver,
+        interest: Interest,
         static_origins: &[StaticOrigin],
         alerts: AlertSender,
         metrics: RelayMetrics,
@@ -234,6 +250,7 @@ impl Relay {
                 cfg,
                 node_id: node_id.into(),
                 tables,
+                interest,
                 static_origins: origins,
                 alerts,
                 metrics,
@@ -303,8 +320,15 @@ impl Relay {
     /// specific static origin. None for a stream the table says is
     /// published here.
     pub fn candidates(&self, key: &StreamKey) -> Vec<Candidate> {
+        self.candidates_hinted(key, None)
+    }
+
+    /// [`candidates`](Self::candidates), with `hint` as the origin while
+    /// the directory names none
+    /// ([`AppliedTable::route_hinted`](crate::routes::AppliedTable::route_hinted)).
+    pub fn candidates_hinted(&self, key: &StreamKey, hint: Option<&str>) -> Vec<Candidate> {
         if let Some(t) = self.inner.tables.borrow().as_ref() {
-            let lookup = t.route_for(key);
+            let lookup = t.route_hinted(key, hint);
             if lookup == Lookup::Local {
                 return Vec::new();
             }
@@ -336,6 +360,58 @@ impl Relay {
             .unwrap_or_default()
     }
 
+    /// The origin node to name in a pull of `key` upstream: the
+    /// directory's, else `hint`.
+    pub(crate) fn origin_for(&self, key: &StreamKey, hint: Option<&str>) -> Option<String> {
+        let t = self.inner.tables.borrow();
+        t.as_ref()
+            .and_then(|t| t.origin_of(key).map(str::to_owned))
+            .or_else(|| hint.map(str::to_owned))
+    }
+
+    /// The streams this agent subscribes to.
+    pub fn interest(&self) -> &Interest {
+        &self.inner.interest
+    }
+
+    /// Before a play of `key`: subscribes to its directory entry when not
+    /// yet (or refreshes its use) and, when the table does not list it and
+    /// nothing else can route it (a stream held here, a usable `hint`),
+    /// waits up to [`DIRECTORY_WAIT`] for the scheduler's answer — only
+    /// while the route stream is up (without a scheduler the table in use
+    /// is all there is).
+    pub(crate) async fn await_directory(&self, key: &StreamKey, hint: Option<&str>) {
+        // Held here: published here (nothing to ask), or relayed (wanted
+        // since its pull started, and kept by the sweep while held).
+        if lock(&self.inner.streams).contains_key(key) {
+            return;
+        }
+        let interest = &self.inner.interest;
+        interest.want(key);
+        let listed =
+            |t: &Option<Arc<crate::routes::AppliedTable>>| t.as_ref().is_some_and(|t| t.lists(key));
+        if listed(&self.inner.tables.borrow()) {
+            return;
+        }
+        if hint.is_some() && !self.candidates_hinted(key, hint).is_empty() {
+            return;
+        }
+        if !interest.connected() {
+            return;
+        }
+        let mut tables = self.inner.tables.clone();
+        let started = Instant::now();
+        let answered = tokio::time::timeout(DIRECTORY_WAIT, tables.wait_for(listed)).await;
+        let outcome = match answered {
+            Ok(Ok(_)) => "answered",
+            Ok(Err(_)) => "closed",
+            Err(_) => "timeout",
+        };
+        self.inner
+            .metrics
+            .directory_wait(outcome, started.elapsed());
+    }
+
     fn new_stream(&self, key: &StreamKey, role: Role) -> Arc<Stream> {
         Stream::new(
             key.clone(),
@@ -348,18 +424,20 @@ impl Relay {
     }
 
     /// The stream to play `key` from: held here, or a new one with a pull
-    /// started (`via` is sent upstream as the loop guard).
+    /// started (`via` is sent upstream as the loop guard; `hint` is the
+    /// origin a downstream relay named).
     pub(crate) fn stream_for_play(
         &self,
         key: &StreamKey,
         via: &str,
+        hint: Option<&str>,
     ) -> Result<Arc<Stream>, NoSource> {
         let mut map = lock(&self.inner.streams);
         if let Some(s) = map.get(key) {
             s.touch();
             return Ok(s.clone());
         }
-        if self.candidates(key).is_empty() {
+        if self.candidates_hinted(key, hint).is_empty() {
             return Err(NoSource);
         }
         let s = self.new_stream(key, Role::Relay);
@@ -372,6 +450,7 @@ impl Relay {
             generation,
             cancel,
             via.to_owned(),
+            hint.map(str::to_owned),
         ));
         Ok(s)
     }

@@ -3,7 +3,8 @@
 //! Started by the first play request for a stream not held here. Tries the
 //! stream's candidates in order (route table, else static origin): `GET
 //! <url>` with `X-Vantage-Via` (this node appended to the chain it was asked
-//! with). 404 and 508 mean "not there"; other failures are errors. Once
+//! with) and `X-Vantage-Origin` (the stream's origin as the directory — or
+//! the downstream's hint — has it). 404 and 508 mean "not there"; other failures are errors. Once
 //! streaming, an error, the end of the body, malformed FLV or no bytes for
 //! `stall_timeout` switch to the next candidate at once (splicing at its
 //! first keyframe, see [`super::ingest`]) and raise `UPSTREAM_LOST`. When a
@@ -19,7 +20,7 @@
 use super::ingest::Session;
 use super::source::{self, End, Stop, Timeouts};
 use super::stream::{Phase, Stream};
-use super::{Candidate, Relay, VIA_HEADER};
+use super::{Candidate, ORIGIN_HEADER, Relay, VIA_HEADER};
 use crate::routes::TableReceiver;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -68,7 +69,12 @@ impl Drop for Upstream {
 }
 
 /// Opens `GET url` with the loop-guard header; `Ok` only for 200.
-pub async fn connect(url: &str, via: &str, timeout: Duration) -> Result<Upstream, ConnectError> {
+pub async fn connect(
+    url: &str,
+    via: &str,
+    origin: Option<&str>,
+    timeout: Duration,
+) -> Result<Upstream, ConnectError> {
     let fail = |m: String| ConnectError::Failed(m);
     let uri: hyper::Uri = url
         .parse()
@@ -101,13 +107,17 @@ pub async fn connect(url: &str, via: &str, timeout: Duration) -> Result<Upstream
                 debug!(error = %e, "upstream connection ended");
             }
         });
-        let req = Request::get(path)
+        let mut req = Request::get(path)
             .header(header::HOST, authority.as_str())
             .header(
                 header::USER_AGENT,
                 concat!("vantage-agent/", env!("CARGO_PKG_VERSION")),
             )
-            .header(VIA_HEADER, via)
+            .header(VIA_HEADER, via);
+        if let Some(origin) = origin {
+            req = req.header(ORIGIN_HEADER, origin);
+        }
+        let req = req
             .body(MediaBody::empty())
             .map_err(|e| fail(e.to_string()))?;
         let resp = sender
@@ -152,9 +162,10 @@ pub async fn run(
     generation: u64,
     cancel: CancellationToken,
     via: String,
+    hint: Option<String>,
 ) {
     relay.metrics().pulls_active.inc();
-    let outcome = pull_loop(&relay, &stream, generation, &cancel, &via).await;
+    let outcome = pull_loop(&relay, &stream, generation, &cancel, &via, hint.as_deref()).await;
     relay.metrics().pulls_active.dec();
     debug!(?outcome, "pull finished");
     let phase = match outcome {
@@ -173,6 +184,7 @@ async fn pull_loop(
     generation: u64,
     cancel: &CancellationToken,
     via: &str,
+    hint: Option<&str>,
 ) -> Outcome {
     let cfg = relay.config().clone();
     let key = stream.key.clone();
@@ -188,7 +200,7 @@ async fn pull_loop(
         if cancel.is_cancelled() {
             return Outcome::Cancelled;
         }
-        let cands = relay.candidates(&key);
+        let cands = relay.candidates_hinted(&key, hint);
         if cands.is_empty() {
             return if ever_live {
                 Outcome::Failed("the stream has no upstream any more".into())
@@ -199,9 +211,10 @@ async fn pull_loop(
         let cand = cands[idx % cands.len()].clone();
         let first = cands[0].label.clone();
         stream.set_upstream(generation, &cand.label);
+        let origin = relay.origin_for(&key, hint);
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return Outcome::Cancelled,
-            r = connect(&cand.url, via, cfg.connect_timeout) => r,
+            r = connect(&cand.url, via, origin.as_deref(), cfg.connect_timeout) => r,
         };
         match attempt {
             Err(ConnectError::NotFound(m)) => {
@@ -232,6 +245,7 @@ async fn pull_loop(
                     cancel,
                     &mut tables,
                     &key,
+                    hint,
                     Some((first, cand.label.clone())),
                 );
                 let end = source::drive(
@@ -312,7 +326,7 @@ async fn pull_loop(
             notes.clear();
             all_not_found = true;
             let delay = backoff.next_delay(&mut rand::rng());
-            let stop = watch_stop(relay, stream, cancel, &mut tables, &key, None);
+            let stop = watch_stop(relay, stream, cancel, &mut tables, &key, hint, None);
             tokio::select! {
                 s = stop => match s {
                     Stop::Cancelled => return Outcome::Cancelled,
@@ -334,6 +348,7 @@ async fn watch_stop(
     cancel: &CancellationToken,
     tables: &mut TableReceiver,
     key: &StreamKey,
+    hint: Option<&str>,
     switch: Option<(String, String)>,
 ) -> Stop {
     let idle = u64::try_from(relay.config().idle_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -353,7 +368,7 @@ async fn watch_stop(
                     tables_open = false;
                     continue;
                 }
-                let now_first = relay.candidates(key).first().map(|c: &Candidate| c.label.clone());
+                let now_first = relay.candidates_hinted(key, hint).first().map(|c: &Candidate| c.label.clone());
                 let moved = |(first, current): &(String, String)| {
                     now_first
                         .as_deref()

@@ -1,7 +1,8 @@
 //! What the relay tells the scheduler (`Report.streams`, `Report.groups`,
 //! the traffic fields of `Report.load`) and the operator (`/v1/status`,
 //! per-stream gauges), and the housekeeping task that disconnects viewers
-//! stuck behind a full socket.
+//! stuck behind a full socket and unsubscribes directory entries no stream
+//! here uses any more.
 
 use super::Relay;
 use super::metrics::{MAX_STREAM_LABELS, RoleLabel, StreamLabel};
@@ -15,9 +16,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use vantage_proto::v1::{GroupQoe, Report, StreamState};
+use vantage_shared::stream::StreamKey;
 
 /// How often housekeeping runs.
 pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(500);
+/// How often unused directory subscriptions are looked for.
+const SWEEP_PERIOD: Duration = Duration::from_secs(5);
 
 /// `relay` section of `/v1/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +188,7 @@ fn unit(v: f64) -> f64 {
 pub async fn housekeeping(relay: Relay, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
     let mut labelled: HashSet<String> = HashSet::new();
+    let mut sweep = Instant::now();
     let cfg = relay.config().clone();
     let max_lag = i64::try_from(cfg.max_lag.as_millis()).unwrap_or(i64::MAX);
     let stuck_ms = u64::try_from(cfg.max_lag.as_millis()).unwrap_or(u64::MAX)
@@ -204,6 +209,14 @@ pub async fn housekeeping(relay: Relay, cancel: CancellationToken) {
                     slot.kill.cancel();
                 }
             }
+        }
+        // Directory subscriptions no stream here used for a while go.
+        if sweep.elapsed() >= SWEEP_PERIOD {
+            sweep = Instant::now();
+            let held: HashSet<StreamKey> = relay.streams().iter().map(|s| s.key.clone()).collect();
+            relay
+                .interest()
+                .sweep(cfg.directory_linger, |k| held.contains(k));
         }
         let status = relay.status();
         let m = relay.metrics();

@@ -12,6 +12,7 @@ fn relay(table: Option<RouteTable>, origins: &[StaticOrigin]) -> Relay {
         RelayConfig::default(),
         "edge-1",
         rx,
+        Default::default(),
         origins,
         alerts,
         RelayMetrics::default(),

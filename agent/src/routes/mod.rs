@@ -12,8 +12,11 @@
 //!
 //! Other modules read the table in use through a [`TableReceiver`] and look
 //! streams up with [`AppliedTable::route_for`] (the table model and lookup
-//! order are in [`table`]).
+//! order are in [`table`]). The table's directory lists the streams this
+//! agent subscribed to ([`interest`]): the client sends the [`Interest`]
+//! set's changes as they come, and the whole set on every new stream.
 
+pub mod interest;
 pub mod persist;
 pub mod table;
 
@@ -34,6 +37,7 @@ use vantage_proto::v1::{ErrorDetail, RouteRequest, RouteTable};
 use vantage_shared::backoff::Backoff;
 use vantage_shared::clock::now_ms;
 
+pub use interest::Interest;
 pub use table::{
     AppliedTable, DEFAULT_MAX_ENTRIES, Entries, Lookup, Route, TableError, TableSource, UpdateKind,
 };
@@ -120,6 +124,7 @@ pub struct RouteClient {
     /// `routes_max_entries`.
     max_entries: usize,
     tables: watch::Sender<Option<Arc<AppliedTable>>>,
+    interest: Interest,
     status: Arc<RoutesStatus>,
     metrics: Metrics,
 }
@@ -151,9 +156,21 @@ impl RouteClient {
             path,
             max_entries,
             tables,
+            interest: Interest::default(),
             status: Arc::new(RoutesStatus::default()),
             metrics,
         }
+    }
+
+    /// Subscribes to the directory entries of `interest`'s streams (the
+    /// relay's; by default a set of its own that stays empty).
+    pub fn with_interest(mut self, interest: Interest) -> Self {
+        // The streams a table from disk lists are wanted until swept.
+        if let Some(t) = self.tables.borrow().as_ref() {
+            interest.adopt(t.table.directory.iter().map(|d| d.stream.as_str()));
+        }
+        self.interest = interest;
+        self
     }
 
     pub fn status(&self) -> Arc<RoutesStatus> {
@@ -186,6 +203,7 @@ impl RouteClient {
             };
             let started = Instant::now();
             let end = self.subscribe(credential, &cancel).await;
+            self.interest.set_connected(false);
             self.status.subscribed.store(false, Ordering::Relaxed);
             self.metrics.routes_subscribed.set(0);
             match end {
@@ -228,14 +246,18 @@ impl RouteClient {
 
         let (tx, rx) = mpsc::channel::<RouteRequest>(8);
         let held = self.held_version();
+        // The first request carries every stream wanted (it replaces what
+        // the scheduler held); a large set continues in the next requests.
+        let mut chunks = self.interest.take_all().into_iter();
         tx.send(RouteRequest {
             node_id: self.node_id.clone(),
             version_info: held,
-            response_nonce: String::new(),
-            error_detail: None,
+            subscribe: chunks.next().unwrap_or_default(),
+            ..RouteRequest::default()
         })
         .await
         .map_err(|_| RoutesError::RequestClosed)?;
+        let rest: Vec<Vec<String>> = chunks.collect();
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(c) = credential {
             let value = MetadataValue::try_from(format!("Bearer {c}"))
@@ -251,11 +273,44 @@ impl RouteClient {
         if held != 0 {
             self.status.acked.store(true, Ordering::Relaxed);
         }
-        info!(held_version = held, "subscribed to route tables");
+        info!(
+            held_version = held,
+            streams = self.interest.len(),
+            "subscribed to route tables"
+        );
+        for subscribe in rest {
+            tx.send(RouteRequest {
+                node_id: self.node_id.clone(),
+                subscribe,
+                ..RouteRequest::default()
+            })
+            .await
+            .map_err(|_| RoutesError::RequestClosed)?;
+        }
+        self.interest.set_connected(true);
 
         loop {
+            // Subscription changes go out as they come (a request that is
+            // neither an ACK nor a NACK: no nonce).
+            while self.interest.has_changes() {
+                let (subscribe, unsubscribe) = self.interest.take_changes();
+                debug!(
+                    subscribe = subscribe.len(),
+                    unsubscribe = unsubscribe.len(),
+                    "directory subscriptions"
+                );
+                tx.send(RouteRequest {
+                    node_id: self.node_id.clone(),
+                    subscribe,
+                    unsubscribe,
+                    ..RouteRequest::default()
+                })
+                .await
+                .map_err(|_| RoutesError::RequestClosed)?;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(End::Cancelled),
+                _ = self.interest.changed() => {}
                 msg = stream.message() => match msg? {
                     Some(table) => {
                         let reply = self.handle(table).await;
@@ -283,6 +338,8 @@ impl RouteClient {
         );
         match applied {
             Ok(applied) => {
+                self.interest
+                    .adopt(applied.table.directory.iter().map(|d| d.stream.as_str()));
                 let applied = Arc::new(applied);
                 self.tables.send_replace(Some(applied.clone()));
                 self.status.acked.store(false, Ordering::Relaxed);
@@ -306,7 +363,7 @@ impl RouteClient {
                     node_id: self.node_id.clone(),
                     version_info: version,
                     response_nonce: nonce,
-                    error_detail: None,
+                    ..RouteRequest::default()
                 }
             }
             Err(e) => {
@@ -322,6 +379,7 @@ impl RouteClient {
                         code: TableError::NACK_CODE,
                         message: e.to_string(),
                     }),
+                    ..RouteRequest::default()
                 }
             }
         }

@@ -57,7 +57,7 @@ pub async fn run(
         group_from_query(split_query(name).1).map_or_else(|| Arc::from(UNKNOWN_GROUP), Arc::from);
     let kill = cancel.child_token();
     let attached = relay
-        .attach_viewer(&key, relay.node_id(), |stream| {
+        .attach_viewer(&key, relay.node_id(), None, |stream| {
             Arc::new(ViewerSlot::new(
                 relay.next_viewer_id(),
                 group.clone(),

@@ -53,6 +53,20 @@ fn world() -> World {
     })
 }
 
+/// The channels agent `idx` relays (it subscribes to their directory
+/// entries): one or two, never its own.
+pub(crate) fn relayed(idx: usize, n: usize) -> Vec<usize> {
+    let chans = channels(n);
+    let mut out = Vec::new();
+    for k in 0..1 + idx % 2 {
+        let c = (splitmix(idx as u64 + k as u64 * 7919) as usize) % chans;
+        if channel_origin(c, n) != idx && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Live channels of the world (the fleet size does not change them).
 pub(crate) fn channels(_n: usize) -> usize {
     world().streams.max(1)
@@ -145,12 +159,7 @@ pub(crate) fn report_template(idx: usize, n: usize) -> Report {
             send_lag_p95_ms: 15.0,
         });
     }
-    let relayed = 1 + idx % 2;
-    for k in 0..relayed {
-        let c = (splitmix(idx as u64 + k as u64 * 7919) as usize) % chans;
-        if own.contains(&c) {
-            continue;
-        }
+    for (k, c) in relayed(idx, n).into_iter().enumerate() {
         streams.push(StreamState {
             key: format!("live/ch{c}"),
             role: StreamRole::Relay as i32,

@@ -255,6 +255,10 @@ pub(crate) struct AgentShared {
     /// changes); a report showing them goes out at once.
     pub(crate) new_streams: std::sync::Mutex<Vec<String>>,
     pub(crate) report_now: tokio::sync::Notify,
+    /// Agents in the fleet (for the channels this one relays).
+    pub(crate) fleet_size: AtomicU64,
+    /// The RouteDiscovery stream's requests (set once subscribed).
+    pub(crate) routes_tx: std::sync::Mutex<Option<mpsc::Sender<RouteRequest>>>,
 }
 
 impl AgentShared {
@@ -265,6 +269,27 @@ impl AgentShared {
             .unwrap_or_else(|e| e.into_inner())
             .push(key);
         self.report_now.notify_one();
+    }
+
+    pub(crate) fn set_routes_tx(&self, tx: mpsc::Sender<RouteRequest>) {
+        *self.routes_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    /// Subscribes to `key`'s directory entry on the RouteDiscovery stream.
+    pub(crate) async fn subscribe(&self, key: &str) {
+        let tx = self
+            .routes_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(tx) = tx {
+            let _ = tx
+                .send(RouteRequest {
+                    subscribe: vec![key.to_owned()],
+                    ..RouteRequest::default()
+                })
+                .await;
+        }
     }
 
     fn take_new_streams(&self) -> Vec<String> {

@@ -132,6 +132,7 @@ impl Fleet {
                 match session {
                     Ok(s) => {
                         let shared = Arc::new(AgentShared::default());
+                        shared.fleet_size.store(n as u64, Ordering::Relaxed);
                         shared.set_conn(s.conn.clone());
                         let _ = tx.send((
                             idx,

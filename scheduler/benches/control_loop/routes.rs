@@ -1,5 +1,7 @@
-//! Phase `routes`: M agents subscribed over gRPC; weight changes timed until
-//! every agent ACKed.
+//! Phase `routes`: M agents subscribed over gRPC (each to the directory
+//! entries of the channels it relays); weight changes timed until every
+//! agent ACKed; stream changes timed until the stream's subscribers ACKed
+//! its entry.
 
 use super::*;
 
@@ -8,9 +10,9 @@ use super::*;
 pub(crate) struct AckEvent {
     pub(crate) idx: usize,
     pub(crate) weights_version: u64,
-    /// Streams in the table's directory entries (a whole table: all of
-    /// them; a delta: those that changed).
-    pub(crate) streams: Vec<String>,
+    /// The table's directory entries, (stream, origin) — a whole table:
+    /// all of them; a delta: those that changed.
+    pub(crate) streams: Vec<(String, String)>,
     pub(crate) at: Instant,
 }
 
@@ -116,13 +118,17 @@ pub(crate) async fn subscribe(
             .await
             .context("gRPC connect")?;
         let (tx, rx) = mpsc::channel::<RouteRequest>(8);
+        let n = agent.fleet_size.load(Ordering::Relaxed) as usize;
         tx.send(RouteRequest {
             node_id: node.clone(),
-            version_info: 0,
-            response_nonce: String::new(),
-            error_detail: None,
+            subscribe: agent_model::relayed(idx, n)
+                .into_iter()
+                .map(|c| format!("live/ch{c}"))
+                .collect(),
+            ..RouteRequest::default()
         })
         .await?;
+        agent.set_routes_tx(tx.clone());
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         request.metadata_mut().insert(
             "authorization",
@@ -159,7 +165,7 @@ pub(crate) async fn subscribe(
                         node_id: node.clone(),
                         version_info: table.version,
                         response_nonce: table.nonce.clone(),
-                        error_detail: None,
+                        ..RouteRequest::default()
                     };
                     if tx.send(ack).await.is_err() {
                         return;
@@ -168,7 +174,7 @@ pub(crate) async fn subscribe(
                     let _ = events.send(AckEvent {
                         idx,
                         weights_version: table.weights_version,
-                        streams: table.directory.into_iter().map(|d| d.stream).collect(),
+                        streams: table.directory.into_iter().map(|d| (d.stream, d.origin)).collect(),
                         at: Instant::now(),
                     });
                 }
@@ -202,10 +208,16 @@ pub(crate) struct RoutesResult {
     /// Route tables sent and their bytes over the weight changes, by kind
     /// (full, delta).
     pub(crate) weight_sent: Sent,
-    /// The stream changes: each one's time until every agent ACKed a table
-    /// naming the new stream, and what was sent.
+    /// The stream changes: each one's time until every subscriber ACKed a
+    /// table naming the new stream's origin, and what was sent.
     pub(crate) stream_acked_ms: Vec<f64>,
     pub(crate) stream_sent: Sent,
+    /// Subscribers per stream change.
+    pub(crate) stream_subscribers: usize,
+    /// Per (change, subscriber): subscription sent → entry ACKed, ms.
+    pub(crate) subscribe_ms: Vec<f64>,
+    /// What answering the subscriptions sent.
+    pub(crate) subscribe_sent: Sent,
     pub(crate) acks: f64,
     pub(crate) nacks: f64,
     pub(crate) subscribe_s: f64,
@@ -261,8 +273,15 @@ impl RoutesResult {
         let streams = sorted(&self.stream_acked_ms);
         if !streams.is_empty() {
             row(
-                "**new stream at an origin → every agent ACKed its directory entry**",
+                &format!(
+                    "**new stream at an origin → its {} subscribers ACKed its directory entry**",
+                    self.stream_subscribers
+                ),
                 &streams,
+            );
+            row(
+                "subscription to a stream → entry ACKed (subscribers × changes)",
+                &sorted(&self.subscribe_ms),
             );
         }
         println!();
@@ -274,6 +293,11 @@ impl RoutesResult {
             println!(
                 "- on the wire per stream change: {}",
                 self.stream_sent.per_change(streams.len())
+            );
+            println!(
+                "- on the wire per {} subscriptions: {}",
+                self.stream_subscribers,
+                self.subscribe_sent.per_change(streams.len())
             );
         }
         println!();
@@ -320,6 +344,13 @@ pub(crate) struct Sent {
 }
 
 impl Sent {
+    fn add(&mut self, o: &Sent) {
+        self.full += o.full;
+        self.delta += o.delta;
+        self.full_bytes += o.full_bytes;
+        self.delta_bytes += o.delta_bytes;
+    }
+
     fn between(m0: &Metrics, m1: &Metrics) -> Self {
         let d = |k: &str| m1.get(k) - m0.get(k);
         Sent {
@@ -345,17 +376,23 @@ impl Sent {
     }
 }
 
-/// Waits until every agent has ACKed a table naming stream `key` in its
-/// directory; returns per-agent times from `t0`, ms.
-pub(crate) async fn wait_all_have(
+/// Waits until agents `who` have ACKed a table listing stream `key` in
+/// their directory (with an origin when `live`, else with none); returns
+/// per-agent times from `t0`, ms.
+pub(crate) async fn wait_have(
     rx: &mut mpsc::UnboundedReceiver<AckEvent>,
     acked: &mut [u64],
+    who: &[usize],
     key: &str,
+    live: bool,
     t0: Instant,
     deadline: tokio::time::Instant,
 ) -> Result<Vec<f64>> {
-    let mut have: Vec<bool> = acked.iter().map(|&w| w == u64::MAX).collect();
-    let mut times = Vec::with_capacity(have.len());
+    let mut have: Vec<bool> = vec![true; acked.len()];
+    for &i in who {
+        have[i] = false;
+    }
+    let mut times = Vec::with_capacity(who.len());
     let mut missing = have.iter().filter(|h| !**h).count();
     while missing > 0 {
         let ev = tokio::time::timeout_at(deadline, rx.recv())
@@ -363,7 +400,11 @@ pub(crate) async fn wait_all_have(
             .map_err(|_| anyhow!("{missing} agents did not get stream {key} in time"))?
             .ok_or_else(|| anyhow!("every subscription ended"))?;
         acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
-        if !have[ev.idx] && ev.streams.iter().any(|s| s == key) {
+        let listed = ev
+            .streams
+            .iter()
+            .any(|(s, o)| s == key && o.is_empty() != live);
+        if !have[ev.idx] && listed {
             have[ev.idx] = true;
             missing -= 1;
             times.push(ev.at.duration_since(t0).as_secs_f64() * 1e3);
@@ -528,10 +569,19 @@ pub(crate) async fn routes_phase(
     let sys1 = system_jiffies();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    // Stream changes: an origin agent starts publishing a new stream (its
-    // report goes out at once); timed until every agent ACKed a table whose
-    // directory names it.
+    // Stream changes: `--stream-subscribers` agents (edges with viewers
+    // waiting) subscribe to a stream not published yet and get its entry
+    // without an origin; then an origin agent starts publishing it (its
+    // report goes out at once), timed until every subscriber ACKed a table
+    // naming the origin. The other agents get nothing.
     let mut stream_acked_ms = Vec::new();
+    let mut subscribe_ms = Vec::new();
+    let mut stream_sent = Sent::default();
+    let mut subscribe_sent = Sent::default();
+    let enrolled: Vec<usize> = (0..fleet.agents.len())
+        .filter(|&i| fleet.agents[i].is_some())
+        .collect();
+    let watchers = args.stream_subscribers.min(enrolled.len());
     for k in 0..args.stream_changes {
         while let Ok(ev) = ev_rx.try_recv() {
             acked[ev.idx] = acked[ev.idx].max(ev.weights_version);
@@ -541,18 +591,41 @@ pub(crate) async fn routes_phase(
             continue;
         };
         let key = format!("live/new{k}");
+        let who: Vec<usize> = rand::seq::index::sample(&mut rng, enrolled.len(), watchers)
+            .into_iter()
+            .map(|i| enrolled[i])
+            .filter(|&i| i != o)
+            .collect();
+        let ma = sched.metrics(http).await?;
+        let t0 = Instant::now();
+        for &i in &who {
+            if let Some(a) = &fleet.agents[i] {
+                a.shared.subscribe(&key).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let times = wait_have(&mut ev_rx, &mut acked, &who, &key, false, t0, deadline)
+            .await
+            .with_context(|| format!("subscriptions to {key}"))?;
+        subscribe_ms.extend(times);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mb = sched.metrics(http).await?;
         let t0 = Instant::now();
         agent.shared.publish(key.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let times = wait_all_have(&mut ev_rx, &mut acked, &key, t0, deadline)
+        let times = wait_have(&mut ev_rx, &mut acked, &who, &key, true, t0, deadline)
             .await
             .with_context(|| format!("stream change {k} ({key})"))?;
         let all = times.iter().copied().fold(0.0, f64::max);
-        eprintln!("[routes] stream change {k}: {key} in every agent's table in {all:.1} ms");
+        eprintln!(
+            "[routes] stream change {k}: {key} in its {} subscribers' tables in {all:.1} ms",
+            who.len()
+        );
         stream_acked_ms.push(all);
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..800))).await;
+        let mc = sched.metrics(http).await?;
+        subscribe_sent.add(&Sent::between(&ma, &mb));
+        stream_sent.add(&Sent::between(&mb, &mc));
     }
-    let m2 = sched.metrics(http).await?;
 
     // Cross-check with the API: the agents' ACKs are recorded.
     let sample = fleet.sample_ids();
@@ -597,7 +670,10 @@ pub(crate) async fn routes_phase(
         pushes: d("vantage_scheduler_route_pushes_total"),
         weight_sent: Sent::between(&m0, &m1),
         stream_acked_ms,
-        stream_sent: Sent::between(&m1, &m2),
+        stream_sent,
+        stream_subscribers: watchers,
+        subscribe_ms,
+        subscribe_sent,
         acks: d("vantage_scheduler_route_acks_total"),
         nacks: d("vantage_scheduler_route_nacks_total"),
         subscribe_s,

@@ -61,6 +61,8 @@ pub(crate) struct Graph {
     /// term). One stride per consumer keeps a consumer's candidates in one
     /// place in memory.
     relays: Vec<Relay>,
+    /// `e(u→v)` of each entry of `relays`, at the same place.
+    relay_e: Vec<f64>,
     relay_len: Vec<u16>,
     k: usize,
     /// Consumers whose candidate list holds this node (unordered).
@@ -73,14 +75,15 @@ pub(crate) struct Graph {
     near_len: usize,
 }
 
-/// One relay candidate `u` of a consumer `v`.
+/// One relay candidate `u` of a consumer `v`, as planning reads it: 8
+/// bytes, so a consumer's candidates take two cache lines (the edge score
+/// itself is kept apart, in `Graph::relay_e`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Relay {
     pub(crate) u: u32,
-    /// `e(u→v)`: the load-free edge score.
-    pub(crate) e: f64,
-    /// `e(u→v) + L(u)`: what relaying through `u` adds to a path.
-    pub(crate) offer: f64,
+    /// `e(u→v) + L(u)`: what relaying through `u` adds to a path (an
+    /// `f32`, like the path costs it is added to).
+    pub(crate) offer: f32,
 }
 
 /// What [`Graph::update`] changed, for the per-source planning.
@@ -143,6 +146,7 @@ impl Graph {
                 .filter(|&i| views[i as usize].coord.is_none())
                 .collect(),
             relays: Vec::new(),
+            relay_e: Vec::new(),
             relay_len: vec![0; n],
             k: st.limits.relay_candidates.max(1),
             kin_rev: vec![Vec::new(); n],
@@ -197,11 +201,11 @@ impl Graph {
         g.relays = vec![
             Relay {
                 u: NONE,
-                e: 0.0,
                 offer: 0.0,
             };
             n * g.k
         ];
+        g.relay_e = vec![0.0; n * g.k];
         for (v, list) in lists.into_iter().enumerate() {
             for &(u, _) in &list {
                 g.kin_rev[u as usize].push(v as u32);
@@ -226,14 +230,21 @@ impl Graph {
     fn set_relays(&mut self, v: usize, list: &[(u32, f64)]) {
         let at = v * self.k;
         let len = list.len().min(self.k);
-        for (slot, &(u, e)) in self.relays[at..at + len].iter_mut().zip(list) {
-            *slot = Relay {
+        for (i, &(u, e)) in list.iter().take(len).enumerate() {
+            self.relays[at + i] = Relay {
                 u,
-                e,
-                offer: e + self.load[u as usize],
+                offer: (e + self.load[u as usize]) as f32,
             };
+            self.relay_e[at + i] = e;
         }
         self.relay_len[v] = len as u16;
+    }
+
+    /// `e(u→v)` of `v`'s relay candidates, in the order of
+    /// [`relays`](Self::relays).
+    fn relay_edges(&self, v: usize) -> &[f64] {
+        let at = v * self.k;
+        &self.relay_e[at..at + usize::from(self.relay_len[v])]
     }
 
     /// Own paths of `v` by peer index, sorted.
@@ -388,8 +399,9 @@ impl Graph {
                 && self
                     .relays(vi)
                     .iter()
+                    .zip(self.relay_edges(vi))
                     .zip(&fresh)
-                    .all(|(r, &(u, e))| r.u == u && r.e.to_bits() == e.to_bits());
+                    .all(|((r, e0), &(u, e))| r.u == u && e0.to_bits() == e.to_bits());
             if same {
                 continue;
             }
@@ -412,9 +424,12 @@ impl Graph {
             for &w in &self.kin_rev[u as usize] {
                 let at = w as usize * self.k;
                 let len = usize::from(self.relay_len[w as usize]);
-                for r in &mut self.relays[at..at + len] {
+                for (r, e) in self.relays[at..at + len]
+                    .iter_mut()
+                    .zip(&self.relay_e[at..at + len])
+                {
                     if r.u == u {
-                        r.offer = r.e + load;
+                        r.offer = (e + load) as f32;
                     }
                 }
             }
@@ -471,11 +486,14 @@ impl Graph {
             && (0..self.len()).all(|v| {
                 let (a, b) = (self.relays(v), other.relays(v));
                 a.len() == b.len()
-                    && a.iter().zip(b).all(|(x, y)| {
-                        x.u == y.u
-                            && x.e.to_bits() == y.e.to_bits()
-                            && x.offer.to_bits() == y.offer.to_bits()
-                    })
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.u == y.u && x.offer.to_bits() == y.offer.to_bits())
+                    && self
+                        .relay_edges(v)
+                        .iter()
+                        .zip(other.relay_edges(v))
+                        .all(|(x, y)| x.to_bits() == y.to_bits())
             })
     }
 }

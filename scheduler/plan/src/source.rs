@@ -33,7 +33,7 @@
 //! pick them, then backups of every consumer whose candidates' chains
 //! changed — and gives the same state as `full` (property-tested).
 
-use crate::edge::{FNV_OFFSET, finalise, fnv, total_order_bits};
+use crate::edge::{FNV_OFFSET, finalise, fnv, total_order_bits32};
 use crate::graph::{Graph, NONE};
 use crate::settings::PlanSettings;
 use std::cmp::Reverse;
@@ -82,7 +82,7 @@ impl Up {
 #[derive(Debug, Clone, Copy)]
 struct Cand {
     node: u32,
-    total: f64,
+    total: f32,
 }
 
 impl Cand {
@@ -91,21 +91,21 @@ impl Cand {
         self.node.wrapping_add(1)
     }
 
-    fn rank_key(&self) -> u128 {
-        (u128::from(total_order_bits(self.total)) << 64) | u128::from(self.key())
+    fn rank_key(&self) -> u64 {
+        (u64::from(total_order_bits32(self.total)) << 32) | u64::from(self.key())
     }
 
-    fn from_rank_key(k: u128) -> Cand {
+    fn from_rank_key(k: u64) -> Cand {
         Cand {
             node: (k as u32).wrapping_sub(1),
-            total: from_total_order_bits((k >> 64) as u64),
+            total: from_total_order_bits32((k >> 32) as u32),
         }
     }
 }
 
-fn from_total_order_bits(key: u64) -> f64 {
-    let bits = (key ^ (1 << 63)) as i64;
-    f64::from_bits((bits ^ ((((bits >> 63) as u64) >> 1) as i64)) as u64)
+fn from_total_order_bits32(key: u32) -> f32 {
+    let bits = (key ^ (1 << 31)) as i32;
+    f32::from_bits((bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32)
 }
 
 /// The read-only facts a source is planned with: the graph, the
@@ -130,8 +130,9 @@ pub(crate) struct Source {
     n: usize,
     /// `max_relay_hops`: layers are `0..=h`.
     h: usize,
-    /// `layers[j * n + v]`: `cⱼ(v)`.
-    layers: Vec<f64>,
+    /// `layers[j * n + v]`: `cⱼ(v)` (costs are `f32`: scores are read to
+    /// 0.001, and half the bytes move through the caches).
+    layers: Vec<f32>,
     pub(crate) primary: Vec<u32>,
     /// Decided upstreams, `stride` slots per consumer, `len` used.
     ups: Vec<Up>,
@@ -147,7 +148,7 @@ pub(crate) struct Source {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Hot {
     /// The path cost (the last layer), `INFINITY` when unreached.
-    cost: f64,
+    cost: f32,
     /// Hop count on the best path (roots 0), [`UNREACHED`].
     hops: u8,
     /// Relay depth of its primary chain (roots 0), [`UNREACHED`].
@@ -172,7 +173,7 @@ pub(crate) struct Work {
     stamp: Vec<u32>,
     epoch: u32,
     cands: Vec<Cand>,
-    sorted: Vec<u128>,
+    sorted: Vec<u64>,
     hashed: Vec<(u64, Cand)>,
     backs: Vec<Cand>,
     valid: Vec<bool>,
@@ -217,7 +218,7 @@ impl Source {
         let stride = 1 + st.limits.max_backups;
         let mut hot = vec![
             Hot {
-                cost: f64::INFINITY,
+                cost: f32::INFINITY,
                 hops: UNREACHED,
                 depth: UNREACHED,
                 root: false,
@@ -234,7 +235,7 @@ impl Source {
             hot,
             n,
             h: layers - 1,
-            layers: vec![f64::INFINITY; layers * n],
+            layers: vec![f32::INFINITY; layers * n],
             primary: vec![NONE; n],
             ups: vec![Up::EMPTY; stride * n],
             len: vec![0; n],
@@ -260,12 +261,12 @@ impl Source {
         self.h
     }
 
-    pub(crate) fn cost(&self, v: u32) -> f64 {
+    pub(crate) fn cost(&self, v: u32) -> f32 {
         self.hot[v as usize].cost
     }
 
     /// Sets `cⱼ(v)` (and the cost when `j` is the last layer).
-    fn set_layer(&mut self, j: usize, v: u32, c: f64) {
+    fn set_layer(&mut self, j: usize, v: u32, c: f32) {
         self.layers[j * self.n + v as usize] = c;
         if j == self.h {
             self.hot[v as usize].cost = c;
@@ -276,22 +277,22 @@ impl Source {
         self.hot[v as usize].root
     }
 
-    fn layer(&self, j: usize) -> &[f64] {
+    fn layer(&self, j: usize) -> &[f32] {
         &self.layers[j * self.n..(j + 1) * self.n]
     }
 
     /// `c₀(v)`: the best direct pull from an eligible root.
-    fn layer0(&self, cx: &Cx<'_>, v: u32) -> f64 {
+    fn layer0(&self, cx: &Cx<'_>, v: u32) -> f32 {
         if self.is_root(v) {
             return 0.0;
         }
-        let mut best = f64::INFINITY;
+        let mut best = f32::INFINITY;
         for (k, &(r, _)) in self.roots.iter().enumerate() {
             let edges = cx.edges[k];
             if r == v || edges.is_empty() {
                 continue;
             }
-            let c = edges[v as usize] + cx.g.load[r as usize];
+            let c = (edges[v as usize] + cx.g.load[r as usize]) as f32;
             if c.total_cmp(&best).is_lt() {
                 best = c;
             }
@@ -300,7 +301,7 @@ impl Source {
     }
 
     /// `cⱼ(v)` for `j ≥ 1`, from layer `j − 1`.
-    fn layer_next(&self, cx: &Cx<'_>, j: usize, v: u32) -> f64 {
+    fn layer_next(&self, cx: &Cx<'_>, j: usize, v: u32) -> f32 {
         if self.is_root(v) {
             return 0.0;
         }
@@ -332,11 +333,11 @@ impl Source {
 
     /// Whether `a` precedes `b` in the strict order (cost, index).
     fn before(&self, a: u32, b: u32) -> bool {
-        (total_order_bits(self.cost(a)), a) < (total_order_bits(self.cost(b)), b)
+        (total_order_bits32(self.cost(a)), a) < (total_order_bits32(self.cost(b)), b)
     }
 
     fn rank_of(&self, v: u32) -> (u64, u32) {
-        (total_order_bits(self.cost(v)), v)
+        (u64::from(total_order_bits32(self.cost(v))), v)
     }
 
     /// Plans every consumer. Returns the consumers whose route changed
@@ -604,7 +605,7 @@ impl Source {
             let ri = r as usize;
             cands.push(Cand {
                 node: r,
-                total: self.cost(r) + (edges[vi] + g.load[ri]),
+                total: self.cost(r) + (edges[vi] + g.load[ri]) as f32,
             });
         }
         for r in g.relays(vi) {
@@ -632,7 +633,7 @@ impl Source {
         let near_equal = cx.st.stability.near_equal;
         let band = cands
             .iter()
-            .take_while(|c| c.total - best <= near_equal)
+            .take_while(|c| f64::from(c.total - best) <= near_equal)
             .count();
         if band > 1 {
             work.hashed.clear();
@@ -675,16 +676,17 @@ impl Source {
                 || (self.before(c.node, v) && self.hot[c.node as usize].depth <= max_hops)
         };
         let mut first = cands.iter().position(admissible)?;
-        let current = self.route(v).first().map(|u| u.node);
-        if let Some(prev) = current
-            && prev != NONE
+        // The previous primary (the route's first upstream; `primary` is
+        // kept equal to it and is 4 bytes a node, where routes take 36).
+        let prev = self.primary[v as usize];
+        if prev != NONE
             && let Some(pos) = cands.iter().position(|c| c.node == prev)
             && pos != first
             && admissible(&cands[pos])
             && !cx
                 .st
                 .stability
-                .should_switch(cands[pos].total, cands[first].total)
+                .should_switch(cands[pos].total.into(), cands[first].total.into())
         {
             first = pos;
         }
@@ -724,7 +726,7 @@ impl Source {
         for c in ranked.first().into_iter().chain(work.backs.iter()) {
             route[len] = Up {
                 node: c.node,
-                score: c.total as f32,
+                score: c.total,
                 hops: if c.node == NONE {
                     0
                 } else {
@@ -852,14 +854,14 @@ fn stable_backups(
                     .total_cmp(&backs[b].total)
                     .then(backs[a].key().cmp(&backs[b].key()))
             }),
-        ) && stability.should_switch(backs[worst].total, best_out.total)
+        ) && stability.should_switch(backs[worst].total.into(), best_out.total.into())
         {
             backs[worst] = best_out;
             moved = true;
         }
         // Order: a backup passes the one ahead of it only when clearly better.
         for i in 1..backs.len() {
-            if stability.should_switch(backs[i - 1].total, backs[i].total) {
+            if stability.should_switch(backs[i - 1].total.into(), backs[i].total.into()) {
                 backs.swap(i - 1, i);
                 moved = true;
             }
@@ -961,6 +963,7 @@ impl Source {
                 }
             }
             self.len[v as usize] = len as u8;
+            self.primary[v as usize] = self.route(v).first().map_or(NONE, |u| u.node);
             self.hashes[v as usize] = old.hashes[ov as usize];
         }
     }
@@ -978,6 +981,7 @@ impl Source {
             };
         }
         self.len[v as usize] = len as u8;
+        self.primary[v as usize] = self.route(v).first().map_or(NONE, |u| u.node);
     }
 
     /// Whether two plans of the same source over the same nodes decided

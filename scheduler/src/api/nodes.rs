@@ -189,14 +189,40 @@ pub async fn drain(
     ))
 }
 
+/// Most live streams listed in `stream_routes` of `GET /v1/routes/{id}`.
+const STREAM_ROUTES_MAX: usize = 10_000;
+
 pub async fn routes(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     if !app.registry.contains(&id) {
         return Err(ApiError::not_found(format!("unknown node {id:?}")));
     }
     let st = app.publisher.channel(&id).status();
-    let table = app.read_plan(|plan| plan.table(&id)).await;
+    let (table, stream_routes, truncated) = app
+        .read_plan(|plan| {
+            let table = plan.table(&id);
+            // Every live stream as this node would pull it, whether or not
+            // its table lists the stream (tables list the streams the
+            // agent subscribed to).
+            let streams: Vec<Value> = plan
+                .directory()
+                .take(STREAM_ROUTES_MAX)
+                .map(|(key, origin)| {
+                    let ups: Vec<Value> = plan
+                        .route_for(&id, key)
+                        .into_iter()
+                        .map(|(node, hops)| json!({"node_id": node, "hops": hops}))
+                        .collect();
+                    json!({"stream": key.as_str(), "origin": origin, "upstreams": ups})
+                })
+                .collect();
+            let truncated = plan.directory().nth(STREAM_ROUTES_MAX).is_some();
+            (table, streams, truncated)
+        })
+        .await;
     let table = table.map(|t| vantage_shared::table_view::table_json(&t));
     Ok(Json(json!({
+        "stream_routes": stream_routes,
+        "stream_routes_truncated": truncated,
         "node_id": id,
         "version": st.version,
         "nonce": st.last_nonce,

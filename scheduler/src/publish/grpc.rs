@@ -97,6 +97,16 @@ impl RouteDiscovery for RouteService {
             };
             return Err(self.refuse(reject_label(refusal.reason), status));
         }
+        // The first request's subscriptions replace what the node held
+        // (before its first table is chosen, so that table lists them).
+        super::interest::apply(
+            &self.app,
+            &node_id,
+            &first.subscribe,
+            &first.unsubscribe,
+            true,
+        )
+        .await;
         let (tx, rx) = mpsc::channel(4);
         let app = self.app.clone();
         let span = info_span!("routes", node_id = %node_id, %remote);
@@ -197,6 +207,8 @@ async fn serve(
                         ))).await;
                         return;
                     }
+                    super::interest::apply(app, node_id, &req.subscribe, &req.unsubscribe, false)
+                        .await;
                     let Some((nonce, version)) = pending.clone() else { continue };
                     if req.response_nonce != nonce {
                         debug!(nonce = req.response_nonce, "stale nonce ignored");

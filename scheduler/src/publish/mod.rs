@@ -15,6 +15,7 @@
 //! * [`grpc`] serves the `RouteDiscovery` stream on top of this.
 
 pub mod grpc;
+pub mod interest;
 
 use crate::store::{RouteHead, Store, WriteOp};
 use dashmap::DashMap;

@@ -29,7 +29,7 @@ use super::qoe::{self, Sample, UNKNOWN_GROUP};
 use super::source::{self, End, Stop, Timeouts};
 use super::stream::lock;
 use super::viewer::{MediaBody, ViewerBody, ViewerSlot};
-use super::{Relay, VIA_HEADER};
+use super::{ORIGIN_HEADER, Relay, VIA_HEADER};
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -92,6 +92,14 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
 fn stream_key(path: &str) -> Option<Result<StreamKey, String>> {
     let rest = path.strip_prefix('/')?.strip_suffix(".flv")?;
     Some(StreamKey::parse(rest).map_err(|e| e.to_string()))
+}
+
+/// The origin node a downstream relay named (`X-Vantage-Origin`; ignored
+/// unless it is one well-formed node id).
+fn origin_hint(h: &HeaderMap) -> Option<String> {
+    let mut values = h.get_all(ORIGIN_HEADER).iter();
+    let v = values.next()?.to_str().ok()?.trim();
+    (values.next().is_none() && vantage_shared::auth::valid_node_id(v)).then(|| v.to_owned())
 }
 
 /// Node ids of the `X-Vantage-Via` header(s).
@@ -273,13 +281,14 @@ impl Relay {
         }
         via.push(self.node_id().to_owned());
         let via = via.join(",");
+        let hint = origin_hint(req.headers());
         let cmcd = self.request_cmcd(&req);
         let group = self.record_cmcd(qoe::group_from_query(req.uri().query()), cmcd.as_ref());
         let sid: Option<Arc<str>> = cmcd.as_ref().and_then(|c| c.sid.as_deref()).map(Arc::from);
         drop(req);
 
         let attached = self
-            .attach_viewer(&key, &via, |stream| {
+            .attach_viewer(&key, &via, hint.as_deref(), |stream| {
                 Arc::new(ViewerSlot::new(
                     self.next_viewer_id(),
                     group.clone(),

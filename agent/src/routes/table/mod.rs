@@ -9,9 +9,10 @@
 //! * `origins` — per origin node (an agent streams are published on), the
 //!   upstream candidates of this node for that origin, best first. Every
 //!   stream of an origin shares them. There is none for this node itself.
-//! * `directory` — which origin node each published stream of the cluster
-//!   comes from (`"app/stream"` → node id). It may name this node: that
-//!   stream is published here and has no route.
+//! * `directory` — which origin node each stream this agent subscribed to
+//!   comes from (`"app/stream"` → node id; [`super::interest`]). It may name
+//!   this node (that stream is published here and has no route) or no node
+//!   (the stream is published nowhere).
 //! * `streams` — routes by exact key or by pattern (`"live/*"`), used for
 //!   static origins outside the cluster. Tables from before per-origin
 //!   routes listed every stream here, and such tables (stored in
@@ -24,8 +25,12 @@
 //! 1. the directory's exact entry → its origin: this node means
 //!    [`Lookup::Local`]; otherwise that origin's `origins` entry
 //!    ([`Lookup::Origin`]). A directory entry naming an origin the table has
-//!    no route for falls through to step 2.
-//! 2. the `streams` entries, most specific first (an exact key beats any
+//!    no route for, or none, falls through.
+//! 2. with [`AppliedTable::route_hinted`], when the directory names no
+//!    origin: the origin a downstream relay named in its pull
+//!    (`X-Vantage-Origin`), so a relay in the middle of a path needs no
+//!    subscription round trip before its first pull.
+//! 3. the `streams` entries, most specific first (an exact key beats any
 //!    pattern, a longer prefix beats a shorter one) ([`Lookup::Stream`]).
 //!
 //! # Whole tables and deltas
@@ -303,17 +308,35 @@ impl AppliedTable {
 
     /// Where to pull `key` from (see the module docs for the order).
     pub fn route_for(&self, key: &StreamKey) -> Lookup<'_> {
-        let entry = self
-            .directory
+        self.route_hinted(key, None)
+    }
+
+    /// Whether the directory lists `key` (with an origin or with none):
+    /// the scheduler answered this node's subscription.
+    pub fn lists(&self, key: &StreamKey) -> bool {
+        self.directory.contains_key(key)
+    }
+
+    /// The origin the directory names for `key` (`None`: not listed, or
+    /// published nowhere).
+    pub fn origin_of(&self, key: &StreamKey) -> Option<&str> {
+        self.directory
             .get(key)
-            .and_then(|&i| self.table.directory.get(i));
-        if let Some(entry) = entry {
-            if entry.origin == self.table.node_id {
+            .and_then(|&i| self.table.directory.get(i))
+            .map(|d| d.origin.as_str())
+            .filter(|o| !o.is_empty())
+    }
+
+    /// [`route_for`](Self::route_for), with `hint` as the origin when the
+    /// directory names none (see the module docs).
+    pub fn route_hinted(&self, key: &StreamKey, hint: Option<&str>) -> Lookup<'_> {
+        if let Some(origin) = self.origin_of(key).or(hint) {
+            if origin == self.table.node_id {
                 return Lookup::Local;
             }
             let route = self
                 .origins
-                .get(entry.origin.as_str())
+                .get(origin)
                 .and_then(|&i| self.table.origins.get(i));
             if let Some(route) = route {
                 return Lookup::Origin {

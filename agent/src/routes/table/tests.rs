@@ -230,6 +230,40 @@ fn lookup_goes_directory_then_origin_route_then_patterns() {
 }
 
 #[test]
+fn a_stream_published_nowhere_is_listed_and_a_pull_hint_names_its_origin() {
+    let mut table = per_origin();
+    table.directory.push(dir("live/soon", ""));
+    let t = applied(table);
+    let soon = key("live/soon");
+    // Listed (the subscription was answered) without an origin: the
+    // patterns decide.
+    assert!(t.lists(&soon));
+    assert_eq!(t.origin_of(&soon), None);
+    assert!(!t.lists(&key("live/new")));
+    assert_eq!(
+        first(&t, "live/soon").as_deref(),
+        Some("http://static:9000/{app}/{stream}.flv")
+    );
+    // A downstream relay's hint is used while the directory names no
+    // origin, never against it.
+    let hinted = |k: &str, hint: &str| {
+        t.route_hinted(&key(k), Some(hint))
+            .upstreams()
+            .and_then(|u| u.first())
+            .map(|u| u.node_id.clone())
+    };
+    assert_eq!(hinted("live/soon", "origin-b").as_deref(), Some("origin-b"));
+    assert_eq!(hinted("live/new", "origin-a").as_deref(), Some("edge-2"));
+    assert_eq!(hinted("live/a", "origin-b").as_deref(), Some("edge-2"));
+    assert_eq!(
+        t.route_hinted(&key("live/new"), Some("edge-1")),
+        Lookup::Local
+    );
+    // A hint naming an origin without a route falls through.
+    assert_eq!(hinted("live/new", "origin-q").as_deref(), Some(""));
+}
+
+#[test]
 fn bad_tables_are_nacked_with_a_reason() {
     assert!(matches!(
         validate(&good(), "edge-9"),
@@ -319,7 +353,7 @@ fn bad_origins_and_directory_entries_are_nacked_naming_the_entry() {
             "directory[3]: duplicate stream \"live/a\"",
         ),
         (
-            |t| t.directory[1].origin = String::new(),
+            |t| t.directory[1].origin = "bad id!".into(),
             "directory[1]: invalid origin node id",
         ),
         (

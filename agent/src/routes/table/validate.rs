@@ -165,7 +165,8 @@ fn check_directory(table: &RouteTable) -> Result<Vec<StreamKey>, TableError> {
         if !seen.insert(d.stream.as_str()) {
             return Err(invalid(&at, format!("duplicate stream {:?}", d.stream)));
         }
-        if !valid_node_id(&d.origin) {
+        // An empty origin: subscribed, published nowhere.
+        if !d.origin.is_empty() && !valid_node_id(&d.origin) {
             return Err(invalid(
                 &at,
                 format!("invalid origin node id {:?}", d.origin),

@@ -22,6 +22,7 @@
 //! content changes, and a log of what changed, so route tables can be sent
 //! as deltas.
 
+mod interest;
 mod probes;
 mod rebuild;
 pub mod tables;
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use tables::Book;
 use vantage_shared::stream::StreamKey;
 
+pub use interest::{MAX_INTEREST, Subscribed};
 pub use tables::{TableChange, TableUpdate};
 
 /// One route of the plan: a node's upstreams for a source, best first,
@@ -87,9 +89,12 @@ pub struct PlanSession {
     source_index: HashMap<SourceKey, usize>,
     /// `e(root → v)` for every eligible root of some source, by root.
     root_edges: IdMap<u32, Vec<f64>>,
-    /// Stream → origin node, and the hash of the whole directory.
+    /// Stream → origin node.
     directory: BTreeMap<StreamKey, u32>,
-    dir_hash: u64,
+    /// Streams each node subscribed to ([`interest`]), by node id, and
+    /// the nodes subscribed to each stream.
+    interest: HashMap<Arc<str>, interest::Interest>,
+    watchers: HashMap<StreamKey, BTreeSet<Arc<str>>>,
     /// Per node: its probe targets and their hash.
     probes: Vec<Vec<(u32, probes::Reason)>>,
     probe_hash: Vec<u64>,
@@ -136,7 +141,8 @@ impl PlanSession {
             source_index: HashMap::new(),
             root_edges: IdMap::default(),
             directory: BTreeMap::new(),
-            dir_hash: 0,
+            interest: HashMap::new(),
+            watchers: HashMap::new(),
             probes: Vec::new(),
             probe_hash: Vec::new(),
             route_sum: Vec::new(),
@@ -243,8 +249,8 @@ impl PlanSession {
         if !facts_changed && view == *planned {
             return Offered::default();
         }
-        // A stream that starts or ends changes every node's directory:
-        // planned at once, like a node going down.
+        // A stream that starts or ends changes its subscribers' directory
+        // and maybe the sources: planned at once, like a node going down.
         let streams_moved = !planned.published.keys().eq(view.published.keys());
         let urgent = facts_changed || streams_moved || urgent_change(planned.health, view.health);
         if facts_changed {
@@ -593,9 +599,6 @@ impl PlanSession {
         }
         changed.sort();
         self.directory = fresh;
-        self.dir_hash = self.directory.iter().fold(0u64, |acc, (k, &o)| {
-            acc.wrapping_add(tables::dir_entry_hash(k, &self.graph.ids[o as usize]))
-        });
         changed
     }
 

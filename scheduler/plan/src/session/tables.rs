@@ -2,8 +2,9 @@
 //! between versions, and turning the plan into whole tables or deltas
 //! (`proto/vantage/v1/routes.proto`).
 //!
-//! A node's table holds the stream → origin directory (the same for every
-//! node), an upstream list per origin it can pull from (`origins`), one
+//! A node's table holds the stream → origin directory of the streams it
+//! subscribed to ([`super::interest`]), an upstream list per origin it can
+//! pull from (`origins`), one
 //! per static-origin pattern (`streams`), its probe targets and the
 //! cluster-wide settings (TTL, report interval, weight-set version, probe
 //! key). Its *content hash* — every entry without scores, summed as
@@ -30,7 +31,7 @@ pub struct TableChange {
     /// Origin and pattern routes upserted or removed.
     pub sources: Vec<SourceKey>,
     /// Directory keys upserted or removed.
-    pub directory: Arc<[StreamKey]>,
+    pub directory: Vec<StreamKey>,
     pub probes: bool,
 }
 
@@ -49,7 +50,7 @@ impl Book {
     /// The table's content moved to `hash`: a new version, logged with
     /// `change` when there is one (`None`: only a whole table describes
     /// it).
-    fn advance(&mut self, hash: u64, change: Option<TableChange>) {
+    pub(super) fn advance(&mut self, hash: u64, change: Option<TableChange>) {
         self.version += 1;
         self.hash = hash;
         match change {
@@ -205,32 +206,39 @@ impl PlanSession {
                 changes.entry(v).or_default().probes = true;
             }
         }
-        // Versions: every node when the directory or the settings moved
-        // (or after a rebuild), else the nodes with changes.
-        let dir: Arc<[StreamKey]> = Arc::from(out.dir_changes);
-        let everyone = report.full || !dir.is_empty();
-        let nodes: Vec<u32> = if everyone {
+        // Directory entries that changed, for their subscribers.
+        for (v, keys) in self.apply_dir_changes(&out.dir_changes) {
+            changes.entry(v).or_default().directory = keys;
+        }
+        // Versions: every node after a rebuild (the settings may have
+        // moved), else the nodes with changes.
+        let nodes: Vec<u32> = if report.full {
             (0..n as u32).collect()
         } else {
             changes.keys().copied().collect()
         };
         for v in nodes {
-            let vi = v as usize;
-            let hash = self.route_sum[vi]
-                .wrapping_add(self.dir_hash)
-                .wrapping_add(self.probe_hash[vi])
-                .wrapping_add(self.params_hash)
-                .max(1);
-            let id = self.graph.ids[vi].clone();
+            let hash = self.node_hash(v);
+            let id = self.graph.ids[v as usize].clone();
             let book = self.books.entry(id.clone()).or_default();
             if book.hash == hash {
                 continue;
             }
-            let mut change = changes.remove(&v).unwrap_or_default();
-            change.directory = dir.clone();
+            let change = changes.remove(&v).unwrap_or_default();
             book.advance(hash, Some(change));
             report.changed.push(id);
         }
+    }
+
+    /// Node `v`'s content hash: its routes, directory entries, probe
+    /// targets and the settings every table carries (never 0).
+    pub(super) fn node_hash(&self, v: u32) -> u64 {
+        let vi = v as usize;
+        self.route_sum[vi]
+            .wrapping_add(self.dir_sum(v))
+            .wrapping_add(self.probe_hash[vi])
+            .wrapping_add(self.params_hash)
+            .max(1)
     }
 
     /// What to send a subscriber of `id` that holds version `held` (0 =
@@ -271,13 +279,12 @@ impl PlanSession {
                 (SourceKey::Pattern(p), None) => t.removed_patterns.push(p.to_string()),
             }
         }
+        let interest = self.interest.get(&self.graph.ids[v as usize]);
         for key in dir {
-            match self.directory.get(key) {
-                Some(&o) => t.directory.push(DirectoryEntry {
-                    stream: key.to_string(),
-                    origin: self.graph.ids[o as usize].to_string(),
-                }),
-                None => t.removed_streams.push(key.to_string()),
+            if interest.is_some_and(|i| i.keys.contains_key(key)) {
+                t.directory.push(self.dir_entry(key));
+            } else {
+                t.removed_streams.push(key.to_string());
             }
         }
         if probes {
@@ -318,14 +325,22 @@ impl PlanSession {
     fn whole_table(&self, v: u32, version: u64) -> RouteTable {
         let mut t = self.routes_table(v, version);
         t.directory = self
-            .directory
-            .iter()
-            .map(|(k, &o)| DirectoryEntry {
-                stream: k.to_string(),
-                origin: self.graph.ids[o as usize].to_string(),
-            })
+            .subscriptions(&self.graph.ids[v as usize])
+            .map(|k| self.dir_entry(k))
             .collect();
         t
+    }
+
+    /// `key`'s directory entry as a subscriber's table lists it (no origin
+    /// while it is published nowhere).
+    fn dir_entry(&self, key: &StreamKey) -> DirectoryEntry {
+        DirectoryEntry {
+            stream: key.to_string(),
+            origin: self
+                .directory
+                .get(key)
+                .map_or_else(String::new, |&o| self.graph.ids[o as usize].to_string()),
+        }
     }
 
     /// Node `v`'s table without the directory.

@@ -78,8 +78,16 @@ fn nearby_edges_pull_from_origin_with_backups() {
     let t = s.table("tyo").unwrap();
     assert_eq!(t.origins.len(), 1);
     assert_eq!(t.origins[0].origin, "par");
+    // The directory lists what the node subscribed to.
+    assert!(t.directory.is_empty());
+    let mut s = s;
+    let sub = s.subscribe("tyo", std::slice::from_ref(&x), &[], false);
+    assert_eq!(sub.added, 1);
+    assert_eq!(sub.version, t.version + 1);
+    let t = s.table("tyo").unwrap();
     assert_eq!(t.directory.len(), 1);
     assert_eq!(t.directory[0].stream, "live/x");
+    assert_eq!(t.directory[0].origin, "par");
     assert!(s.table("par").unwrap().origins.is_empty());
     assert_eq!(s.drift_from_scratch(), 0);
 }
@@ -225,13 +233,36 @@ fn a_changed_probe_address_is_a_new_version() {
 }
 
 #[test]
-fn a_new_stream_is_a_small_delta() {
+fn a_new_stream_is_a_small_delta_for_its_subscribers_only() {
     let mut views = europe();
     let mut s = session(views.clone());
+    let y = StreamKey::parse("live/y").unwrap();
+    // Tokyo waits for live/y before it is published: its table says so
+    // (an entry without origin).
+    let before = s.version("tyo");
+    let sub = s.subscribe("tyo", std::slice::from_ref(&y), &[], false);
+    assert_eq!(sub.version, before + 1);
+    let t = s.table("tyo").unwrap();
+    assert_eq!(t.directory.len(), 1);
+    assert_eq!(
+        (
+            t.directory[0].stream.as_str(),
+            t.directory[0].origin.as_str()
+        ),
+        ("live/y", "")
+    );
     let held = s.version("tyo");
+    let others: Vec<(&str, u64)> = ["fra", "ams", "lon", "mad", "sao"]
+        .into_iter()
+        .map(|id| (id, s.version(id)))
+        .collect();
     publish(&mut views[0], "live/y");
     s.offer(views[0].clone());
-    s.step(NOW + 1000);
+    let report = s.step(NOW + 1000);
+    assert_eq!(report.changed, vec![Arc::<str>::from("tyo")]);
+    for (id, v) in others {
+        assert_eq!(s.version(id), v, "{id} did not subscribe to live/y");
+    }
     let Some(TableUpdate::Delta(d)) = s.table_update("tyo", held) else {
         panic!("expected a delta");
     };
@@ -240,7 +271,31 @@ fn a_new_stream_is_a_small_delta() {
     assert!(d.origins.is_empty(), "the origin's route did not change");
     assert_eq!(d.directory.len(), 1);
     assert_eq!(d.directory[0].stream, "live/y");
+    assert_eq!(d.directory[0].origin, "par");
     assert!(!d.probe_targets_changed);
+    // Unsubscribing removes the entry; subscribing again to the same
+    // content returns to the same content hash.
+    let hash = s.content_hash("tyo");
+    let v = s.version("tyo");
+    assert_eq!(
+        s.subscribe("tyo", &[], std::slice::from_ref(&y), false)
+            .removed,
+        1
+    );
+    let Some(TableUpdate::Delta(d)) = s.table_update("tyo", v) else {
+        panic!("expected a delta");
+    };
+    assert_eq!(d.removed_streams, vec!["live/y".to_owned()]);
+    assert_eq!(
+        s.subscribe("tyo", std::slice::from_ref(&y), &[], true)
+            .added,
+        1
+    );
+    assert_eq!(s.content_hash("tyo"), hash);
+    // The same keys again: nothing changes.
+    let v = s.version("tyo");
+    assert_eq!(s.subscribe("tyo", &[y], &[], true), Subscribed::default());
+    assert_eq!(s.version("tyo"), v);
     // A subscriber holding nothing (or an unknown version) gets it whole.
     assert!(matches!(
         s.table_update("tyo", 0),
@@ -346,6 +401,9 @@ enum Event {
     Weights(f64, f64),
     Join(f64, f64),
     Leave(usize),
+    Subscribe(usize, usize),
+    Unsubscribe(usize, usize),
+    Resubscribe(usize, Vec<usize>),
 }
 
 fn arb_event() -> impl Strategy<Value = Event> {
@@ -367,6 +425,10 @@ fn arb_event() -> impl Strategy<Value = Event> {
         1 => (0.05f64..1.0, 0.0f64..0.5).prop_map(|(a, b)| Event::Weights(a, b)),
         1 => (-60.0f64..70.0, -170.0f64..170.0).prop_map(|(a, b)| Event::Join(a, b)),
         1 => any::<usize>().prop_map(Event::Leave),
+        4 => (any::<usize>(), 0usize..7).prop_map(|(i, k)| Event::Subscribe(i, k)),
+        1 => (any::<usize>(), 0usize..7).prop_map(|(i, k)| Event::Unsubscribe(i, k)),
+        1 => (any::<usize>(), proptest::collection::vec(0usize..7, 0..4))
+            .prop_map(|(i, ks)| Event::Resubscribe(i, ks)),
     ]
 }
 
@@ -423,6 +485,7 @@ fn small_limits() -> PlanSettings {
 }
 
 fn apply_event(
+    s: &mut PlanSession,
     views: &mut Vec<NodeView>,
     next_id: &mut usize,
     st: &mut PlanSettings,
@@ -467,6 +530,16 @@ fn apply_event(
             views.push(node(&format!("j{next_id}"), lat, lon));
             *next_id += 1;
         }
+        Event::Subscribe(i, k) => {
+            s.subscribe(&id(views, i), &[key(k)], &[], false);
+        }
+        Event::Unsubscribe(i, k) => {
+            s.subscribe(&id(views, i), &[], &[key(k)], false);
+        }
+        Event::Resubscribe(i, ref ks) => {
+            let keys: Vec<StreamKey> = ks.iter().map(|&k| key(k)).collect();
+            s.subscribe(&id(views, i), &keys, &[], true);
+        }
         Event::Leave(i) => {
             if n > 4 {
                 let gone = views.remove(at(i)).id;
@@ -478,6 +551,10 @@ fn apply_event(
         }
     }
     None
+}
+
+fn key(k: usize) -> StreamKey {
+    StreamKey::parse(&format!("live/k{k}")).unwrap()
 }
 
 proptest! {
@@ -503,7 +580,7 @@ proptest! {
         let mut held: BTreeMap<String, RouteTable> = BTreeMap::new();
         let mut next_id = 0;
         for (k, e) in events.iter().enumerate() {
-            let gone = apply_event(&mut views, &mut next_id, &mut st, e);
+            let gone = apply_event(&mut s, &mut views, &mut next_id, &mut st, e);
             if let Some(gone) = gone {
                 s.remove(&gone);
                 held.remove(&gone);
@@ -515,6 +592,29 @@ proptest! {
             let now = NOW + 1000 * (k as i64 + 1);
             s.step(now);
             prop_assert_eq!(s.drift_from_scratch(), 0, "after {:?}", e);
+            // A session built from scratch on the same views and
+            // subscriptions lists the same directory entries, with the
+            // same directory hashes (the routes may differ: no history).
+            let mut fresh = PlanSession::new(st.clone(), 1);
+            for v in &views {
+                fresh.offer(v.clone());
+            }
+            for v in &views {
+                let keys: Vec<StreamKey> = s.subscriptions(&v.id).cloned().collect();
+                fresh.subscribe(&v.id, &keys, &[], true);
+            }
+            fresh.step(now);
+            for v in &views {
+                let dir = |p: &PlanSession| {
+                    let mut d: Vec<String> = p.table(&v.id).expect("a table").directory.iter()
+                        .map(|d| format!("{}={}", d.stream, d.origin)).collect();
+                    d.sort();
+                    d
+                };
+                prop_assert_eq!(dir(&s), dir(&fresh), "node {} after {:?}", v.id, e);
+                let (a, b) = (s.graph.index[v.id.as_str()], fresh.graph.index[v.id.as_str()]);
+                prop_assert_eq!(s.dir_sum(a), fresh.dir_sum(b), "node {} after {:?}", v.id, e);
+            }
             for v in &views {
                 let whole = s.table(&v.id).expect("every node has a table");
                 let version = held.get(&v.id).map_or(0, |t| t.version);
