@@ -6,6 +6,7 @@
 mod dashboard;
 mod nodes;
 mod resolve;
+mod steering;
 mod weights;
 
 use crate::app::App;
@@ -87,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/weights/history", get(weights::history))
         .route("/v1/resolve", get(resolve::resolve))
         .route("/play/{app}/{file}", get(resolve::play))
+        .route("/v1/steering/{app}/{stream}", get(steering::manifest))
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

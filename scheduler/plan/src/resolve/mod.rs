@@ -138,6 +138,9 @@ pub struct Edges {
     published: HashMap<StreamKey, f64>,
     /// Static origin patterns of nodes that are not down.
     patterns: Vec<StreamPattern>,
+    /// Deepest GOP cache any node that is not down reported per stream:
+    /// what a feed that keeps up holds (a full GOP, whatever its length).
+    full_gop_ms: HashMap<StreamKey, f64>,
 }
 
 impl Edges {
@@ -165,7 +168,17 @@ impl Edges {
                 })
                 .collect(),
         );
+        let mut full_gop_ms: HashMap<StreamKey, f64> = HashMap::new();
+        for n in nodes.iter().filter(|n| n.health != Health::Down) {
+            for (k, ms) in &n.stream_buffer_ms {
+                if ms.is_finite() && *ms > 0.0 {
+                    let e = full_gop_ms.entry(k.clone()).or_insert(0.0);
+                    *e = e.max(*ms);
+                }
+            }
+        }
         Edges {
+            full_gop_ms,
             by_id: nodes
                 .iter()
                 .enumerate()
@@ -177,6 +190,18 @@ impl Edges {
             published,
             patterns,
         }
+    }
+
+    /// How well node `i`'s feed of `stream` keeps up, 0..=1: its GOP-cache
+    /// depth over the deepest any node reported for the stream (the
+    /// origin's, whose feed is the publisher). `None` when `i` does not
+    /// hold the stream. Relative, because the depth of a healthy feed is
+    /// the stream's GOP (0.5–4 s), not a fixed figure: a node holding a
+    /// 1 s-GOP stream is as healthy as one that does not hold it yet.
+    pub fn stream_feed_ratio(&self, i: usize, stream: &StreamKey) -> Option<f64> {
+        let depth = self.nodes.get(i)?.stream_buffer(stream)?;
+        let full = *self.full_gop_ms.get(stream)?;
+        (full > 0.0 && depth.is_finite()).then(|| (depth / full).clamp(0.0, 1.0))
     }
 
     /// Bit rate of `stream` in kbps (`default_kbps` when it is unknown but
@@ -282,6 +307,9 @@ pub fn resolve<R: Rng + ?Sized>(
         },
         n: req.n.max(1),
     };
+    // A feed that keeps up counts as a healthy buffer, scaled down by how
+    // far it falls behind (`Edges::stream_feed_ratio`).
+    let healthy_buffer_ms = p.ranges.buffer_ms.hi.max(p.ranges.buffer_ms.lo);
     let build = |set: &[usize], charged: bool| -> Vec<Candidate<'_>> {
         set.iter()
             .map(|&i| {
@@ -298,7 +326,9 @@ pub fn resolve<R: Rng + ?Sized>(
                     charge_mbps: if charged { charge } else { 0.0 },
                     group: estimates.get(&i).copied(),
                     node_wide: learner.node(&n.id),
-                    stream_buffer_ms: n.stream_buffer(&req.stream),
+                    stream_buffer_ms: edges
+                        .stream_feed_ratio(i, &req.stream)
+                        .map(|r| r * healthy_buffer_ms),
                 }
             })
             .collect()
@@ -391,5 +421,49 @@ pub fn steer(
                 .is_some_and(|n| n.health == Health::Up);
             (!up || current_over_limit).then_some(best.index)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, health: Health, streams: &[(&str, f64)]) -> EdgeNode {
+        EdgeNode {
+            id: Arc::from(id),
+            public_url: Arc::from(format!("http://{id}")),
+            health,
+            coord: None,
+            capacity_mbps: 100.0,
+            egress_mbps: 0.0,
+            stream_buffer_ms: streams
+                .iter()
+                .map(|(k, ms)| (StreamKey::parse(k).unwrap(), *ms))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn feed_ratio_is_relative_to_the_streams_full_gop() {
+        let x = StreamKey::parse("live/x").unwrap();
+        let y = StreamKey::parse("live/y").unwrap();
+        let edges = Edges::new(
+            vec![
+                node("origin", Health::Up, &[("live/x", 1000.0)]),
+                node("keeps-up", Health::Up, &[("live/x", 1000.0)]),
+                node("behind", Health::Up, &[("live/x", 400.0)]),
+                node("cold", Health::Up, &[]),
+                // A down node's figures are not the reference.
+                node("gone", Health::Down, &[("live/x", 4000.0)]),
+            ],
+            HashMap::new(),
+            Vec::new(),
+        );
+        // A 1 s GOP held in full is a healthy feed, not half of 2 s.
+        assert_eq!(edges.stream_feed_ratio(1, &x), Some(1.0));
+        assert_eq!(edges.stream_feed_ratio(2, &x), Some(0.4));
+        assert_eq!(edges.stream_feed_ratio(3, &x), None);
+        assert_eq!(edges.stream_feed_ratio(0, &y), None);
+        assert_eq!(edges.stream_feed_ratio(99, &x), None);
     }
 }

@@ -135,8 +135,9 @@ pub struct Candidate<'a> {
     pub group: Option<&'a GroupEstimate>,
     /// What this node's viewers of every group experienced, if any.
     pub node_wide: Option<&'a GroupEstimate>,
-    /// The node's GOP-cache depth for the viewer's stream (its feed of
-    /// that stream), if it holds it.
+    /// The node's feed of the viewer's stream as a buffer input, ms, if it
+    /// holds the stream: the healthy buffer × how well the feed keeps up
+    /// (`Edges::stream_feed_ratio`).
     pub stream_buffer_ms: Option<f64>,
 }
 
