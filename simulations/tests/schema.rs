@@ -318,7 +318,7 @@ fn broken_scenarios_name_field_and_line() {
 
     // A ramp, a report-loss probability, an RTT override, a ladder.
     let e = broken("ramp_s = 5", "ramp_s = -5");
-    assert!(e.contains("events[7].ramp_s"), "{e}");
+    assert!(e.contains("events[5].ramp_s"), "{e}");
     let e = broken(
         "replan_interval_ms = 2000",
         "replan_interval_ms = 2000\nloss_probability = 1.5",
