@@ -10,9 +10,14 @@
 #   3. HTTP-FLV fan-out over the *whole* run, connect burst included: flvload with N viewers joining
 #      at once against the agent and fanout.c (../shared/bench), CPU from before the first connect to
 #      after the last byte.
+#   4. RTMP play fan-out, the same way: N RTMP players (tests/benches/viewers.rs) against the agent's
+#      RTMP port, fanout.c's HTTP-FLV run as the reference.
+#   5. LL-HLS fan-out, the same way: N LL-HLS players (blocking playlist reload + each part, one
+#      keep-alive connection each; tests/benches/viewers.rs), fanout.c's run as the reference.
 #
 #   scripts/bench-rtmp-hls.sh
-#   PUBLISHERS=8 CONNS=200 FANOUT="2000 4000" SECS=10 PHASES="1 2 3" scripts/bench-rtmp-hls.sh
+#   PUBLISHERS=8 CONNS=200 FANOUT="2000 4000" SECS=10 PHASES="1 2 3 4 5" scripts/bench-rtmp-hls.sh
+#   AGENT_ARGS="--relay-write-coalesce-ms 100" PHASES=3 scripts/bench-rtmp-hls.sh   # extra agent flags
 #
 # Needs gcc, ffmpeg, curl, python3; installs nginx, libnginx-mod-rtmp and wrk with apt-get when
 # missing (root). Every process it starts is stopped on exit. Only 127.0.0.1 is used.
@@ -26,7 +31,7 @@ PUBLISHERS="${PUBLISHERS:-8}"
 CONNS="${CONNS:-200}"
 FANOUT="${FANOUT:-2000 4000}"
 SECS="${SECS:-10}"
-PHASES="${PHASES:-1 2 3}"
+PHASES="${PHASES:-1 2 3 4 5}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -86,6 +91,14 @@ log "building release binaries"
 cargo build --release --bin vantage-agent --bin vantage-scheduler >&2
 AGENT_BIN="$TARGET_DIR/release/vantage-agent"
 SCHED_BIN="$TARGET_DIR/release/vantage-scheduler"
+# The RTMP and LL-HLS players of phases 4 and 5.
+VIEWERS_BIN=$(cargo bench -p vantage-tests --bench viewers --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "viewers" and m.get("executable"):
+        print(m["executable"])')
+[[ -x "$VIEWERS_BIN" ]] || die "could not build tests/benches/viewers.rs"
 gcc -O2 -o "$WORK/flvload" "$BENCH_DIR/flvload.c"
 gcc -O2 -o "$WORK/fanout" "$BENCH_DIR/fanout.c"
 
@@ -113,7 +126,7 @@ RUST_LOG="${RUST_LOG:-warn}" "$AGENT_BIN" --node-id bench-1 --scheduler "127.0.0
     --routes "https://127.0.0.1:$SG" --ca "$WORK/sched/dev/ca.pem" --token-file "$WORK/sched/dev/enroll.token" \
     --data-dir "$WORK/agent" --http-listen "127.0.0.1:$MEDIA" --admin-listen "127.0.0.1:$ADMIN" \
     --probe-listen "127.0.0.1:$PROBE" --rtmp-listen "127.0.0.1:$RTMP" --public-url "http://127.0.0.1:$MEDIA" \
-    --hls-window-segments 60 \
+    --hls-window-segments 60 --rtmp-max-connections 20000 ${AGENT_ARGS:-} \
     >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=("$AGENT_PID")
@@ -222,8 +235,8 @@ hls nginx-tmpfs "http://127.0.0.1:$NG_HTTP" "$seg" $(nginx_pids)
 hls nginx-tmpfs "http://127.0.0.1:$NG_HTTP" "$part" $(nginx_pids)
 fi
 
-# --- 3. HTTP-FLV fan-out over the whole run ------------------------------------------------------
-if [[ " $PHASES " == *" 3 "* ]]; then
+# --- 3-5. fan-out over the whole run: HTTP-FLV, RTMP play, LL-HLS against fanout.c -----------------
+if [[ " $PHASES " == *" 3 "* || " $PHASES " == *" 4 "* || " $PHASES " == *" 5 "* ]]; then
 FAN_SRC="$WORK/fanout-src.flv"
 ffmpeg -nostdin -hide_banner -loglevel error -i "$SRC" -c copy -an -f flv "$FAN_SRC"
 FAN_KBPS=$(($(stat -c %s "$FAN_SRC") * 8 / 30 / 1000))
@@ -236,22 +249,39 @@ FAN_PORT=$(free_port)
 FAN_PID=$!
 PIDS+=("$FAN_PID")
 sleep 1
+# The agent's own counters: bytes handed to viewers and slow-viewer skips.
+agent_counter() {
+    curl -fsS "http://127.0.0.1:$ADMIN/metrics" |
+        awk -v m="vantage_agent_$1" '$1 == m { print $2 }'
+}
+# whole NAME N LOAD PIDS... — LOAD (a command that prints flvload's line) while N viewers join at
+# once; CPU of PIDS from before the first connect to after the last byte.
 whole() {
-    local name="$1" port="$2" path="$3" n="$4"; shift 4
-    local c0 c1 t0 t1 out
+    local name="$1" n="$2" load="$3"; shift 3
+    local c0 c1 t0 t1 out b0 b1 s0 s1 extra=""
+    [[ "$name" == vantage-agent* ]] && { b0=$(agent_counter relay_egress_bytes_total); s0=$(agent_counter relay_viewer_skips_total); }
     c0=$(cpu_ticks "$@"); t0=$(date +%s.%N)
-    out=$("$WORK/flvload" 127.0.0.1 "$port" "$path" "$n" "$SECS" 2>&1 | tail -1)
+    out=$($load 2>/dev/null | tail -1)
     c1=$(cpu_ticks "$@"); t1=$(date +%s.%N)
+    if [[ "$name" == vantage-agent* ]]; then
+        b1=$(agent_counter relay_egress_bytes_total); s1=$(agent_counter relay_viewer_skips_total)
+        extra=$(python3 -c "print(f'|egress {(${b1:-0} - ${b0:-0}) / 1e6:.0f} MB, skips {${s1:-0} - ${s0:-0}:.0f}')")
+    fi
     local secs c
     secs=$(python3 -c "print($t1 - $t0)")
     c=$(python3 -c "print(f'{($c1 - $c0) / $HZ:.2f}')")
-    echo "fanout|$name|$n viewers|whole run ${secs%.*}s|$c CPU-seconds|$out" | tee -a "$RESULTS" >&2
+    echo "fanout|$name|$n viewers|whole run ${secs%.*}s|$c CPU-seconds|$out$extra" | tee -a "$RESULTS" >&2
     sleep 3
 }
 for n in $FANOUT; do
-    log "3. HTTP-FLV fan-out ($FAN_KBPS kbps, video only), whole run: $n viewers joining at once"
-    whole vantage-agent "$MEDIA" /live/f.flv "$n" "$AGENT_PID"
-    whole fanout.c "$FAN_PORT" /live/f.flv "$n" "$FAN_PID"
+    log "3-5. fan-out ($FAN_KBPS kbps, video only), whole run: $n viewers joining at once"
+    [[ " $PHASES " == *" 3 "* ]] &&
+        whole vantage-agent "$n" "$WORK/flvload 127.0.0.1 $MEDIA /live/f.flv $n $SECS" "$AGENT_PID"
+    [[ " $PHASES " == *" 4 "* ]] &&
+        whole vantage-agent-rtmp-play "$n" "$VIEWERS_BIN rtmp 127.0.0.1:$RTMP live/f $n $SECS" "$AGENT_PID"
+    [[ " $PHASES " == *" 5 "* ]] &&
+        whole vantage-agent-ll-hls "$n" "$VIEWERS_BIN hls 127.0.0.1:$MEDIA live/f $n $SECS" "$AGENT_PID"
+    whole fanout.c "$n" "$WORK/flvload 127.0.0.1 $FAN_PORT /live/f.flv $n $SECS" "$FAN_PID"
 done
 fi
 

@@ -200,7 +200,7 @@ pub struct Settings {
 
     /// Relay: viewers are woken at most once per this window, so tags
     /// arriving in between go out in one write (0..=500; 0 = every video tag)
-    /// [default: 50].
+    /// [default: 100].
     #[arg(long, value_name = "MS")]
     pub relay_write_coalesce_ms: Option<u64>,
 

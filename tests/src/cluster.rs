@@ -171,7 +171,9 @@ pub fn first_upstream(routes: &Value, stream: &str) -> Option<String> {
 /// by key (an agent's merged table lists new keys where deltas appended
 /// them), upstream lists kept in order (best first is content) without
 /// their scores (informational, they change without a new version), and
-/// without `generated_at_ms` (set when a table is sent).
+/// without `generated_at_ms` (set when a table is sent), and without probe
+/// targets' `addr` (the scheduler shows addresses to authenticated readers
+/// only).
 pub fn canonical_table(table: &Value) -> Value {
     let mut t = table.clone();
     let Some(obj) = t.as_object_mut() else {
@@ -189,6 +191,11 @@ pub fn canonical_table(table: &Value) -> Value {
             continue;
         };
         for e in entries.iter_mut() {
+            if list == "probe_targets"
+                && let Some(e) = e.as_object_mut()
+            {
+                e.remove("addr");
+            }
             let ups = e.get_mut("upstreams").and_then(Value::as_array_mut);
             for u in ups.into_iter().flatten() {
                 if let Some(u) = u.as_object_mut() {

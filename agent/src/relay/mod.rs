@@ -112,7 +112,9 @@ pub struct RelayConfig {
     pub steering_url: Option<String>,
     /// Viewers are woken at most once per this window (tags arriving in
     /// between go out together in one write). Fewer, larger writes cost
-    /// far less per viewer; the window adds at most this much delay. 50 ms.
+    /// far less per viewer; the window adds at most this much delay. 100 ms
+    /// (whole-run fan-out CPU 0.59–0.80× `fanout.c`'s against 0.85–1.43× at
+    /// 50 ms: docs/benchmarks.md).
     pub write_coalesce: Duration,
 }
 
@@ -137,7 +139,7 @@ impl Default for RelayConfig {
             hls_part_target: Duration::from_millis(500),
             hls_window: 6,
             steering_url: None,
-            write_coalesce: Duration::from_millis(50),
+            write_coalesce: Duration::from_millis(100),
         }
     }
 }

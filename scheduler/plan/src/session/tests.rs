@@ -1,6 +1,7 @@
 use super::*;
 use crate::PathStat;
 use proptest::prelude::*;
+use vantage_agent::routes::table::AppliedTable;
 use vantage_proto::v1::{RouteTable, UpstreamKind};
 use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamPattern;
@@ -561,8 +562,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Must show 1 (issue 15): after every step of a random event
-    /// sequence, the incremental state equals a plan from scratch, and an
-    /// agent that applied every delta holds exactly the whole table.
+    /// sequence, the incremental state equals a plan from scratch, and every
+    /// update is accepted by the agent's own validation and merge
+    /// (`AppliedTable::update`), which then holds exactly the whole table.
     #[test]
     fn incremental_state_equals_a_plan_from_scratch(
         world in arb_world(),
@@ -576,14 +578,17 @@ proptest! {
         }
         s.step(NOW);
         prop_assert_eq!(s.drift_from_scratch(), 0);
-        // What each node's agent holds.
+        // What each node's agent holds: the test's own model of a table
+        // and the agent's applied table (its own validation and merge).
         let mut held: BTreeMap<String, RouteTable> = BTreeMap::new();
+        let mut applied: BTreeMap<String, AppliedTable> = BTreeMap::new();
         let mut next_id = 0;
         for (k, e) in events.iter().enumerate() {
             let gone = apply_event(&mut s, &mut views, &mut next_id, &mut st, e);
             if let Some(gone) = gone {
                 s.remove(&gone);
                 held.remove(&gone);
+                applied.remove(&gone);
             }
             s.set_settings(st.clone());
             for v in &views {
@@ -618,12 +623,40 @@ proptest! {
             for v in &views {
                 let whole = s.table(&v.id).expect("every node has a table");
                 let version = held.get(&v.id).map_or(0, |t| t.version);
-                let next = match s.table_update(&v.id, version) {
+                let update = s.table_update(&v.id, version);
+                let next = match &update {
                     None => held.get(&v.id).cloned().expect("held"),
-                    Some(TableUpdate::Full(t)) => t,
-                    Some(TableUpdate::Delta(d)) => apply(&held[&v.id], &d),
+                    Some(TableUpdate::Full(t)) => t.clone(),
+                    Some(TableUpdate::Delta(d)) => apply(&held[&v.id], d),
                 };
                 prop_assert_eq!(canonical(&next), canonical(&whole), "node {} after {:?}", v.id, e);
+                // The agent accepts (ACKs) every update and ends up holding
+                // the whole table.
+                if let Some(update) = update {
+                    let mut received = match update {
+                        TableUpdate::Full(t) | TableUpdate::Delta(t) => t,
+                    };
+                    // The scheduler sets a nonce on each send.
+                    received.nonce = format!("{k}-{}", v.id);
+                    let agent = AppliedTable::update(
+                        applied.get(&v.id),
+                        received,
+                        &v.id,
+                        1_000_000,
+                        now,
+                    );
+                    let agent = match agent {
+                        Ok(a) => a,
+                        Err(err) => {
+                            return Err(TestCaseError::fail(format!(
+                                "the agent NACKs node {}'s table after {e:?}: {err}",
+                                v.id
+                            )))
+                        }
+                    };
+                    prop_assert_eq!(canonical(&agent.table), canonical(&whole), "agent {} after {:?}", v.id, e);
+                    applied.insert(v.id.clone(), agent);
+                }
                 check_table(&whole, &views)?;
                 held.insert(v.id.clone(), next);
             }
