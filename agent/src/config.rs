@@ -233,6 +233,12 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub hls_window_segments: Option<usize>,
 
+    /// LL-HLS Content Steering: the scheduler's HTTP base URL (e.g.
+    /// `http://sched.example:7480`); multivariant playlists then carry
+    /// `EXT-X-CONTENT-STEERING` pointing at its `/v1/steering` [default: none].
+    #[arg(long, value_name = "URL")]
+    pub steering_url: Option<String>,
+
     /// RTMP listen address (publish and play) [default: 0.0.0.0:1935].
     #[arg(long, value_name = "ADDR")]
     pub rtmp_listen: Option<SocketAddr>,
@@ -394,6 +400,7 @@ impl Settings {
             relay_max_pending: self.relay_max_pending.or(lower.relay_max_pending),
             hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
             hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
+            steering_url: self.steering_url.clone().or(lower.steering_url.clone()),
             rtmp_listen: self.rtmp_listen.or(lower.rtmp_listen),
             rtmp_max_connections: self.rtmp_max_connections.or(lower.rtmp_max_connections),
             rtmp_handshake_timeout_ms: self

@@ -314,6 +314,7 @@ async fn build_app(
                     stall_rate: r.random_range(0.0..0.1),
                     buffer_ms: r.random_range(500.0..3000.0),
                     samples: 20,
+                    delivery_rate_mbps: 0.0,
                 });
         }
     }

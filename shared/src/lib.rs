@@ -49,5 +49,6 @@ pub mod stream;
 pub mod synth;
 pub mod table_delta;
 pub mod table_view;
+pub mod tcp;
 pub mod tls;
 pub mod validate;

@@ -4,7 +4,7 @@
 //! score = Σ wᵢ·termᵢ / Σ wᵢ
 //! terms: latency  N(rtt_ms)            loss     N(loss)
 //!        buffer   1 − N(buffer_ms)     load     P(utilisation)
-//!        distance N(km)
+//!        distance N(km)                throughput 1 − N(deliverable / bit rate)
 //! ```
 //!
 //! `N(x) = clamp((x − lo)/(hi − lo), 0, 1)` over a configurable [`Ranges`];
@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Weights of the five terms. Non-negative and finite, not all zero.
+/// Weights of the six terms. Non-negative and finite, not all zero.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Weights {
@@ -27,10 +27,23 @@ pub struct Weights {
     pub buffer: f64,
     pub load: f64,
     pub distance: f64,
+    /// Deliverable throughput against the stream's bit rate (a weight set
+    /// written before the term existed gets the default).
+    #[serde(default = "default_throughput_weight")]
+    pub throughput: f64,
+}
+
+/// Default weight of the throughput term (docs/qoe.md: a path that
+/// cannot carry the bit rate stalls whatever its RTT).
+pub const DEFAULT_THROUGHPUT_WEIGHT: f64 = 0.25;
+
+fn default_throughput_weight() -> f64 {
+    DEFAULT_THROUGHPUT_WEIGHT
 }
 
 impl Default for Weights {
-    /// Buffering hurts live engagement most after raw latency (DESIGN §5).
+    /// Buffering hurts live engagement most after raw latency (DESIGN §5);
+    /// a path that cannot deliver the bit rate stalls (issue 16).
     fn default() -> Self {
         Self {
             latency: 0.35,
@@ -38,6 +51,7 @@ impl Default for Weights {
             buffer: 0.25,
             load: 0.15,
             distance: 0.10,
+            throughput: DEFAULT_THROUGHPUT_WEIGHT,
         }
     }
 }
@@ -64,16 +78,17 @@ impl Weights {
     }
 
     pub fn sum(&self) -> f64 {
-        self.latency + self.loss + self.buffer + self.load + self.distance
+        self.latency + self.loss + self.buffer + self.load + self.distance + self.throughput
     }
 
-    pub fn named(&self) -> [(&'static str, f64); 5] {
+    pub fn named(&self) -> [(&'static str, f64); 6] {
         [
             ("latency", self.latency),
             ("loss", self.loss),
             ("buffer", self.buffer),
             ("load", self.load),
             ("distance", self.distance),
+            ("throughput", self.throughput),
         ]
     }
 }
@@ -112,8 +127,17 @@ pub struct Ranges {
     pub buffer_ms: Range,
     /// Distance in km: 0 perfect, 10,000 km worst.
     pub km: Range,
+    /// Deliverable throughput over the stream's bit rate: below 1 the path
+    /// cannot carry the stream (worst), from 2 on it carries it twice over
+    /// (no penalty).
+    #[serde(default = "default_throughput_range")]
+    pub throughput_ratio: Range,
     /// Utilisation at which a node stops being eligible (default 0.95).
     pub hard_utilisation: f64,
+}
+
+fn default_throughput_range() -> Range {
+    Range::new(1.0, 2.0)
 }
 
 impl Default for Ranges {
@@ -123,6 +147,7 @@ impl Default for Ranges {
             loss: Range::new(0.0, 0.05),
             buffer_ms: Range::new(0.0, 2000.0),
             km: Range::new(0.0, 10_000.0),
+            throughput_ratio: default_throughput_range(),
             hard_utilisation: 0.95,
         }
     }
@@ -139,6 +164,7 @@ impl Ranges {
             ("loss", self.loss),
             ("buffer_ms", self.buffer_ms),
             ("km", self.km),
+            ("throughput_ratio", self.throughput_ratio),
         ] {
             if !(r.lo.is_finite() && r.hi.is_finite() && r.lo < r.hi) {
                 return Err(RangesError(name));
@@ -219,6 +245,16 @@ pub struct Inputs {
     pub buffer_ms: Input,
     pub utilisation: Input,
     pub km: Input,
+    /// Deliverable throughput over the stream's bit rate (`default`: not
+    /// known, no penalty).
+    pub throughput_ratio: Input,
+}
+
+impl Inputs {
+    /// The neutral throughput input: not known, no penalty.
+    pub fn no_throughput(ranges: &Ranges) -> Input {
+        Input::default_value(ranges.throughput_ratio.hi)
+    }
 }
 
 /// One term of a score.
@@ -255,7 +291,12 @@ pub fn score_value(weights: &Weights, ranges: &Ranges, inputs: &Inputs) -> f64 {
         + weights.loss * ranges.loss.normalise(inputs.loss.value)
         + weights.buffer * (1.0 - ranges.buffer_ms.normalise(inputs.buffer_ms.value))
         + weights.load * ranges.load_penalty(inputs.utilisation.value)
-        + weights.distance * ranges.km.normalise(inputs.km.value))
+        + weights.distance * ranges.km.normalise(inputs.km.value)
+        + weights.throughput
+            * (1.0
+                - ranges
+                    .throughput_ratio
+                    .normalise(inputs.throughput_ratio.value)))
         / sum
 }
 
@@ -283,6 +324,13 @@ pub fn score(weights: &Weights, ranges: &Ranges, inputs: &Inputs) -> Breakdown {
             ranges.load_penalty(inputs.utilisation.value),
         ),
         ("distance", inputs.km, ranges.km.normalise(inputs.km.value)),
+        (
+            "throughput",
+            inputs.throughput_ratio,
+            1.0 - ranges
+                .throughput_ratio
+                .normalise(inputs.throughput_ratio.value),
+        ),
     ];
     let sum = weights.sum().max(f64::MIN_POSITIVE);
     let terms: Vec<Term> = penalties

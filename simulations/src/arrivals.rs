@@ -13,6 +13,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
+/// A viewer's last mile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Fixed broadband: capacity drawn around the country's fixed median,
+    /// varying over time with the trace's shape.
+    Fixed,
+    /// Cellular: around the country's mobile median, the trace's shape
+    /// amplified (`access.mobile_variability`).
+    Mobile,
+    /// A constrained line: the trace as measured.
+    Constrained,
+}
+
 /// One viewer session as the workload defines it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Arrival {
@@ -22,12 +35,20 @@ pub struct Arrival {
     pub stream: u32,
     pub trace: u16,
     pub trace_offset_s: f64,
+    pub access: Access,
+    /// Median capacity of this viewer's line (fixed, mobile), Mbps.
+    pub capacity_mbps: f32,
+    /// Plays LL-HLS (hls.js) rather than HTTP-FLV (mpegts.js).
+    pub hls: bool,
+    /// How long the viewer waits for the first frame before leaving, ms.
+    pub patience_ms: u32,
 }
 
 struct Flash {
     from_ms: u64,
     until_ms: u64,
     multiplier: f64,
+    ramp_ms: f64,
     /// Cumulative population of the cities it draws from.
     cities: Vec<(u32, f64)>,
     stream: Option<u32>,
@@ -103,10 +124,12 @@ impl<'a> Arrivals<'a> {
                     multiplier,
                     region,
                     stream,
+                    ramp_s,
                 } => Some(Flash {
                     from_ms: (at_s * 1000.0) as u64,
                     until_ms: (until_s * 1000.0) as u64,
                     multiplier: *multiplier,
+                    ramp_ms: ramp_s * 1000.0,
                     cities: match region {
                         None => cumulative(w, |_| true),
                         Some(r) => match w.regions.iter().position(|x| x == r) {
@@ -203,7 +226,12 @@ impl<'a> Arrivals<'a> {
             if t0 < f.from_ms || t0 >= f.until_ms || f.multiplier <= 1.0 {
                 continue;
             }
-            let extra = poisson(&mut self.rng, base * (f.multiplier - 1.0));
+            let strength = if f.ramp_ms > 0.0 {
+                ((t0 + 500).saturating_sub(f.from_ms) as f64 / f.ramp_ms).min(1.0)
+            } else {
+                1.0
+            };
+            let extra = poisson(&mut self.rng, base * (f.multiplier - 1.0) * strength);
             for _ in 0..extra {
                 let u = self.rng.random::<f64>();
                 let f = &self.flashes[fi];
@@ -248,6 +276,25 @@ impl<'a> Arrivals<'a> {
         let trace = self.rng.random_range(0..self.w.traces.len()) as u16;
         let trace_offset_s =
             self.rng.random::<f64>() * self.w.traces[usize::from(trace)].duration_s();
+        let acc = &self.s.access;
+        let x = self.rng.random::<f64>();
+        let access = if x < acc.constrained_share {
+            Access::Constrained
+        } else if x < acc.constrained_share + acc.mobile_share {
+            Access::Mobile
+        } else {
+            Access::Fixed
+        };
+        let speeds = self.w.cities[city as usize].access;
+        let (median, sigma) = match access {
+            Access::Mobile => (speeds.mobile_mbps, acc.mobile_sigma),
+            _ => (speeds.fixed_mbps, acc.fixed_sigma),
+        };
+        let capacity_mbps = (median * (sigma * gauss(&mut self.rng)).exp()) as f32;
+        let p = &self.s.player;
+        let hls = self.rng.random::<f64>() < p.hls_share;
+        let patience = p.patience_min_ms
+            - p.patience_mean_ms * (1.0 - self.rng.random::<f64>()).max(1e-12).ln();
         Arrival {
             at_ms,
             end_ms: (end_s * 1000.0) as u64,
@@ -255,6 +302,10 @@ impl<'a> Arrivals<'a> {
             stream,
             trace,
             trace_offset_s,
+            access,
+            capacity_mbps,
+            hls,
+            patience_ms: patience.min(f64::from(u32::MAX)) as u32,
         }
     }
 }

@@ -77,9 +77,54 @@ pub struct Trace {
     pub name: String,
     pub step_s: f64,
     pub mbps: Vec<f32>,
+    /// Mean of the samples.
+    pub mean_mbps: f64,
+    /// The trace's shape: each sample over the mean of the measured ones,
+    /// where samples under [`IDLE_SHARE`] of that mean (no transfer in the
+    /// interval: the FCC traces log web browsing, with idle gaps between
+    /// page loads) repeat the measured sample before them.
+    shape: Vec<f32>,
 }
 
+/// Samples under this share of a trace's mean are idle gaps, not capacity.
+pub const IDLE_SHARE: f64 = 0.05;
+
 impl Trace {
+    fn new(name: String, step_s: f64, mbps: Vec<f32>) -> Self {
+        let mean_mbps = mbps.iter().map(|&x| f64::from(x)).sum::<f64>() / mbps.len().max(1) as f64;
+        let busy = |x: f32| f64::from(x) >= IDLE_SHARE * mean_mbps;
+        let (sum, n) = mbps
+            .iter()
+            .filter(|&&x| busy(x))
+            .fold((0.0, 0usize), |(s, n), &x| (s + f64::from(x), n + 1));
+        let busy_mean = if n > 0 { sum / n as f64 } else { 1.0 };
+        let mut last = mbps.iter().copied().find(|&x| busy(x)).unwrap_or(1.0);
+        let shape = mbps
+            .iter()
+            .map(|&x| {
+                if busy(x) {
+                    last = x;
+                }
+                (f64::from(last) / busy_mean) as f32
+            })
+            .collect();
+        Trace {
+            name,
+            step_s,
+            mbps,
+            mean_mbps,
+            shape,
+        }
+    }
+
+    /// The trace's shape at `t_s` (1 on average over measured samples),
+    /// for capacities drawn elsewhere that vary like the trace.
+    pub fn shape(&self, t_s: f64) -> f64 {
+        let len = self.shape.len().max(1);
+        let i = (t_s / self.step_s).floor().max(0.0) as usize % len;
+        f64::from(self.shape.get(i).copied().unwrap_or(1.0))
+    }
+
     /// Throughput at `t_s` seconds into the trace (wrapping around).
     pub fn at(&self, t_s: f64) -> f64 {
         let len = self.mbps.len().max(1);
@@ -289,9 +334,96 @@ pub fn load_durations(path: &Path) -> Result<Vec<f64>, SimError> {
     Ok(out)
 }
 
+/// Median last-mile download speeds of one country, Mbps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccessSpeed {
+    pub fixed_mbps: f64,
+    pub mobile_mbps: f64,
+}
+
+/// Median speeds by ISO country code; the row `*` (required) is the
+/// fallback for countries not listed and for empty cells.
+#[derive(Debug, Clone)]
+pub struct AccessSpeeds {
+    pub by_country: HashMap<String, AccessSpeed>,
+    pub fallback: AccessSpeed,
+}
+
+impl AccessSpeeds {
+    pub fn of(&self, country: &str) -> AccessSpeed {
+        self.by_country
+            .get(country)
+            .copied()
+            .unwrap_or(self.fallback)
+    }
+}
+
+/// Loads `access-speeds.csv`: `country,fixed_mbps,mobile_mbps[,source]`.
+pub fn load_access_speeds(path: &Path) -> Result<AccessSpeeds, SimError> {
+    let text = read(path)?;
+    let csv = Csv::parse(path, &text)?;
+    let (cc, cf, cm) = (
+        csv.col(&["country"])?,
+        csv.col(&["fixed_mbps"])?,
+        csv.col(&["mobile_mbps"])?,
+    );
+    let mut rows = Vec::new();
+    for row in &csv.rows {
+        let cell = |c: usize| -> Result<Option<f64>, SimError> {
+            let f = csv.field(row, c)?;
+            if f.is_empty() {
+                return Ok(None);
+            }
+            let v = csv.num(row, c)?;
+            if v <= 0.0 {
+                return Err(data_err(path, row.0, "speeds must be > 0"));
+            }
+            Ok(Some(v))
+        };
+        rows.push((csv.field(row, cc)?.to_owned(), cell(cf)?, cell(cm)?, row.0));
+    }
+    let Some((_, Some(f), Some(m), _)) = rows.iter().find(|r| r.0 == "*") else {
+        return Err(data_err(
+            path,
+            1,
+            "needs a `*` row with both speeds (the fallback)",
+        ));
+    };
+    let fallback = AccessSpeed {
+        fixed_mbps: *f,
+        mobile_mbps: *m,
+    };
+    let mut by_country = HashMap::new();
+    for (c, f, m, line) in rows {
+        if c == "*" {
+            continue;
+        }
+        if c.len() != 2 || !c.chars().all(|x| x.is_ascii_uppercase()) {
+            return Err(data_err(
+                path,
+                line,
+                format!("`{c}`: not an ISO country code"),
+            ));
+        }
+        by_country.insert(
+            c,
+            AccessSpeed {
+                fixed_mbps: f.unwrap_or(fallback.fixed_mbps),
+                mobile_mbps: m.unwrap_or(fallback.mobile_mbps),
+            },
+        );
+    }
+    Ok(AccessSpeeds {
+        by_country,
+        fallback,
+    })
+}
+
 /// Loads every trace matching `pattern` (a path whose file name may hold
-/// `*` and `?`), sorted by file name.
-pub fn load_traces(pattern: &Path) -> Result<Vec<Trace>, SimError> {
+/// `*` and `?`), sorted by file name. Unevenly spaced traces are
+/// resampled onto their median step (linear interpolation); each one
+/// resampled adds a line to `notes`.
+pub fn load_traces(pattern: &Path, notes: &mut Vec<String>) -> Result<Vec<Trace>, SimError> {
     let dir = pattern
         .parent()
         .map(Path::to_path_buf)
@@ -328,21 +460,51 @@ pub fn load_traces(pattern: &Path) -> Result<Vec<Trace>, SimError> {
                 (Ok(t), Ok(v)) if t.is_finite() && v.is_finite() && v >= 0.0 => (t, v),
                 _ => return Err(data_err(&f, i + 1, "expected `time_s throughput_mbps`")),
             };
+            if let Some(&prev) = times.last()
+                && t <= prev
+            {
+                return Err(data_err(&f, i + 1, "times must increase"));
+            }
             times.push(t);
             mbps.push(v as f32);
         }
         if mbps.len() < 2 {
             return Err(data_err(&f, 1, "a trace needs at least 2 samples"));
         }
-        let step_s = ((times[times.len() - 1] - times[0]) / (times.len() - 1) as f64).max(0.1);
-        out.push(Trace {
-            name: f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            step_s,
-            mbps,
-        });
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut steps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        steps.sort_by(f64::total_cmp);
+        let step_s = steps[steps.len() / 2].max(0.1);
+        let uneven = steps.iter().any(|d| (d - step_s).abs() > 0.01 * step_s);
+        if uneven {
+            let (t0, t1) = (times[0], times[times.len() - 1]);
+            let n = (((t1 - t0) / step_s).floor() as usize + 1).min(10_000_000);
+            let mut j = 0;
+            let resampled: Vec<f32> = (0..n)
+                .map(|k| {
+                    let t = t0 + k as f64 * step_s;
+                    while j + 1 < times.len() - 1 && times[j + 1] < t {
+                        j += 1;
+                    }
+                    let (ta, tb) = (times[j], times[j + 1]);
+                    let (va, vb) = (f64::from(mbps[j]), f64::from(mbps[j + 1]));
+                    let x = ((t - ta) / (tb - ta)).clamp(0.0, 1.0);
+                    (va + (vb - va) * x) as f32
+                })
+                .collect();
+            notes.push(format!(
+                "{}: unevenly spaced samples (steps {:.3}–{:.3} s) resampled every {step_s:.3} s",
+                f.display(),
+                steps[0],
+                steps[steps.len() - 1]
+            ));
+            out.push(Trace::new(name, step_s, resampled));
+        } else {
+            out.push(Trace::new(name, step_s, mbps));
+        }
     }
     if out.is_empty() {
         return Err(SimError::World(format!(

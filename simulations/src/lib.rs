@@ -194,9 +194,10 @@ pub fn parse_weights(text: &str, base: Weights) -> Result<Weights, String> {
             "buffer" => w.buffer = v,
             "load" => w.load = v,
             "distance" => w.distance = v,
+            "throughput" => w.throughput = v,
             other => {
                 return Err(format!(
-                    "unknown weight `{other}` (latency, loss, buffer, load, distance)"
+                    "unknown weight `{other}` (latency, loss, buffer, load, distance, throughput)"
                 ));
             }
         }

@@ -9,6 +9,14 @@ use serde::Serialize;
 /// One finished session.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SessionRecord {
+    /// Left before the first frame (patience ran out).
+    pub abandoned: bool,
+    /// A session that never started: how long the viewer tried, ms.
+    pub waited_ms: f64,
+    /// Mean bit rate played, Mbps.
+    pub mean_mbps: f64,
+    /// Rendition changes.
+    pub switches: u32,
     pub joined: bool,
     pub join_ms: f64,
     pub stalls: u32,
@@ -19,7 +27,7 @@ pub struct SessionRecord {
     pub skips: u32,
 }
 
-/// Compact per-session outcome kept for percentiles (16 bytes).
+/// Compact per-session outcome kept for percentiles (28 bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
     /// Join time, ms; infinite when the viewer never started playing.
@@ -27,7 +35,11 @@ pub struct Outcome {
     pub latency_ms: f32,
     pub stall_ms: f32,
     pub watch_ms: f32,
+    /// Never started: how long the viewer tried, ms.
+    pub waited_ms: f32,
+    pub mean_mbps: f32,
     pub stalls: u16,
+    pub abandoned: bool,
 }
 
 /// A scenario event, for the report's time axis.
@@ -57,6 +69,7 @@ pub struct RunResult {
     pub reroutes: u64,
     pub moves: u64,
     pub skips: u64,
+    pub switches: u64,
     pub origin_egress_gb: f64,
     pub plans: u64,
     pub events: Vec<EventMark>,
@@ -71,6 +84,7 @@ pub struct Collector {
     pub reroutes: u64,
     moves: u64,
     skips: u64,
+    switches: u64,
     origin_egress_gb: f64,
     hard: f64,
     events: Vec<EventMark>,
@@ -92,6 +106,7 @@ impl Collector {
             reroutes: 0,
             moves: 0,
             skips: 0,
+            switches: 0,
             origin_egress_gb: 0.0,
             hard: s.qoe.ranges.unwrap_or_default().hard_utilisation,
             events: Vec::new(),
@@ -151,8 +166,12 @@ impl Collector {
             latency_ms: s.latency_ms as f32,
             stall_ms: s.stall_ms as f32,
             watch_ms: (s.stall_ms + s.play_ms) as f32,
+            waited_ms: s.waited_ms as f32,
+            mean_mbps: s.mean_mbps as f32,
             stalls: s.stalls.min(u32::from(u16::MAX)) as u16,
+            abandoned: s.abandoned,
         });
+        self.switches += u64::from(s.switches);
     }
 
     pub fn finish(self, policy: &str, plans: u64) -> RunResult {
@@ -163,6 +182,7 @@ impl Collector {
             reroutes: self.reroutes + self.moves,
             moves: self.moves,
             skips: self.skips,
+            switches: self.switches,
             origin_egress_gb: self.origin_egress_gb,
             plans,
             events: self.events,
@@ -175,16 +195,33 @@ impl Collector {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
     pub policy: String,
+    /// Sessions attempted (every viewer that arrived).
     pub sessions: u64,
+    /// Of which started playing.
     pub joined: u64,
+    /// Of which never started: gave up waiting (abandoned) or were still
+    /// trying when the session's time ran out.
+    pub abandoned: u64,
+    pub failed_joins: u64,
+    /// joined / sessions.
+    pub join_share: f64,
     pub join_p50_ms: f64,
     pub join_p95_ms: f64,
     /// Share of sessions that started within 1 s (failed joins count as slow).
     pub join_under_1s: f64,
-    /// Stall time / (stall + play time), over all sessions.
+    /// Stall time / (stall + play time), over started sessions.
     pub rebuffer_ratio: f64,
+    /// Over attempted sessions: a session that never started counts the
+    /// time its viewer waited as stalled.
+    pub rebuffer_ratio_attempted: f64,
     /// Share of started sessions without a single stall.
     pub zero_stall_share: f64,
+    /// Started without a single stall / attempted.
+    pub zero_stall_share_attempted: f64,
+    /// Mean bit rate played (time-weighted over started sessions), Mbps.
+    pub mean_bitrate_mbps: f64,
+    /// Rendition switches per started session.
+    pub switches_per_session: f64,
     /// Sessions by stall count: 0, 1, 2, 3–5, 6+.
     pub stall_histogram: [u64; 5],
     pub latency_p50_ms: f64,
@@ -220,12 +257,21 @@ pub fn summarise(runs: &[&RunResult]) -> Summary {
     let policy = runs.first().map(|r| r.policy.clone()).unwrap_or_default();
     let mut joins: Vec<f64> = Vec::new();
     let mut lat: Vec<f64> = Vec::new();
-    let (mut stall, mut watch) = (0.0f64, 0.0f64);
+    let (mut stall, mut watch, mut waited) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut mbps_ms, mut play_ms) = (0.0f64, 0.0f64);
     let (mut sessions, mut started, mut zero, mut fast) = (0u64, 0u64, 0u64, 0u64);
+    let mut abandoned = 0u64;
     let mut hist = [0u64; 5];
     for r in runs {
         for o in &r.outcomes {
             sessions += 1;
+            if o.abandoned {
+                abandoned += 1;
+            }
+            waited += f64::from(o.waited_ms);
+            let played = f64::from(o.watch_ms - o.stall_ms).max(0.0);
+            mbps_ms += f64::from(o.mean_mbps) * played;
+            play_ms += played;
             if o.join_ms.is_finite() {
                 started += 1;
                 joins.push(f64::from(o.join_ms));
@@ -254,15 +300,44 @@ pub fn summarise(runs: &[&RunResult]) -> Summary {
     joins.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
     let share = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let switches: u64 = runs.iter().map(|r| r.switches).sum();
     Summary {
         policy,
         sessions,
         joined: started,
+        abandoned,
+        failed_joins: sessions - started,
+        join_share: round(share(started, sessions), 5),
         join_p50_ms: round(quantile(&joins, 0.5), 1),
         join_p95_ms: round(quantile(&joins, 0.95), 1),
         join_under_1s: round(share(fast, sessions), 5),
         rebuffer_ratio: round(if watch > 0.0 { stall / watch } else { 0.0 }, 6),
+        rebuffer_ratio_attempted: round(
+            if watch + waited > 0.0 {
+                (stall + waited) / (watch + waited)
+            } else {
+                0.0
+            },
+            6,
+        ),
         zero_stall_share: round(share(zero, started), 5),
+        zero_stall_share_attempted: round(share(zero, sessions), 5),
+        mean_bitrate_mbps: round(
+            if play_ms > 0.0 {
+                mbps_ms / play_ms
+            } else {
+                0.0
+            },
+            4,
+        ),
+        switches_per_session: round(
+            if started > 0 {
+                switches as f64 / started as f64
+            } else {
+                0.0
+            },
+            3,
+        ),
         stall_histogram: hist,
         latency_p50_ms: round(quantile(&lat, 0.5), 1),
         latency_p95_ms: round(quantile(&lat, 0.95), 1),

@@ -9,7 +9,9 @@
 //!   and loss `p`: the Mathis et al. bound `1.22 · MSS / (RTT · √p)`
 //!   (MSS 1460 B) — why distance and loss hurt even with spare capacity.
 //! - **Path loss**: `base_loss + loss_per_1000km · km/1000` (longer paths
-//!   cross more networks) plus congestion and scenario degradations.
+//!   cross more networks) for viewer paths, `relay_base_loss +
+//!   relay_loss_per_1000km · km/1000` between data centres (relay hops and
+//!   probes), plus congestion and scenario degradations.
 
 use crate::scenario::NetworkSpec;
 
@@ -52,6 +54,12 @@ pub fn congestion(spec: &NetworkSpec, egress_mbps: f64, capacity_mbps: f64) -> C
 /// Loss of an uncongested path `km` long.
 pub fn path_loss(spec: &NetworkSpec, km: f64) -> f64 {
     spec.base_loss + spec.loss_per_1000km * km / 1000.0
+}
+
+/// Loss of an uncongested path between two data centres (relay hops,
+/// probes) `km` long.
+pub fn relay_loss(spec: &NetworkSpec, km: f64) -> f64 {
+    spec.relay_base_loss + spec.relay_loss_per_1000km * km / 1000.0
 }
 
 /// Mathis et al. TCP throughput bound, Mbps.

@@ -10,6 +10,80 @@
 //! per viewer (`edge_queue_ms`) and skips to the next keyframe beyond it
 //! (DESIGN §7), so latency cannot creep without bound.
 
+/// The player's throughput estimate and rendition choice: hls.js's
+/// `EwmaBandWidthEstimator` and `AbrController` rule with their live
+/// defaults (`abrEwmaFastLive` 3 s, `abrEwmaSlowLive` 9 s half-lives, the
+/// estimate is the lower of the two, `abrBandWidthFactor` 0.95 to stay or
+/// go down, `abrBandWidthUpFactor` 0.7 to go up, `abrEwmaDefaultEstimate`
+/// 500 kbps until 1 s of samples were seen).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Abr {
+    fast: f64,
+    slow: f64,
+    /// Sample time seen, ms (for the zero-bias correction).
+    seen_ms: f64,
+    default_mbps: f64,
+}
+
+/// hls.js `abrEwmaFastLive`, `abrEwmaSlowLive` (half-lives, ms).
+const ABR_FAST_MS: f64 = 3_000.0;
+const ABR_SLOW_MS: f64 = 9_000.0;
+/// hls.js `abrBandWidthFactor`, `abrBandWidthUpFactor`.
+const BW_FACTOR: f64 = 0.95;
+const BW_UP_FACTOR: f64 = 0.7;
+/// hls.js `abrEwmaDefaultEstimate`, Mbps.
+pub const DEFAULT_ESTIMATE_MBPS: f64 = 0.5;
+/// Sample time before the estimate replaces the default (hls.js
+/// `minWeight_`-like warm-up), ms.
+const WARMUP_MS: f64 = 1_000.0;
+
+impl Abr {
+    pub fn new(default_mbps: f64) -> Self {
+        Abr {
+            fast: 0.0,
+            slow: 0.0,
+            seen_ms: 0.0,
+            default_mbps,
+        }
+    }
+
+    /// A throughput sample of `mbps` lasting `dt_ms`.
+    pub fn sample(&mut self, mbps: f64, dt_ms: f64) {
+        if !(mbps.is_finite() && dt_ms > 0.0) {
+            return;
+        }
+        let a_f = 0.5f64.powf(dt_ms / ABR_FAST_MS);
+        let a_s = 0.5f64.powf(dt_ms / ABR_SLOW_MS);
+        self.fast = mbps * (1.0 - a_f) + a_f * self.fast;
+        self.slow = mbps * (1.0 - a_s) + a_s * self.slow;
+        self.seen_ms += dt_ms;
+    }
+
+    /// The estimate, Mbps (bias-corrected EWMAs, the lower of the two).
+    pub fn estimate(&self) -> f64 {
+        if self.seen_ms < WARMUP_MS {
+            return self.default_mbps;
+        }
+        let zf = 1.0 - 0.5f64.powf(self.seen_ms / ABR_FAST_MS);
+        let zs = 1.0 - 0.5f64.powf(self.seen_ms / ABR_SLOW_MS);
+        (self.fast / zf).min(self.slow / zs)
+    }
+
+    /// The rendition to load next: the highest whose bit rate fits the
+    /// estimate (× 0.95 at or below `current`, × 0.7 above it).
+    pub fn choose(&self, ladder: &[f64], current: usize) -> usize {
+        let bw = self.estimate();
+        let mut best = 0;
+        for (k, &b) in ladder.iter().enumerate() {
+            let factor = if k > current { BW_UP_FACTOR } else { BW_FACTOR };
+            if b <= bw * factor {
+                best = k;
+            }
+        }
+        best
+    }
+}
+
 /// Player state.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Player {

@@ -40,21 +40,22 @@ pub fn candidates(base: Weights, random: usize, seed: u64) -> Vec<Weights> {
         out.push(base);
     }
     let d = Weights::default();
-    for k in 0..5 {
+    for k in 0..6 {
         let mut w = d;
         match k {
             0 => w.latency *= 2.0,
             1 => w.loss *= 2.0,
             2 => w.buffer *= 2.0,
             3 => w.load *= 2.0,
-            _ => w.distance *= 2.0,
+            4 => w.distance *= 2.0,
+            _ => w.throughput *= 2.0,
         }
         out.push(w);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0057_333b);
     for _ in 0..random {
         // Uniform on the simplex: normalised exponentials.
-        let mut v = [0.0f64; 5];
+        let mut v = [0.0f64; 6];
         for x in &mut v {
             *x = -(1.0 - rng.random::<f64>()).max(1e-12).ln();
         }
@@ -65,6 +66,7 @@ pub fn candidates(base: Weights, random: usize, seed: u64) -> Vec<Weights> {
             buffer: round3(v[2] / s),
             load: round3(v[3] / s),
             distance: round3(v[4] / s),
+            throughput: round3(v[5] / s),
         });
     }
     out.retain(|w| w.validate().is_ok());
@@ -136,7 +138,7 @@ pub fn table(c: &[Candidate], top: usize, seeds: usize) -> String {
         out,
         "{:>4}  {:<42} {:>17} {:>19} {:>15} {:>10}",
         "rank",
-        "weights (lat/loss/buf/load/dist)",
+        "weights (lat/loss/buf/load/dist/tput)",
         "rebuffer mean±sd",
         "min–max",
         "0-stall mean±sd",
@@ -149,8 +151,8 @@ pub fn table(c: &[Candidate], top: usize, seeds: usize) -> String {
             "{:>4}  {:<42} {:>9.5}±{:<7.5} {:>9.5}–{:<9.5} {:>7.4}±{:<7.4} {:>8.0}ms",
             i + 1,
             format!(
-                "{:.3}/{:.3}/{:.3}/{:.3}/{:.3}",
-                w.latency, w.loss, w.buffer, w.load, w.distance
+                "{:.3}/{:.3}/{:.3}/{:.3}/{:.3}/{:.3}",
+                w.latency, w.loss, w.buffer, w.load, w.distance, w.throughput
             ),
             x.rebuffer_mean,
             x.rebuffer_sd,

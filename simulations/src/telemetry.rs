@@ -44,6 +44,8 @@ pub struct GroupAgg {
     pub loss: f64,
     pub buffer_ms: f64,
     pub stall_rate: f64,
+    /// Mean TCP delivery rate of the group's connections, Mbps.
+    pub delivery_mbps: f64,
 }
 
 /// A node's report.
@@ -58,6 +60,9 @@ pub struct Report {
     pub groups: Vec<(u32, GroupAgg)>,
     /// What the agent's probes measured, by peer node.
     pub paths: Vec<(u16, PathReport)>,
+    /// GOP-cache depth per stream the node holds (`StreamState.gop_cache_ms`),
+    /// by stream slot, ascending.
+    pub streams: Vec<(u32, f64)>,
 }
 
 /// What a baseline (lowest-rtt) knows about a group on a node.
@@ -91,6 +96,7 @@ pub struct View {
     pub egress_mbps: Vec<f64>,
     pub buffer_ms: Vec<Option<f64>>,
     pub latest_groups: Vec<Vec<(u32, GroupAgg)>>,
+    pub latest_streams: Vec<Vec<(u32, f64)>>,
     /// Per (node, city) estimates of the lowest-rtt baseline.
     pub groups: HashMap<(u16, u32), GroupObs>,
     track_groups: bool,
@@ -119,6 +125,7 @@ impl View {
             egress_mbps: vec![0.0; n],
             buffer_ms: vec![None; n],
             latest_groups: vec![Vec::new(); n],
+            latest_streams: vec![Vec::new(); n],
             groups: HashMap::new(),
             track_groups,
         }
@@ -173,6 +180,7 @@ impl View {
             }
         }
         self.latest_groups[i] = r.groups;
+        self.latest_streams[i] = r.streams;
     }
 
     /// The liveness loop at `now_ms`: every node's state by the planning
@@ -250,6 +258,7 @@ mod tests {
             buffer_ms: None,
             groups: Vec::new(),
             paths: Vec::new(),
+            streams: Vec::new(),
         }
     }
 

@@ -34,6 +34,8 @@ pub struct ViewerCity {
     pub region: usize,
     /// geohash-4 label, as agents report client groups.
     pub group: String,
+    /// Median last-mile speeds of the city's country.
+    pub access: crate::data::AccessSpeed,
     server: Option<(usize, f64)>,
 }
 
@@ -52,13 +54,18 @@ pub struct World {
     pub city_rtt: Vec<f32>,
     pub city_km: Vec<f32>,
     pub traces: Vec<Trace>,
+    /// What building the world noticed and fixed (resampled traces).
+    pub notes: Vec<String>,
     /// Origin node of each stream.
     pub stream_origin: Vec<u16>,
     /// Cumulative Zipf popularity of streams.
     pub stream_cdf: Vec<f64>,
     /// Real live-stream durations, seconds (None: streams live forever).
     pub lifetimes: LifetimeModel,
+    /// Bit rate of the top rendition, Mbps (what origins publish).
     pub bitrate_mbps: f64,
+    /// The ABR ladder, Mbps, ascending (the last is `bitrate_mbps`).
+    pub ladder_mbps: Vec<f64>,
     pub gop_ms: f64,
 }
 
@@ -72,6 +79,9 @@ pub enum LifetimeModel {
 /// Whether `city` belongs to `region` (a timezone prefix like `Europe`, or
 /// an ISO country code like `DE`).
 pub fn in_region(city: &City, region: &str) -> bool {
+    if region == "World" {
+        return true;
+    }
     if region.len() == 2 && region.chars().all(|c| c.is_ascii_uppercase()) {
         return city.country == region;
     }
@@ -83,8 +93,14 @@ pub fn in_region(city: &City, region: &str) -> bool {
 
 impl World {
     pub fn build(s: &Scenario) -> Result<Self, SimError> {
-        let matrix = data::load_matrix(&s.resolve(&s.data.servers), &s.resolve(&s.data.pings))
-            .map_err(in_field("data.servers / data.pings"))?;
+        let matrix = data::load_matrix(
+            &s.data_file(&s.data.servers, "servers.csv"),
+            &s.data_file(&s.data.pings, "pings.csv"),
+        )
+        .map_err(in_field("data.servers / data.pings"))?;
+        let speeds =
+            data::load_access_speeds(&s.data_file(&s.data.access_speeds, "access-speeds.csv"))
+                .map_err(in_field("data.access_speeds"))?;
         if matrix.is_empty() {
             return Err(SimError::World("the latency matrix has no servers".into()));
         }
@@ -146,8 +162,38 @@ impl World {
         } else {
             v.regions.clone()
         };
-        let all = data::load_cities(&s.resolve(&s.data.cities), v.min_population)
+        let all = data::load_cities(&s.data_file(&s.data.cities, "cities.csv"), v.min_population)
             .map_err(in_field("data.cities"))?;
+        let vline = Some(s.viewers.span().start);
+        let countries: std::collections::BTreeSet<&str> =
+            all.iter().map(|c| c.country.as_str()).collect();
+        let known = |r: &str| {
+            r.len() != 2 || !r.chars().all(|c| c.is_ascii_uppercase()) || countries.contains(r)
+        };
+        for (i, r) in v.regions.iter().enumerate() {
+            if !known(r) {
+                return Err(s.err(
+                    vline,
+                    &format!("viewers.regions[{i}]"),
+                    format!(
+                        "`{r}`: no city of that country code (≥ min_population) in the cities data"
+                    ),
+                ));
+            }
+        }
+        for (i, sp) in s.events.iter().enumerate() {
+            if let crate::scenario::EventSpec::FlashCrowd {
+                region: Some(r), ..
+            } = sp.get_ref()
+                && !known(r)
+            {
+                return Err(s.err(
+                    Some(sp.span().start),
+                    &format!("events[{i}].region"),
+                    format!("`{r}`: no city of that country code in the cities data"),
+                ));
+            }
+        }
         let mut cities = Vec::new();
         for c in all {
             let region = if v.regions.is_empty() {
@@ -159,10 +205,12 @@ impl World {
                 let group = vantage_shared::group::geohash(c.coord.lat, c.coord.lon, 4)
                     .unwrap_or_else(|| "unknown".into());
                 let server = matrix.nearest(&c.coord);
+                let access = speeds.of(&c.country);
                 cities.push(ViewerCity {
                     city: c,
                     region,
                     group,
+                    access,
                     server,
                 });
             }
@@ -172,11 +220,13 @@ impl World {
                 "viewers: no city matches `regions` and `min_population`".into(),
             ));
         }
-        for r in v.region_weights.keys() {
-            if !regions.iter().any(|x| x == r) {
-                return Err(SimError::World(format!(
-                    "viewers.region_weights.{r}: `{r}` is not in viewers.regions"
-                )));
+        for (i, r) in regions.iter().enumerate() {
+            if !cities.iter().any(|c| c.region == i) && !v.regions.is_empty() {
+                return Err(s.err(
+                    vline,
+                    &format!("viewers.regions[{i}]"),
+                    format!("`{r}`: no city of this region has ≥ min_population inhabitants (or an earlier region took them all)"),
+                ));
             }
         }
         let mut city_rtt = Vec::with_capacity(cities.len() * n);
@@ -186,6 +236,41 @@ impl World {
                 let km = c.city.coord.km_to(&node.coord);
                 city_rtt.push(truth_rtt(&matrix, c.server, node.server, km).0 as f32);
                 city_km.push(km as f32);
+            }
+        }
+        // RTT overrides (both directions).
+        for (i, sp) in s.network.rtt.iter().enumerate() {
+            let o = sp.get_ref();
+            let jitter = o.jitter_ms.unwrap_or(0.05 * o.rtt_ms) as f32;
+            let Some(a) = nodes.iter().position(|x| x.id == o.from) else {
+                continue; // validated already
+            };
+            if let Some(b) = nodes.iter().position(|x| x.id == o.to) {
+                for (x, y) in [(a, b), (b, a)] {
+                    node_rtt[x * n + y] = o.rtt_ms as f32;
+                    node_jitter[x * n + y] = jitter;
+                }
+                continue;
+            }
+            let mut hit = false;
+            for (ci, c) in cities.iter().enumerate() {
+                let is = regions.get(c.region).is_some_and(|r| r == &o.to)
+                    || in_region(&c.city, &o.to)
+                    || c.city.name.eq_ignore_ascii_case(&o.to);
+                if is {
+                    city_rtt[ci * n + a] = o.rtt_ms as f32;
+                    hit = true;
+                }
+            }
+            if !hit {
+                return Err(s.err(
+                    Some(sp.span().start),
+                    &format!("network.rtt[{i}].to"),
+                    format!(
+                        "`{}` is neither a node id nor a region, country code or city of the viewers",
+                        o.to
+                    ),
+                ));
             }
         }
         let st = s.streams();
@@ -218,13 +303,20 @@ impl World {
         let lifetimes = match &st.lifetime {
             Lifetime::Seconds(x) => LifetimeModel::Fixed(*x),
             Lifetime::Named(n) if n == "ytlive" => LifetimeModel::Empirical(
-                data::load_durations(&s.resolve(&s.data.stream_durations))
-                    .map_err(in_field("data.stream_durations"))?,
+                data::load_durations(
+                    &s.data_file(&s.data.stream_durations, "ytlive-durations.csv"),
+                )
+                .map_err(in_field("data.stream_durations"))?,
             ),
             Lifetime::Named(_) => LifetimeModel::Forever,
         };
-        let traces =
-            data::load_traces(&s.resolve(&v.traces)).map_err(in_field("viewers.traces"))?;
+        let mut notes = Vec::new();
+        let pattern = match &v.traces {
+            Some(p) => s.resolve(p),
+            None => crate::scenario::bundled_data_dir().join("traces/*"),
+        };
+        let traces = data::load_traces(&pattern, &mut notes).map_err(in_field("viewers.traces"))?;
+        let ladder_mbps: Vec<f64> = st.ladder().iter().map(|k| k / 1000.0).collect();
         Ok(World {
             nodes,
             pops,
@@ -236,10 +328,15 @@ impl World {
             city_rtt,
             city_km,
             traces,
+            notes,
             stream_origin,
             stream_cdf,
             lifetimes,
-            bitrate_mbps: st.bitrate_kbps / 1000.0,
+            bitrate_mbps: ladder_mbps
+                .last()
+                .copied()
+                .unwrap_or(st.bitrate_kbps / 1000.0),
+            ladder_mbps,
             gop_ms: st.gop_ms,
         })
     }

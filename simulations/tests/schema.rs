@@ -46,6 +46,21 @@ base_loss = 0.002
 
 [player]
 startup_buffer_ms = 800
+hls_share = 0.4
+
+[access]
+mobile_share = 0.5
+constrained_share = 0.1
+
+[[network.rtt]]
+from = "sto"
+to = "tll"
+rtt_ms = 12
+
+[[network.rtt]]
+from = "tll"
+to = "FI"
+rtt_ms = 9
 
 [qoe.weights]
 latency = 0.3
@@ -137,6 +152,7 @@ kind = "telemetry_delay"
 at_s = 200
 until_s = 220
 extra_ms = 1500
+ramp_s = 5
 "#,
         servers = d.join("servers.csv").display(),
         pings = d.join("pings.csv").display(),
@@ -170,8 +186,8 @@ fn fresh_scenario_runs_without_code_changes() {
     let path = write(dir.path(), "nordics.toml", &fresh(dir.path()));
     let s = Scenario::load(&path).unwrap();
     assert_eq!(
-        s.viewers().traces,
-        "my-traces/*.txt",
+        s.viewers().traces.as_deref(),
+        Some("my-traces/*.txt"),
         "relative to the file"
     );
     let w = World::build(&s).unwrap();
@@ -284,6 +300,80 @@ fn broken_scenarios_name_field_and_line() {
     // A deadband key the scheduler does not have.
     let e = broken("loss = 0.004", "losses = 0.004");
     assert!(e.contains("losses"), "{e}");
+
+    // Region codes: unknown, lower case, neither code nor continent.
+    let viewers_line = line_of(&text, "[viewers]");
+    for (code, want) in [
+        ("XQ", "no city of that country code"),
+        ("se", "upper case"),
+        ("Scandinavia", "neither a continent"),
+    ] {
+        let e = broken("\"SE\", \"FI\"", &format!("\"{code}\", \"FI\""));
+        assert!(e.contains("viewers.regions[1]"), "{e}");
+        assert!(e.contains(want), "{e}");
+        assert!(e.contains(&format!(":{viewers_line}:")), "{e}");
+    }
+    let e = broken("region = \"SE\"", "region = \"ZZ\"");
+    assert!(e.contains("events[3].region") && e.contains("ZZ"), "{e}");
+
+    // A ramp, a report-loss probability, an RTT override, a ladder.
+    let e = broken("ramp_s = 5", "ramp_s = -5");
+    assert!(e.contains("events[5].ramp_s"), "{e}");
+    let e = broken(
+        "replan_interval_ms = 2000",
+        "replan_interval_ms = 2000\nloss_probability = 1.5",
+    );
+    assert!(e.contains("telemetry.loss_probability"), "{e}");
+    let e = broken("from = \"sto\"", "from = \"stockholm\"");
+    assert!(
+        e.contains("network.rtt[0].from") && e.contains("stockholm"),
+        "{e}"
+    );
+    let e = broken("to = \"FI\"", "to = \"Narnia\"");
+    assert!(
+        e.contains("network.rtt[1].to") && e.contains("Narnia"),
+        "{e}"
+    );
+    let rtt_line = line_of(&text, "to = \"FI\"") - 2;
+    assert!(e.contains(&format!(":{rtt_line}:")), "{e}");
+    let e = broken("gop_ms = 1000", "gop_ms = 1000\nladder_kbps = [800, 400]");
+    assert!(
+        e.contains("streams.ladder_kbps[1]") && e.contains("ascending"),
+        "{e}"
+    );
+    let e = broken("mobile_share = 0.5", "mobile_share = 0.95");
+    assert!(e.contains("access.constrained_share"), "{e}");
+}
+
+/// Data paths default to the bundled set wherever the scenario lives, and
+/// an unevenly spaced trace is resampled with a note.
+#[test]
+fn bundled_data_and_uneven_traces() {
+    let dir = setup();
+    let text = fresh(dir.path());
+    let start = text.find("[data]").unwrap();
+    let end = text.find("[telemetry]").unwrap();
+    let without_data = format!("{}{}", &text[..start], &text[end..]);
+    // 0, 5, 10, 20, 25, … s: one gap of 10 s.
+    let uneven: String = (0..40)
+        .filter(|i| *i != 3)
+        .map(|i| format!("{}\t{}\n", i * 5, 1.0 + f64::from(i % 4)))
+        .collect();
+    std::fs::write(dir.path().join("my-traces/uneven.txt"), uneven).unwrap();
+    let path = write(dir.path(), "nodata.toml", &without_data);
+    let s = Scenario::load(&path).unwrap();
+    let w = World::build(&s).unwrap();
+    assert!(w.cities.len() > 10);
+    assert_eq!(w.traces.len(), 2);
+    assert_eq!(w.notes.len(), 1, "{:?}", w.notes);
+    assert!(w.notes[0].contains("uneven.txt") && w.notes[0].contains("resampled"));
+    let t = w.traces.iter().find(|t| t.name == "uneven.txt").unwrap();
+    assert_eq!(t.step_s, 5.0);
+    assert_eq!(t.mbps.len(), 40, "resampled over the whole span");
+    // Decreasing times are refused with the file and line.
+    std::fs::write(dir.path().join("my-traces/bad.txt"), "0\t1\n5\t1\n3\t1\n").unwrap();
+    let e = World::build(&s).unwrap_err().to_string();
+    assert!(e.contains("bad.txt:3") && e.contains("increase"), "{e}");
 }
 
 #[test]

@@ -262,6 +262,7 @@ async fn recorded_live_run_replays_exactly() {
         buffer: 0.0,
         load: 0.0,
         distance: 1.0,
+        throughput: 0.25,
     };
     let r = replay(
         &trace,

@@ -596,13 +596,14 @@ async fn ffmpeg_plays_through_the_play_redirect() {
         location.ends_with(&format!("/live/x.flv?{}", at(FRANKFURT))),
         "{location}"
     );
-    // The LL-HLS variant redirects the same way, to the edge's playlist.
+    // The LL-HLS variant redirects the same way, to the edge's multivariant
+    // playlist.
     let hls = format!("{}/play/live/x.m3u8?{}", s.api_url(), at(FRANKFURT));
     let r = no_redirects().get(&hls).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 302);
     let hls_location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        hls_location.ends_with(&format!("/live/x/index.m3u8?{}", at(FRANKFURT))),
+        hls_location.ends_with(&format!("/live/x/master.m3u8?{}", at(FRANKFURT))),
         "{hls_location}"
     );
     // ffmpeg asks /play again and may be sent to the other eligible agent

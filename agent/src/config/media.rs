@@ -96,6 +96,18 @@ impl Settings {
             check("hls-window-segments", n as u64, 3..=60)?;
             r.hls_window = n;
         }
+        if let Some(u) = &self.steering_url {
+            let u = u.trim_end_matches('/');
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.len() <= 512
+                && !u.contains(['"', ' ', '?', '#', '\n', '\r']);
+            if !ok {
+                return Err(invalid(format!(
+                    "--steering-url {u:?} must be an http(s) URL without query, quotes or spaces"
+                )));
+            }
+            r.steering_url = Some(u.to_owned());
+        }
         Ok(r)
     }
 

@@ -110,9 +110,79 @@ pub fn render(s: &Segmenter) -> Option<String> {
     Some(out)
 }
 
+/// The multivariant playlist of a stream (`/{app}/{stream}/master.m3u8`):
+/// one variant, the media playlist, at `bandwidth_bps`. With a steering
+/// server (`steering`: the scheduler's base URL) it carries
+/// `EXT-X-CONTENT-STEERING` with this node as the one pathway
+/// (`PATHWAY-ID`), which the steering manifest clones onto other edges
+/// (RFC 8216bis §7; the scheduler's `/v1/steering`). `node` must be a
+/// valid pathway id (node ids are).
+pub fn multivariant(
+    key: &str,
+    node: &str,
+    bandwidth_bps: u64,
+    steering: Option<&str>,
+    location: Option<(f64, f64)>,
+) -> String {
+    let mut out = String::with_capacity(512);
+    let _ = writeln!(out, "#EXTM3U");
+    let _ = writeln!(out, "#EXT-X-VERSION:9");
+    let _ = writeln!(out, "#EXT-X-INDEPENDENT-SEGMENTS");
+    // The viewer's location rides along (the agent groups CMCD by it; the
+    // steering server ranks edges by it).
+    let at = location
+        .map(|(lat, lon)| format!("lat={lat:.4}&lon={lon:.4}"))
+        .unwrap_or_default();
+    let pathway = match steering {
+        Some(base) => {
+            let mut uri = format!("{base}/v1/steering/{key}?base={node}");
+            if !at.is_empty() {
+                let _ = write!(uri, "&{at}");
+            }
+            let _ = writeln!(
+                out,
+                "#EXT-X-CONTENT-STEERING:SERVER-URI=\"{uri}\",PATHWAY-ID=\"{node}\""
+            );
+            format!(",PATHWAY-ID=\"{node}\"")
+        }
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "#EXT-X-STREAM-INF:BANDWIDTH={}{pathway}",
+        bandwidth_bps.max(1)
+    );
+    if at.is_empty() {
+        let _ = writeln!(out, "index.m3u8");
+    } else {
+        let _ = writeln!(out, "index.m3u8?{at}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multivariant_names_the_steering_server() {
+        let m = multivariant(
+            "live/a",
+            "par-1",
+            2_500_000,
+            Some("http://sched:7480"),
+            Some((48.85, 2.35)),
+        );
+        assert!(m.contains(
+            "#EXT-X-CONTENT-STEERING:SERVER-URI=\"http://sched:7480/v1/steering/live/a?base=par-1&lat=48.8500&lon=2.3500\",PATHWAY-ID=\"par-1\""
+        ));
+        assert!(m.contains(
+            "#EXT-X-STREAM-INF:BANDWIDTH=2500000,PATHWAY-ID=\"par-1\"\nindex.m3u8?lat=48.8500&lon=2.3500\n"
+        ));
+        let plain = multivariant("live/a", "par-1", 0, None, None);
+        assert!(!plain.contains("STEERING") && !plain.contains("PATHWAY"));
+        assert!(plain.contains("BANDWIDTH=1\n"));
+    }
 
     #[test]
     fn dates() {

@@ -108,6 +108,9 @@ pub struct RelayConfig {
     pub hls_part_target: Duration,
     /// LL-HLS complete segments kept per stream. 6.
     pub hls_window: usize,
+    /// The scheduler's HTTP base URL for Content Steering (multivariant
+    /// playlists name its steering manifest). None.
+    pub steering_url: Option<String>,
     /// Viewers are woken at most once per this window (tags arriving in
     /// between go out together in one write). Fewer, larger writes cost
     /// far less per viewer; the window adds at most this much delay. 100 ms
@@ -140,6 +143,7 @@ impl Default for RelayConfig {
             max_hops: 8,
             hls_part_target: Duration::from_millis(500),
             hls_window: 6,
+            steering_url: None,
             write_coalesce: Duration::from_millis(100),
             max_pending: 4096,
         }

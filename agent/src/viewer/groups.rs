@@ -8,6 +8,8 @@
 //! * `stall_rate` — time stalled / time watched (rebuffering ratio);
 //! * `buffer_ms` — mean of the buffer levels reported (CMCD `bl`, or the
 //!   relay's send lag);
+//! * `delivery_rate_mbps` — mean of the sampled `TCP_INFO` delivery rates
+//!   (Linux ≥ 4.9; 0 when none was seen);
 //! * `samples` — `TCP_INFO` samples taken.
 //!
 //! At most `max_groups` groups are kept; viewers of further groups are
@@ -44,6 +46,8 @@ impl Default for ViewerConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Contribution {
     pub rtt_ms: Option<f64>,
+    /// `TCP_INFO` delivery rate, Mbps.
+    pub delivery_mbps: Option<f64>,
     pub retransmitted: u64,
     pub segments: u64,
     pub watched: Duration,
@@ -55,6 +59,8 @@ pub struct Contribution {
 struct Acc {
     rtt_sum_ms: f64,
     rtt_n: u32,
+    rate_sum_mbps: f64,
+    rate_n: u32,
     retrans: u64,
     segs: u64,
     watch_ms: f64,
@@ -69,6 +75,10 @@ impl Acc {
             self.rtt_sum_ms += r;
             self.rtt_n = self.rtt_n.saturating_add(1);
         }
+        if let Some(r) = c.delivery_mbps.filter(|r| r.is_finite() && *r >= 0.0) {
+            self.rate_sum_mbps += r;
+            self.rate_n = self.rate_n.saturating_add(1);
+        }
         self.retrans = self.retrans.saturating_add(c.retransmitted);
         self.segs = self.segs.saturating_add(c.segments);
         self.watch_ms += c.watched.as_secs_f64() * 1000.0;
@@ -82,6 +92,8 @@ impl Acc {
     fn merge(&mut self, o: &Acc) {
         self.rtt_sum_ms += o.rtt_sum_ms;
         self.rtt_n = self.rtt_n.saturating_add(o.rtt_n);
+        self.rate_sum_mbps += o.rate_sum_mbps;
+        self.rate_n = self.rate_n.saturating_add(o.rate_n);
         self.retrans = self.retrans.saturating_add(o.retrans);
         self.segs = self.segs.saturating_add(o.segs);
         self.watch_ms += o.watch_ms;
@@ -220,6 +232,11 @@ impl Groups {
                         0.0
                     },
                     samples: a.rtt_n,
+                    delivery_rate_mbps: if a.rate_n > 0 {
+                        a.rate_sum_mbps / f64::from(a.rate_n)
+                    } else {
+                        0.0
+                    },
                 }
             })
             .collect();
@@ -251,6 +268,7 @@ mod tests {
             t0,
             &Contribution {
                 rtt_ms: Some(20.0),
+                delivery_mbps: Some(8.0),
                 retransmitted: 1,
                 segments: 100,
                 watched: s(1),
@@ -279,6 +297,8 @@ mod tests {
         assert_eq!(q.stall_rate, 0.05);
         assert_eq!(q.buffer_ms, 2000.0);
         assert_eq!(q.samples, 2);
+        // The one delivery-rate sample (the other viewer had none).
+        assert_eq!(q.delivery_rate_mbps, 8.0);
         assert!(
             vantage_shared::validate::report(&vantage_proto::v1::Report {
                 groups: snap,
@@ -336,6 +356,7 @@ mod tests {
             t0,
             &Contribution {
                 rtt_ms: Some(f64::NAN),
+                delivery_mbps: Some(f64::INFINITY),
                 retransmitted: 5,
                 segments: 1,
                 stalled: s(3),

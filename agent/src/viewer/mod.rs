@@ -175,6 +175,7 @@ impl ViewerHandle {
         self.stats.metrics.samples.inc();
         let mut c = std::mem::take(&mut self.pending);
         c.rtt_ms = (info.rtt_us > 0).then(|| info.rtt_ms());
+        c.delivery_mbps = info.delivery_rate_mbps().filter(|r| *r > 0.0);
         c.retransmitted = u64::from(info.total_retrans.saturating_sub(self.last.total_retrans));
         c.segments = match (info.segs_out, self.last.segs_out) {
             (Some(now), Some(before)) => u64::from(now.saturating_sub(before)),

@@ -46,7 +46,21 @@ pub fn edge_inputs(
         buffer_ms: buffer_input(u.buffer_ms, ranges),
         utilisation: Input::measured(util),
         km,
+        throughput_ratio: relay_throughput(&rtt_ms, &loss, ranges, limits),
     }
+}
+
+/// The throughput input of a relay edge: what one TCP connection carries
+/// over the path (Padhye, from its measured RTT and loss) against the bit
+/// rate one stream needs (`limits.default_bitrate_kbps`: an upstream pull
+/// carries each stream, each rendition, on its own connection). Without a
+/// loss measurement: not known, no penalty.
+pub fn relay_throughput(rtt_ms: &Input, loss: &Input, ranges: &Ranges, limits: &Limits) -> Input {
+    if loss.source != Source::Measured {
+        return Inputs::no_throughput(ranges);
+    }
+    let mbps = vantage_shared::tcp::padhye_mbps(rtt_ms.value, loss.value);
+    Input::modelled(mbps / (limits.default_bitrate_kbps / 1000.0).max(1e-6))
 }
 
 /// A node's buffer input: measured, or the neutral default (the top of

@@ -287,6 +287,7 @@ impl Graph {
             buffer_ms: self.buffer[ui],
             utilisation: Input::measured(0.0),
             km,
+            throughput_ratio: crate::edge::relay_throughput(&rtt_ms, &loss, ranges, &st.limits),
         }
     }
 

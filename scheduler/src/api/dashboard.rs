@@ -152,6 +152,7 @@ fn serving(e: &NodeEntry, weights: &Weights, ranges: &Ranges) -> (Value, Value) 
         buffer_ms: buffer.map_or(Input::default_value(ranges.buffer_ms.hi), Input::measured),
         utilisation: Input::measured(e.utilisation()),
         km: Input::modelled(0.0),
+        throughput_ratio: Inputs::no_throughput(ranges),
     };
     let b = score(weights, ranges, &inputs);
     let viewers: u32 = e.groups.iter().map(|g| g.viewers).sum();

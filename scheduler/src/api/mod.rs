@@ -12,6 +12,7 @@ pub mod guard;
 mod nodes;
 mod publish;
 mod resolve;
+mod steering;
 mod weights;
 
 pub use guard::{Reader, reader, require_admin};
@@ -76,6 +77,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/resolve", get(resolve::resolve))
         .route("/play/{app}/{file}", get(resolve::play))
         .route("/play/{app}/{stream}/comments", get(resolve::play_comments))
+        .route("/v1/steering/{app}/{stream}", get(steering::manifest))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             guard::rate_limit,

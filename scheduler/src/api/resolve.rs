@@ -6,7 +6,8 @@
 //!   `/{app}/{stream}.flv`, query string preserved (plus `lat`/`lon` when the
 //!   location came from a header or GeoIP, so the edge groups the viewer the
 //!   same way); `GET /play/{app}/{stream}.m3u8?...` the same to the edge's
-//!   LL-HLS playlist `/{app}/{stream}/index.m3u8`;
+//!   LL-HLS multivariant playlist `/{app}/{stream}/master.m3u8` (which
+//!   names the steering manifest, `api::steering`);
 //! * `GET /play/{app}/{stream}/comments?...` — `302` to the chosen edge's
 //!   live comments WebSocket, `ws://` (or `wss://` for an `https` edge)
 //!   `…/{app}/{stream}/comments`, same client groups. Browsers' WebSocket
@@ -34,7 +35,7 @@ use vantage_shared::clock::now_ms;
 use vantage_shared::place::Coord;
 use vantage_shared::stream::StreamKey;
 
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+pub(super) type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -77,6 +78,18 @@ fn header_coord(headers: &HeaderMap, name: Option<&str>) -> Option<Coord> {
 fn header_ip(headers: &HeaderMap, name: Option<&str>) -> Option<IpAddr> {
     let v = headers.get(name?)?.to_str().ok()?;
     v.split(',').next()?.trim().parse().ok()
+}
+
+/// [`request`] for the steering manifest.
+pub(super) fn request_for(
+    app: &App,
+    q: &[(String, String)],
+    headers: &HeaderMap,
+    peer: &Peer,
+    stream: StreamKey,
+    n: usize,
+) -> Result<Request, ApiError> {
+    request(app, q, headers, peer, stream, n)
 }
 
 /// The resolve request for `stream` and `n` answers: the viewer's
@@ -122,7 +135,7 @@ fn request(
     })
 }
 
-fn unavailable(app: &App, e: &ResolveError) -> Response {
+pub(super) fn unavailable(app: &App, e: &ResolveError) -> Response {
     match e {
         ResolveError::UnknownStream(_) => {
             app.resolver.metrics.outcome("unknown_stream");
@@ -143,7 +156,7 @@ fn unavailable(app: &App, e: &ResolveError) -> Response {
     }
 }
 
-fn bad(app: &App, e: ApiError) -> Response {
+pub(super) fn bad(app: &App, e: ApiError) -> Response {
     app.resolver.metrics.outcome("bad_request");
     e.into_response()
 }
@@ -329,9 +342,11 @@ fn answer_body<'a>(req: &'a Request, a: &'a Answer) -> AnswerBody<'a> {
     }
 }
 
-/// The edge's LL-HLS playlist of `stream`.
+/// The edge's LL-HLS multivariant playlist of `stream` (it names the
+/// media playlist and, when the agent has a steering URL, the steering
+/// manifest).
 fn edge_hls_url(public_url: &str, stream: &StreamKey) -> String {
-    format!("{public_url}/{stream}/index.m3u8")
+    format!("{public_url}/{stream}/master.m3u8")
 }
 
 /// What a `/play` redirect points at.

@@ -119,6 +119,7 @@ pub struct WeightsPatch {
     pub buffer: Option<f64>,
     pub load: Option<f64>,
     pub distance: Option<f64>,
+    pub throughput: Option<f64>,
     pub comment: Option<String>,
 }
 
@@ -139,6 +140,7 @@ impl WeightsPatch {
             && self.buffer.is_none()
             && self.load.is_none()
             && self.distance.is_none()
+            && self.throughput.is_none()
     }
 
     pub fn apply(&self, w: Weights) -> Weights {
@@ -148,6 +150,7 @@ impl WeightsPatch {
             buffer: self.buffer.unwrap_or(w.buffer),
             load: self.load.unwrap_or(w.load),
             distance: self.distance.unwrap_or(w.distance),
+            throughput: self.throughput.unwrap_or(w.throughput),
         }
     }
 }
@@ -400,6 +403,7 @@ impl App {
             buffer: Some(w.buffer),
             load: Some(w.load),
             distance: Some(w.distance),
+            throughput: Some(w.throughput),
             comment: Some(format!("reloaded from {}", path.display())),
         };
         if let Err(e) = self.update_weights(patch, "config-file").await {

@@ -15,6 +15,7 @@ fn w2() -> Weights {
         buffer: 0.05,
         load: 0.05,
         distance: 0.8,
+        throughput: 0.25,
     }
 }
 

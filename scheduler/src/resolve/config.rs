@@ -36,6 +36,8 @@ pub struct ResolveConfig {
     pub exploration_share: f64,
     pub explore_candidates: usize,
     pub explore_max_gap: f64,
+    pub trend_horizon_ms: i64,
+    pub admission_lag_ms: i64,
 }
 
 impl Default for ResolveConfig {
@@ -58,6 +60,8 @@ impl Default for ResolveConfig {
             exploration_share: p.exploration_share,
             explore_candidates: p.explore_candidates,
             explore_max_gap: p.explore_max_gap,
+            trend_horizon_ms: p.trend_horizon_ms,
+            admission_lag_ms: p.admission_lag_ms,
         }
     }
 }
@@ -71,6 +75,8 @@ impl ResolveConfig {
             exploration_share: self.exploration_share,
             explore_candidates: self.explore_candidates,
             explore_max_gap: self.explore_max_gap,
+            trend_horizon_ms: self.trend_horizon_ms,
+            admission_lag_ms: self.admission_lag_ms,
         }
     }
 

@@ -184,6 +184,16 @@ impl Resolver {
                     coord: e.info.coord,
                     capacity_mbps: e.info.capacity_mbps,
                     egress_mbps: e.load.as_ref().map_or(0.0, |l| l.egress_mbps),
+                    stream_buffer_ms: {
+                        let mut v: Vec<(StreamKey, f64)> = e
+                            .streams
+                            .iter()
+                            .filter_map(|s| Some((StreamKey::parse(&s.key).ok()?, s.gop_cache_ms)))
+                            .collect();
+                        v.sort_by(|a, b| a.0.cmp(&b.0));
+                        v.dedup_by(|a, b| a.0 == b.0);
+                        v
+                    },
                 });
                 load.push(track.load.clone());
             });
@@ -237,6 +247,80 @@ impl Resolver {
         vantage_plan::resolve::group_of(coord, asn, self.cfg.group_precision)
     }
 
+    /// A Content Steering reload (`GET /v1/steering`): the viewer is on
+    /// node `current`; returns the ranking made without exploration or
+    /// spreading with the node to serve it first — a better edge when
+    /// [`vantage_plan::resolve::steer`] says the viewer should move (its
+    /// bit rate is then accounted there), else `current` — and whether it
+    /// moved. `current` unknown to the cluster: the best edge, as a join.
+    pub fn steer<R: Rng + ?Sized>(
+        &self,
+        req: &Request,
+        current: &str,
+        weights: &Weights,
+        ranges: &Ranges,
+        now_ms: i64,
+        rng: &mut R,
+    ) -> Result<(Answer, bool), ResolveError> {
+        let snap = read(&self.snapshot).clone();
+        let learner = read(&self.learner);
+        let rank = RankParams {
+            exploration_share: 0.0,
+            spread_band: 0.0,
+            ..self.params
+        };
+        let params = ResolveParams {
+            weights,
+            ranges,
+            rank: &rank,
+            nearest: self.cfg.nearest_candidates,
+            group_precision: self.cfg.group_precision,
+            default_bitrate_kbps: self.default_bitrate_kbps,
+        };
+        let lag = self.params.admission_lag_ms;
+        let assigned = |i: usize| {
+            let l = lock(&snap.load[i]);
+            (l.total(), l.charge(now_ms, lag))
+        };
+        let mut answer = vantage_plan::resolve::resolve(
+            &snap.edges,
+            &learner,
+            &assigned,
+            req,
+            &params,
+            now_ms,
+            rng,
+        )?;
+        let Some(&cur) = snap.edges.by_id.get(current) else {
+            if let Some(first) = answer.edges.first() {
+                lock(&snap.load[first.index]).assign_at(answer.bitrate_mbps, now_ms);
+            }
+            return Ok((answer, true));
+        };
+        let node = &snap.edges.nodes[cur];
+        let over = node.capacity_mbps <= 0.0
+            || node.egress_mbps / node.capacity_mbps >= ranges.hard_utilisation;
+        let stability = vantage_shared::score::Stability::default();
+        match vantage_plan::resolve::steer(&snap.edges, &answer, cur, over, &stability) {
+            Some(to) => {
+                lock(&snap.load[to]).assign_at(answer.bitrate_mbps, now_ms);
+                if let Some(i) = answer.edges.iter().position(|e| e.index == to) {
+                    let e = answer.edges.remove(i);
+                    answer.edges.insert(0, e);
+                }
+                Ok((answer, true))
+            }
+            None => {
+                // Stay: the current edge first (when it is still eligible).
+                if let Some(i) = answer.edges.iter().position(|e| e.index == cur) {
+                    let e = answer.edges.remove(i);
+                    answer.edges.insert(0, e);
+                }
+                Ok((answer, false))
+            }
+        }
+    }
+
     /// Ranks edges for one viewer and, with `reserve`, accounts the
     /// viewer's bit rate to the chosen one until its next reports show it
     /// (callers bound how often one client may reserve: see
@@ -260,7 +344,11 @@ impl Resolver {
             group_precision: self.cfg.group_precision,
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
-        let assigned = |i: usize| lock(&snap.load[i]).total();
+        let lag = self.params.admission_lag_ms;
+        let assigned = |i: usize| {
+            let l = lock(&snap.load[i]);
+            (l.total(), l.charge(now_ms, lag))
+        };
         let answer = vantage_plan::resolve::resolve(
             &snap.edges,
             &learner,
@@ -271,7 +359,7 @@ impl Resolver {
             rng,
         )?;
         if reserve && let Some(first) = answer.edges.first() {
-            lock(&snap.load[first.index]).assign(answer.bitrate_mbps);
+            lock(&snap.load[first.index]).assign_at(answer.bitrate_mbps, now_ms);
         }
         Ok(answer)
     }

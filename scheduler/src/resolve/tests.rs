@@ -31,7 +31,10 @@ fn cand<'a>(id: &'a str, at: (f64, f64)) -> Candidate<'a> {
         capacity_mbps: 1000.0,
         egress_mbps: 0.0,
         assigned_mbps: 0.0,
+        charge_mbps: 0.0,
         group: None,
+        node_wide: None,
+        stream_buffer_ms: None,
     }
 }
 
@@ -115,6 +118,7 @@ fn stalls(group: &str, samples: u32) -> GroupQoe {
         stall_rate: 0.9,
         buffer_ms: 150.0,
         samples,
+        delivery_rate_mbps: 0.0,
     }
 }
 

@@ -217,6 +217,7 @@ impl Store {
                 .bind(weights.buffer)
                 .bind(weights.load)
                 .bind(weights.distance)
+                .bind(weights.throughput)
                 .bind(now_ms)
                 .bind(actor)
                 .bind(comment)

@@ -14,12 +14,11 @@ use super::error::StoreError;
 use super::{EventRecord, NodeRecord, Rollup, RouteHead, RouteVersionRecord, WeightSet, WriteOp};
 
 pub(super) const INSERT_WEIGHTS: &str = "\
-INSERT INTO weight_sets (version, w_latency, w_loss, w_buffer, w_load, w_distance, created_at_ms, actor, comment) \
-SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8 FROM weight_sets \
+INSERT INTO weight_sets (version, w_latency, w_loss, w_buffer, w_load, w_distance, w_throughput, created_at_ms, actor, comment) \
+SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM weight_sets \
 RETURNING version";
 
-const WEIGHT_COLUMNS: &str =
-    "version, w_latency, w_loss, w_buffer, w_load, w_distance, created_at_ms, actor, comment";
+const WEIGHT_COLUMNS: &str = "version, w_latency, w_loss, w_buffer, w_load, w_distance, w_throughput, created_at_ms, actor, comment";
 
 pub(super) fn select_weights(limit_clause: &str) -> String {
     format!("SELECT {WEIGHT_COLUMNS} FROM weight_sets ORDER BY version DESC {limit_clause}")
@@ -201,6 +200,7 @@ pub(super) fn weight_set(row: &AnyRow) -> Result<WeightSet, StoreError> {
             buffer: get(row, "w_buffer")?,
             load: get(row, "w_load")?,
             distance: get(row, "w_distance")?,
+            throughput: get(row, "w_throughput")?,
         },
         created_at_ms: get(row, "created_at_ms")?,
         actor: get(row, "actor")?,

@@ -295,6 +295,7 @@ async fn weight_versions_increase_and_persist(url: &str) {
         buffer: 0.0,
         load: 0.0,
         distance: 0.0,
+        throughput: 0.0,
     };
     assert!(matches!(
         store.insert_weights(&zero, "ops", "bad", 1).await,

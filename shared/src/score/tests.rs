@@ -8,6 +8,9 @@ fn inputs(rtt: f64, loss: f64, buffer: f64, util: f64, km: f64) -> Inputs {
         buffer_ms: Input::measured(buffer),
         utilisation: Input::measured(util),
         km: Input::modelled(km),
+        // Deliverable throughput follows the loss here: a path that loses
+        // everything carries nothing, a clean one carries plenty.
+        throughput_ratio: Input::modelled(if loss >= 1.0 { 0.0 } else { 10.0 }),
     }
 }
 
@@ -15,7 +18,7 @@ fn inputs(rtt: f64, loss: f64, buffer: f64, util: f64, km: f64) -> Inputs {
 fn defaults_and_breakdown_add_up() {
     let w = Weights::default();
     assert!(w.validate().is_ok());
-    assert!((w.sum() - 1.0).abs() < 1e-9);
+    assert!((w.sum() - 1.25).abs() < 1e-9);
     let b = score(
         &w,
         &Ranges::default(),
@@ -48,6 +51,7 @@ fn invalid_weights_are_refused() {
         buffer: 0.0,
         load: 0.0,
         distance: 0.0,
+        throughput: 0.0,
     };
     assert_eq!(zero.validate(), Err(WeightsError::AllZero));
 }
@@ -108,7 +112,7 @@ proptest! {
     #[test]
     fn scaling_weights_does_not_change_scores(k in 0.01f64..100.0, rtt in 0.0f64..400.0) {
         let w = Weights::default();
-        let scaled = Weights { latency: w.latency * k, loss: w.loss * k, buffer: w.buffer * k, load: w.load * k, distance: w.distance * k };
+        let scaled = Weights { latency: w.latency * k, loss: w.loss * k, buffer: w.buffer * k, load: w.load * k, distance: w.distance * k, throughput: w.throughput * k };
         let r = Ranges::default();
         let i = inputs(rtt, 0.01, 500.0, 0.3, 800.0);
         prop_assert!((score(&w, &r, &i).score - score(&scaled, &r, &i).score).abs() < 1e-9);

@@ -22,15 +22,25 @@ impl Engine<'_> {
         let ev = self.s.events[i].get_ref().clone();
         let label = format!("{}{}", ev.kind(), if start { "" } else { " end" });
         self.metrics.event(t, label, describe(&ev));
+        if start && ev.ramp_s() > 0.0 {
+            self.ramping.push(i);
+        }
         match ev {
-            EventSpec::PopDown { pop, .. } => {
-                if let Some(p) = self.node_index(&pop) {
+            EventSpec::PopDown { pop, ramp_s, .. } => {
+                if let Some(p) = self.node_index(&pop)
+                    && ramp_s <= 0.0
+                {
                     self.pop_down(p, t);
                 }
             }
-            EventSpec::PopUp { pop, .. } => {
+            EventSpec::PopUp { pop, ramp_s, .. } => {
                 if let Some(p) = self.node_index(&pop) {
                     self.up[p] = true;
+                    self.capacity[p] = if ramp_s > 0.0 {
+                        0.0
+                    } else {
+                        self.w.nodes[p].capacity_mbps
+                    };
                 }
             }
             EventSpec::LinkDegrade {
@@ -57,6 +67,7 @@ impl Engine<'_> {
                     ));
                 } else {
                     self.degrades.retain(|(j, _)| *j != i);
+                    self.ramping.retain(|j| *j != i);
                 }
                 self.rebuild_degrades();
             }
@@ -82,13 +93,58 @@ impl Engine<'_> {
         }
     }
 
+    /// Re-evaluates the events whose ramp is in progress (every tick).
+    pub(super) fn apply_ramps(&mut self) {
+        let t_s = self.now as f64 / 1000.0;
+        let mut degrades = false;
+        let mut done = Vec::new();
+        for &i in &self.ramping.clone() {
+            let ev = self.s.events[i].get_ref();
+            let k = ev.strength(t_s);
+            match ev {
+                EventSpec::PopDown { pop, .. } => {
+                    if let Some(p) = self.node_index(pop) {
+                        if k >= 1.0 {
+                            if self.up[p] {
+                                self.pop_down(p, self.now);
+                            }
+                        } else {
+                            self.capacity[p] = self.w.nodes[p].capacity_mbps * (1.0 - k);
+                        }
+                    }
+                }
+                EventSpec::PopUp { pop, .. } => {
+                    if let Some(p) = self.node_index(pop) {
+                        self.capacity[p] = self.w.nodes[p].capacity_mbps * k;
+                    }
+                }
+                EventSpec::LinkDegrade { .. } => degrades = true,
+                _ => {}
+            }
+            if k >= 1.0 {
+                done.push(i);
+            }
+        }
+        self.ramping.retain(|i| !done.contains(i));
+        if degrades || !done.is_empty() {
+            self.rebuild_degrades();
+        }
+    }
+
     fn rebuild_degrades(&mut self) {
         self.access = vec![(0.0, 0.0); self.n];
         self.pair.clear();
-        for (_, d) in &self.degrades {
+        let t_s = self.now as f64 / 1000.0;
+        for (i, d) in &self.degrades {
             if d.from == NONE {
                 continue;
             }
+            let k = self.s.events[*i].get_ref().strength(t_s);
+            let d = Degrade {
+                rtt: d.rtt * k,
+                loss: d.loss * k,
+                ..*d
+            };
             if d.to == NONE {
                 let a = &mut self.access[usize::from(d.from)];
                 a.0 += d.rtt;
@@ -107,6 +163,7 @@ impl Engine<'_> {
     /// next tick.
     fn pop_down(&mut self, p: usize, t: u64) {
         self.up[p] = false;
+        self.capacity[p] = self.w.nodes[p].capacity_mbps;
         let timeout = self.s.player.reconnect_timeout_ms as u64;
         let mut sessions = std::mem::take(&mut self.sessions);
         for s in &mut sessions {

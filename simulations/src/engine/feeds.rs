@@ -16,9 +16,11 @@ impl Engine<'_> {
             return 0.0;
         }
         let up = self.pick_upstream(node, stream);
+        // Whatever was memoised for the idle feed in this load update is
+        // stale now.
+        self.ratio_memo[idx].0 = u64::MAX;
         self.feeds[idx].active = true;
         self.feeds[idx].upstream = up as u16;
-        self.relay_out[up] += 1;
         self.feeds[up * self.streams + stream].downstream += 1;
         let hop = 2.0 * self.w.rtt(up, node) + self.s.network.hop_processing_ms;
         hop + self.ensure_feed(up, stream, depth + 1)
@@ -37,6 +39,42 @@ impl Engine<'_> {
             }
         }
         origin
+    }
+
+    /// One more viewer or downstream feed of `node` needs rendition `k` of
+    /// `stream`: the first one starts pulling it from the upstream.
+    pub(super) fn add_need(&mut self, node: usize, stream: usize, k: usize) {
+        let mut cur = node;
+        for _ in 0..8 {
+            let idx = cur * self.streams + stream;
+            self.feeds[idx].need[k] += 1;
+            let f = self.feeds[idx];
+            if f.need[k] > 1 || f.upstream == NONE || !f.active {
+                return;
+            }
+            let up = usize::from(f.upstream);
+            self.relay_mbps[up] += self.w.ladder_mbps[k];
+            cur = up;
+        }
+    }
+
+    /// The reverse of [`Self::add_need`]: the last one stops the pull.
+    pub(super) fn remove_need(&mut self, node: usize, stream: usize, k: usize) {
+        let mut cur = node;
+        for _ in 0..8 {
+            let idx = cur * self.streams + stream;
+            let f = &mut self.feeds[idx];
+            if f.need[k] == 0 {
+                return;
+            }
+            f.need[k] -= 1;
+            if f.need[k] > 0 || f.upstream == NONE || !f.active {
+                return;
+            }
+            let up = usize::from(f.upstream);
+            self.relay_mbps[up] -= self.w.ladder_mbps[k];
+            cur = up;
+        }
     }
 
     fn chain_contains(&self, from: usize, stream: usize, target: usize) -> bool {
@@ -70,7 +108,6 @@ impl Engine<'_> {
             if f.upstream == NONE {
                 return;
             }
-            self.relay_out[up] = self.relay_out[up].saturating_sub(1);
             let uidx = up * self.streams + stream;
             self.feeds[uidx].downstream = self.feeds[uidx].downstream.saturating_sub(1);
             cur = up;
@@ -83,13 +120,25 @@ impl Engine<'_> {
         if old == to || self.feeds[idx].upstream == NONE {
             return;
         }
-        self.relay_out[old] = self.relay_out[old].saturating_sub(1);
+        self.ratio_memo[idx].0 = u64::MAX;
+        let need = self.feeds[idx].need;
+        for (k, &c) in need.iter().enumerate() {
+            if c > 0 {
+                self.relay_mbps[old] -= self.w.ladder_mbps[k];
+                self.remove_need(old, stream, k);
+            }
+        }
         let oidx = old * self.streams + stream;
         self.feeds[oidx].downstream = self.feeds[oidx].downstream.saturating_sub(1);
         self.feeds[idx].upstream = to as u16;
-        self.relay_out[to] += 1;
         self.feeds[to * self.streams + stream].downstream += 1;
         self.ensure_feed(to, stream, 1);
+        for (k, &c) in need.iter().enumerate() {
+            if c > 0 {
+                self.relay_mbps[to] += self.w.ladder_mbps[k];
+                self.add_need(to, stream, k);
+            }
+        }
         self.release_feed(old, stream);
         self.metrics.reroutes += 1;
     }

@@ -23,7 +23,7 @@
 use crate::arrivals::{Arrival, Arrivals};
 use crate::metrics::{Collector, RunResult, SessionRecord};
 use crate::network::{self, Congestion};
-use crate::player::{self, Player};
+use crate::player::{self, Abr, Player};
 use crate::policy::planning::{Planning, stream_key};
 use crate::policy::{Ask, Policy, PolicyKind, Truth, qoe};
 use crate::scenario::{EventSpec, Scenario};
@@ -47,8 +47,11 @@ mod viewers;
 const NONE: u16 = u16::MAX;
 
 /// Per (node, city) sums of a report interval: viewers, Σ RTT, Σ loss,
-/// Σ buffer, stalled.
-type Sums = (u32, f64, f64, f64, u32);
+/// Σ buffer, stalled, Σ delivery rate (Mbps).
+type Sums = (u32, f64, f64, f64, u32, f64);
+
+/// Renditions a ladder may have.
+pub const MAX_RENDITIONS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -69,6 +72,9 @@ struct Session {
     node: u16,
     phase: Phase,
     player: Player,
+    abr: Abr,
+    /// Rendition being played (index into the ladder).
+    rendition: u8,
     joined: bool,
     join_ms: f64,
     stalls: u32,
@@ -76,9 +82,17 @@ struct Session {
     play_ms: f64,
     lat_sum: f64,
     lat_w: f64,
+    /// Σ rendition Mbps × ms played (mean bit rate).
+    mbps_ms: f64,
     failed: u16,
     moves: u32,
     skips: u32,
+    switches: u32,
+    /// HTTP-FLV: stalls in the current window and when it started.
+    window_stalls: u32,
+    window_ms: u64,
+    /// LL-HLS: when the steering manifest is reloaded next.
+    steer_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,6 +101,9 @@ struct Feed {
     upstream: u16,
     viewers: u32,
     downstream: u32,
+    /// Per rendition: viewers here playing it plus downstream feeds that
+    /// need it (a rendition is pulled while its count is positive).
+    need: [u32; MAX_RENDITIONS],
 }
 
 #[derive(Debug, Clone)]
@@ -117,12 +134,18 @@ pub struct Engine<'a> {
     n: usize,
     streams: usize,
     up: Vec<bool>,
+    /// Capacity now (ramped `pop_down`/`pop_up` events scale it).
+    capacity: Vec<f64>,
     viewers_at: Vec<u32>,
-    relay_out: Vec<u32>,
+    /// Egress to viewers (their renditions) and to downstream relays, Mbps.
+    viewer_mbps: Vec<f64>,
+    relay_mbps: Vec<f64>,
     cong: Vec<Congestion>,
     util_now: Vec<f64>,
     feeds: Vec<Feed>,
-    ratio_memo: Vec<(u64, f32, f32)>,
+    /// Per (node, stream): stamp, the chain's weakest TCP throughput
+    /// (Mbps), its lowest fair share, its one-way latency (ms).
+    ratio_memo: Vec<(u64, f32, f32, f32)>,
     sessions: Vec<Session>,
     queue: BTreeMap<(u64, u64), Ev>,
     seq: u64,
@@ -136,6 +159,9 @@ pub struct Engine<'a> {
     pair: HashMap<(u16, u16), (f64, f64)>,
     telemetry_loss: Vec<(usize, Option<u16>)>,
     telemetry_delay: Vec<(usize, u32)>,
+    /// Scenario events with a ramp in progress (their effect is
+    /// re-evaluated every tick).
+    ramping: Vec<usize>,
     /// Per node, what its agent's probe estimators hold, by target.
     probes: Vec<BTreeMap<u16, probe::AgentProbe>>,
     /// Per node, when its last report arrives (reports stay in order).
@@ -175,6 +201,11 @@ impl<'a> Engine<'a> {
                 },
                 report_interval_ms: s.telemetry.report_interval_ms,
                 replan_interval_ms: s.telemetry.replan_interval_ms,
+                // Relay hops are judged against one stream's top rendition.
+                limits: vantage_plan::Limits {
+                    default_bitrate_kbps: w.bitrate_mbps * 1000.0,
+                    ..vantage_plan::Limits::default()
+                },
                 ..PlanSettings::default()
             };
             let ids = w.nodes.iter().map(|x| x.id.clone()).collect();
@@ -184,6 +215,7 @@ impl<'a> Engine<'a> {
             qoe::Qoe::new(
                 weights,
                 s.qoe.ranges.unwrap_or_default(),
+                s.qoe.stability.unwrap_or_default(),
                 w,
                 &keys,
                 seed ^ 0x005e_ed0f_9e50_17e5,
@@ -200,12 +232,14 @@ impl<'a> Engine<'a> {
             n,
             streams,
             up: vec![true; n],
+            capacity: w.nodes.iter().map(|x| x.capacity_mbps).collect(),
             viewers_at: vec![0; n],
-            relay_out: vec![0; n],
+            viewer_mbps: vec![0.0; n],
+            relay_mbps: vec![0.0; n],
             cong: vec![Congestion::default(); n],
             util_now: vec![0.0; n],
             feeds: vec![Feed::default(); n * streams],
-            ratio_memo: vec![(u64::MAX, 0.0, 0.0); n * streams],
+            ratio_memo: vec![(u64::MAX, 0.0, 0.0, 0.0); n * streams],
             sessions: Vec::new(),
             queue: BTreeMap::new(),
             seq: 0,
@@ -223,6 +257,7 @@ impl<'a> Engine<'a> {
             pair: HashMap::new(),
             telemetry_loss: Vec::new(),
             telemetry_delay: Vec::new(),
+            ramping: Vec::new(),
             probes: vec![BTreeMap::new(); n],
             delivered_at: vec![0; n],
             base: if kind.plans_upstreams() {
@@ -282,6 +317,9 @@ impl<'a> Engine<'a> {
             }
             let dt = tick_end - self.now;
             self.now = tick_end;
+            if !self.ramping.is_empty() {
+                self.apply_ramps();
+            }
             let report_tick = self.now % u64::from(self.s.telemetry.report_interval_ms) < self.tick;
             self.advance(dt, report_tick);
             self.update_loads();
@@ -301,7 +339,7 @@ impl<'a> Engine<'a> {
         // Sessions still running at the end are cut there.
         let open = std::mem::take(&mut self.sessions);
         for s in open {
-            self.finish(s);
+            self.finish(s, false);
         }
         let plans = self.policy.planning.as_ref().map_or(0, |p| p.steps);
         self.metrics.finish(self.kind.name(), plans)
@@ -315,13 +353,13 @@ impl<'a> Engine<'a> {
     }
 
     fn egress(&self, i: usize) -> f64 {
-        f64::from(self.viewers_at[i] + self.relay_out[i]) * self.w.bitrate_mbps
+        (self.viewer_mbps[i] + self.relay_mbps[i]).max(0.0)
     }
 
     fn update_loads(&mut self) {
         for i in 0..self.n {
             let e = self.egress(i);
-            self.cong[i] = network::congestion(&self.s.network, e, self.w.nodes[i].capacity_mbps);
+            self.cong[i] = network::congestion(&self.s.network, e, self.capacity[i]);
             self.util_now[i] = self.cong[i].utilisation;
         }
         self.stamp += 1;
@@ -334,8 +372,14 @@ impl<'a> Engine<'a> {
         let mut keep = Vec::with_capacity(sessions.len());
         let p = self.s.player.clone();
         let dtf = dt as f64;
+        let steering = self.kind.steers() && p.steering_ttl_ms > 0.0;
         for mut s in sessions.drain(..) {
             let end = s.a.end_ms;
+            if !s.joined && self.now.saturating_sub(s.a.at_ms) >= u64::from(s.a.patience_ms) {
+                // Never saw a frame and gave up.
+                self.finish(s, true);
+                continue;
+            }
             match s.phase {
                 Phase::Waiting { until_ms } => {
                     if s.joined {
@@ -359,33 +403,71 @@ impl<'a> Engine<'a> {
                 }
                 Phase::Active => {
                     let node = usize::from(s.node);
-                    let (r, rtt, feed_ms) = self.delivery(&s, node);
-                    let step =
-                        s.player
-                            .step(dtf, r, p.resume_buffer_ms, p.edge_queue_ms, self.w.gop_ms);
+                    let d = self.delivery(&s, node);
+                    let k = usize::from(s.rendition);
+                    let b = self.w.ladder_mbps[k];
+                    let r = (d.path_mbps / b).min(d.feed_ratio(b));
+                    let (resume, queue) = if s.a.hls {
+                        (p.part_ms, p.edge_queue_ms.max(4.0 * p.part_ms))
+                    } else {
+                        (p.resume_buffer_ms, p.edge_queue_ms)
+                    };
+                    let step = s.player.step(dtf, r, resume, queue, self.w.gop_ms);
                     s.stalls += step.stalls;
                     s.stall_ms += step.stall_ms;
                     s.play_ms += step.play_ms;
                     s.skips += step.skips;
-                    let lat = s.player.lag_ms + rtt / 2.0 + feed_ms;
+                    s.mbps_ms += b * step.play_ms;
+                    let lat = s.player.lag_ms + d.rtt_ms / 2.0 + d.feed_ms;
                     s.lat_sum += lat * dtf;
                     s.lat_w += dtf;
+                    // The player's throughput sample: what its connection
+                    // delivers when not held back by the live edge.
+                    s.abr.sample(d.path_mbps.min(d.feed_mbps(b)), dtf);
                     if report_tick {
                         let (_, loss) = self.viewer_path(s.a.city as usize, node);
                         let e = self
                             .agg
                             .entry((s.node, s.a.city))
-                            .or_insert((0, 0.0, 0.0, 0.0, 0));
+                            .or_insert((0, 0.0, 0.0, 0.0, 0, 0.0));
                         e.0 += 1;
-                        e.1 += rtt;
+                        e.1 += d.rtt_ms;
                         e.2 += loss;
                         e.3 += s.player.buffer_ms;
                         e.4 += u32::from(s.player.stalled);
+                        e.5 += d.path_mbps;
+                    }
+                    if s.a.hls {
+                        // hls.js picks the rendition of the next part.
+                        let next = s.abr.choose(&self.w.ladder_mbps, k);
+                        if next != k {
+                            self.switch_rendition(&mut s, next);
+                        }
+                        if steering && self.now >= s.steer_ms {
+                            s.steer_ms = self.now + p.steering_ttl_ms as u64;
+                            self.steer(&mut s);
+                        }
+                    } else if step.stalls > 0 && p.flv_reconnect_stalls > 0 {
+                        if self.now.saturating_sub(s.window_ms) > p.flv_reconnect_window_ms as u64 {
+                            s.window_ms = self.now;
+                            s.window_stalls = 0;
+                        }
+                        s.window_stalls += step.stalls;
+                        if s.window_stalls >= p.flv_reconnect_stalls {
+                            // The app gives up on this connection: a new
+                            // `/play` (re-steered), a rendition the
+                            // throughput it saw affords.
+                            s.window_stalls = 0;
+                            s.window_ms = self.now;
+                            self.detach(&mut s);
+                            s.player.interrupt();
+                            self.connect(&mut s, self.now);
+                        }
                     }
                 }
             }
             if end <= self.now {
-                self.finish(s);
+                self.finish(s, false);
             } else {
                 keep.push(s);
             }
@@ -401,16 +483,33 @@ impl<'a> Engine<'a> {
         let node = usize::from(s.node);
         let attached = matches!(s.phase, Phase::Active | Phase::Connecting { .. });
         if attached {
+            let stream = s.a.stream as usize;
+            let k = usize::from(s.rendition);
             self.viewers_at[node] = self.viewers_at[node].saturating_sub(1);
-            let idx = node * self.streams + s.a.stream as usize;
+            self.viewer_mbps[node] -= self.w.ladder_mbps[k];
+            self.remove_need(node, stream, k);
+            let idx = node * self.streams + stream;
             self.feeds[idx].viewers = self.feeds[idx].viewers.saturating_sub(1);
-            self.release_feed(node, s.a.stream as usize);
+            self.release_feed(node, stream);
         }
+        s.phase = Phase::Waiting { until_ms: self.now };
     }
 
-    fn finish(&mut self, mut s: Session) {
+    fn finish(&mut self, mut s: Session, abandoned: bool) {
         self.detach(&mut s);
         self.metrics.session(SessionRecord {
+            abandoned,
+            waited_ms: if s.joined {
+                0.0
+            } else {
+                self.now.saturating_sub(s.a.at_ms) as f64
+            },
+            mean_mbps: if s.play_ms > 0.0 {
+                s.mbps_ms / s.play_ms
+            } else {
+                0.0
+            },
+            switches: s.switches,
             joined: s.joined,
             join_ms: s.join_ms,
             stalls: s.stalls,

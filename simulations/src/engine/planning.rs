@@ -99,7 +99,7 @@ impl Engine<'_> {
                 }
                 let (xr, xl) = self.pair_degrade(i, j);
                 let loss =
-                    network::path_loss(&self.s.network, self.w.km(j, i)) + self.cong[j].loss + xl;
+                    network::relay_loss(&self.s.network, self.w.km(j, i)) + self.cong[j].loss + xl;
                 v.paths.insert(
                     self.w.nodes[j].id.clone(),
                     PathStat {

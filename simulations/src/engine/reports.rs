@@ -26,7 +26,7 @@ impl Engine<'_> {
         let mut groups: Vec<Vec<(u32, GroupAgg)>> = vec![Vec::new(); self.n];
         let mut agg: Vec<((u16, u32), Sums)> = self.agg.drain().collect();
         agg.sort_unstable_by_key(|(k, _)| *k);
-        for ((node, city), (k, rtt, loss, buf, stalled)) in agg {
+        for ((node, city), (k, rtt, loss, buf, stalled, rate)) in agg {
             let kf = f64::from(k);
             let g = GroupAgg {
                 viewers: k,
@@ -34,24 +34,40 @@ impl Engine<'_> {
                 loss: (loss / kf).min(1.0),
                 buffer_ms: buf / kf,
                 stall_rate: f64::from(stalled) / kf,
+                delivery_mbps: self.noisy(rate / kf),
             };
             groups[usize::from(node)].push((city, g));
         }
-        let extra: u32 = self.telemetry_delay.iter().map(|(_, d)| *d).sum();
+        let t_s = self.now as f64 / 1000.0;
+        let extra: f64 = self
+            .telemetry_delay
+            .iter()
+            .map(|&(i, d)| f64::from(d) * self.s.events[i].get_ref().strength(t_s))
+            .sum();
+        let extra = extra.round() as u32;
         let delay = u64::from(tel.delay_ms + extra);
         let planned = self.kind.plans_upstreams();
         for (node, node_groups) in groups.iter_mut().enumerate() {
-            let lost = self
-                .telemetry_loss
-                .iter()
-                .any(|(_, p)| p.is_none_or(|p| usize::from(p) == node));
-            if !self.up[node] || lost {
+            let mut lost = false;
+            for &(i, p) in &self.telemetry_loss {
+                if p.is_none_or(|p| usize::from(p) == node) {
+                    let share = self.s.events[i].get_ref().strength(t_s);
+                    lost |= share >= 1.0 || self.noise.random::<f64>() < share;
+                }
+            }
+            let dropped =
+                tel.loss_probability > 0.0 && self.noise.random::<f64>() < tel.loss_probability;
+            if !self.up[node] || lost || dropped {
                 continue;
             }
             let egress = self.egress(node);
             let cap = self.w.nodes[node].capacity_mbps;
             let egress_seen = self.noisy(egress);
-            let buffer_ms = self.buffer_health(node);
+            let (buffer_ms, streams) = if self.kind == PolicyKind::Qoe {
+                self.stream_health(node)
+            } else {
+                (self.buffer_health(node), Vec::new())
+            };
             let paths = if planned {
                 self.probe(node)
             } else {
@@ -65,6 +81,7 @@ impl Engine<'_> {
                 buffer_ms,
                 groups: std::mem::take(node_groups),
                 paths,
+                streams,
             };
             let at = (self.now + delay).max(self.delivered_at[node]);
             self.delivered_at[node] = at;
@@ -82,12 +99,28 @@ impl Engine<'_> {
                 || usize::from(self.w.stream_origin[stream]) == node
                     && self.feeds[node * self.streams + stream].downstream > 0
             {
-                let (r, _) = self.feed_ratio(node, stream, 0);
-                sum += self.w.gop_ms * f64::from(r);
+                let r = self.feed_ratio_top(node, stream);
+                sum += self.w.gop_ms * r;
                 k += 1;
             }
         }
         (k > 0).then(|| sum / f64::from(k))
+    }
+
+    /// [`Self::buffer_health`] and the GOP-cache depth of each stream the
+    /// node holds (what the agent reports per stream).
+    pub(super) fn stream_health(&mut self, node: usize) -> (Option<f64>, Vec<(u32, f64)>) {
+        let mut out = Vec::new();
+        for stream in 0..self.streams {
+            let f = self.feeds[node * self.streams + stream];
+            if f.active || usize::from(self.w.stream_origin[stream]) == node && f.downstream > 0 {
+                let r = self.feed_ratio_top(node, stream);
+                out.push((stream as u32, self.w.gop_ms * r));
+            }
+        }
+        let mean =
+            (!out.is_empty()).then(|| out.iter().map(|x| x.1).sum::<f64>() / out.len() as f64);
+        (mean, out)
     }
 
     /// What `node`'s agent measured towards its table's probe targets this
@@ -108,7 +141,7 @@ impl Engine<'_> {
             let (xr, xl) = self.pair_degrade(u, node);
             let rtt_true = self.w.rtt(u, node) + self.cong[u].queue_ms + xr;
             let loss_true =
-                (network::path_loss(&self.s.network, self.w.km(u, node)) + self.cong[u].loss + xl)
+                (network::relay_loss(&self.s.network, self.w.km(u, node)) + self.cong[u].loss + xl)
                     .min(0.9);
             let jitter = self.w.jitter(u, node);
             let rtt = (rtt_true + jitter * self.gauss().abs()).max(0.1);

@@ -2,6 +2,38 @@
 //! what a viewer's path and its edge's feed deliver.
 
 use super::*;
+use crate::arrivals::Access;
+
+/// What a session's connection gets now.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Delivery {
+    /// What the viewer path carries for one connection: TCP over the
+    /// path, the last mile, the edge's fair share, Mbps.
+    pub path_mbps: f64,
+    pub rtt_ms: f64,
+    /// The edge's feed: its weakest hop's TCP throughput (Mbps) and its
+    /// lowest fair share, its one-way latency from the origin (ms).
+    pub chain_mbps: f64,
+    pub chain_share: f64,
+    pub feed_ms: f64,
+}
+
+impl Delivery {
+    /// Share of a rendition of `mbps` the feed delivers (≤ 1).
+    pub fn feed_ratio(&self, mbps: f64) -> f64 {
+        (self.chain_mbps / mbps).min(1.0) * self.chain_share
+    }
+
+    /// What the feed lets through for a rendition of `mbps`, Mbps (no
+    /// limit while it keeps up).
+    pub fn feed_mbps(&self, mbps: f64) -> f64 {
+        if self.feed_ratio(mbps) >= 1.0 {
+            f64::INFINITY
+        } else {
+            self.chain_mbps * self.chain_share
+        }
+    }
+}
 
 impl Engine<'_> {
     pub(super) fn arrival(&mut self) {
@@ -17,6 +49,14 @@ impl Engine<'_> {
                 lag_ms: 0.0,
                 stalled: false,
             },
+            abr: Abr::new(if a.hls {
+                player::DEFAULT_ESTIMATE_MBPS
+            } else {
+                // An HTTP-FLV app starts from what this line carried in
+                // earlier sessions.
+                f64::from(a.capacity_mbps).min(self.last_mile_now(&a, a.at_ms))
+            }),
+            rendition: 0,
             joined: false,
             join_ms: 0.0,
             stalls: 0,
@@ -24,9 +64,14 @@ impl Engine<'_> {
             play_ms: 0.0,
             lat_sum: 0.0,
             lat_w: 0.0,
+            mbps_ms: 0.0,
             failed: NONE,
             moves: 0,
             skips: 0,
+            switches: 0,
+            window_stalls: 0,
+            window_ms: a.at_ms,
+            steer_ms: a.at_ms + self.s.player.steering_ttl_ms as u64,
         };
         self.connect(&mut s, a.at_ms);
         self.sessions.push(s);
@@ -54,25 +99,98 @@ impl Engine<'_> {
         if s.node != NONE && usize::from(s.node) != node {
             s.moves += 1;
         }
-        s.node = node as u16;
-        self.viewers_at[node] += 1;
-        let stream = s.a.stream as usize;
-        self.feeds[node * self.streams + stream].viewers += 1;
-        let cold_ms = self.ensure_feed(node, stream, 0);
-        self.util_now[node] = self.egress(node) / self.w.nodes[node].capacity_mbps;
-        let (rtt, _) = self.viewer_path(s.a.city as usize, node);
-        let r = self.delivery_ratio(s, node);
+        let k = s.abr.choose(&self.w.ladder_mbps, usize::from(s.rendition));
+        if s.joined && k != usize::from(s.rendition) {
+            s.switches += 1;
+        }
+        s.rendition = k as u8;
+        let cold_ms = self.attach(s, node);
+        let d = self.delivery(s, node);
+        let b = self.w.ladder_mbps[k];
+        let r = (d.path_mbps / b).min(d.feed_ratio(b));
         let u = self.rng.as_mut().map_or(0.5, |r| r.random::<f64>());
-        let cached = u * self.w.gop_ms;
-        let (t_dl, player) = player::join(cached, p.startup_buffer_ms, r.max(0.05));
-        let setup = p.redirect_rtt_ms + 2.0 * rtt + cold_ms + t_dl;
+        let (setup, player) = if s.a.hls {
+            // hls.js: the multivariant and media playlists (one request
+            // each), then parts from PART-HOLD-BACK (3 parts) behind the
+            // live edge; playback starts with one part buffered.
+            let hold_back = 3.0 * p.part_ms;
+            let (t_dl, mut pl) = player::join(hold_back, p.part_ms, r.max(0.05));
+            pl.lag_ms = hold_back.max(pl.lag_ms - t_dl);
+            (p.redirect_rtt_ms + 3.0 * d.rtt_ms + cold_ms + t_dl, pl)
+        } else {
+            // HTTP-FLV: the GOP cache's burst (uniform 0..GOP of media),
+            // then live media; playback starts at `startup_buffer_ms`.
+            let cached = u * self.w.gop_ms;
+            let (t_dl, pl) = player::join(cached, p.startup_buffer_ms, r.max(0.05));
+            (p.redirect_rtt_ms + 2.0 * d.rtt_ms + cold_ms + t_dl, pl)
+        };
         s.player = player;
         s.phase = Phase::Connecting {
             ready_ms: at + setup.max(1.0) as u64,
         };
     }
 
+    /// Counts `s` (at its rendition) as a viewer of `node`; returns the
+    /// setup time of cold feed hops.
+    pub(super) fn attach(&mut self, s: &mut Session, node: usize) -> f64 {
+        s.node = node as u16;
+        let stream = s.a.stream as usize;
+        let k = usize::from(s.rendition);
+        self.viewers_at[node] += 1;
+        self.viewer_mbps[node] += self.w.ladder_mbps[k];
+        self.feeds[node * self.streams + stream].viewers += 1;
+        let cold_ms = self.ensure_feed(node, stream, 0);
+        self.add_need(node, stream, k);
+        self.util_now[node] = self.egress(node) / self.capacity[node].max(1e-9);
+        cold_ms
+    }
+
+    /// An LL-HLS player changes rendition at the next part.
+    pub(super) fn switch_rendition(&mut self, s: &mut Session, k: usize) {
+        let node = usize::from(s.node);
+        let stream = s.a.stream as usize;
+        let old = usize::from(s.rendition);
+        self.viewer_mbps[node] += self.w.ladder_mbps[k] - self.w.ladder_mbps[old];
+        self.add_need(node, stream, k);
+        self.remove_need(node, stream, old);
+        s.rendition = k as u8;
+        s.switches += 1;
+    }
+
+    /// Content Steering: the player reloads the steering manifest; when the
+    /// policy's pathway priority puts another edge first, the next part
+    /// comes from there (no interruption: the buffer covers the move).
+    pub(super) fn steer(&mut self, s: &mut Session) {
+        let cur = usize::from(s.node);
+        let Some(node) = self.ask_steer(s.a.city, s.a.stream, cur) else {
+            return;
+        };
+        if node == cur || !self.up[node] {
+            return;
+        }
+        self.detach(s);
+        s.moves += 1;
+        self.attach(s, node);
+        s.phase = Phase::Active;
+    }
+
     fn ask(&mut self, city: u32, stream: u32, exclude: Option<u16>) -> Option<usize> {
+        self.ask_with(city, stream, exclude, None)
+    }
+
+    /// The steering answer for a viewer on `current`: another edge, or
+    /// `current` (or None) to stay.
+    fn ask_steer(&mut self, city: u32, stream: u32, current: usize) -> Option<usize> {
+        self.ask_with(city, stream, None, Some(current))
+    }
+
+    fn ask_with(
+        &mut self,
+        city: u32,
+        stream: u32,
+        exclude: Option<u16>,
+        steer_from: Option<usize>,
+    ) -> Option<usize> {
         // The policy and its RNG leave the engine for the call: the ask
         // borrows the rest of it.
         let mut policy = std::mem::replace(&mut self.policy, Policy::new(self.kind, None, None));
@@ -99,7 +217,10 @@ impl Engine<'_> {
                     viewer_path: &viewer_path,
                 },
             };
-            policy.choose(&ask, &mut rng)
+            match steer_from {
+                Some(cur) => policy.steer(&ask, cur),
+                None => policy.choose(&ask, &mut rng),
+            }
         };
         self.policy = policy;
         self.rng = Some(rng);
@@ -116,54 +237,79 @@ impl Engine<'_> {
         (rtt, loss.min(0.9))
     }
 
-    /// Delivery ratio (media ms per ms) a session gets now.
-    fn delivery_ratio(&mut self, s: &Session, node: usize) -> f64 {
-        self.delivery(s, node).0
+    /// A viewer's last-mile capacity at `now_ms`, Mbps.
+    pub(super) fn last_mile_now(&self, a: &Arrival, now_ms: u64) -> f64 {
+        let t_s = (now_ms.saturating_sub(a.at_ms)) as f64 / 1000.0 + a.trace_offset_s;
+        let trace = &self.w.traces[usize::from(a.trace)];
+        let scale = self.s.network.throughput_scale;
+        match a.access {
+            Access::Constrained => trace.at(t_s) * scale,
+            Access::Fixed => f64::from(a.capacity_mbps) * trace.shape(t_s) * scale,
+            Access::Mobile => {
+                f64::from(a.capacity_mbps)
+                    * trace.shape(t_s).powf(self.s.access.mobile_variability)
+                    * scale
+            }
+        }
     }
 
-    /// Delivery ratio, viewer path RTT and feed latency of a session.
-    pub(super) fn delivery(&mut self, s: &Session, node: usize) -> (f64, f64, f64) {
+    /// What a session's connection gets now (see [`Delivery`]).
+    pub(super) fn delivery(&mut self, s: &Session, node: usize) -> Delivery {
         let (rtt, loss) = self.viewer_path(s.a.city as usize, node);
         let tcp = network::tcp_mbps(rtt, loss);
-        let t_s = (self.now.saturating_sub(s.a.at_ms)) as f64 / 1000.0 + s.a.trace_offset_s;
-        let last_mile =
-            self.w.traces[usize::from(s.a.trace)].at(t_s) * self.s.network.throughput_scale;
-        let r_v = tcp.min(last_mile) / self.w.bitrate_mbps;
-        let (feed, feed_ms) = self.feed_ratio(node, s.a.stream as usize, 0);
-        (
-            r_v.min(f64::from(feed)) * self.cong[node].share,
-            rtt,
-            f64::from(feed_ms),
-        )
+        let last_mile = self.last_mile_now(&s.a, self.now);
+        let (chain_mbps, chain_share, feed_ms) = self.feed_chain(node, s.a.stream as usize, 0);
+        Delivery {
+            path_mbps: tcp.min(last_mile) * self.cong[node].share,
+            rtt_ms: rtt,
+            chain_mbps: f64::from(chain_mbps),
+            chain_share: f64::from(chain_share),
+            feed_ms: f64::from(feed_ms),
+        }
     }
 
-    /// Upstream health of `node`'s feed of `stream` (≤ 1) and its one-way
-    /// latency from the origin (ms), memoised per load update.
-    pub(super) fn feed_ratio(&mut self, node: usize, stream: usize, depth: u32) -> (f32, f32) {
+    /// `node`'s feed of `stream`: the weakest hop's TCP throughput (Mbps),
+    /// the lowest fair share along the chain and the one-way latency from
+    /// the origin (ms), memoised per load update.
+    pub(super) fn feed_chain(&mut self, node: usize, stream: usize, depth: u32) -> (f32, f32, f32) {
         let origin = usize::from(self.w.stream_origin[stream]);
         if node == origin {
-            return (if self.up[node] { 1.0 } else { 0.0 }, 0.0);
+            return if self.up[node] {
+                (f32::INFINITY, 1.0, 0.0)
+            } else {
+                (0.0, 0.0, 0.0)
+            };
         }
         let idx = node * self.streams + stream;
         let memo = self.ratio_memo[idx];
         if memo.0 == self.stamp {
-            return (memo.1, memo.2);
+            return (memo.1, memo.2, memo.3);
         }
         let f = self.feeds[idx];
         let out = if !f.active || f.upstream == NONE || depth > 6 {
-            (0.0, 0.0)
+            (0.0, 0.0, 0.0)
         } else {
             let u = usize::from(f.upstream);
             if !self.up[u] || !self.up[node] {
-                (0.0, 0.0)
+                (0.0, 0.0, 0.0)
             } else {
-                let (hop_ratio, hop_ms) = self.hop(u, node);
-                let (up_ratio, up_ms) = self.feed_ratio(u, stream, depth + 1);
-                ((hop_ratio as f32).min(up_ratio), up_ms + hop_ms as f32)
+                let (hop_mbps, hop_share, hop_ms) = self.hop(u, node);
+                let (m, sh, ms) = self.feed_chain(u, stream, depth + 1);
+                (
+                    (hop_mbps as f32).min(m),
+                    (hop_share as f32).min(sh),
+                    ms + hop_ms as f32,
+                )
             }
         };
-        self.ratio_memo[idx] = (self.stamp, out.0, out.1);
+        self.ratio_memo[idx] = (self.stamp, out.0, out.1, out.2);
         out
+    }
+
+    /// Share of the top rendition `node`'s feed of `stream` delivers.
+    pub(super) fn feed_ratio_top(&mut self, node: usize, stream: usize) -> f64 {
+        let (m, sh, _) = self.feed_chain(node, stream, 0);
+        (f64::from(m) / self.w.bitrate_mbps).min(1.0) * f64::from(sh)
     }
 
     /// Ratio a node's (would-be) feed delivers, for the oracle: the
@@ -171,8 +317,9 @@ impl Engine<'_> {
     fn prospective_ratio(&self, node: usize, stream: usize, stamp: u64) -> f64 {
         let idx = node * self.streams + stream;
         let memo = self.ratio_memo[idx];
+        let top = self.w.bitrate_mbps;
         if memo.0 == stamp && self.feeds[idx].active {
-            return f64::from(memo.1);
+            return (f64::from(memo.1) / top).min(1.0) * f64::from(memo.2);
         }
         let origin = usize::from(self.w.stream_origin[stream]);
         if node == origin {
@@ -181,19 +328,23 @@ impl Engine<'_> {
         if !self.up[origin] {
             return 0.0;
         }
-        self.hop(origin, node).0
+        let (m, sh, _) = self.hop(origin, node);
+        (m / top).min(1.0) * sh
     }
 
-    /// Delivery ratio (≤ 1) and one-way delay (ms) of the hop `u → v`.
-    fn hop(&self, u: usize, v: usize) -> (f64, f64) {
+    /// TCP throughput (Mbps), the sender's fair share and the one-way delay
+    /// (ms) of the hop `u → v`.
+    fn hop(&self, u: usize, v: usize) -> (f64, f64, f64) {
         let net = &self.s.network;
         let c = &self.cong[u];
         let (xr, xl) = self.pair_degrade(u, v);
         let rtt = self.w.rtt(u, v) + c.queue_ms + xr;
-        let loss = network::path_loss(net, self.w.km(u, v)) + c.loss + xl;
-        let ratio =
-            (network::tcp_mbps(rtt, loss.min(0.9)) / self.w.bitrate_mbps).min(1.0) * c.share;
-        (ratio, rtt / 2.0 + net.hop_processing_ms)
+        let loss = network::relay_loss(net, self.w.km(u, v)) + c.loss + xl;
+        (
+            network::tcp_mbps(rtt, loss.min(0.9)),
+            c.share,
+            rtt / 2.0 + net.hop_processing_ms,
+        )
     }
 
     pub(super) fn pair_degrade(&self, u: usize, v: usize) -> (f64, f64) {

@@ -63,6 +63,12 @@ impl PolicyKind {
     pub fn plans_upstreams(self) -> bool {
         matches!(self, Self::Qoe | Self::Oracle)
     }
+
+    /// Whether the policy answers LL-HLS players' Content Steering
+    /// reloads (the baselines only place viewers when they join).
+    pub fn steers(self) -> bool {
+        matches!(self, Self::Qoe | Self::Oracle)
+    }
 }
 
 impl fmt::Display for PolicyKind {
@@ -146,6 +152,16 @@ impl Policy {
             PolicyKind::PowerOfTwo => baselines::power_of_two(ask, rng),
             PolicyKind::Oracle => oracle::choose(ask),
             PolicyKind::Qoe => self.qoe.as_mut().and_then(|q| q.choose(ask)),
+        }
+    }
+
+    /// A Content Steering reload of a viewer on `current`: the edge to
+    /// move to, or `None` (or `current`) to stay.
+    pub fn steer(&mut self, ask: &Ask<'_>, current: usize) -> Option<usize> {
+        match self.kind {
+            PolicyKind::Oracle => oracle::steer(ask, current),
+            PolicyKind::Qoe => self.qoe.as_mut().and_then(|q| q.steer(ask, current)),
+            _ => None,
         }
     }
 

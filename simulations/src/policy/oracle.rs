@@ -8,19 +8,32 @@
 use super::Ask;
 use crate::network::tcp_mbps;
 
-pub fn choose(ask: &Ask<'_>) -> Option<usize> {
+/// The oracle's cost of serving the viewer from `p` (lower is better).
+fn cost(ask: &Ask<'_>, p: usize) -> f64 {
     let t = &ask.truth;
     let bitrate = ask.world.bitrate_mbps;
-    let cost = |p: usize| {
-        let (rtt, loss) = (t.viewer_path)(p);
-        let path_ratio = (tcp_mbps(rtt, loss) / bitrate).min(1.5);
-        let feed = (t.feed_ratio)(p);
-        let u = t.utilisation[p];
-        // Deliverable share of the bit rate, then headroom, then RTT.
-        let deliver = path_ratio.min(feed).min(1.0);
-        let overload = if u >= 0.9 { 1.0 + u } else { 0.0 };
-        (1.0 - deliver) * 10_000.0 + overload * 1_000.0 + rtt
-    };
+    let (rtt, loss) = (t.viewer_path)(p);
+    let path_ratio = (tcp_mbps(rtt, loss) / bitrate).min(1.5);
+    let feed = (t.feed_ratio)(p);
+    let u = t.utilisation[p];
+    let deliver = path_ratio.min(feed).min(1.0);
+    let overload = if u >= 0.9 { 1.0 + u } else { 0.0 };
+    (1.0 - deliver) * 10_000.0 + overload * 1_000.0 + rtt
+}
+
+/// Steering: move when another live PoP delivers clearly more (or the
+/// current one is dead or over 90 %).
+pub fn steer(ask: &Ask<'_>, current: usize) -> Option<usize> {
+    let best = choose(ask)?;
+    let (c, b) = (cost(ask, current), cost(ask, best));
+    (best != current && (!ask.truth.up[current] || b + 500.0 < c)).then_some(best)
+}
+
+/// The live PoP delivering the most of the top rendition, then with
+/// headroom below 90 %, then with the lowest RTT.
+pub fn choose(ask: &Ask<'_>) -> Option<usize> {
+    let t = &ask.truth;
+    let cost = |p: usize| cost(ask, p);
     ask.world
         .pops
         .iter()

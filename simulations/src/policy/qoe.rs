@@ -23,8 +23,8 @@
 use super::Ask;
 use crate::telemetry::{GroupAgg, View};
 use crate::world::World;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::Arc;
 use vantage_plan::Health;
@@ -32,7 +32,7 @@ use vantage_plan::resolve::learn::{DEFAULT_MAX_GROUPS, Learner};
 use vantage_plan::resolve::rank::{LoadLedger, RankParams};
 use vantage_plan::resolve::{EdgeNode, Edges, LocationSource, Request, ResolveParams, resolve};
 use vantage_proto::v1::GroupQoe;
-use vantage_shared::score::{Ranges, Weights};
+use vantage_shared::score::{Ranges, Stability, Weights};
 use vantage_shared::stream::StreamKey;
 
 /// Nearest up nodes scored per resolve (the scheduler's
@@ -40,6 +40,9 @@ use vantage_shared::stream::StreamKey;
 pub const NEAREST: usize = 16;
 /// Geohash characters of a client group (`[resolve] group_precision`).
 pub const GROUP_PRECISION: usize = vantage_shared::group::DEFAULT_PRECISION;
+/// Edges a steering reload ranks (the viewer's current one must be among
+/// them to be kept).
+pub const STEER_CANDIDATES: usize = 64;
 /// Snapshot age after which it is rebuilt (`[resolve] refresh_ms`).
 pub const REFRESH_MS: u64 = 1_000;
 /// How often decayed estimates are pruned, and below which weight.
@@ -50,6 +53,7 @@ const PRUNE_MIN_WEIGHT: f64 = 0.01;
 pub struct Qoe {
     pub weights: Weights,
     pub ranges: Ranges,
+    pub stability: Stability,
     pub params: RankParams,
     default_bitrate_kbps: f64,
     learner: Learner,
@@ -63,6 +67,8 @@ pub struct Qoe {
     published: Vec<Vec<(StreamKey, f64)>>,
     /// One request per stream slot, its location set per viewer.
     requests: Vec<Request>,
+    /// Stream keys by slot.
+    keys: Vec<StreamKey>,
     built_ms: Option<u64>,
     dirty: bool,
     pruned_ms: u64,
@@ -70,7 +76,14 @@ pub struct Qoe {
 }
 
 impl Qoe {
-    pub fn new(weights: Weights, ranges: Ranges, w: &World, keys: &[StreamKey], seed: u64) -> Self {
+    pub fn new(
+        weights: Weights,
+        ranges: Ranges,
+        stability: Stability,
+        w: &World,
+        keys: &[StreamKey],
+        seed: u64,
+    ) -> Self {
         let params = RankParams::default();
         let n = w.n();
         let mut published = vec![Vec::new(); n];
@@ -80,6 +93,7 @@ impl Qoe {
         Qoe {
             weights,
             ranges,
+            stability,
             params,
             default_bitrate_kbps: vantage_plan::Limits::default().default_bitrate_kbps,
             learner: Learner::new(params.group_half_life_ms, DEFAULT_MAX_GROUPS),
@@ -109,6 +123,7 @@ impl Qoe {
                     n: 1,
                 })
                 .collect(),
+            keys: keys.to_vec(),
             built_ms: None,
             dirty: true,
             pruned_ms: 0,
@@ -158,6 +173,14 @@ impl Qoe {
                 coord: Some(node.coord),
                 capacity_mbps: node.capacity_mbps,
                 egress_mbps: view.egress_mbps[i],
+                stream_buffer_ms: {
+                    let mut v: Vec<(StreamKey, f64)> = view.latest_streams[i]
+                        .iter()
+                        .filter_map(|&(s, ms)| Some((self.keys.get(s as usize)?.clone(), ms)))
+                        .collect();
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v
+                },
             });
         }
         self.edges = Edges::new(nodes, published, Vec::new());
@@ -174,6 +197,56 @@ impl Qoe {
             });
         }
         self.built_ms = Some(now_ms);
+    }
+
+    /// A Content Steering reload of a viewer on `current`: the core's
+    /// ranking without exploration or spreading, and the move the
+    /// scheduler's steering endpoint would answer
+    /// ([`vantage_plan::resolve::steer`]); the viewer's bit rate is
+    /// accounted to the new edge.
+    pub fn steer(&mut self, ask: &Ask<'_>, current: usize) -> Option<usize> {
+        let req = self.requests.get_mut(ask.stream as usize)?;
+        req.coord = Some(ask.world.cities[ask.city as usize].city.coord);
+        req.n = STEER_CANDIDATES;
+        let rank = RankParams {
+            exploration_share: 0.0,
+            spread_band: 0.0,
+            ..self.params
+        };
+        let params = ResolveParams {
+            weights: &self.weights,
+            ranges: &self.ranges,
+            rank: &rank,
+            nearest: NEAREST,
+            group_precision: GROUP_PRECISION,
+            default_bitrate_kbps: self.default_bitrate_kbps,
+        };
+        let ledgers = &self.ledgers;
+        let (now, lag) = (ask.now_ms as i64, self.params.admission_lag_ms);
+        let answer = resolve(
+            &self.edges,
+            &self.learner,
+            &|i| (ledgers[i].total(), ledgers[i].charge(now, lag)),
+            req,
+            &params,
+            now,
+            &mut self.rng,
+        )
+        .ok()?;
+        // A node over the hard limit sheds its excess: each viewer that
+        // reloads leaves with the probability that brings it back.
+        let n = &self.edges.nodes[current];
+        let u = if n.capacity_mbps > 0.0 {
+            n.egress_mbps / n.capacity_mbps
+        } else {
+            f64::INFINITY
+        };
+        let h = self.ranges.hard_utilisation;
+        let over = u >= h && self.rng.random::<f64>() < (u - h) / u;
+        let to =
+            vantage_plan::resolve::steer(&self.edges, &answer, current, over, &self.stability)?;
+        self.ledgers[to].assign_at(answer.bitrate_mbps, now);
+        Some(to)
     }
 
     /// The edge for one viewer: the core's answer, and the viewer's bit
@@ -193,13 +266,14 @@ impl Qoe {
             default_bitrate_kbps: self.default_bitrate_kbps,
         };
         let ledgers = &self.ledgers;
+        let (now, lag) = (ask.now_ms as i64, self.params.admission_lag_ms);
         let answer = resolve(
             &self.edges,
             &self.learner,
-            &|i| ledgers[i].total(),
+            &|i| (ledgers[i].total(), ledgers[i].charge(now, lag)),
             req,
             &params,
-            ask.now_ms as i64,
+            now,
             &mut self.rng,
         )
         .ok()?;
@@ -208,7 +282,7 @@ impl Qoe {
             .iter()
             .map(|e| e.index)
             .find(|&i| Some(i as u16) != ask.exclude)?;
-        self.ledgers[chosen].assign(answer.bitrate_mbps);
+        self.ledgers[chosen].assign_at(answer.bitrate_mbps, now);
         Some(chosen)
     }
 }
@@ -226,6 +300,7 @@ fn group_qoe(groups: &[(u32, GroupAgg)], w: &World) -> Vec<GroupQoe> {
             stall_rate: g.stall_rate,
             buffer_ms: g.buffer_ms,
             samples: g.viewers,
+            delivery_rate_mbps: g.delivery_mbps,
         })
         .collect()
 }

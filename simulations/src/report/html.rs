@@ -265,19 +265,24 @@ figure{{display:inline-block;margin:8px;vertical-align:top}}figcaption{{font-wei
         wd = c.weights.load,
         wk = c.weights.distance,
     );
-    out.push_str("<h2>Summary</h2><table><tr><th>policy</th><th>sessions</th><th>join p50 ms</th><th>join p95 ms</th><th>joins &lt; 1 s</th><th>rebuffer ratio</th><th>0-stall share</th><th>stalls 0/1/2/3–5/6+</th><th>latency p50 ms</th><th>latency p95 ms</th><th>overloaded node·s</th><th>reroutes</th><th>origin egress GB</th></tr>");
+    out.push_str("<h2>Summary</h2><table><tr><th>policy</th><th>sessions</th><th>joined share</th><th>abandoned</th><th>join p50 ms</th><th>join p95 ms</th><th>joins &lt; 1 s</th><th>rebuffer ratio (started / attempted)</th><th>0-stall share (started / attempted)</th><th>mean Mbps</th><th>stalls 0/1/2/3–5/6+</th><th>latency p50 ms</th><th>latency p95 ms</th><th>overloaded node·s</th><th>reroutes</th><th>origin egress GB</th></tr>");
     for p in &c.policies {
         let h = p.stall_histogram;
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.3}</td><td>{:.5}</td><td>{:.3}</td><td>{}/{}/{}/{}/{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{:.2}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.3}</td><td>{:.5} / {:.5}</td><td>{:.4} / {:.4}</td><td>{:.2}</td><td>{}/{}/{}/{}/{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{:.2}</td></tr>",
             esc(&p.policy),
             p.sessions,
+            p.join_share,
+            p.abandoned,
             p.join_p50_ms,
             p.join_p95_ms,
             p.join_under_1s,
             p.rebuffer_ratio,
+            p.rebuffer_ratio_attempted,
             p.zero_stall_share,
+            p.zero_stall_share_attempted,
+            p.mean_bitrate_mbps,
             h[0],
             h[1],
             h[2],

@@ -18,38 +18,55 @@ pub fn table(c: &Comparison) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<13} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>10} {:>8} {:>9}",
+        "{:<13} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>9} {:>8} {:>7}",
         "policy",
         "sessions",
+        "joined",
         "join p50",
         "join p95",
-        "join<1s",
         "rebuffer",
+        "rebuf/att",
         "0-stall",
+        "0-s/att",
+        "Mbps",
         "lat p50",
-        "lat p95",
         "overload",
         "reroutes",
         "origin"
     );
     let _ = writeln!(
         out,
-        "{:<13} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>10} {:>8} {:>9}",
-        "", "", "ms", "ms", "share", "ratio", "share", "ms", "ms", "node·s", "", "GB"
+        "{:<13} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>9} {:>8} {:>7}",
+        "",
+        "",
+        "share",
+        "ms",
+        "ms",
+        "ratio",
+        "ratio",
+        "share",
+        "share",
+        "mean",
+        "ms",
+        "node·s",
+        "",
+        "GB"
     );
     for p in &c.policies {
         let _ = writeln!(
             out,
-            "{:<13} {:>8} {:>9.0} {:>9.0} {:>8.3} {:>9.5} {:>8.3} {:>9.0} {:>9.0} {:>10.1} {:>8} {:>9.2}",
+            "{:<13} {:>8} {:>7.4} {:>8.0} {:>8.0} {:>9.5} {:>9.5} {:>7.4} {:>7.4} {:>6.2} {:>8.0} {:>9.1} {:>8} {:>7.1}",
             p.policy,
             p.sessions,
+            p.join_share,
             p.join_p50_ms,
             p.join_p95_ms,
-            p.join_under_1s,
             p.rebuffer_ratio,
+            p.rebuffer_ratio_attempted,
             p.zero_stall_share,
+            p.zero_stall_share_attempted,
+            p.mean_bitrate_mbps,
             p.latency_p50_ms,
-            p.latency_p95_ms,
             p.overloaded_node_s,
             p.reroutes,
             p.origin_egress_gb

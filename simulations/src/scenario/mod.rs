@@ -44,6 +44,8 @@ pub struct Scenario {
     #[serde(default)]
     pub player: PlayerSpec,
     #[serde(default)]
+    pub access: AccessSpec,
+    #[serde(default)]
     pub qoe: QoeSpec,
     pub pops: Vec<Spanned<PopSpec>>,
     pub origins: Vec<Spanned<PopSpec>>,
@@ -82,25 +84,26 @@ fn default_policies() -> Vec<String> {
     ALL_POLICIES.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Data files; defaults are the files shipped in `simulations/data/`
-/// (found relative to the scenario file: `../data/...`).
-#[derive(Debug, Clone, Deserialize)]
+/// Data files. A key left out means the bundled file of
+/// `simulations/data/` ([`bundled_data_dir`]), wherever the scenario file
+/// lives; a path given resolves relative to the scenario file.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSpec {
-    pub servers: String,
-    pub pings: String,
-    pub cities: String,
-    pub stream_durations: String,
+    pub servers: Option<String>,
+    pub pings: Option<String>,
+    pub cities: Option<String>,
+    pub stream_durations: Option<String>,
+    /// Median last-mile speeds per country (`country,fixed_mbps,mobile_mbps`).
+    pub access_speeds: Option<String>,
 }
 
-impl Default for DataSpec {
-    fn default() -> Self {
-        Self {
-            servers: "../data/servers.csv".into(),
-            pings: "../data/pings.csv".into(),
-            cities: "../data/cities.csv".into(),
-            stream_durations: "../data/ytlive-durations.csv".into(),
-        }
+/// The data shipped with the simulator: `$VANTAGE_SIM_DATA` when set,
+/// else `simulations/data/` of the source tree it was built from.
+pub fn bundled_data_dir() -> PathBuf {
+    match std::env::var_os("VANTAGE_SIM_DATA") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data"),
     }
 }
 
@@ -119,6 +122,9 @@ pub struct TelemetrySpec {
     /// Least time between two plans of moved inputs (qoe, oracle): the
     /// planning session's `replan_interval_ms`, ms.
     pub replan_interval_ms: u32,
+    /// Probability that any one report is lost on its way (independent
+    /// per report; on top of `telemetry_loss` events).
+    pub loss_probability: f64,
 }
 
 impl Default for TelemetrySpec {
@@ -129,6 +135,7 @@ impl Default for TelemetrySpec {
             noise: 0.1,
             probes_per_interval: 10,
             replan_interval_ms: 1000,
+            loss_probability: 0.0,
         }
     }
 }
@@ -142,6 +149,10 @@ pub struct NetworkSpec {
     /// Loss of a path: `base_loss + loss_per_1000km · km / 1000`.
     pub base_loss: f64,
     pub loss_per_1000km: f64,
+    /// Loss between data centres (relay hops, probes):
+    /// `relay_base_loss + relay_loss_per_1000km · km / 1000`.
+    pub relay_base_loss: f64,
+    pub relay_loss_per_1000km: f64,
     /// Utilisation where congestion loss starts.
     pub congestion_knee: f64,
     /// Congestion loss added at utilisation 1 (quadratic from the knee).
@@ -152,8 +163,26 @@ pub struct NetworkSpec {
     pub max_queue_ms: f64,
     /// Processing delay per relay hop (receive, remux, send), ms.
     pub hop_processing_ms: f64,
-    /// Multiplies every last-mile trace sample.
+    /// Multiplies every last-mile capacity sample.
     pub throughput_scale: f64,
+    /// Ground-truth RTT overrides for pairs of places (replace the
+    /// latency matrix for that pair, both directions).
+    pub rtt: Vec<Spanned<RttOverride>>,
+}
+
+/// One RTT override: between two nodes, or between a node and every
+/// viewer city of a region, country code or named city.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RttOverride {
+    /// A node id.
+    pub from: String,
+    /// A node id, or viewers: a region (`viewers.regions` entry or
+    /// timezone prefix), an ISO country code or a city name.
+    pub to: String,
+    pub rtt_ms: f64,
+    /// Jitter (mean deviation) of the pair, ms; default 5 % of `rtt_ms`.
+    pub jitter_ms: Option<f64>,
 }
 
 impl Default for NetworkSpec {
@@ -162,12 +191,15 @@ impl Default for NetworkSpec {
             access_rtt_ms: 10.0,
             base_loss: 0.001,
             loss_per_1000km: 0.001,
+            relay_base_loss: 0.0001,
+            relay_loss_per_1000km: 0.00001,
             congestion_knee: 0.8,
             loss_at_capacity: 0.02,
             service_ms: 2.0,
             max_queue_ms: 200.0,
             hop_processing_ms: 30.0,
             throughput_scale: 1.0,
+            rtt: Vec::new(),
         }
     }
 }
@@ -188,6 +220,26 @@ pub struct PlayerSpec {
     /// RTT from a viewer to the scheduler's `/play` redirect, ms
     /// (anycast / regional front: a constant).
     pub redirect_rtt_ms: f64,
+    /// Share of viewers playing LL-HLS (hls.js in low-latency mode); the
+    /// others play HTTP-FLV (mpegts.js).
+    pub hls_share: f64,
+    /// LL-HLS part duration (the agent's `hls_part_target`), ms; the
+    /// player's latency target is `PART-HOLD-BACK` = 3 parts.
+    pub part_ms: f64,
+    /// Content Steering: an LL-HLS player reloads the steering manifest
+    /// every this many ms (the manifest's `TTL`); 0 disables steering.
+    pub steering_ttl_ms: f64,
+    /// An HTTP-FLV player that stalled this many times within
+    /// `flv_reconnect_window_ms` reconnects through `/play` (re-steered,
+    /// at a rendition its throughput estimate affords); 0 never.
+    pub flv_reconnect_stalls: u32,
+    pub flv_reconnect_window_ms: f64,
+    /// Join abandonment: a viewer waits at least `patience_min_ms` for the
+    /// first frame, then leaves at a constant rate, mean
+    /// `patience_mean_ms` (Krishnan & Sitaraman, IMC 2012: abandonment
+    /// starts after 2 s of startup delay, +5.8 % per further second).
+    pub patience_min_ms: f64,
+    pub patience_mean_ms: f64,
 }
 
 impl Default for PlayerSpec {
@@ -198,6 +250,43 @@ impl Default for PlayerSpec {
             edge_queue_ms: 4000.0,
             reconnect_timeout_ms: 2000.0,
             redirect_rtt_ms: 40.0,
+            hls_share: 0.5,
+            part_ms: 500.0,
+            steering_ttl_ms: 30_000.0,
+            flv_reconnect_stalls: 3,
+            flv_reconnect_window_ms: 60_000.0,
+            patience_min_ms: 2_000.0,
+            patience_mean_ms: 17_000.0,
+        }
+    }
+}
+
+/// The viewers' last mile (docs/simulator.md, "Last mile").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSpec {
+    /// Share of viewers on a cellular network.
+    pub mobile_share: f64,
+    /// Share of viewers on a constrained line: one of the bundled
+    /// low-throughput traces (`viewers.traces`) as measured.
+    pub constrained_share: f64,
+    /// Spread (σ of the log) of per-viewer capacity around the country's
+    /// median, fixed and mobile.
+    pub fixed_sigma: f64,
+    pub mobile_sigma: f64,
+    /// Exponent applied to the trace shape (sample / trace mean) that
+    /// makes a mobile viewer's capacity vary over time (fixed: 1).
+    pub mobile_variability: f64,
+}
+
+impl Default for AccessSpec {
+    fn default() -> Self {
+        Self {
+            mobile_share: 0.3,
+            constrained_share: 0.05,
+            fixed_sigma: 1.22,
+            mobile_sigma: 1.22,
+            mobile_variability: 1.5,
         }
     }
 }
@@ -237,8 +326,13 @@ pub struct StreamsSpec {
     /// Zipf exponent of stream popularity (0 = uniform).
     #[serde(default = "one")]
     pub zipf_s: f64,
+    /// Bit rate of the top rendition, kbps.
     #[serde(default = "default_bitrate")]
     pub bitrate_kbps: f64,
+    /// The ABR ladder, kbps, ascending; default `bitrate_kbps` × 0.15,
+    /// 0.3, 0.6, 1 (the spacing of Apple's HLS authoring ladder).
+    #[serde(default)]
+    pub ladder_kbps: Vec<f64>,
     #[serde(default = "default_gop")]
     pub gop_ms: f64,
     /// Lifetime: "ytlive" (real YouTube live durations), "forever", or a
@@ -252,6 +346,23 @@ fn one() -> f64 {
 }
 fn default_bitrate() -> f64 {
     1000.0
+}
+
+/// Rungs of the default ladder as shares of the top rendition.
+pub const DEFAULT_LADDER: [f64; 4] = [0.15, 0.3, 0.6, 1.0];
+
+impl StreamsSpec {
+    /// The ladder in kbps, ascending.
+    pub fn ladder(&self) -> Vec<f64> {
+        if self.ladder_kbps.is_empty() {
+            DEFAULT_LADDER
+                .iter()
+                .map(|k| k * self.bitrate_kbps)
+                .collect()
+        } else {
+            self.ladder_kbps.clone()
+        }
+    }
 }
 fn default_gop() -> f64 {
     2000.0
@@ -286,16 +397,15 @@ pub struct ViewersSpec {
     #[serde(default = "default_min_pop")]
     pub min_population: u64,
     pub session: SessionSpec,
-    /// Glob of last-mile throughput traces (`*`, `?` in the file name).
-    #[serde(default = "default_traces")]
-    pub traces: String,
+    /// Glob of last-mile throughput traces (`*`, `?` in the file name):
+    /// constrained viewers play them as measured, the others' capacity
+    /// varies over time with their shape. Default: the bundled FCC traces.
+    #[serde(default)]
+    pub traces: Option<String>,
 }
 
 fn default_min_pop() -> u64 {
     100_000
-}
-fn default_traces() -> String {
-    "../data/traces/*".into()
 }
 
 /// Session length distribution.
@@ -323,10 +433,16 @@ pub enum EventSpec {
     PopDown {
         at_s: f64,
         pop: String,
+        /// Capacity falls linearly to 0 over this long, then the node dies.
+        #[serde(default)]
+        ramp_s: f64,
     },
     PopUp {
         at_s: f64,
         pop: String,
+        /// Capacity grows linearly from 0 over this long.
+        #[serde(default)]
+        ramp_s: f64,
     },
     /// Extra RTT and loss on the path between two nodes (both directions);
     /// with `to` omitted, on every viewer path of `from`.
@@ -339,6 +455,9 @@ pub enum EventSpec {
         extra_rtt_ms: f64,
         #[serde(default)]
         loss: f64,
+        /// The degradation grows linearly over this long.
+        #[serde(default)]
+        ramp_s: f64,
     },
     /// Arrivals multiplied, optionally only for viewers of one region and
     /// directed at one stream (by popularity rank, 0 = most popular).
@@ -348,18 +467,25 @@ pub enum EventSpec {
         multiplier: f64,
         region: Option<String>,
         stream: Option<u32>,
+        #[serde(default)]
+        ramp_s: f64,
     },
     /// Reports of a node (or all nodes) are lost.
     TelemetryLoss {
         at_s: f64,
         until_s: f64,
         pop: Option<String>,
+        /// The share of reports lost grows linearly to 1 over this long.
+        #[serde(default)]
+        ramp_s: f64,
     },
     /// Reports of every node arrive later by this much.
     TelemetryDelay {
         at_s: f64,
         until_s: f64,
         extra_ms: u32,
+        #[serde(default)]
+        ramp_s: f64,
     },
 }
 
@@ -372,6 +498,31 @@ impl EventSpec {
             | EventSpec::FlashCrowd { at_s, .. }
             | EventSpec::TelemetryLoss { at_s, .. }
             | EventSpec::TelemetryDelay { at_s, .. } => *at_s,
+        }
+    }
+
+    /// How long the event takes to reach its full effect, s (0: at once).
+    pub fn ramp_s(&self) -> f64 {
+        match self {
+            EventSpec::PopDown { ramp_s, .. }
+            | EventSpec::PopUp { ramp_s, .. }
+            | EventSpec::LinkDegrade { ramp_s, .. }
+            | EventSpec::FlashCrowd { ramp_s, .. }
+            | EventSpec::TelemetryLoss { ramp_s, .. }
+            | EventSpec::TelemetryDelay { ramp_s, .. } => *ramp_s,
+        }
+    }
+
+    /// Share of the full effect at `t_s` (0 before `at_s`, linear over the
+    /// ramp, 1 after).
+    pub fn strength(&self, t_s: f64) -> f64 {
+        let (at, ramp) = (self.at_s(), self.ramp_s());
+        if t_s < at {
+            0.0
+        } else if ramp <= 0.0 {
+            1.0
+        } else {
+            ((t_s - at) / ramp).min(1.0)
         }
     }
 
@@ -413,6 +564,20 @@ impl Scenario {
         s.file = path.to_path_buf();
         s.validate()?;
         Ok(s)
+    }
+
+    /// A data file: the scenario's path (relative to the scenario file),
+    /// else the bundled `default` file.
+    pub fn data_file(&self, given: &Option<String>, default: &str) -> PathBuf {
+        match given {
+            Some(p) => self.resolve(p),
+            None => bundled_data_dir().join(default),
+        }
+    }
+
+    /// The line of byte offset `at` of the scenario text.
+    pub fn line(&self, at: usize) -> usize {
+        line_of(&self.source, at)
     }
 
     /// A path from the scenario, resolved relative to the scenario file.

@@ -4,8 +4,50 @@
 
 use super::*;
 
+/// Timezone prefixes a region may name (GeoNames timezones).
+pub const CONTINENTS: [&str; 10] = [
+    "Africa",
+    "America",
+    "Antarctica",
+    "Arctic",
+    "Asia",
+    "Atlantic",
+    "Australia",
+    "Europe",
+    "Indian",
+    "Pacific",
+];
+
+/// Whether `r` has the form of a region: a continent (timezone prefix,
+/// any case) or an ISO 3166 alpha-2 code (two upper-case letters; whether
+/// the code exists is checked against the cities when the world is built).
+pub fn region_form(r: &str) -> Result<(), String> {
+    if CONTINENTS.iter().any(|c| c.eq_ignore_ascii_case(r)) {
+        return Ok(());
+    }
+    if r.len() == 2 && r.chars().all(|c| c.is_ascii_uppercase()) {
+        return Ok(());
+    }
+    if r.len() == 2 && r.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "`{r}`: country codes are upper case (`{}`)",
+            r.to_ascii_uppercase()
+        ));
+    }
+    Err(format!(
+        "`{r}` is neither a continent ({}) nor an ISO 3166 country code",
+        CONTINENTS.join(", ")
+    ))
+}
+
 impl Scenario {
-    fn err(&self, span_start: Option<usize>, field: &str, message: impl Into<String>) -> SimError {
+    /// An error naming `field` at the line of byte offset `span_start`.
+    pub fn err(
+        &self,
+        span_start: Option<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> SimError {
         SimError::Scenario {
             file: self.file.clone(),
             line: span_start.map(|s| line_of(&self.source, s)),
@@ -84,11 +126,20 @@ impl Scenario {
         if !nonneg(t.noise) || t.noise > 1.0 {
             return Err(self.err_key("noise", "telemetry.noise", "must be within 0..=1"));
         }
+        if !nonneg(t.loss_probability) || t.loss_probability > 1.0 {
+            return Err(self.err_key(
+                "loss_probability",
+                "telemetry.loss_probability",
+                "must be within 0..=1",
+            ));
+        }
         let n = &self.network;
         for (name, v) in [
             ("access_rtt_ms", n.access_rtt_ms),
             ("base_loss", n.base_loss),
             ("loss_per_1000km", n.loss_per_1000km),
+            ("relay_base_loss", n.relay_base_loss),
+            ("relay_loss_per_1000km", n.relay_loss_per_1000km),
             ("loss_at_capacity", n.loss_at_capacity),
             ("service_ms", n.service_ms),
             ("max_queue_ms", n.max_queue_ms),
@@ -98,7 +149,7 @@ impl Scenario {
                 return Err(self.err_key(name, &format!("network.{name}"), "must be ≥ 0"));
             }
         }
-        if !(n.base_loss < 1.0 && n.loss_at_capacity < 1.0) {
+        if !(n.base_loss < 1.0 && n.loss_at_capacity < 1.0 && n.relay_base_loss < 1.0) {
             return Err(self.err_key("base_loss", "network.base_loss", "loss must be < 1"));
         }
         if !(n.congestion_knee > 0.0 && n.congestion_knee < 1.0) {
@@ -115,6 +166,22 @@ impl Scenario {
                 "must be > 0",
             ));
         }
+        for (i, sp) in n.rtt.iter().enumerate() {
+            let o = sp.get_ref();
+            let at = Some(sp.span().start);
+            if !(pos(o.rtt_ms) && o.rtt_ms < 10_000.0) {
+                return Err(self.err(
+                    at,
+                    &format!("network.rtt[{i}].rtt_ms"),
+                    "must be > 0 and < 10000",
+                ));
+            }
+            if let Some(j) = o.jitter_ms
+                && !nonneg(j)
+            {
+                return Err(self.err(at, &format!("network.rtt[{i}].jitter_ms"), "must be ≥ 0"));
+            }
+        }
         let p = &self.player;
         for (name, v) in [
             ("startup_buffer_ms", p.startup_buffer_ms),
@@ -122,9 +189,44 @@ impl Scenario {
             ("edge_queue_ms", p.edge_queue_ms),
             ("reconnect_timeout_ms", p.reconnect_timeout_ms),
             ("redirect_rtt_ms", p.redirect_rtt_ms),
+            ("steering_ttl_ms", p.steering_ttl_ms),
+            ("flv_reconnect_window_ms", p.flv_reconnect_window_ms),
+            ("patience_min_ms", p.patience_min_ms),
+            ("patience_mean_ms", p.patience_mean_ms),
         ] {
             if !nonneg(v) {
                 return Err(self.err_key(name, &format!("player.{name}"), "must be ≥ 0"));
+            }
+        }
+        if !(nonneg(p.hls_share) && p.hls_share <= 1.0) {
+            return Err(self.err_key("hls_share", "player.hls_share", "must be within 0..=1"));
+        }
+        if !(pos(p.part_ms) && p.part_ms <= 10_000.0) {
+            return Err(self.err_key("part_ms", "player.part_ms", "must be within (0, 10000]"));
+        }
+        let a = &self.access;
+        for (name, v) in [
+            ("mobile_share", a.mobile_share),
+            ("constrained_share", a.constrained_share),
+        ] {
+            if !(nonneg(v) && v <= 1.0) {
+                return Err(self.err_key(name, &format!("access.{name}"), "must be within 0..=1"));
+            }
+        }
+        if a.mobile_share + a.constrained_share > 1.0 {
+            return Err(self.err_key(
+                "constrained_share",
+                "access.constrained_share",
+                "mobile_share + constrained_share must be at most 1",
+            ));
+        }
+        for (name, v) in [
+            ("fixed_sigma", a.fixed_sigma),
+            ("mobile_sigma", a.mobile_sigma),
+            ("mobile_variability", a.mobile_variability),
+        ] {
+            if !(nonneg(v) && v <= 5.0) {
+                return Err(self.err_key(name, &format!("access.{name}"), "must be within 0..=5"));
             }
         }
         if let Some(w) = &self.qoe.weights
@@ -214,6 +316,25 @@ impl Scenario {
         if !pos(st.bitrate_kbps) || st.bitrate_kbps > 100_000.0 {
             return Err(self.err(at, "streams.bitrate_kbps", "must be within (0, 100000]"));
         }
+        if st.ladder_kbps.len() > 8 {
+            return Err(self.err(at, "streams.ladder_kbps", "at most 8 renditions"));
+        }
+        for (i, &k) in st.ladder_kbps.iter().enumerate() {
+            if !pos(k) || k > 100_000.0 {
+                return Err(self.err(
+                    at,
+                    &format!("streams.ladder_kbps[{i}]"),
+                    "must be within (0, 100000]",
+                ));
+            }
+            if i > 0 && k <= st.ladder_kbps[i - 1] {
+                return Err(self.err(
+                    at,
+                    &format!("streams.ladder_kbps[{i}]"),
+                    "renditions must be in ascending order",
+                ));
+            }
+        }
         if !(st.gop_ms.is_finite() && (100.0..=20_000.0).contains(&st.gop_ms)) {
             return Err(self.err(at, "streams.gop_ms", "must be within 100..=20000"));
         }
@@ -251,7 +372,19 @@ impl Scenario {
                 ));
             }
         }
+        for (i, r) in v.regions.iter().enumerate() {
+            if let Err(m) = region_form(r) {
+                return Err(self.err(at, &format!("viewers.regions[{i}]"), m));
+            }
+        }
         for (region, curve) in &v.region_weights {
+            if !v.regions.iter().any(|x| x == region) {
+                return Err(self.err(
+                    at,
+                    &format!("viewers.region_weights.{region}"),
+                    format!("`{region}` is not in viewers.regions"),
+                ));
+            }
             if curve.is_empty() || curve.iter().any(|[t, w]| !nonneg(*t) || !nonneg(*w)) {
                 return Err(self.err(
                     at,
@@ -275,12 +408,25 @@ impl Scenario {
             ));
         }
         let node_exists = |id: &str| ids.contains(id);
+        for (i, sp) in self.network.rtt.iter().enumerate() {
+            let o = sp.get_ref();
+            if !node_exists(&o.from) {
+                return Err(self.err(
+                    Some(sp.span().start),
+                    &format!("network.rtt[{i}].from"),
+                    format!("no node with id `{}`", o.from),
+                ));
+            }
+        }
         for (i, sp) in self.events.iter().enumerate() {
             let ev = sp.get_ref();
             let at = Some(sp.span().start);
             let f = |name: &str| format!("events[{i}].{name}");
             if !nonneg(ev.at_s()) {
                 return Err(self.err(at, &f("at_s"), "must be ≥ 0"));
+            }
+            if !nonneg(ev.ramp_s()) {
+                return Err(self.err(at, &f("ramp_s"), "must be ≥ 0"));
             }
             match ev {
                 EventSpec::PopDown { pop, .. } | EventSpec::PopUp { pop, .. } => {
@@ -295,6 +441,7 @@ impl Scenario {
                     to,
                     extra_rtt_ms,
                     loss,
+                    ..
                 } => {
                     if !node_exists(from) {
                         return Err(self.err(at, &f("from"), format!("no node with id `{from}`")));
@@ -321,8 +468,15 @@ impl Scenario {
                     until_s,
                     multiplier,
                     stream,
+                    region,
                     ..
                 } => {
+                    if let Some(r) = region
+                        && !v.regions.iter().any(|x| x == r)
+                        && let Err(m) = region_form(r)
+                    {
+                        return Err(self.err(at, &f("region"), m));
+                    }
                     if !(until_s.is_finite() && until_s > at_s) {
                         return Err(self.err(at, &f("until_s"), "must be after at_s"));
                     }

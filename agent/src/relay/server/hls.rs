@@ -1,4 +1,6 @@
-//! LL-HLS on the media port: `GET /{app}/{stream}/index.m3u8` (blocking
+//! LL-HLS on the media port: `GET /{app}/{stream}/master.m3u8` (the
+//! multivariant playlist, with `EXT-X-CONTENT-STEERING` when a steering
+//! server is configured), `GET /{app}/{stream}/index.m3u8` (blocking
 //! reload with `_HLS_msn`/`_HLS_part`), `init{v}.mp4`, `seg{msn}.m4s`
 //! (whole segments, for plain HLS clients) and `seg{msn}.{part}.m4s` (parts;
 //! the preload-hinted part blocks until it is complete). Every answer is a
@@ -12,6 +14,7 @@ use crate::relay::admit::PlayRefused;
 /// What an HLS request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HlsFile {
+    Multivariant,
     Playlist,
     Init(u32),
     Part(u64, usize),
@@ -21,6 +24,7 @@ pub(super) enum HlsFile {
 impl HlsFile {
     fn kind(self) -> &'static str {
         match self {
+            HlsFile::Multivariant => "multivariant",
             HlsFile::Playlist => "playlist",
             HlsFile::Init(_) => "init",
             HlsFile::Part(..) => "part",
@@ -42,6 +46,9 @@ pub(super) fn hls_path(path: &str) -> Option<(Result<StreamKey, String>, Option<
 fn parse_file(f: &str) -> Option<HlsFile> {
     if f == "index.m3u8" {
         return Some(HlsFile::Playlist);
+    }
+    if f == "master.m3u8" {
+        return Some(HlsFile::Multivariant);
     }
     if let Some(v) = f.strip_prefix("init").and_then(|r| r.strip_suffix(".mp4")) {
         return v.parse().ok().map(HlsFile::Init);
@@ -67,6 +74,26 @@ fn blocking_query(q: Option<&str>) -> (Option<u64>, Option<usize>) {
     (msn, part)
 }
 
+/// `lat`/`lon` of a request (what `/play` adds), for the steering URI.
+fn location_query(q: Option<&str>) -> Option<(f64, f64)> {
+    let (mut lat, mut lon) = (None, None);
+    for pair in q.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("lat", v)) => lat = v.parse::<f64>().ok(),
+            Some(("lon", v)) => lon = v.parse::<f64>().ok(),
+            _ => {}
+        }
+    }
+    match (lat, lon) {
+        (Some(a), Some(o))
+            if a.is_finite() && o.is_finite() && a.abs() <= 90.0 && o.abs() <= 180.0 =>
+        {
+            Some((a, o))
+        }
+        _ => None,
+    }
+}
+
 fn media(bytes: Bytes, content_type: &'static str, cache: &'static str) -> Resp {
     let mut r = Response::new(MediaBody::Full(Some(bytes)));
     let h = r.headers_mut();
@@ -85,15 +112,63 @@ impl Relay {
         let cmcd = self.request_cmcd(&req);
         self.record_cmcd(qoe::group_from_query(req.uri().query()), cmcd.as_ref());
         let (msn, part) = blocking_query(req.uri().query());
+        let location = location_query(req.uri().query());
         drop(req);
-        if self.is_draining() && file == HlsFile::Playlist && msn.is_none() {
+        let first_playlist = matches!(file, HlsFile::Playlist | HlsFile::Multivariant);
+        if self.is_draining() && first_playlist && msn.is_none() {
             return draining(self.node_id(), &key);
         }
-        let hs = self.hls_stream(&key);
-        let resp = self.hls_answer(&hs, &key, file, msn, part).await;
+        let resp = match file {
+            HlsFile::Multivariant => self.multivariant(&key, location).await,
+            _ => {
+                let hs = self.hls_stream(&key);
+                self.hls_answer(&hs, &key, file, msn, part).await
+            }
+        };
         self.metrics()
             .hls_request(file.kind(), resp.status().as_u16());
         resp
+    }
+
+    /// The multivariant playlist: waits for the stream's first segment (as
+    /// the media playlist does) and announces its measured bit rate.
+    async fn multivariant(&self, key: &StreamKey, location: Option<(f64, f64)>) -> Resp {
+        let cfg = self.config();
+        let hs = self.hls_stream(key);
+        let bps = hs
+            .wait(cfg.play_wait, |st| {
+                let s = st.seg.as_ref()?;
+                let (bytes, ms) =
+                    s.segments()
+                        .iter()
+                        .filter(|g| g.complete)
+                        .fold((0usize, 0i64), |(b, m), g| {
+                            (
+                                b + g.parts.iter().map(|p| p.data.len()).sum::<usize>(),
+                                m + g.duration_ms(),
+                            )
+                        });
+                (ms > 0).then(|| (bytes as u64 * 8 * 1000) / ms.max(1) as u64)
+            })
+            .await;
+        match bps {
+            Ok(Some(bps)) => media(
+                Bytes::from(crate::hls::playlist::multivariant(
+                    key.as_str(),
+                    self.node_id(),
+                    bps,
+                    cfg.steering_url.as_deref(),
+                    location,
+                )),
+                "application/vnd.apple.mpegurl",
+                "no-cache",
+            ),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                format!("{key}: no complete segment yet"),
+            ),
+            Err(r) => refused(&r, key, cfg.play_wait),
+        }
     }
 
     async fn hls_answer(
@@ -107,6 +182,7 @@ impl Relay {
         let cfg = self.config();
         let part_ms = cfg.hls_part_target;
         let waited = match file {
+            HlsFile::Multivariant => return self.multivariant(key, None).await,
             HlsFile::Playlist => {
                 // The first playlist of a stream waits for its first
                 // complete segment: plain HLS clients (ffmpeg) only play
@@ -211,6 +287,13 @@ mod tests {
         assert_eq!(parse_file("seg12.m4s"), Some(HlsFile::Segment(12)));
         assert_eq!(parse_file("init0.mp4"), Some(HlsFile::Init(0)));
         assert_eq!(parse_file("index.m3u8"), Some(HlsFile::Playlist));
+        assert_eq!(parse_file("master.m3u8"), Some(HlsFile::Multivariant));
+        assert_eq!(
+            location_query(Some("lat=48.8&lon=2.3&x=1")),
+            Some((48.8, 2.3))
+        );
+        assert_eq!(location_query(Some("lat=91&lon=2.3")), None);
+        assert_eq!(location_query(Some("lat=NaN&lon=2.3")), None);
         assert_eq!(parse_file("segx.m4s"), None);
         let (k, f) = hls_path("/live/x/index.m3u8").unwrap();
         assert_eq!(k.unwrap().as_str(), "live/x");

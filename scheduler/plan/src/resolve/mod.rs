@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vantage_shared::group::{Cell, GroupKey};
 use vantage_shared::place::Coord;
-use vantage_shared::score::{Breakdown, Ranges, Source, Weights};
+use vantage_shared::score::{Breakdown, Ranges, Source, Stability, Weights};
 use vantage_shared::stream::{StreamKey, StreamPattern};
 
 /// Where a viewer's location came from.
@@ -110,6 +110,19 @@ pub struct EdgeNode {
     pub coord: Option<Coord>,
     pub capacity_mbps: f64,
     pub egress_mbps: f64,
+    /// Media in this node's GOP cache per stream it holds, ms (its feed's
+    /// health: a full GOP when the upstream keeps up), sorted by stream.
+    pub stream_buffer_ms: Vec<(StreamKey, f64)>,
+}
+
+impl EdgeNode {
+    /// The GOP-cache depth this node reported for `stream`, if it holds it.
+    pub fn stream_buffer(&self, stream: &StreamKey) -> Option<f64> {
+        self.stream_buffer_ms
+            .binary_search_by(|(k, _)| k.cmp(stream))
+            .ok()
+            .map(|i| self.stream_buffer_ms[i].1)
+    }
 }
 
 /// An immutable picture of the cluster for resolves.
@@ -125,6 +138,9 @@ pub struct Edges {
     published: HashMap<StreamKey, f64>,
     /// Static origin patterns of nodes that are not down.
     patterns: Vec<StreamPattern>,
+    /// Deepest GOP cache any node that is not down reported per stream:
+    /// what a feed that keeps up holds (a full GOP, whatever its length).
+    full_gop_ms: HashMap<StreamKey, f64>,
 }
 
 impl Edges {
@@ -152,7 +168,17 @@ impl Edges {
                 })
                 .collect(),
         );
+        let mut full_gop_ms: HashMap<StreamKey, f64> = HashMap::new();
+        for n in nodes.iter().filter(|n| n.health != Health::Down) {
+            for (k, ms) in &n.stream_buffer_ms {
+                if ms.is_finite() && *ms > 0.0 {
+                    let e = full_gop_ms.entry(k.clone()).or_insert(0.0);
+                    *e = e.max(*ms);
+                }
+            }
+        }
         Edges {
+            full_gop_ms,
             by_id: nodes
                 .iter()
                 .enumerate()
@@ -164,6 +190,18 @@ impl Edges {
             published,
             patterns,
         }
+    }
+
+    /// How well node `i`'s feed of `stream` keeps up, 0..=1: its GOP-cache
+    /// depth over the deepest any node reported for the stream (the
+    /// origin's, whose feed is the publisher). `None` when `i` does not
+    /// hold the stream. Relative, because the depth of a healthy feed is
+    /// the stream's GOP (0.5–4 s), not a fixed figure: a node holding a
+    /// 1 s-GOP stream is as healthy as one that does not hold it yet.
+    pub fn stream_feed_ratio(&self, i: usize, stream: &StreamKey) -> Option<f64> {
+        let depth = self.nodes.get(i)?.stream_buffer(stream)?;
+        let full = *self.full_gop_ms.get(stream)?;
+        (full > 0.0 && depth.is_finite()).then(|| (depth / full).clamp(0.0, 1.0))
     }
 
     /// Bit rate of `stream` in kbps (`default_kbps` when it is unknown but
@@ -197,12 +235,17 @@ pub fn group_of(coord: Option<Coord>, asn: Option<u32>, precision: usize) -> Gro
 }
 
 /// Ranks edges for one viewer. `assigned(i)`: the load the caller
-/// assigned to node `i` since its last report (Mbps); the caller accounts
-/// the viewer's bit rate to the chosen edge (`answer.edges[0].index`).
+/// assigned to node `i` since its last report and the join-rate charge of
+/// admission (Mbps, [`rank::LoadLedger::total`] and
+/// [`rank::LoadLedger::charge`]); the caller accounts the viewer's bit
+/// rate to the chosen edge (`answer.edges[0].index`). When the charge
+/// leaves no edge eligible, the ranking is made again without it: the
+/// charge keeps headroom, it never turns a viewer away that capacity
+/// could take.
 pub fn resolve<R: Rng + ?Sized>(
     edges: &Edges,
     learner: &Learner,
-    assigned: &dyn Fn(usize) -> f64,
+    assigned: &dyn Fn(usize) -> (f64, f64),
     req: &Request,
     p: &ResolveParams<'_>,
     now_ms: i64,
@@ -264,10 +307,14 @@ pub fn resolve<R: Rng + ?Sized>(
         },
         n: req.n.max(1),
     };
-    let build = |set: &[usize]| -> Vec<Candidate<'_>> {
+    // A feed that keeps up counts as a healthy buffer, scaled down by how
+    // far it falls behind (`Edges::stream_feed_ratio`).
+    let healthy_buffer_ms = p.ranges.buffer_ms.hi.max(p.ranges.buffer_ms.lo);
+    let build = |set: &[usize], charged: bool| -> Vec<Candidate<'_>> {
         set.iter()
             .map(|&i| {
                 let n = &edges.nodes[i];
+                let (assigned_mbps, charge) = assigned(i);
                 Candidate {
                     id: &n.id,
                     public_url: &n.public_url,
@@ -275,18 +322,27 @@ pub fn resolve<R: Rng + ?Sized>(
                     coord: n.coord,
                     capacity_mbps: n.capacity_mbps,
                     egress_mbps: n.egress_mbps,
-                    assigned_mbps: assigned(i),
+                    assigned_mbps,
+                    charge_mbps: if charged { charge } else { 0.0 },
                     group: estimates.get(&i).copied(),
+                    node_wide: learner.node(&n.id),
+                    stream_buffer_ms: edges
+                        .stream_feed_ratio(i, &req.stream)
+                        .map(|r| r * healthy_buffer_ms),
                 }
             })
             .collect()
     };
     let mut set = picked;
-    let mut cands = build(&set);
+    let mut cands = build(&set, true);
     let mut ranking = rank::rank(&input, &cands, rng);
     if ranking.edges.is_empty() && set.len() < edges.up.len() {
         set = edges.up.clone();
-        cands = build(&set);
+        cands = build(&set, true);
+        ranking = rank::rank(&input, &cands, rng);
+    }
+    if ranking.edges.is_empty() {
+        cands = build(&set, false);
         ranking = rank::rank(&input, &cands, rng);
     }
     if ranking.chosen().is_none() {
@@ -321,4 +377,93 @@ pub fn resolve<R: Rng + ?Sized>(
         bitrate_mbps,
         edges: answer_edges,
     })
+}
+
+/// Mid-session steering (HLS Content Steering reloads, docs/viewer-routing.md):
+/// for a viewer on node `current` (an index of [`Edges::nodes`]) and an
+/// answer ranked without exploration or spreading, the node it should move
+/// to, or `None` to stay.
+///
+/// * `current` ranked in the answer: move only when the best is clearly
+///   better ([`Stability::should_switch`] with the margins doubled: a move
+///   costs the viewer a new connection and the node a burst), so viewers
+///   do not flap between near-equal edges;
+/// * `current` not in the answer (not eligible for a *new* viewer):
+///   move when it is not up any more or is itself over the hard
+///   utilisation limit (`current_over_limit`); a node merely too full for
+///   one more viewer keeps the viewers it has (the answer charges the
+///   viewer's bit rate as if it were new, which would empty every node
+///   near the limit at once).
+pub fn steer(
+    edges: &Edges,
+    answer: &Answer,
+    current: usize,
+    current_over_limit: bool,
+    stability: &Stability,
+) -> Option<usize> {
+    let best = answer.edges.first()?;
+    if best.index == current {
+        return None;
+    }
+    let margins = Stability {
+        switch_margin_abs: 2.0 * stability.switch_margin_abs,
+        switch_margin_rel: 2.0 * stability.switch_margin_rel,
+        ..*stability
+    };
+    match answer.edges.iter().find(|e| e.index == current) {
+        Some(cur) => margins
+            .should_switch(cur.score, best.score)
+            .then_some(best.index),
+        None => {
+            let up = edges
+                .nodes
+                .get(current)
+                .is_some_and(|n| n.health == Health::Up);
+            (!up || current_over_limit).then_some(best.index)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, health: Health, streams: &[(&str, f64)]) -> EdgeNode {
+        EdgeNode {
+            id: Arc::from(id),
+            public_url: Arc::from(format!("http://{id}")),
+            health,
+            coord: None,
+            capacity_mbps: 100.0,
+            egress_mbps: 0.0,
+            stream_buffer_ms: streams
+                .iter()
+                .map(|(k, ms)| (StreamKey::parse(k).unwrap(), *ms))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn feed_ratio_is_relative_to_the_streams_full_gop() {
+        let x = StreamKey::parse("live/x").unwrap();
+        let y = StreamKey::parse("live/y").unwrap();
+        let edges = Edges::new(
+            vec![
+                node("origin", Health::Up, &[("live/x", 1000.0)]),
+                node("keeps-up", Health::Up, &[("live/x", 1000.0)]),
+                node("behind", Health::Up, &[("live/x", 400.0)]),
+                node("cold", Health::Up, &[]),
+                // A down node's figures are not the reference.
+                node("gone", Health::Down, &[("live/x", 4000.0)]),
+            ],
+            HashMap::new(),
+            Vec::new(),
+        );
+        // A 1 s GOP held in full is a healthy feed, not half of 2 s.
+        assert_eq!(edges.stream_feed_ratio(1, &x), Some(1.0));
+        assert_eq!(edges.stream_feed_ratio(2, &x), Some(0.4));
+        assert_eq!(edges.stream_feed_ratio(3, &x), None);
+        assert_eq!(edges.stream_feed_ratio(0, &y), None);
+        assert_eq!(edges.stream_feed_ratio(99, &x), None);
+    }
 }

@@ -4,17 +4,22 @@
 //!
 //! For every candidate edge the viewer's inputs to the QoE formula are:
 //!
-//! | input | measured (group estimate with ≥ `min_group_samples`) | otherwise |
-//! |---|---|---|
-//! | RTT | the group's mean `TCP_INFO` RTT on that edge | modelled from distance |
-//! | loss | the group's retransmit rate on that edge | default 0 |
-//! | buffer health | `buffer_ms · (1 − stall_rate)` | default healthy (`buffer_ms.hi`) |
-//! | utilisation | (reported egress + load assigned since) / capacity | — |
-//! | distance | — | modelled great-circle km (default mid-range when unknown) |
+//! | input | measured (group estimate with ≥ `min_group_samples`) | otherwise (the node's estimate over all its groups, when it has enough samples) | otherwise |
+//! |---|---|---|---|
+//! | RTT | the group's mean `TCP_INFO` RTT on that edge | modelled from distance | modelled from distance |
+//! | loss | the group's retransmit rate on that edge | modelled: the node's retransmit rate | default 0 |
+//! | buffer health | `buffer_ms · (1 − stall_rate)` | modelled: the node's | default healthy (`buffer_ms.hi`) |
+//! | … and at most | the node's GOP-cache depth for this stream (its feed's health), measured, when it holds the stream | | |
+//! | throughput | Padhye(the two above) / bit rate, or the group's mean `TCP_INFO` delivery rate / bit rate where that is higher (measured) | modelled: Padhye(modelled RTT, the node's loss) / bit rate | default: no penalty |
+//! | utilisation | (reported egress + load assigned since + join rate × `admission_lag_ms`) / capacity | — | — |
+//! | distance | — | modelled great-circle km (default mid-range when unknown) | |
 //!
+//! Estimates are trend-projected (`trend_horizon_ms`, see [`super::learn`]).
 //! Eligible: `up` (never suspect, down or draining), a public URL, a
-//! positive capacity, and `(egress + assigned + viewer bit rate) / capacity`
-//! below the hard utilisation limit. Then, best first:
+//! positive capacity, and `(egress + assigned + join rate × lag + viewer
+//! bit rate) / capacity` below the hard utilisation limit — join-rate-aware
+//! admission: a node taking a burst of joins keeps the headroom the burst
+//! will have used by the time its reports show it. Then, best first:
 //!
 //! 1. sort by score (lower is better), ties by id;
 //! 2. **exploration**: with probability `exploration_share` the answer is one
@@ -28,7 +33,7 @@
 //! The caller accounts the viewer's bit rate to the chosen edge
 //! ([`LoadLedger::assign`]) until that edge's next reports show it.
 
-use super::learn::GroupEstimate;
+use super::learn::{GroupEstimate, GroupObservation};
 use crate::node::Health;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -36,6 +41,7 @@ use vantage_shared::place::{Coord, modelled_rtt_ms};
 use vantage_shared::score::{
     Breakdown, Input, Inputs, Ranges, Source, Weights, score, score_value,
 };
+use vantage_shared::tcp::padhye_mbps;
 
 /// Tunables of viewer routing (`[resolve]` in the scheduler config).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,12 @@ pub struct RankParams {
     pub explore_candidates: usize,
     /// Runner-ups worse than the best by more than this are never explored.
     pub explore_max_gap: f64,
+    /// Estimates that are getting worse are projected this far ahead, ms
+    /// (0: no projection).
+    pub trend_horizon_ms: i64,
+    /// Join-rate-aware admission: a node is charged its recent join rate
+    /// (Mbps assigned per second) times this, ms (0: off).
+    pub admission_lag_ms: i64,
 }
 
 impl Default for RankParams {
@@ -66,6 +78,8 @@ impl Default for RankParams {
             exploration_share: 0.05,
             explore_candidates: 2,
             explore_max_gap: 0.10,
+            trend_horizon_ms: 60_000,
+            admission_lag_ms: 2_000,
         }
     }
 }
@@ -92,6 +106,12 @@ impl RankParams {
         if !finite_nonneg(self.explore_max_gap) {
             return Err(RankParamsError("explore_max_gap"));
         }
+        if !(0..=3_600_000).contains(&self.trend_horizon_ms) {
+            return Err(RankParamsError("trend_horizon_ms"));
+        }
+        if !(0..=600_000).contains(&self.admission_lag_ms) {
+            return Err(RankParamsError("admission_lag_ms"));
+        }
         Ok(())
     }
 }
@@ -108,15 +128,25 @@ pub struct Candidate<'a> {
     pub egress_mbps: f64,
     /// Bit rate of viewers this resolver sent there since that report.
     pub assigned_mbps: f64,
+    /// Join-rate-aware admission: the node's join rate times the
+    /// admission lag, Mbps ([`LoadLedger::charge`]).
+    pub charge_mbps: f64,
     /// What this node's viewers of the viewer's group experienced, if any.
     pub group: Option<&'a GroupEstimate>,
+    /// What this node's viewers of every group experienced, if any.
+    pub node_wide: Option<&'a GroupEstimate>,
+    /// The node's feed of the viewer's stream as a buffer input, ms, if it
+    /// holds the stream: the healthy buffer × how well the feed keeps up
+    /// (`Edges::stream_feed_ratio`).
+    pub stream_buffer_ms: Option<f64>,
 }
 
 impl Candidate<'_> {
     /// Utilisation with the assigned load and `extra_mbps` more.
     pub fn projected_utilisation(&self, extra_mbps: f64) -> f64 {
         if self.capacity_mbps > 0.0 {
-            (self.egress_mbps + self.assigned_mbps + extra_mbps) / self.capacity_mbps
+            (self.egress_mbps + self.assigned_mbps + self.charge_mbps + extra_mbps)
+                / self.capacity_mbps
         } else {
             f64::INFINITY
         }
@@ -211,6 +241,7 @@ pub fn eligibility(c: &Candidate<'_>, ranges: &Ranges, viewer: &Viewer) -> Resul
 /// The formula's inputs for `c` serving `viewer`, with their sources.
 pub fn inputs(c: &Candidate<'_>, input: &RankInput<'_>) -> Inputs {
     let ranges = input.ranges;
+    let p = input.params;
     let km = match (input.viewer.coord, c.coord) {
         (Some(a), Some(b)) => Input::modelled(a.km_to(&b)),
         _ => Input::default_value((ranges.km.lo + ranges.km.hi) / 2.0),
@@ -223,28 +254,72 @@ pub fn inputs(c: &Candidate<'_>, input: &RankInput<'_>) -> Inputs {
             Source::Default
         },
     };
-    let measured = c
-        .group
-        .map(|g| g.at(input.now_ms, input.params.group_half_life_ms))
-        .filter(|g| g.samples >= input.params.min_group_samples.max(f64::MIN_POSITIVE));
-    let (rtt_ms, loss, buffer_ms) = match measured {
-        Some(g) => (
-            g.rtt_ms.map_or(model_rtt, Input::measured),
-            g.retransmit_rate
-                .map_or(Input::default_value(0.0), Input::measured),
-            if g.buffer_ms.is_some() || g.stall_rate.is_some() {
-                let buffer = g.buffer_ms.unwrap_or(ranges.buffer_ms.hi);
-                let stall = g.stall_rate.unwrap_or(0.0).clamp(0.0, 1.0);
-                Input::measured(buffer * (1.0 - stall))
-            } else {
-                Input::default_value(ranges.buffer_ms.hi)
-            },
-        ),
-        None => (
+    let min = p.min_group_samples.max(f64::MIN_POSITIVE);
+    let seen = |e: Option<&GroupEstimate>| {
+        e.map(|g| g.projected(input.now_ms, p.group_half_life_ms, p.trend_horizon_ms))
+            .filter(|g| g.samples >= min)
+    };
+    let bitrate = input.viewer.bitrate_mbps;
+    let ratio = |mbps: f64| {
+        if bitrate > 0.0 {
+            mbps / bitrate
+        } else {
+            ranges.throughput_ratio.hi
+        }
+    };
+    let buffer_of = |g: &GroupObservation| {
+        let buffer = g.buffer_ms.unwrap_or(ranges.buffer_ms.hi);
+        let stall = g.stall_rate.unwrap_or(0.0).clamp(0.0, 1.0);
+        buffer * (1.0 - stall)
+    };
+    let (rtt_ms, loss, buffer_ms, throughput_ratio) = if let Some(g) = seen(c.group) {
+        let rtt = g.rtt_ms.map_or(model_rtt, Input::measured);
+        let loss = g
+            .retransmit_rate
+            .map_or(Input::default_value(0.0), Input::measured);
+        let buffer = if g.buffer_ms.is_some() || g.stall_rate.is_some() {
+            Input::measured(buffer_of(&g))
+        } else {
+            Input::default_value(ranges.buffer_ms.hi)
+        };
+        // What the path carries: Padhye from the group's own RTT and
+        // retransmit rate, or more where its connections were seen to
+        // deliver more (a delivery rate is a floor: it is also held down by
+        // the viewers' own last miles, which no edge changes).
+        let model = padhye_mbps(rtt.value, loss.value);
+        let throughput = match g.delivery_mbps {
+            Some(r) if r >= model => Input::measured(ratio(r)),
+            _ => Input::modelled(ratio(model)),
+        };
+        (rtt, loss, buffer, throughput)
+    } else if let Some(n) = seen(c.node_wide) {
+        // The group has not been served here: what the node's viewers
+        // see everywhere, over this group's (modelled) RTT.
+        let loss = n.retransmit_rate.unwrap_or(0.0);
+        let buffer = if n.buffer_ms.is_some() || n.stall_rate.is_some() {
+            Input::modelled(buffer_of(&n))
+        } else {
+            Input::default_value(ranges.buffer_ms.hi)
+        };
+        (
+            model_rtt,
+            Input::modelled(loss),
+            buffer,
+            Input::modelled(ratio(padhye_mbps(model_rtt.value, loss))),
+        )
+    } else {
+        (
             model_rtt,
             Input::default_value(0.0),
             Input::default_value(ranges.buffer_ms.hi),
-        ),
+            Inputs::no_throughput(ranges),
+        )
+    };
+    // A feed of this very stream that does not keep up shows in the node's
+    // GOP cache before any viewer stalls.
+    let buffer_ms = match c.stream_buffer_ms {
+        Some(b) if b.is_finite() && b < buffer_ms.value => Input::measured(b.max(0.0)),
+        _ => buffer_ms,
     };
     Inputs {
         rtt_ms,
@@ -252,6 +327,7 @@ pub fn inputs(c: &Candidate<'_>, input: &RankInput<'_>) -> Inputs {
         buffer_ms,
         utilisation: Input::measured(c.projected_utilisation(0.0)),
         km,
+        throughput_ratio,
     }
 }
 
@@ -356,19 +432,49 @@ pub fn rank<R: Rng + ?Sized>(
 /// Load a resolver assigned to one node that the node's reports may not show
 /// yet. Assignments survive the next report (viewers take a moment to
 /// connect and to appear in the egress rate) and are dropped at the one after.
+/// The ledger also keeps the node's join rate (Mbps assigned per second,
+/// exponentially weighted over [`JOIN_RATE_TAU_MS`]) for join-rate-aware
+/// admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoadLedger {
     /// Assigned since the last report.
     pub recent_mbps: f64,
     /// Assigned in the interval before that.
     pub previous_mbps: f64,
+    /// Join rate (Mbps per second) as of `rate_ms`.
+    rate: f64,
+    rate_ms: i64,
 }
+
+/// Time constant of a ledger's join rate, ms.
+pub const JOIN_RATE_TAU_MS: f64 = 5_000.0;
 
 impl LoadLedger {
     pub fn assign(&mut self, mbps: f64) {
         if mbps.is_finite() && mbps > 0.0 {
             self.recent_mbps += mbps;
         }
+    }
+
+    /// [`Self::assign`] at `now_ms`, counted in the join rate too.
+    pub fn assign_at(&mut self, mbps: f64, now_ms: i64) {
+        if !(mbps.is_finite() && mbps > 0.0) {
+            return;
+        }
+        self.recent_mbps += mbps;
+        self.rate = self.rate_at(now_ms) + mbps * 1000.0 / JOIN_RATE_TAU_MS;
+        self.rate_ms = self.rate_ms.max(now_ms);
+    }
+
+    /// The join rate at `now_ms`, Mbps per second.
+    pub fn rate_at(&self, now_ms: i64) -> f64 {
+        let dt = (now_ms - self.rate_ms).max(0) as f64;
+        self.rate * (-dt / JOIN_RATE_TAU_MS).exp()
+    }
+
+    /// Join-rate-aware admission: the join rate times `lag_ms`, Mbps.
+    pub fn charge(&self, now_ms: i64, lag_ms: i64) -> f64 {
+        self.rate_at(now_ms) * lag_ms.max(0) as f64 / 1000.0
     }
 
     /// A new report from the node arrived.
