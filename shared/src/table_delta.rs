@@ -32,6 +32,7 @@ pub fn delta(base: &RouteTable, next: &RouteTable) -> Option<RouteTable> {
         report_interval_ms: next.report_interval_ms,
         weights_version: next.weights_version,
         probe_key: next.probe_key.clone(),
+        publish: next.publish.clone(),
         term: next.term,
         base_version: base.version,
         ..RouteTable::default()

@@ -202,8 +202,13 @@ impl Room {
         let st = self.state();
         let published = st.published;
         let (gap, comments, resumed_at) = match resume {
+            // An empty epoch is one a follower room handed out before its
+            // link's welcome named the sequencer's: as unknown as none.
             Resume::Since { seq, epoch, .. }
-                if epoch.as_deref().is_none_or(|e| e == &*st.epoch) && *seq <= published =>
+                if epoch
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == &*st.epoch)
+                    && *seq <= published =>
             {
                 let s = st.ring.since(*seq);
                 (s.gap, s.comments, Some(*seq))

@@ -173,6 +173,10 @@ async fn ask_webhook(url: &str, timeout: Duration, body: serde_json::Value) -> R
     }
 }
 
+/// Longest a publisher waits for this agent's first publish policy (an
+/// agent that just started, before its first route table).
+const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Relay {
     /// Decides whether the publisher of `key` presenting `cred` may publish
     /// over `protocol` (`http-flv`, `rtmp`); counts and logs a refusal.
@@ -182,15 +186,22 @@ impl Relay {
         cred: &Credential,
         protocol: &'static str,
     ) -> Result<(), Denied> {
-        let policy = self
-            .inner
-            .tables
-            .borrow()
-            .as_ref()
-            .and_then(|t| t.table.publish.clone());
+        // An agent that just started may not hold a table yet: a publisher
+        // that connects then waits for the policy (bounded) rather than
+        // being refused at once.
+        let mut tables = self.inner.tables.clone();
+        let policy = match tokio::time::timeout(
+            POLICY_WAIT,
+            tables.wait_for(|t| t.as_ref().is_some_and(|t| t.table.publish.is_some())),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t.as_ref().and_then(|t| t.table.publish.clone()),
+            _ => None,
+        };
         let result = match &policy {
             None => Err(Denied::Forbidden(
-                "this agent has no publish policy from the scheduler yet; retry shortly".to_owned(),
+                "this agent has received no publish policy from the scheduler (waited 5 s); retry shortly".to_owned(),
             )),
             Some(policy) => match rule(policy, key) {
                 (PublishAuth::Open, _) => Ok(()),
