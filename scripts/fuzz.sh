@@ -41,7 +41,7 @@ log "building the fuzz targets (nightly, AddressSanitizer)"
 cargo +nightly fuzz build --target-dir "$TARGET_DIR/fuzz" >&2
 for t in "${TARGETS[@]}"; do
     artifacts="$TARGET_DIR/fuzz-artifacts/$t"
-    mkdir -p "$work/$t" "$artifacts"
+    mkdir -p "$work/$t" "$artifacts" "corpus/$t"
     log "fuzzing $t for ${SECS} s"
     if ! cargo +nightly fuzz run --target-dir "$TARGET_DIR/fuzz" "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$SECS" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
