@@ -212,7 +212,17 @@ async fn main() {
         3,
         INTERVAL_MS,
         LEASE_MS,
-        &["--exploration-share", "0"],
+        // The load generator is one client (127.0.0.1): the per-client
+        // limits of the viewer endpoints (issue 17) would measure
+        // themselves, not the replicas.
+        &[
+            "--exploration-share",
+            "0",
+            "--rate-limit-per-s",
+            "1000000",
+            "--rate-limit-burst",
+            "1000000",
+        ],
         |u| u.replace(&pg_addr.to_string(), &proxy_addr.to_string()),
     )
     .await;
