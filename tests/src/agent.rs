@@ -393,6 +393,21 @@ impl Agent {
         self.proc.kill();
     }
 
+    /// `/v1/status` once it shows the table in use ACKed (within
+    /// `timeout`). A table applied after the scheduler recorded the last ACK
+    /// reads `acked: false` until the agent has persisted and ACKed it.
+    pub async fn status_acked(&self, timeout: Duration) -> Value {
+        crate::eventually(timeout, "agent status shows its table ACKed", || async {
+            let st = self.status().await;
+            if st["routes"]["acked"] == Value::Bool(true) {
+                Ok(st)
+            } else {
+                Err(st)
+            }
+        })
+        .await
+    }
+
     pub async fn restart(&mut self) {
         self.stop().await;
         self.start().await;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use vantage_tests::cluster::{PLACES, start_agents, start_settled, wait_all_acked, wait_all_up};
 use vantage_tests::http::{as_u64, field};
-use vantage_tests::{Scheduler, Store, eventually, store_tests};
+use vantage_tests::{Scheduler, Store, store_tests};
 
 const IDS: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
 
@@ -64,21 +64,8 @@ async fn three_agents_up_and_acked(store: Store) {
             routes["table"].is_object(),
             "route record without a table: {routes}"
         );
-        // A table applied after the scheduler's ACK record reads `acked: false` until the
-        // agent has persisted it; the agent settles on an ACKed table.
-        let st = eventually(
-            Duration::from_secs(5),
-            "agent status shows its table ACKed",
-            || async {
-                let st = a.status().await;
-                if st["routes"]["acked"] == Value::Bool(true) {
-                    Ok(st)
-                } else {
-                    Err(st)
-                }
-            },
-        )
-        .await;
+        // The agent settles on an ACKed table (a newer one may be in flight).
+        let st = a.status_acked(Duration::from_secs(5)).await;
         assert_eq!(st["node_id"], a.node_id(), "{st}");
         assert_eq!(st["routes"]["source"], "scheduler", "{st}");
         assert_eq!(st["routes"]["subscribed"], Value::Bool(true), "{st}");

@@ -505,16 +505,7 @@ async fn an_agent_restarted_mid_stream_of_deltas_converges_to_the_schedulers_tab
         directory(&tables[2]),
         "B (never restarted) and C (restarted) agree on the live streams"
     );
-    // A table applied since reads `acked: false` until persisted.
-    let st = eventually(Duration::from_secs(5), "C's table ACKed", || async {
-        let st = c.status().await;
-        if st["routes"]["acked"] == true {
-            Ok(st)
-        } else {
-            Err(st)
-        }
-    })
-    .await;
+    let st = c.status_acked(Duration::from_secs(5)).await;
     assert_eq!(st["routes"]["source"], "scheduler", "{st}");
 
     // Deltas were used, and C caught up from the version it kept: by

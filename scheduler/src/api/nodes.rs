@@ -219,22 +219,7 @@ pub async fn drain(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let actor = require_admin(&app, &headers)?;
-    let id = node_id(&id)?;
-    super::require_store(&app)?;
-    let state = app
-        .drain_persisted(id, &actor)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("drain not saved (nothing changed): {e}"),
-            )
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
-    Ok(Json(
-        json!({"node_id": id, "state": state, "draining": true}),
-    ))
+    set_drain(&app, &id, &headers, true).await
 }
 
 /// `POST /v1/nodes/{id}/undrain`: lifts a drain.
@@ -243,21 +228,32 @@ pub async fn undrain(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let actor = require_admin(&app, &headers)?;
-    let id = node_id(&id)?;
-    super::require_store(&app)?;
+    set_drain(&app, &id, &headers, false).await
+}
+
+/// A drain or undrain through the API (admin token, store reachable).
+async fn set_drain(
+    app: &App,
+    id: &str,
+    headers: &HeaderMap,
+    drained: bool,
+) -> ApiResult<Json<Value>> {
+    let actor = require_admin(app, headers)?;
+    let id = node_id(id)?;
+    super::require_store(app)?;
+    let what = if drained { "drain" } else { "undrain" };
     let state = app
-        .undrain_persisted(id, &actor)
+        .set_drain_persisted(id, &actor, drained)
         .await
         .map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("undrain not saved (nothing changed): {e}"),
+                format!("{what} not saved (nothing changed): {e}"),
             )
         })?
         .ok_or_else(|| ApiError::not_found(format!("unknown node {id:?}")))?;
     Ok(Json(
-        json!({"node_id": id, "state": state, "draining": false}),
+        json!({"node_id": id, "state": state, "draining": drained}),
     ))
 }
 

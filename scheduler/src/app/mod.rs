@@ -433,56 +433,32 @@ impl App {
         self.replan.notify_one();
     }
 
-    /// An operator's drain (API): persisted first (so it holds on every
-    /// replica and after a restart), then in force here and replanned.
+    /// An operator's drain or undrain (API): the flag is persisted first
+    /// (so a drain holds on every replica and after a restart, and a lifted
+    /// one does not come back at restart), then put in force here.
+    /// Other replicas follow drains live and undrains at their next start.
     /// `Ok(None)`: unknown node.
-    pub async fn drain_persisted(
+    pub async fn set_drain_persisted(
         &self,
         node_id: &str,
         by: &str,
+        drained: bool,
     ) -> Result<Option<NodeState>, StoreError> {
         if !self.registry.contains(node_id) {
             return Ok(None);
         }
-        self.store.set_drained(node_id, true).await?;
+        self.store.set_drained(node_id, drained).await?;
         self.cluster.notify("nodes");
-        Ok(self.drain(node_id, by))
+        Ok(if drained {
+            self.drain(node_id, by)
+        } else {
+            self.undrain(node_id, by)
+        })
     }
 
-    /// An operator's undrain (API): the stored drain is lifted first (so a
-    /// restart does not bring it back), then here. Other replicas lift it
-    /// when they next restart (they do not follow undrains live yet).
-    /// `Ok(None)`: unknown node.
-    pub async fn undrain_persisted(
-        &self,
-        node_id: &str,
-        by: &str,
-    ) -> Result<Option<NodeState>, StoreError> {
-        if !self.registry.contains(node_id) {
-            return Ok(None);
-        }
-        self.store.set_drained(node_id, false).await?;
-        self.cluster.notify("nodes");
-        Ok(self.undrain(node_id, by))
-    }
-
-    /// A drain another replica took: in force here, nothing recorded.
-    pub(crate) fn drain_local(&self, node_id: &str) {
-        let now = now_ms();
-        self.registry.update(node_id, |e| {
-            e.draining = true;
-            if e.state != NodeState::Down {
-                e.state = NodeState::Draining;
-                e.state_since_ms = now;
-            }
-        });
-        self.resolver.refresh(&self.registry, now);
-        self.trigger_replan();
-    }
-
-    /// Marks a node draining (API or agent) and replans.
-    pub fn drain(&self, node_id: &str, by: &str) -> Option<NodeState> {
-        let now = now_ms();
+    /// Marks a node draining in the registry and the resolver's view (a
+    /// drained edge must not be handed out even once more). `None`: unknown.
+    fn mark_draining(&self, node_id: &str, now: i64) -> Option<NodeState> {
         let state = self.registry.update(node_id, |e| {
             e.draining = true;
             if e.state != NodeState::Down {
@@ -491,9 +467,21 @@ impl App {
             }
             e.state
         })?;
-        self.persist_node(node_id);
-        // A drained edge must not be handed out even once more.
         self.resolver.refresh(&self.registry, now);
+        Some(state)
+    }
+
+    /// A drain another replica took: in force here, nothing recorded.
+    pub(crate) fn drain_local(&self, node_id: &str) {
+        self.mark_draining(node_id, now_ms());
+        self.trigger_replan();
+    }
+
+    /// Marks a node draining (API or agent) and replans.
+    pub fn drain(&self, node_id: &str, by: &str) -> Option<NodeState> {
+        let now = now_ms();
+        let state = self.mark_draining(node_id, now)?;
+        self.persist_node(node_id);
         self.event(node_id, "drain", by);
         if let Some(r) = &self.recorder {
             r.node(now, node_id, "drain", by, None);
