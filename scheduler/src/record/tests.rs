@@ -188,7 +188,9 @@ fn recorded_steps_replay_exactly_and_other_weights_differ() {
 fn settle(rec: &Recorder, sent: u64) {
     let m = &rec.metrics;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while m.written.get() - m.files.get() + m.dropped.get() < sent {
+    // The counters are read one by one while the writer runs: `files` may
+    // already count a file whose header `written` does not yet.
+    while (m.written.get() + m.dropped.get()).saturating_sub(m.files.get()) < sent {
         assert!(Instant::now() < deadline, "the writer is stuck");
         std::thread::sleep(Duration::from_millis(2));
     }
