@@ -224,6 +224,35 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub relay_max_pending: Option<usize>,
 
+    /// CMCD: `POST /v1/cmcd` beacons per second per client (0.01..=10000)
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    pub cmcd_beacon_rate: Option<f64>,
+
+    /// CMCD: burst of beacons per client (1..=100000) [default: 20].
+    #[arg(long, value_name = "N")]
+    pub cmcd_beacon_burst: Option<u32>,
+
+    /// CMCD: a client is its IPv4 address truncated to this prefix, for
+    /// the beacon limit and session ownership (8..=32) [default: 32].
+    #[arg(long, value_name = "BITS")]
+    pub cmcd_client_prefix_v4: Option<u8>,
+
+    /// CMCD: a client is its IPv6 address truncated to this prefix
+    /// (16..=128) [default: 64].
+    #[arg(long, value_name = "BITS")]
+    pub cmcd_client_prefix_v6: Option<u8>,
+
+    /// CMCD: viewer sessions tracked per client; beyond, a new session's
+    /// reports do not count while all the client's are live (1..=100000)
+    /// [default: 64].
+    #[arg(long, value_name = "N")]
+    pub cmcd_sessions_per_client: Option<usize>,
+
+    /// CMCD: viewer sessions tracked in all (1000..=10000000) [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub cmcd_max_sessions: Option<usize>,
+
     /// LL-HLS: longest part, the playlist's PART-TARGET (100..=2000)
     /// [default: 500].
     #[arg(long, value_name = "MS")]
@@ -398,6 +427,14 @@ impl Settings {
                 .or(lower.relay_write_coalesce_ms),
             relay_cache_max_bytes: self.relay_cache_max_bytes.or(lower.relay_cache_max_bytes),
             relay_max_pending: self.relay_max_pending.or(lower.relay_max_pending),
+            cmcd_beacon_rate: self.cmcd_beacon_rate.or(lower.cmcd_beacon_rate),
+            cmcd_beacon_burst: self.cmcd_beacon_burst.or(lower.cmcd_beacon_burst),
+            cmcd_client_prefix_v4: self.cmcd_client_prefix_v4.or(lower.cmcd_client_prefix_v4),
+            cmcd_client_prefix_v6: self.cmcd_client_prefix_v6.or(lower.cmcd_client_prefix_v6),
+            cmcd_sessions_per_client: self
+                .cmcd_sessions_per_client
+                .or(lower.cmcd_sessions_per_client),
+            cmcd_max_sessions: self.cmcd_max_sessions.or(lower.cmcd_max_sessions),
             hls_part_target_ms: self.hls_part_target_ms.or(lower.hls_part_target_ms),
             hls_window_segments: self.hls_window_segments.or(lower.hls_window_segments),
             steering_url: self.steering_url.clone().or(lower.steering_url.clone()),

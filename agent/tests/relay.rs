@@ -1137,16 +1137,53 @@ async fn cmcd_from_queries_headers_and_beacons_reaches_the_report() {
     .await;
     assert_eq!(p2.status, 200);
     p2.next_tag().await.unwrap();
-    // A beacon from session s1 (group known from its play request).
-    let mut sock = TcpStream::connect(a.addr).await.unwrap();
-    let body = r#"[{"bl":5000,"sid":"s1"},{"bl":3000,"sid":"s1","bs":true}]"#;
-    let req = format!(
-        "POST /v1/cmcd HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    // Both plays are served: each names its viewer session (the sid the
+    // player offered) in X-Vantage-Session.
+    assert!(
+        p1.head
+            .to_ascii_lowercase()
+            .contains("x-vantage-session: s1\r\n"),
+        "{}",
+        p1.head
     );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let (status, text) = read_response(&mut sock).await;
+    assert!(
+        p2.head
+            .to_ascii_lowercase()
+            .contains("x-vantage-session: s2\r\n"),
+        "{}",
+        p2.head
+    );
+    // A play that is not served (404): its CMCD does not count.
+    let p3 = Player::get(a.addr, "/live/nope.flv?lat=48.85&lon=2.35&CMCD=bl%3D1", &[]).await;
+    assert_eq!(p3.status, 404);
+    // One second later (a session adds at most one sample a second), a
+    // beacon from session s1 (group known from its play request): the first
+    // report is a new sample, the second of the same second merges into it
+    // (its bs marks it stalled).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let post = |body: &'static str| async move {
+        let mut sock = TcpStream::connect(a.addr).await.unwrap();
+        let req = format!(
+            "POST /v1/cmcd HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        read_response(&mut sock).await
+    };
+    let beacon = r#"[{"bl":5000,"sid":"s1"},{"bl":3000,"sid":"s1","bs":true}]"#;
+    let (status, text) = post(beacon).await;
     assert_eq!(status, 204, "{text}");
+    // The same beacon again: already counted.
+    let (status, text) = post(beacon).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("\"reason\":\"duplicate\""), "{text}");
+    // A session this agent never served, and none at all.
+    let (status, text) = post(r#"{"bl":100,"bs":true,"sid":"forged"}"#).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("unknown_session"), "{text}");
+    let (status, text) = post(r#"{"bl":100,"bs":true}"#).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("no_session"), "{text}");
     // A bad beacon.
     let mut sock = TcpStream::connect(a.addr).await.unwrap();
     sock.write_all(b"POST /v1/cmcd HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n[1,2")
@@ -1163,10 +1200,10 @@ async fn cmcd_from_queries_headers_and_beacons_reaches_the_report() {
         .find(|g| g.group == "u09t")
         .expect("group");
     assert_eq!(g.viewers, 2);
-    assert_eq!(g.samples, 4);
-    assert_eq!(g.buffer_ms, (3000.0 + 1000.0 + 5000.0 + 3000.0) / 4.0);
-    // 2 stall signals over 4 samples + 2 viewers.
-    assert!((g.stall_rate - 2.0 / 6.0).abs() < 1e-9, "{}", g.stall_rate);
+    assert_eq!(g.samples, 3);
+    assert_eq!(g.buffer_ms, (3000.0 + 1000.0 + 5000.0) / 3.0);
+    // 2 stall signals over 3 samples + 2 viewers.
+    assert!((g.stall_rate - 2.0 / 5.0).abs() < 1e-9, "{}", g.stall_rate);
     let s = &report.streams[0];
     assert_eq!(s.key, "live/x");
     assert_eq!(s.viewers, 2);
@@ -1176,6 +1213,23 @@ async fn cmcd_from_queries_headers_and_beacons_reaches_the_report() {
         a.metric("vantage_agent_relay_cmcd_reports_total{source=\"headers\",result=\"ok\"}"),
         1.0
     );
+    for (labels, n) in [
+        ("source=\"beacon\",result=\"ok\"", 1.0),
+        ("source=\"beacon\",result=\"merged\"", 1.0),
+        ("source=\"beacon\",result=\"rejected\"", 4.0),
+    ] {
+        let m = format!("vantage_agent_relay_cmcd_reports_total{{{labels}}}");
+        assert_eq!(a.metric(&m), n, "{m}");
+    }
+    for (labels, n) in [
+        ("source=\"beacon\",reason=\"duplicate\"", 2.0),
+        ("source=\"beacon\",reason=\"unknown_session\"", 1.0),
+        ("source=\"beacon\",reason=\"no_session\"", 1.0),
+        ("source=\"query\",reason=\"not_served\"", 1.0),
+    ] {
+        let m = format!("vantage_agent_relay_cmcd_rejected_total{{{labels}}}");
+        assert_eq!(a.metric(&m), n, "{m}");
+    }
     vantage_shared::validate::report(&report).unwrap();
     publisher.finish().await;
     a.stop().await;

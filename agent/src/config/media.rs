@@ -86,6 +86,34 @@ impl Settings {
             check("relay-max-pending", n as u64, 16..=1_000_000)?;
             r.max_pending = n;
         }
+        if let Some(x) = self.cmcd_beacon_rate {
+            if !(0.01..=10_000.0).contains(&x) {
+                return Err(invalid(format!(
+                    "--cmcd-beacon-rate {x} is outside 0.01..=10000"
+                )));
+            }
+            r.cmcd_beacon_rate = x;
+        }
+        if let Some(n) = self.cmcd_beacon_burst {
+            check("cmcd-beacon-burst", u64::from(n), 1..=100_000)?;
+            r.cmcd_beacon_burst = f64::from(n);
+        }
+        if let Some(n) = self.cmcd_client_prefix_v4 {
+            check("cmcd-client-prefix-v4", u64::from(n), 8..=32)?;
+            r.cmcd_client_prefix_v4 = n;
+        }
+        if let Some(n) = self.cmcd_client_prefix_v6 {
+            check("cmcd-client-prefix-v6", u64::from(n), 16..=128)?;
+            r.cmcd_client_prefix_v6 = n;
+        }
+        if let Some(n) = self.cmcd_sessions_per_client {
+            check("cmcd-sessions-per-client", n as u64, 1..=100_000)?;
+            r.cmcd_sessions_per_client = n;
+        }
+        if let Some(n) = self.cmcd_max_sessions {
+            check("cmcd-max-sessions", n as u64, 1_000..=10_000_000)?;
+            r.cmcd_max_sessions = n;
+        }
         ms(
             "hls-part-target-ms",
             self.hls_part_target_ms,

@@ -381,8 +381,12 @@ fn comment_settings_apply_and_are_range_checked() {
             "--comments-client-rate=2.5",
             "--comments-room-burst=10",
             "--relay-max-pending=100",
+            "--cmcd-beacon-rate=0.5",
+            "--cmcd-client-prefix-v4=24",
         ],
         env(&[
+            ("VANTAGE_CMCD_BEACON_BURST", "3"),
+            ("VANTAGE_CMCD_SESSIONS_PER_CLIENT", "8"),
             ("VANTAGE_COMMENTS_IDLE_TIMEOUT_MS", "15000"),
             ("VANTAGE_COMMENTS_BUFFER", "64"),
             ("VANTAGE_COMMENTS_QUEUE_BYTES", "8192"),
@@ -396,6 +400,13 @@ fn comment_settings_apply_and_are_range_checked() {
     assert_eq!((c.buffer, c.queue_bytes), (64, 8192));
     assert_eq!((c.client_rate.per_s, c.room_rate.burst), (2.5, 10.0));
     assert_eq!(cfg.relay.max_pending, 100);
+    let r = &cfg.relay;
+    assert_eq!((r.cmcd_beacon_rate, r.cmcd_beacon_burst), (0.5, 3.0));
+    assert_eq!((r.cmcd_client_prefix_v4, r.cmcd_client_prefix_v6), (24, 64));
+    assert_eq!(
+        (r.cmcd_sessions_per_client, r.cmcd_max_sessions),
+        (8, 100_000)
+    );
     for (flags, want) in [
         (
             &[
@@ -424,6 +435,15 @@ fn comment_settings_apply_and_are_range_checked() {
         (
             &["--relay-max-pending=1"],
             "--relay-max-pending 1 is outside",
+        ),
+        (&["--cmcd-beacon-rate=0"], "--cmcd-beacon-rate 0 is outside"),
+        (
+            &["--cmcd-client-prefix-v4=33"],
+            "--cmcd-client-prefix-v4 33 is outside",
+        ),
+        (
+            &["--cmcd-max-sessions=10"],
+            "--cmcd-max-sessions 10 is outside",
         ),
     ] {
         let mut args = vec!["--node-id=e", "--ca=c"];

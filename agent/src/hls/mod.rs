@@ -139,7 +139,6 @@ async fn segment(relay: &Relay, key: &StreamKey, hs: &HlsStream) -> Result<(), P
             Arc::new(ViewerSlot::new(
                 relay.next_viewer_id(),
                 Arc::from(HLS_GROUP),
-                None,
                 kill.clone(),
                 stream.clock_ms(),
             ))

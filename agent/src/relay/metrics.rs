@@ -44,8 +44,17 @@ pub struct StreamLabel {
 pub struct SourceLabel {
     /// `query`, `headers`, `beacon`.
     pub source: &'static str,
-    /// `ok`, `invalid`.
+    /// `ok` (a new sample, or a report without buffer data), `merged` (into
+    /// its session's sample of the same second), `rejected`, `invalid`.
     pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectLabel {
+    /// `query`, `headers`, `beacon`.
+    pub source: &'static str,
+    /// [`crate::relay::sessions::Reject::label`].
+    pub reason: &'static str,
 }
 
 /// Every relay metric; cheap to clone (shared handles).
@@ -68,6 +77,8 @@ pub struct RelayMetrics {
     pub ingress_bytes: Counter,
     pub egress_bytes: Counter,
     pub cmcd: Family<SourceLabel, Counter>,
+    pub cmcd_rejected: Family<RejectLabel, Counter>,
+    pub cmcd_sessions: Gauge,
     pub send_lag_p95_ms: Gauge<f64, AtomicU64>,
     pub stream_viewers: Family<StreamLabel, Gauge>,
     pub stream_bitrate_kbps: Family<StreamLabel, Gauge<f64, AtomicU64>>,
@@ -169,6 +180,23 @@ impl RelayMetrics {
             "cmcd_reports",
             "CMCD data received, by source and result",
             m.cmcd.clone(),
+        );
+        r.register(
+            "cmcd_rejected",
+            "CMCD reports that did not count, by source and reason (no_session, unknown_session, \
+             wrong_client, not_served, duplicate, session_limit, rate_limited)",
+            m.cmcd_rejected.clone(),
+        );
+        for reason in crate::relay::sessions::Reject::ALL {
+            let _ = m.cmcd_rejected.get_or_create(&RejectLabel {
+                source: "beacon",
+                reason: reason.label(),
+            });
+        }
+        r.register(
+            "cmcd_sessions",
+            "Viewer sessions tracked for CMCD (served, within their grace, or watch pages not yet playing)",
+            m.cmcd_sessions.clone(),
         );
         r.register(
             "send_lag_p95_ms",
@@ -277,6 +305,16 @@ impl RelayMetrics {
     pub fn cmcd(&self, source: &'static str, result: &'static str) {
         self.cmcd
             .get_or_create(&SourceLabel { source, result })
+            .inc();
+    }
+
+    pub fn cmcd_rejected(&self, source: &'static str, reason: crate::relay::sessions::Reject) {
+        self.cmcd(source, "rejected");
+        self.cmcd_rejected
+            .get_or_create(&RejectLabel {
+                source,
+                reason: reason.label(),
+            })
             .inc();
     }
 }

@@ -15,6 +15,8 @@
 //! * [`source`] — drives a publisher's or upstream's body into a stream.
 //! * [`pull`] — one upstream pull per stream with local fast failover.
 //! * [`qoe`] — CMCD per client group.
+//! * [`sessions`] — the viewer sessions this edge serves (ids in
+//!   `X-Vantage-Session`) and which CMCD reports count.
 //! * [`conn`] — the media socket wrapper that feeds the viewer `TCP_INFO`
 //!   sampler ([`crate::viewer`]).
 //! * [`report`] — `Report.streams`, `Report.groups`, load fields and
@@ -34,6 +36,7 @@ pub mod pull;
 pub mod qoe;
 pub mod report;
 pub mod server;
+pub mod sessions;
 pub mod source;
 pub mod stream;
 pub mod viewer;
@@ -121,6 +124,19 @@ pub struct RelayConfig {
     /// more are closed at accept (each such connection holds hyper's read
     /// buffer until its header timeout). 4096.
     pub max_pending: usize,
+    /// `POST /v1/cmcd` beacons per second per client (token bucket). 10.
+    pub cmcd_beacon_rate: f64,
+    /// Beacon bucket size per client. 20.
+    pub cmcd_beacon_burst: f64,
+    /// Client = IPv4 address truncated to this prefix (beacon limit and
+    /// session ownership). 32.
+    pub cmcd_client_prefix_v4: u8,
+    /// Client = IPv6 address truncated to this prefix. 64.
+    pub cmcd_client_prefix_v6: u8,
+    /// Viewer sessions tracked per client ([`sessions`]). 64.
+    pub cmcd_sessions_per_client: usize,
+    /// Viewer sessions tracked in all (and beacon clients). 100,000.
+    pub cmcd_max_sessions: usize,
 }
 
 impl Default for RelayConfig {
@@ -146,6 +162,12 @@ impl Default for RelayConfig {
             steering_url: None,
             write_coalesce: Duration::from_millis(100),
             max_pending: 4096,
+            cmcd_beacon_rate: 10.0,
+            cmcd_beacon_burst: 20.0,
+            cmcd_client_prefix_v4: 32,
+            cmcd_client_prefix_v6: 64,
+            cmcd_sessions_per_client: 64,
+            cmcd_max_sessions: 100_000,
         }
     }
 }
@@ -156,6 +178,15 @@ impl RelayConfig {
             max_tags: self.cache_max_tags.max(16),
             max_bytes: self.cache_max_bytes.max(64 * 1024),
             retain_ms: ms(self.max_lag) + 1000,
+        }
+    }
+
+    fn session_limits(&self) -> sessions::SessionLimits {
+        sessions::SessionLimits {
+            max_sessions: self.cmcd_max_sessions,
+            per_client: self.cmcd_sessions_per_client,
+            prefix_v4: self.cmcd_client_prefix_v4,
+            prefix_v6: self.cmcd_client_prefix_v6,
         }
     }
 
@@ -205,6 +236,10 @@ struct Shared {
     metrics: RelayMetrics,
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     qoe: Mutex<qoe::Qoe>,
+    /// Viewer sessions (lock before `qoe` when both are held).
+    sessions: Mutex<sessions::Sessions>,
+    /// `POST /v1/cmcd` token buckets per client.
+    beacons: Mutex<vantage_shared::ratelimit::Limiter>,
     node: Arc<NodeCounters>,
     in_rate: RateMeter,
     out_rate: RateMeter,
@@ -255,6 +290,15 @@ impl Relay {
             .collect();
         origins.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
         let now = Instant::now();
+        let sessions = sessions::Sessions::new(cfg.session_limits());
+        let beacons = vantage_shared::ratelimit::Limiter::new(
+            vantage_shared::ratelimit::Rate {
+                per_s: cfg.cmcd_beacon_rate,
+                burst: cfg.cmcd_beacon_burst,
+            },
+            cfg.cmcd_max_sessions,
+            now,
+        );
         Relay {
             inner: Arc::new(Shared {
                 cfg,
@@ -266,6 +310,8 @@ impl Relay {
                 metrics,
                 streams: Mutex::new(HashMap::new()),
                 qoe: Mutex::new(qoe::Qoe::default()),
+                sessions: Mutex::new(sessions),
+                beacons: Mutex::new(beacons),
                 node: Arc::new(NodeCounters::default()),
                 in_rate: RateMeter::new(now),
                 out_rate: RateMeter::new(now),

@@ -2,9 +2,11 @@
 //!
 //! A viewer's client group is the geohash cell (precision 4, see
 //! [`vantage_shared::group`]) of the `lat`/`lon` query parameters of its play
-//! request, else the group its CMCD session id (`sid`) was seen with, else
+//! request, else its session's group ([`super::sessions`]), else
 //! [`UNKNOWN_GROUP`]. CMCD samples (from the `CMCD=` query and `CMCD-*`
-//! headers of play requests and from `POST /v1/cmcd` beacons) are kept per
+//! headers of served requests and from `POST /v1/cmcd` beacons, only those
+//! of sessions this edge serves, at most one per session and second: see
+//! [`super::sessions`]) are kept per
 //! group for [`WINDOW_MS`]; a report carries, per group, the mean buffer
 //! length (`bl`) and the share of stall signals: samples with buffer
 //! starvation (`bs`) plus viewers whose send lag is over the stall
@@ -23,9 +25,6 @@ const MAX_SAMPLES: usize = 512;
 /// Groups tracked; samples of further groups are counted under "other".
 const MAX_GROUPS: usize = 4096;
 const OTHER_GROUP: &str = "other";
-/// Session ids remembered (sid → group), for beacons without a location.
-const MAX_SIDS: usize = 100_000;
-const SID_TTL_MS: u64 = 600_000;
 
 /// The group of a request from its query string (`lat=..&lon=..`):
 /// the geohash cell of the position, `None` without a valid position.
@@ -46,6 +45,8 @@ pub fn group_from_query(query: Option<&str>) -> Option<String> {
 /// What the aggregate keeps of one CMCD report.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
+    /// The session it came from ([`super::sessions`]).
+    pub session: u64,
     pub at_ms: u64,
     /// Buffer length, ms.
     pub bl_ms: Option<f64>,
@@ -55,11 +56,12 @@ pub struct Sample {
 
 impl Sample {
     /// `None` when the report says nothing about the buffer.
-    pub fn from_cmcd(c: &Cmcd, at_ms: u64) -> Option<Sample> {
+    pub fn from_cmcd(c: &Cmcd, session: u64, at_ms: u64) -> Option<Sample> {
         if c.bl.is_none() && c.bs.is_none() {
             return None;
         }
         Some(Sample {
+            session,
             at_ms,
             bl_ms: c.bl.map(|v| v as f64),
             stalled: c.bs == Some(true),
@@ -76,28 +78,29 @@ pub struct GroupFigures {
     pub stalls: u32,
 }
 
-/// CMCD samples per group and the sid → group map.
+/// CMCD samples per group.
 #[derive(Debug, Default)]
 pub struct Qoe {
     groups: HashMap<Arc<str>, VecDeque<Sample>>,
-    sids: HashMap<Arc<str>, (Arc<str>, u64)>,
 }
 
 impl Qoe {
-    /// Records a viewer's session id with its group.
-    pub fn remember_sid(&mut self, sid: &str, group: &Arc<str>, now_ms: u64) {
-        if self.sids.len() >= MAX_SIDS && !self.sids.contains_key(sid) {
-            self.sids
-                .retain(|_, (_, t)| now_ms.saturating_sub(*t) < SID_TTL_MS);
-            if self.sids.len() >= MAX_SIDS {
-                return;
-            }
+    /// Marks the sample `session` took at `at_ms` in `group` stalled (a
+    /// later report of the same interval said buffer starvation).
+    pub fn mark_stalled(&mut self, group: &str, session: u64, at_ms: u64) {
+        let key = if self.groups.contains_key(group) {
+            group
+        } else {
+            OTHER_GROUP
+        };
+        if let Some(q) = self.groups.get_mut(key)
+            && let Some(s) = q
+                .iter_mut()
+                .rev()
+                .find(|s| s.session == session && s.at_ms == at_ms)
+        {
+            s.stalled = true;
         }
-        self.sids.insert(Arc::from(sid), (group.clone(), now_ms));
-    }
-
-    pub fn group_of_sid(&self, sid: &str) -> Option<Arc<str>> {
-        self.sids.get(sid).map(|(g, _)| g.clone())
     }
 
     pub fn record(&mut self, group: &str, s: Sample) {
@@ -122,8 +125,6 @@ impl Qoe {
             }
             !q.is_empty()
         });
-        self.sids
-            .retain(|_, (_, t)| now_ms.saturating_sub(*t) < SID_TTL_MS);
         let mut out: Vec<GroupFigures> = self
             .groups
             .iter()
@@ -165,6 +166,7 @@ mod tests {
     fn figures_average_buffer_and_count_stalls_in_the_window() {
         let mut q = Qoe::default();
         let s = |at, bl, stalled| Sample {
+            session: 1,
             at_ms: at,
             bl_ms: Some(bl),
             stalled,
@@ -177,10 +179,10 @@ mod tests {
         assert_eq!(f[0].samples, 2, "the first sample is outside the window");
         assert_eq!(f[0].buffer_ms, 4000.0);
         assert_eq!(f[0].stalls, 1);
+        // A later report of the same interval marks its sample stalled.
+        q.mark_stalled("u09t", 1, 12_500);
+        assert_eq!(q.figures(13_000)[0].stalls, 2);
         assert!(q.figures(60_000).is_empty());
-        let g: Arc<str> = Arc::from("u09t");
-        q.remember_sid("abc", &g, 0);
-        assert_eq!(q.group_of_sid("abc").as_deref(), Some("u09t"));
     }
 
     #[test]
@@ -190,9 +192,9 @@ mod tests {
             bs: Some(true),
             ..Default::default()
         };
-        let s = Sample::from_cmcd(&c, 5).unwrap();
+        let s = Sample::from_cmcd(&c, 1, 5).unwrap();
         assert_eq!(s.bl_ms, Some(2100.0));
         assert!(s.stalled);
-        assert!(Sample::from_cmcd(&Cmcd::default(), 5).is_none());
+        assert!(Sample::from_cmcd(&Cmcd::default(), 1, 5).is_none());
     }
 }

@@ -233,6 +233,7 @@ pub async fn housekeeping(relay: Relay, cancel: CancellationToken) {
             relay
                 .interest()
                 .sweep(cfg.directory_linger, |k| held.contains(k));
+            relay.sweep_sessions();
         }
         let status = relay.status();
         let m = relay.metrics();

@@ -256,8 +256,9 @@ pub struct ViewerSlot {
     pub id: u64,
     /// Client group (geohash cell or "unknown").
     pub group: Arc<str>,
-    /// CMCD session id, if the player sent one.
-    pub sid: Option<Arc<str>>,
+    /// The viewer session this connection holds (HTTP-FLV plays; ends its
+    /// hold when the viewer goes).
+    pub session: std::sync::OnceLock<super::server::SessionGuard>,
     /// Timeline position of the newest tag handed to the socket.
     pub sent_ts: AtomicI64,
     pub bytes: AtomicU64,
@@ -270,17 +271,11 @@ pub struct ViewerSlot {
 }
 
 impl ViewerSlot {
-    pub fn new(
-        id: u64,
-        group: Arc<str>,
-        sid: Option<Arc<str>>,
-        kill: CancellationToken,
-        now_ms: u64,
-    ) -> ViewerSlot {
+    pub fn new(id: u64, group: Arc<str>, kill: CancellationToken, now_ms: u64) -> ViewerSlot {
         ViewerSlot {
             id,
             group,
-            sid,
+            session: std::sync::OnceLock::new(),
             sent_ts: AtomicI64::new(i64::MIN),
             bytes: AtomicU64::new(0),
             skips: AtomicU64::new(0),

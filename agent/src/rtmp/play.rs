@@ -61,7 +61,6 @@ pub async fn run(
             Arc::new(ViewerSlot::new(
                 relay.next_viewer_id(),
                 group.clone(),
-                None,
                 kill.clone(),
                 stream.clock_ms(),
             ))

@@ -5,8 +5,11 @@
 //! (whole segments, for plain HLS clients) and `seg{msn}.{part}.m4s` (parts;
 //! the preload-hinted part blocks until it is complete). Every answer is a
 //! shared buffer of the stream's segmenter ([`crate::hls`]); CMCD in the
-//! query or headers of every request feeds the per-group aggregates.
+//! query or headers of served requests feeds the per-group aggregates when
+//! it names a session ([`crate::relay::sessions`]): a playlist with the
+//! player's `sid` opens it (answered with `X-Vantage-Session`).
 
+use super::viewer_cmcd::session_header;
 use super::*;
 use crate::hls::{HlsStream, State};
 use crate::relay::admit::PlayRefused;
@@ -108,23 +111,43 @@ fn media(bytes: Bytes, content_type: &'static str, cache: &'static str) -> Resp 
 
 impl Relay {
     #[instrument(name = "hls", skip_all, fields(stream = %key))]
-    pub(super) async fn hls(&self, req: Request<Incoming>, key: StreamKey, file: HlsFile) -> Resp {
+    pub(super) async fn hls(
+        &self,
+        req: Request<Incoming>,
+        key: StreamKey,
+        file: HlsFile,
+        peer: std::net::IpAddr,
+    ) -> Resp {
         let cmcd = self.request_cmcd(&req);
-        self.record_cmcd(qoe::group_from_query(req.uri().query()), cmcd.as_ref());
+        let located: Option<Arc<str>> = qoe::group_from_query(req.uri().query()).map(Arc::from);
         let (msn, part) = blocking_query(req.uri().query());
         let location = location_query(req.uri().query());
         drop(req);
-        let first_playlist = matches!(file, HlsFile::Playlist | HlsFile::Multivariant);
-        if self.is_draining() && first_playlist && msn.is_none() {
-            return draining(self.node_id(), &key);
-        }
-        let resp = match file {
-            HlsFile::Multivariant => self.multivariant(&key, location).await,
-            _ => {
-                let hs = self.hls_stream(&key);
-                self.hls_answer(&hs, &key, file, msn, part).await
+        let playlist = matches!(file, HlsFile::Playlist | HlsFile::Multivariant);
+        let mut resp = if self.is_draining() && playlist && msn.is_none() {
+            draining(self.node_id(), &key)
+        } else {
+            match file {
+                HlsFile::Multivariant => self.multivariant(&key, location).await,
+                _ => {
+                    let hs = self.hls_stream(&key);
+                    self.hls_answer(&hs, &key, file, msn, part).await
+                }
             }
         };
+        // CMCD counts for served requests only: a playlist carrying the
+        // player's session id opens (or renews) its session, other files
+        // count for the session their sid names.
+        let sid = cmcd.as_ref().and_then(|c| c.sid());
+        if !resp.status().is_success() {
+            self.unserved_cmcd(cmcd.as_ref());
+        } else if playlist && sid.is_some() {
+            if let Some(s) = self.open_session(peer, located, cmcd.as_ref(), Kind::Hls) {
+                session_header(&mut resp, &s.id);
+            }
+        } else {
+            self.session_request(peer, cmcd.as_ref());
+        }
         self.metrics()
             .hls_request(file.kind(), resp.status().as_u16());
         resp

@@ -2,12 +2,12 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
+//! | `GET /{app}/{stream}.flv` | 200 `video/x-flv` stream, `X-Vantage-Session` naming the viewer session; 404 unknown stream (after the upstreams said no); 502 no upstream reachable; 504 none answered in time; 508 loop (`X-Vantage-Via` holds this node) |
 //! | `POST`/`PUT /{app}/{stream}.flv` | publish; 409 if already published here; 400 malformed FLV (after reading it); 200 when the publisher ends |
 //! | `GET /{app}/{stream}/index.m3u8`, `init{v}.mp4`, `seg{n}.m4s`, `seg{n}.{p}.m4s` | LL-HLS ([`crate::hls`]): playlist with blocking reload, init segment, segments, parts |
 //! | `GET /{app}/{stream}/comments` | live comments: upgrade to WebSocket ([`crate::comments`]); 426 without the upgrade headers, 404 no live stream, 503 draining or full |
 //! | `GET /watch/{app}/{stream}[?via=hls\|flv]` | the watch page (hls.js or mpegts.js, vendored, served from `/watch/assets/`) |
-//! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text): 204 |
+//! | `POST /v1/cmcd` | CMCD beacon (JSON object/array, or CMCD text) of a session served here ([`crate::relay::sessions`]): 204; 403/409 not counted (JSON `reason`); 429 rate limited |
 //! | `GET /healthz` | 200; 503 `{"status":"draining"}` while draining |
 //! | `OPTIONS *` | CORS preflight (players sending `CMCD-*` headers) |
 //!
@@ -16,7 +16,8 @@
 //!
 //! Errors are JSON `{"error": "..."}`. Stream keys are validated with
 //! [`StreamKey`]. Play requests may carry `lat`/`lon` (client group) and
-//! CMCD in the `CMCD=` query parameter or `CMCD-*` headers.
+//! CMCD in the `CMCD=` query parameter or `CMCD-*` headers; it counts only
+//! when the request is served ([`crate::relay::sessions`]).
 
 mod comments;
 mod hls;
@@ -24,10 +25,13 @@ mod publish;
 mod viewer_cmcd;
 mod watch;
 
+pub use viewer_cmcd::SessionGuard;
+
 use super::conn::{ConnShared, MeteredIo};
 use super::hub::Wire;
 use super::ingest::Session;
 use super::qoe::{self, Sample, UNKNOWN_GROUP};
+use super::sessions::Kind;
 use super::source::{self, End, Stop, Timeouts};
 use super::stream::lock;
 use super::viewer::{MediaBody, ViewerBody, ViewerSlot};
@@ -254,13 +258,13 @@ impl Relay {
             ("other", resp)
         } else if path == "/v1/cmcd" {
             if method == Method::POST {
-                ("cmcd", self.beacon(req).await)
+                ("cmcd", self.beacon(req, peer.ip()).await)
             } else {
                 ("cmcd", method_not_allowed("POST, OPTIONS"))
             }
         } else if path.starts_with("/watch/") {
             let resp = if method == Method::GET {
-                watch::watch(&path)
+                self.watch(&path, req.uri().query(), peer.ip())
             } else {
                 method_not_allowed("GET, OPTIONS")
             };
@@ -280,7 +284,9 @@ impl Relay {
                         "no such HLS file {path:?} of {key}: index.m3u8, init{{v}}.mp4, seg{{n}}.m4s, seg{{n}}.{{part}}.m4s"
                     ),
                 ),
-                (Ok(key), Some(file)) if method == Method::GET => self.hls(req, key, file).await,
+                (Ok(key), Some(file)) if method == Method::GET => {
+                    self.hls(req, key, file, peer.ip()).await
+                }
                 _ => method_not_allowed("GET, OPTIONS"),
             };
             ("hls", resp)
@@ -299,7 +305,7 @@ impl Relay {
                     (kind, draining(self.node_id(), &key))
                 }
                 Ok(key) => match method {
-                    Method::GET => ("play", self.play(req, key, conn).await),
+                    Method::GET => ("play", self.play(req, key, conn, peer.ip()).await),
                     Method::POST | Method::PUT => ("publish", self.publish(req, key, peer).await),
                     _ => ("other", method_not_allowed("GET, POST, PUT, OPTIONS")),
                 },
@@ -318,7 +324,13 @@ impl Relay {
     }
 
     #[instrument(name = "play", skip_all, fields(stream = %key))]
-    async fn play(&self, req: Request<Incoming>, key: StreamKey, conn: Conn) -> Resp {
+    async fn play(
+        &self,
+        req: Request<Incoming>,
+        key: StreamKey,
+        conn: Conn,
+        peer: std::net::IpAddr,
+    ) -> Resp {
         let mut via = via_list(req.headers());
         if via.iter().any(|v| v == self.node_id()) || via.len() >= self.config().max_hops {
             self.metrics().loops_refused.inc();
@@ -335,16 +347,20 @@ impl Relay {
         let via = via.join(",");
         let hint = origin_hint(req.headers());
         let cmcd = self.request_cmcd(&req);
-        let group = self.record_cmcd(qoe::group_from_query(req.uri().query()), cmcd.as_ref());
-        let sid: Option<Arc<str>> = cmcd.as_ref().and_then(|c| c.sid.as_deref()).map(Arc::from);
+        let located: Option<Arc<str>> = qoe::group_from_query(req.uri().query()).map(Arc::from);
         drop(req);
+        // The viewer's group: its location, else that of the session it
+        // continues (a watch page's), else unknown.
+        let group: Arc<str> = located
+            .clone()
+            .or_else(|| self.session_group(cmcd.as_ref().and_then(|c| c.sid()), peer))
+            .unwrap_or_else(|| Arc::from(UNKNOWN_GROUP));
 
         let attached = self
             .attach_viewer(&key, &via, hint.as_deref(), |stream| {
                 Arc::new(ViewerSlot::new(
                     self.next_viewer_id(),
                     group.clone(),
-                    sid.clone(),
                     conn.token.clone(),
                     stream.clock_ms(),
                 ))
@@ -353,12 +369,18 @@ impl Relay {
         let (stream, slot) = match attached {
             Ok(a) => a,
             Err(r) => {
+                self.unserved_cmcd(cmcd.as_ref());
                 let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::NOT_FOUND);
                 return error(status, r.message(&key, self.config().play_wait));
             }
         };
+        // Served: the connection is a viewer session; its CMCD counts.
+        let session = self.open_session(peer, located, cmcd.as_ref(), Kind::Flv);
+        if let Some(s) = &session {
+            let _ = slot.session.set(self.session_guard(s.id.clone()));
+        }
         let group_key = group.parse().unwrap_or_else(|_| GroupKey::unknown());
-        let bl = cmcd.as_ref().and_then(|c| c.bl).map(|b| b as f64);
+        let bl = cmcd.as_ref().and_then(|c| c.cmcd.bl).map(|b| b as f64);
         conn.shared.register(group_key, bl);
         let body = ViewerBody::new(
             stream,
@@ -383,6 +405,9 @@ impl Relay {
         );
         if let Ok(v) = HeaderValue::from_str(self.node_id()) {
             h.insert("x-vantage-node", v);
+        }
+        if let Some(s) = &session {
+            viewer_cmcd::session_header(&mut r, &s.id);
         }
         r
     }
