@@ -5,7 +5,9 @@
 //! `video.currentTime` advances ≥ 5 s, no stall event after playback
 //! started, decoded frames counted by the page, no player error. The
 //! players' CMCD (hls.js: in every request; the FLV page: beacons) reaches
-//! B's group aggregates. hls.js's own latency estimate is printed.
+//! B's group aggregates through the viewer session B issued with the page
+//! (issue 17: only reports of served sessions count). hls.js's own latency
+//! estimate is printed.
 //!
 //! ffmpeg and Chromium come from Debian (scripts/test.sh installs them);
 //! when missing the test prints `SKIPPED ...` and passes, except under
@@ -104,8 +106,39 @@ async fn chromium_plays_the_watch_page_over_ll_hls_and_http_flv() {
         if via == "hls" {
             eprintln!("hls.js latency estimate: {} s", v["latency"]);
         }
+        // The page plays under the viewer session the agent issued with it.
+        let sid = v["sid"].as_str().unwrap_or_default();
+        assert!(
+            sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{via}: the page's session id is the agent's: {v}"
+        );
     }
     browser.close().await;
+    // Both players' reports count through their sessions: hls.js's CMCD in
+    // its requests, the FLV page's beacons; none was refused as sessionless.
+    for (source, what) in [("query", "hls.js requests"), ("beacon", "FLV page beacons")] {
+        let ok = b
+            .metric(
+                "vantage_agent_relay_cmcd_reports_total",
+                &[("source", source), ("result", "ok")],
+            )
+            .await;
+        assert!(ok >= 1.0, "CMCD of the {what} counted: {ok}");
+    }
+    for reason in [
+        "no_session",
+        "unknown_session",
+        "wrong_client",
+        "not_served",
+    ] {
+        let n = b
+            .metric(
+                "vantage_agent_relay_cmcd_rejected_total",
+                &[("source", "beacon"), ("reason", reason)],
+            )
+            .await;
+        assert_eq!(n, 0.0, "page beacons refused as {reason}");
+    }
 
     // The players' CMCD reached B's client-group aggregates.
     eventually(

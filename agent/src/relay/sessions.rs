@@ -20,11 +20,11 @@
 //!
 //! A CMCD report **counts** only when its `sid` names a session that is
 //! served now or was within [`GRACE_MS`] (a closed FLV connection, an HLS
-//! player's last request), of the same client; and **once**: a report
+//! player's last request), of the same client; and **once**: a beacon
 //! identical to one already accepted for the session within the QoE window
 //! ([`WINDOW_MS`]) is a `duplicate`, and a session adds at most one sample
-//! per [`SLOT_MS`]: later reports in the same interval only merge into it
-//! (a buffer-starvation flag marks it stalled). Everything else is rejected
+//! per [`SLOT_MS`], whatever its reports' source: later reports in the same
+//! interval only merge into it (a buffer-starvation flag marks it stalled). Everything else is rejected
 //! with a reason ([`Reject`]) and counted.
 //!
 //! Memory is bounded: at most `max_sessions` sessions and
@@ -428,23 +428,32 @@ impl Sessions {
     }
 
     /// Accepts one CMCD report of session `at` (from [`Sessions::open`] or
-    /// [`Sessions::find`]) received at `now_ms`: a duplicate of a report
-    /// accepted within the window is refused; otherwise it is a new sample
-    /// unless the session already has one in this interval.
-    pub fn accept(&mut self, at: &Opened, c: &Cmcd, now_ms: u64) -> Result<Accepted, Reject> {
-        let digest = self.hasher.hash_one(c.encode());
+    /// [`Sessions::find`]) received at `now_ms`: a `beacon` identical to one
+    /// accepted within the window is refused (a request's CMCD cannot be
+    /// replayed without the request being served again); otherwise it is a
+    /// new sample unless the session already has one in this interval.
+    pub fn accept(
+        &mut self,
+        at: &Opened,
+        c: &Cmcd,
+        beacon: bool,
+        now_ms: u64,
+    ) -> Result<Accepted, Reject> {
+        let digest = beacon.then(|| self.hasher.hash_one(c.encode()));
         let s = self.by_id.get_mut(&at.id).ok_or(Reject::UnknownSession)?;
-        let cutoff = now_ms.saturating_sub(WINDOW_MS);
-        while s.recent.front().is_some_and(|(_, t)| *t < cutoff) {
-            s.recent.pop_front();
+        if let Some(digest) = digest {
+            let cutoff = now_ms.saturating_sub(WINDOW_MS);
+            while s.recent.front().is_some_and(|(_, t)| *t < cutoff) {
+                s.recent.pop_front();
+            }
+            if s.recent.iter().any(|(d, _)| *d == digest) {
+                return Err(Reject::Duplicate);
+            }
+            if s.recent.len() == RECENT {
+                s.recent.pop_front();
+            }
+            s.recent.push_back((digest, now_ms));
         }
-        if s.recent.iter().any(|(d, _)| *d == digest) {
-            return Err(Reject::Duplicate);
-        }
-        if s.recent.len() == RECENT {
-            s.recent.pop_front();
-        }
-        s.recent.push_back((digest, now_ms));
         let slot = now_ms / SLOT_MS;
         let slot = match s.slot {
             Some((n, taken)) if n == slot => Slot::Merge(taken),
@@ -507,28 +516,28 @@ mod tests {
         // Counted once: the replay is a duplicate; another report in the
         // same second merges; the next second is a new sample.
         assert_eq!(
-            t.accept(&found, &report(100), 1_000).unwrap().slot,
+            t.accept(&found, &report(100), true, 1_000).unwrap().slot,
             Slot::New
         );
         assert_eq!(
-            t.accept(&found, &report(100), 1_100),
+            t.accept(&found, &report(100), true, 1_100),
             Err(Reject::Duplicate)
         );
         assert_eq!(
-            t.accept(&found, &report(200), 1_200).unwrap().slot,
+            t.accept(&found, &report(200), true, 1_200).unwrap().slot,
             Slot::Merge(1_000)
         );
         assert_eq!(
-            t.accept(&found, &report(300), 2_000).unwrap().slot,
+            t.accept(&found, &report(300), true, 2_000).unwrap().slot,
             Slot::New
         );
         // Still a duplicate within the window, not after it.
         assert_eq!(
-            t.accept(&found, &report(100), 9_000),
+            t.accept(&found, &report(100), true, 9_000),
             Err(Reject::Duplicate)
         );
         assert_eq!(
-            t.accept(&found, &report(100), 12_000).unwrap().slot,
+            t.accept(&found, &report(100), true, 12_000).unwrap().slot,
             Slot::New
         );
         // Closed: usable for the grace, then gone.

@@ -178,7 +178,7 @@ impl Relay {
     }
 
     fn count_request(&self, c: &RequestCmcd, session: Result<&Opened, Reject>) {
-        let result = session.and_then(|o| self.count_report(o, &c.cmcd));
+        let result = session.and_then(|o| self.count_report(o, &c.cmcd, false));
         for source in c.sources() {
             match result {
                 Ok(r) => self.metrics().cmcd(source, r),
@@ -189,9 +189,9 @@ impl Relay {
 
     /// Counts one report of session `at`: `ok` (a new sample, or no buffer
     /// data in it), `merged` (into the session's sample of this interval).
-    fn count_report(&self, at: &Opened, c: &Cmcd) -> Result<&'static str, Reject> {
+    fn count_report(&self, at: &Opened, c: &Cmcd, beacon: bool) -> Result<&'static str, Reject> {
         let now = self.clock_ms();
-        let accepted = lock(&self.inner.sessions).accept(at, c, now)?;
+        let accepted = lock(&self.inner.sessions).accept(at, c, beacon, now)?;
         let Some(sample) = Sample::from_cmcd(c, accepted.num, now) else {
             return Ok("ok");
         };
@@ -275,7 +275,7 @@ impl Relay {
         for p in &items {
             let now = self.clock_ms();
             let found = lock(&self.inner.sessions).find(p.cmcd.sid.as_deref(), client, false, now);
-            match found.and_then(|o| self.count_report(&o, &p.cmcd)) {
+            match found.and_then(|o| self.count_report(&o, &p.cmcd, true)) {
                 Ok(result) => {
                     self.metrics().cmcd("beacon", result);
                     counted += 1;

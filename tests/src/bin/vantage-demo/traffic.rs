@@ -124,7 +124,8 @@ pub async fn viewers(edges: Vec<Edge>, max: usize, stop: CancellationToken) {
 
 /// One viewer: GET the stream with CMCD (buffer length `bl` ms, session id
 /// `sid`, position near the edge), read it for `for_how_long`, and send a
-/// CMCD beacon every 2 s with a buffer that wanders a little.
+/// CMCD beacon of its session (`X-Vantage-Session`) every 2 s with a buffer
+/// that wanders a little.
 async fn watch(
     client: reqwest::Client,
     edge: Edge,
@@ -140,17 +141,17 @@ async fn watch(
             edge.lon + rng.random_range(-0.5..0.5),
         )
     };
-    let cmcd = |bl: u64| Cmcd {
+    let cmcd = |bl: u64, sid: &str| Cmcd {
         bl: Some(bl),
         br: Some(u64::from(synth_config().bitrate_kbps)),
         mtp: Some(20_000),
-        sid: Some(sid.clone()),
+        sid: Some(sid.to_owned()),
         ..Cmcd::default()
     };
     let url = format!(
         "{}{STREAM_PATH}?lat={lat:.3}&lon={lon:.3}&CMCD={}",
         edge.media_url,
-        cmcd(bl).encode_query_value()
+        cmcd(bl, &sid).encode_query_value()
     );
     let Ok(mut resp) = client.get(&url).send().await else {
         return;
@@ -158,6 +159,14 @@ async fn watch(
     if !resp.status().is_success() {
         return;
     }
+    // Beacons name the session the edge gave this play (its answer's
+    // X-Vantage-Session: the sid offered, unless the edge chose another);
+    // the edge counts them for the group the play was located in.
+    let sid = resp
+        .headers()
+        .get("x-vantage-session")
+        .and_then(|v| v.to_str().ok())
+        .map_or(sid, str::to_owned);
     let deadline = tokio::time::Instant::now() + for_how_long;
     let mut beacon = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -172,8 +181,8 @@ async fn watch(
                 let drift = rand::rng().random_range(-300i64..=300);
                 bl = bl.saturating_add_signed(drift).clamp(200, 6000);
                 let _ = client
-                    .post(format!("{}/v1/cmcd?lat={lat:.3}&lon={lon:.3}", edge.media_url))
-                    .body(cmcd(bl).encode())
+                    .post(format!("{}/v1/cmcd", edge.media_url))
+                    .body(cmcd(bl, &sid).encode())
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;
