@@ -199,6 +199,8 @@ pub struct Sessions {
     by_client: HashMap<ClientKey, Vec<Arc<str>>>,
     next_num: u64,
     hasher: RandomState,
+    /// When a full table was last swept.
+    swept_full_ms: Option<u64>,
 }
 
 /// Whether `sid` may be used as a session id as offered (it goes into a
@@ -227,6 +229,7 @@ impl Sessions {
             by_client: HashMap::new(),
             next_num: 1,
             hasher: RandomState::new(),
+            swept_full_ms: None,
         }
     }
 
@@ -282,7 +285,13 @@ impl Sessions {
                 None => return false,
             }
         }
-        if self.by_id.len() >= self.limits.max_sessions {
+        // A full table is swept at most once a second (a sweep walks it all).
+        if self.by_id.len() >= self.limits.max_sessions
+            && self
+                .swept_full_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= SLOT_MS)
+        {
+            self.swept_full_ms = Some(now_ms);
             self.sweep(now_ms);
         }
         self.by_id.len() < self.limits.max_sessions
