@@ -10,6 +10,8 @@
 # 2. Starts a throwaway PostgreSQL on 127.0.0.1 (VANTAGE_TEST_POSTGRES_URL) and stops it on exit.
 # 3. Builds the workspace's binaries and tests, then runs every test with cargo-nextest
 #    (.config/nextest.toml: end-to-end tests run one at a time) or `cargo test` without it.
+# 4. Runs every fuzz target for FUZZ_SECONDS (20) each with a nightly toolchain (scripts/fuzz.sh;
+#    skipped with a message without nightly or when arguments filter the run).
 #
 # Without PostgreSQL or Python the matching end-to-end tests print "SKIPPED ..." and pass; with
 # CI=true they fail instead, so CI always runs the whole suite.
@@ -151,5 +153,14 @@ else
     if [[ $status != 0 ]]; then
         exit "$status"
     fi
+fi
+
+# --- fuzzing (issue 17): every cargo-fuzz target for a bounded time; a crash fails the run -------
+# Only on a whole-suite run (no filter arguments); scripts/fuzz.sh prints "SKIPPED fuzzing: ..."
+# and passes when no nightly toolchain is installed.
+if (($# == 0)); then
+    FUZZ_SECONDS="${FUZZ_SECONDS:-20}" "$ROOT/scripts/fuzz.sh"
+else
+    log "fuzzing not run: a filtered run (arguments given)"
 fi
 log "done in $((SECONDS - started_at)) s"

@@ -140,6 +140,12 @@ impl View {
         self.health[node] == Health::Up
     }
 
+    /// The node's egress as viewer admission counts it
+    /// ([`Smoother::admission_egress_mbps`]).
+    pub fn admission_egress_mbps(&self, node: usize) -> f64 {
+        self.smoothers[node].admission_egress_mbps(self.capacity_mbps[node])
+    }
+
     /// When the node's last report arrived (before any: when the one
     /// generated at time 0 would).
     pub fn last_arrival_ms(&self, node: usize) -> Option<i64> {

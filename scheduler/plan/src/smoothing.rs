@@ -186,6 +186,16 @@ impl<K: Ord> Smoother<K> {
         self.egress_mbps.unwrap_or(0.0)
     }
 
+    /// Egress as viewer admission counts it: the larger of the latest
+    /// report and the smoothed value. A rise shows at once (the latest
+    /// report), while one report that reads low (measurement noise, an
+    /// interval cut short) cannot open headroom the node does not have:
+    /// only the smoothed value decides how fast reported load may fall.
+    pub fn admission_egress_mbps(&self, capacity_mbps: f64) -> f64 {
+        self.latest_egress_mbps()
+            .max(self.egress_mbps(capacity_mbps))
+    }
+
     /// Egress as the planner is offered it: the smoothed utilisation ×
     /// `capacity_mbps` (the latest egress when the capacity is not
     /// positive or nothing was reported).
@@ -268,6 +278,14 @@ mod tests {
         assert_eq!(s.latest_egress_mbps(), 800.0);
         // Without a capacity: the latest egress as reported.
         assert_eq!(s.egress_mbps(0.0), 800.0);
+        // Admission takes a rise at once...
+        assert_eq!(s.admission_egress_mbps(1_000.0), 800.0);
+        // ...but one report that reads low lowers it only as far as the
+        // smoothed value falls.
+        let before = s.egress_mbps(1_000.0);
+        s.observe_load(100.0, 1_000.0);
+        let smoothed = before + LOAD_SMOOTHING * (100.0 - before);
+        assert!((s.admission_egress_mbps(1_000.0) - smoothed).abs() < 1e-9);
     }
 
     #[test]

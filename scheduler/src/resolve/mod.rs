@@ -183,7 +183,8 @@ impl Resolver {
                     health,
                     coord: e.info.coord,
                     capacity_mbps: e.info.capacity_mbps,
-                    egress_mbps: e.load.as_ref().map_or(0.0, |l| l.egress_mbps),
+                    egress_mbps: e.smoother.admission_egress_mbps(e.info.capacity_mbps),
+                    latest_egress_mbps: e.smoother.latest_egress_mbps(),
                     stream_buffer_ms: {
                         let mut v: Vec<(StreamKey, f64)> = e
                             .streams

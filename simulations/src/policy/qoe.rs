@@ -172,7 +172,8 @@ impl Qoe {
                 health,
                 coord: Some(node.coord),
                 capacity_mbps: node.capacity_mbps,
-                egress_mbps: view.egress_mbps[i],
+                egress_mbps: view.admission_egress_mbps(i),
+                latest_egress_mbps: view.egress_mbps[i],
                 stream_buffer_ms: {
                     let mut v: Vec<(StreamKey, f64)> = view.latest_streams[i]
                         .iter()

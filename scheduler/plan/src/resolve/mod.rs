@@ -109,7 +109,12 @@ pub struct EdgeNode {
     pub health: Health,
     pub coord: Option<Coord>,
     pub capacity_mbps: f64,
+    /// Egress as admission counts it: the larger of the latest report and
+    /// the smoothed load ([`crate::smoothing::Smoother::admission_egress_mbps`]).
     pub egress_mbps: f64,
+    /// Egress in the latest report: what the fallback ranking counts when
+    /// no edge has headroom under [`Self::egress_mbps`].
+    pub latest_egress_mbps: f64,
     /// Media in this node's GOP cache per stream it holds, ms (its feed's
     /// health: a full GOP when the upstream keeps up), sorted by stream.
     pub stream_buffer_ms: Vec<(StreamKey, f64)>,
@@ -238,10 +243,11 @@ pub fn group_of(coord: Option<Coord>, asn: Option<u32>, precision: usize) -> Gro
 /// assigned to node `i` since its last report and the join-rate charge of
 /// admission (Mbps, [`rank::LoadLedger::total`] and
 /// [`rank::LoadLedger::charge`]); the caller accounts the viewer's bit
-/// rate to the chosen edge (`answer.edges[0].index`). When the charge
-/// leaves no edge eligible, the ranking is made again without it: the
-/// charge keeps headroom, it never turns a viewer away that capacity
-/// could take.
+/// rate to the chosen edge (`answer.edges[0].index`). When the margins
+/// (the charge, the smoothed load of [`EdgeNode::egress_mbps`]) leave no
+/// edge eligible, the ranking is made again without them: they keep
+/// headroom, they never turn a viewer away that the latest reports say
+/// capacity could take.
 pub fn resolve<R: Rng + ?Sized>(
     edges: &Edges,
     learner: &Learner,
@@ -310,7 +316,9 @@ pub fn resolve<R: Rng + ?Sized>(
     // A feed that keeps up counts as a healthy buffer, scaled down by how
     // far it falls behind (`Edges::stream_feed_ratio`).
     let healthy_buffer_ms = p.ranges.buffer_ms.hi.max(p.ranges.buffer_ms.lo);
-    let build = |set: &[usize], charged: bool| -> Vec<Candidate<'_>> {
+    // `margins`: the join-rate charge and the smoothed load count; without
+    // them only the latest report and what was assigned since.
+    let build = |set: &[usize], margins: bool| -> Vec<Candidate<'_>> {
         set.iter()
             .map(|&i| {
                 let n = &edges.nodes[i];
@@ -321,9 +329,13 @@ pub fn resolve<R: Rng + ?Sized>(
                     health: n.health,
                     coord: n.coord,
                     capacity_mbps: n.capacity_mbps,
-                    egress_mbps: n.egress_mbps,
+                    egress_mbps: if margins {
+                        n.egress_mbps
+                    } else {
+                        n.latest_egress_mbps
+                    },
                     assigned_mbps,
-                    charge_mbps: if charged { charge } else { 0.0 },
+                    charge_mbps: if margins { charge } else { 0.0 },
                     group: estimates.get(&i).copied(),
                     node_wide: learner.node(&n.id),
                     stream_buffer_ms: edges
@@ -436,6 +448,7 @@ mod tests {
             coord: None,
             capacity_mbps: 100.0,
             egress_mbps: 0.0,
+            latest_egress_mbps: 0.0,
             stream_buffer_ms: streams
                 .iter()
                 .map(|(k, ms)| (StreamKey::parse(k).unwrap(), *ms))

@@ -11,7 +11,7 @@
 //! | buffer health | `buffer_ms · (1 − stall_rate)` | modelled: the node's | default healthy (`buffer_ms.hi`) |
 //! | … and at most | the node's GOP-cache depth for this stream (its feed's health), measured, when it holds the stream | | |
 //! | throughput | Padhye(the two above) / bit rate, or the group's mean `TCP_INFO` delivery rate / bit rate where that is higher (measured) | modelled: Padhye(modelled RTT, the node's loss) / bit rate | default: no penalty |
-//! | utilisation | (reported egress + load assigned since + join rate × `admission_lag_ms`) / capacity | — | — |
+//! | utilisation | (reported egress — the larger of the latest and the smoothed, [`crate::smoothing::Smoother::admission_egress_mbps`] — + load assigned since + join rate × `admission_lag_ms`) / capacity | — | — |
 //! | distance | — | modelled great-circle km (default mid-range when unknown) | |
 //!
 //! Estimates are trend-projected (`trend_horizon_ms`, see [`super::learn`]).
