@@ -1231,6 +1231,13 @@ async fn cmcd_from_queries_headers_and_beacons_reaches_the_report() {
         assert_eq!(a.metric(&m), n, "{m}");
     }
     vantage_shared::validate::report(&report).unwrap();
+    // A beacon with reports of a served session and of an unknown one: the
+    // first counts, the answer says what did not.
+    let (status, text) = post(r#"[{"bl":4000,"sid":"s2"},{"bl":100,"sid":"nope"}]"#).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["counted"], 1, "{v}");
+    assert_eq!(v["rejected"]["unknown_session"], 1, "{v}");
     publisher.finish().await;
     a.stop().await;
 }

@@ -389,6 +389,12 @@ impl Sessions {
         })
     }
 
+    /// The group of `client`'s session `sid` (served or pending), if any.
+    pub fn group_of(&self, sid: Option<&str>, client: ClientKey) -> Option<Arc<str>> {
+        let s = self.by_id.get(sid?)?;
+        (s.client == client).then(|| s.group.clone())
+    }
+
     /// An FLV connection of session `id` ended.
     pub fn close(&mut self, id: &str, now_ms: u64) {
         if let Some(s) = self.by_id.get_mut(id) {
@@ -597,6 +603,8 @@ mod tests {
         let a = t.client(ip("10.0.0.1"));
         let id = t.issue_pending(a, Arc::from("u09t"), 0).unwrap();
         assert_eq!(t.find(Some(&id), a, false, 10), Err(Reject::NotServed));
+        assert_eq!(t.group_of(Some(&id), a).as_deref(), Some("u09t"));
+        assert_eq!(t.group_of(Some(&id), t.client(ip("10.0.0.2"))), None);
         let s = t.open(Some(&id), a, None, Kind::Flv, 20).unwrap();
         assert_eq!((&*s.id, &*s.group), (&*id, "u09t"));
         assert!(t.find(Some(&id), a, false, 30).is_ok());

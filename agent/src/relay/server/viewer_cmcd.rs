@@ -113,12 +113,11 @@ impl Relay {
         out
     }
 
-    /// The group a session of `client` named `sid` has, if any.
+    /// The group of `peer`'s session named `sid` (a watch page's too), if
+    /// any.
     pub(super) fn session_group(&self, sid: Option<&str>, peer: IpAddr) -> Option<Arc<str>> {
-        let now = self.clock_ms();
-        let mut s = lock(&self.inner.sessions);
-        let client = s.client(peer);
-        s.find(sid, client, false, now).ok().map(|o| o.group)
+        let s = lock(&self.inner.sessions);
+        s.group_of(sid, s.client(peer))
     }
 
     /// A served FLV play or HLS playlist of `peer`: opens (or renews) its
