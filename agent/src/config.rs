@@ -348,6 +348,12 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub comments_max_connections: Option<usize>,
 
+    /// Comments: deliveries per second (one comment to one connection) this
+    /// box is sized for; the scheduler counts the share in use as load
+    /// (1000..=1000000000) [default: 1000000 per CPU core].
+    #[arg(long, value_name = "N")]
+    pub comments_fanout_capacity: Option<f64>,
+
     /// Comments: bytes queued for a connection that does not read before it
     /// is dropped as a slow reader (4096..=67108864) [default: 262144].
     #[arg(long, value_name = "BYTES")]
@@ -462,6 +468,9 @@ impl Settings {
             comments_max_connections: self
                 .comments_max_connections
                 .or(lower.comments_max_connections),
+            comments_fanout_capacity: self
+                .comments_fanout_capacity
+                .or(lower.comments_fanout_capacity),
             comments_queue_bytes: self.comments_queue_bytes.or(lower.comments_queue_bytes),
             comments_write_timeout_ms: self
                 .comments_write_timeout_ms

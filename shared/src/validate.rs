@@ -48,6 +48,10 @@ pub fn report(r: &Report) -> Result<(), InvalidValue> {
             l.comment_fanout_per_s,
         )?;
         non_negative(|| "load.comment_posts_per_s".into(), l.comment_posts_per_s)?;
+        non_negative(
+            || "load.comment_fanout_capacity_per_s".into(),
+            l.comment_fanout_capacity_per_s,
+        )?;
     }
     for (i, p) in r.paths.iter().enumerate() {
         non_negative(|| format!("paths[{i}].rtt_ewma_ms"), p.rtt_ewma_ms)?;

@@ -38,14 +38,15 @@ pub struct Io {
     pub writes: Counter,
 }
 
+/// [`Member::blocked_since_ms`] of a connection whose queue is empty.
+const NOT_BLOCKED: u64 = u64::MAX;
+
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Bytes>,
     queued: usize,
     /// Last comment sequence number handed to this connection.
     cursor: u64,
-    /// When the oldest queued byte was queued (comments clock, ms).
-    blocked_since_ms: Option<u64>,
     /// No more writes (closing or failed).
     shut: bool,
 }
@@ -73,6 +74,10 @@ pub struct Member {
     pub notify: Notify,
     /// When a frame last arrived from the peer (comments clock, ms).
     last_rx_ms: AtomicU64,
+    /// Since when queued bytes have not drained (comments clock, ms;
+    /// [`NOT_BLOCKED`] while the queue is empty). Written under the outbox
+    /// lock, read without it by housekeeping's scan of every connection.
+    blocked_since_ms: AtomicU64,
     /// 0 while open; else the close code asked for.
     close: AtomicU16,
     max_queue: usize,
@@ -108,6 +113,7 @@ impl Member {
             out: Mutex::new(Outbox::default()),
             notify: Notify::new(),
             last_rx_ms: AtomicU64::new(now_ms),
+            blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             close: AtomicU16::new(0),
             max_queue,
         }
@@ -224,7 +230,7 @@ impl Member {
                     return Offer::Gone;
                 }
             }
-            out.blocked_since_ms = Some(now_ms);
+            self.blocked_since_ms.store(now_ms, Ordering::Relaxed);
             self.notify.notify_one();
             return Offer::Taken;
         }
@@ -253,7 +259,10 @@ impl Member {
 
     /// Since when the queue has not drained (ms), if it holds bytes.
     pub fn blocked_since_ms(&self) -> Option<u64> {
-        lock(&self.out).blocked_since_ms
+        match self.blocked_since_ms.load(Ordering::Relaxed) {
+            NOT_BLOCKED => None,
+            t => Some(t),
+        }
     }
 
     /// Writes what is queued, as far as the socket takes it. `Ok(true)`
@@ -291,11 +300,14 @@ impl Member {
                     left = 0;
                 }
             }
-            out.blocked_since_ms = if out.queue.is_empty() {
-                None
-            } else {
-                Some(now_ms)
-            };
+            self.blocked_since_ms.store(
+                if out.queue.is_empty() {
+                    NOT_BLOCKED
+                } else {
+                    now_ms
+                },
+                Ordering::Relaxed,
+            );
         }
         out.queue.shrink_to(0);
         Ok(true)

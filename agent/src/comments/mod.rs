@@ -359,17 +359,19 @@ impl Comments {
         let now = svc.now_ms();
         let idle = u64::try_from(svc.cfg.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let write = u64::try_from(svc.cfg.write_timeout.as_millis()).unwrap_or(u64::MAX);
-        for m in room.snapshot() {
-            if m.closing().is_some() {
-                continue;
-            }
+        // Idle and slow connections: a scan of atomics under each shard's
+        // lock (no reference taken, no outbox lock), closes after it.
+        let idle_or_slow = |m: &member::Member| {
+            m.closing().is_none()
+                && (now.saturating_sub(m.last_rx_ms()) > idle
+                    || m.blocked_since_ms()
+                        .is_some_and(|t| now.saturating_sub(t) > write))
+        };
+        for m in room.select(idle_or_slow) {
             if now.saturating_sub(m.last_rx_ms()) > idle {
                 svc.metrics.close("idle");
                 m.request_close(ws::close::IDLE, "idle timeout: no heartbeat", true, &svc.io);
-            } else if m
-                .blocked_since_ms()
-                .is_some_and(|t| now.saturating_sub(t) > write)
-            {
+            } else {
                 svc.metrics.close("slow_reader");
                 m.request_close(ws::close::SLOW, "slow reader", false, &svc.io);
             }

@@ -143,6 +143,9 @@ impl ReportSource for Comments {
         load.comment_connections = u32::try_from(self.connections()).unwrap_or(u32::MAX);
         load.comment_fanout_per_s = finite(r.fanout_per_s);
         load.comment_posts_per_s = finite(r.posts_per_s);
+        load.comment_connection_limit =
+            u32::try_from(self.inner.cfg.max_connections).unwrap_or(u32::MAX);
+        load.comment_fanout_capacity_per_s = finite(self.inner.cfg.fanout_capacity_per_s);
         load.egress_mbps = finite(load.egress_mbps + r.egress_mbps);
     }
 }

@@ -274,6 +274,16 @@ impl Room {
         }
     }
 
+    /// The connections for which `pick` holds, one shard lock at a time
+    /// (housekeeping's scan: no reference taken on the others).
+    pub fn select(&self, mut pick: impl FnMut(&Member) -> bool) -> Vec<Arc<Member>> {
+        let mut picked = Vec::new();
+        for s in &self.shards {
+            picked.extend(lock(s).iter().filter(|m| pick(m)).cloned());
+        }
+        picked
+    }
+
     /// Every connection now (a snapshot).
     pub fn snapshot(&self) -> Vec<Arc<Member>> {
         let mut all = Vec::with_capacity(self.members());

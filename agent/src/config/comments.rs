@@ -84,6 +84,9 @@ impl Settings {
         if let Some(n) = self.comments_max_connections {
             c.max_connections = in_range("comments-max-connections", n, 1..=10_000_000)?;
         }
+        if let Some(n) = self.comments_fanout_capacity {
+            c.fanout_capacity_per_s = in_range("comments-fanout-capacity", n, 1e3..=1e9)?;
+        }
         if let Some(n) = self.comments_queue_bytes {
             c.queue_bytes = in_range("comments-queue-bytes", n, 4096..=64 << 20)?;
         }

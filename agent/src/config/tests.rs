@@ -380,6 +380,7 @@ fn comment_settings_apply_and_are_range_checked() {
             "--comments-coalesce-ms=0",
             "--comments-client-rate=2.5",
             "--comments-room-burst=10",
+            "--comments-fanout-capacity=250000",
             "--relay-max-pending=100",
             "--cmcd-beacon-rate=0.5",
             "--cmcd-client-prefix-v4=24",
@@ -399,6 +400,7 @@ fn comment_settings_apply_and_are_range_checked() {
     assert_eq!(c.coalesce, std::time::Duration::ZERO);
     assert_eq!((c.buffer, c.queue_bytes), (64, 8192));
     assert_eq!((c.client_rate.per_s, c.room_rate.burst), (2.5, 10.0));
+    assert_eq!(c.fanout_capacity_per_s, 250_000.0);
     assert_eq!(cfg.relay.max_pending, 100);
     let r = &cfg.relay;
     assert_eq!((r.cmcd_beacon_rate, r.cmcd_beacon_burst), (0.5, 3.0));
@@ -424,6 +426,10 @@ fn comment_settings_apply_and_are_range_checked() {
             "--comments-client-rate 0 is outside",
         ),
         (&["--comments-buffer=1"], "--comments-buffer 1 is outside"),
+        (
+            &["--comments-fanout-capacity=10"],
+            "--comments-fanout-capacity 10 is outside",
+        ),
         (
             &["--comments-max-text-bytes=0"],
             "--comments-max-text-bytes 0 is outside",

@@ -6,7 +6,9 @@
 //!
 //! Per node, over its reports in arrival order:
 //!
-//! * **egress**: the utilisation (egress / capacity) of each report into an
+//! * **load**: what a report's load counts as ([`load_mbps`]: its egress,
+//!   or the share of the box live comments fill, whichever is larger);
+//! * **egress**: the utilisation (that load / capacity) of each report into an
 //!   EWMA with weight [`LOAD_SMOOTHING`]; the planner gets EWMA ×
 //!   capacity (the latest egress as reported when the capacity is not
 //!   positive);
@@ -24,7 +26,7 @@
 use crate::inputs::PATH_SMOOTHING;
 use crate::node::PathStat;
 use std::collections::BTreeMap;
-use vantage_proto::v1::PathMeasurement;
+use vantage_proto::v1::{Load, PathMeasurement};
 use vantage_shared::estimate::Ewma;
 
 /// EWMA weight of a new report in a node's smoothed utilisation (the same
@@ -126,6 +128,41 @@ impl SmoothedPath {
             loss,
             samples: self.latest.samples,
         }
+    }
+}
+
+/// What a report's load counts as, in Mbps of a node of `capacity_mbps`:
+/// the largest of its egress (video and comments) and the shares of the box
+/// its live comments fill — connections open / the agent's connection limit,
+/// deliveries per second / the fan-out it is sized for — each times the
+/// capacity. An edge full of idle comment connections, or busy fanning
+/// comments out, is loaded even when its bytes are few; a share whose limit
+/// is not reported (0: an agent without comments) counts nothing.
+pub fn load_mbps(l: &Load, capacity_mbps: f64) -> f64 {
+    let share = |used: f64, limit: f64| {
+        if limit > 0.0 && used.is_finite() && used > 0.0 {
+            used / limit
+        } else {
+            0.0
+        }
+    };
+    let comments = share(
+        f64::from(l.comment_connections),
+        f64::from(l.comment_connection_limit),
+    )
+    .max(share(
+        l.comment_fanout_per_s,
+        l.comment_fanout_capacity_per_s,
+    ));
+    let egress = if l.egress_mbps.is_finite() {
+        l.egress_mbps.max(0.0)
+    } else {
+        0.0
+    };
+    if capacity_mbps > 0.0 {
+        egress.max(comments * capacity_mbps)
+    } else {
+        egress
     }
 }
 
@@ -265,6 +302,34 @@ mod tests {
         assert_eq!(s.paths().count(), 1);
         s.observe_paths([(1, report(80.0, 80.0, 0.0, 5))], PATH_RETENTION_MS + 2);
         assert_eq!(s.path(&1).unwrap().stat(true).rtt_ms, 80.0);
+    }
+
+    #[test]
+    fn comment_connections_and_fan_out_count_as_load() {
+        let mut l = Load {
+            egress_mbps: 100.0,
+            ..Default::default()
+        };
+        // No comment limits reported: egress alone.
+        l.comment_connections = 50_000;
+        assert_eq!(load_mbps(&l, 1_000.0), 100.0);
+        // 90 % of the connection limit: 90 % of the capacity.
+        l.comment_connection_limit = 55_555;
+        let want = 50_000.0 / 55_555.0 * 1_000.0;
+        assert!((load_mbps(&l, 1_000.0) - want).abs() < 1e-9);
+        // Fan-out beyond the connection share takes over.
+        l.comment_fanout_per_s = 1_900_000.0;
+        l.comment_fanout_capacity_per_s = 2_000_000.0;
+        assert!((load_mbps(&l, 1_000.0) - 950.0).abs() < 1e-9);
+        // Egress above both stays.
+        l.egress_mbps = 990.0;
+        assert_eq!(load_mbps(&l, 1_000.0), 990.0);
+        // No capacity: the egress as reported.
+        assert_eq!(load_mbps(&l, 0.0), 990.0);
+        // Nonsense never counts.
+        l.egress_mbps = f64::NAN;
+        l.comment_fanout_per_s = f64::INFINITY;
+        assert!((load_mbps(&l, 1_000.0) - want).abs() < 1e-9);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub fn node_json(e: &NodeEntry, now: i64, detail: bool, private: bool) -> Value 
             "streams": l.streams,
             "comment_connections": l.comment_connections,
             "comment_fanout_per_s": l.comment_fanout_per_s,
+            "comment_connection_limit": l.comment_connection_limit,
+            "comment_fanout_capacity_per_s": l.comment_fanout_capacity_per_s,
             "comment_posts_per_s": l.comment_posts_per_s,
             "utilisation": e.utilisation(),
         })

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use vantage_plan::inputs::Planned;
 use vantage_plan::liveness::{self, Liveness};
-use vantage_plan::smoothing::{PathReport, Smoother};
+use vantage_plan::smoothing::{PathReport, Smoother, load_mbps};
 use vantage_plan::{Health, NodeView};
 use vantage_proto::v1::{
     ControlPath, GroupQoe, Load, PathMeasurement, Report, StreamRole, StreamState,
@@ -168,7 +168,9 @@ impl NodeEntry {
 
     pub fn utilisation(&self) -> f64 {
         match &self.load {
-            Some(l) if self.info.capacity_mbps > 0.0 => l.egress_mbps / self.info.capacity_mbps,
+            Some(l) if self.info.capacity_mbps > 0.0 => {
+                load_mbps(l, self.info.capacity_mbps) / self.info.capacity_mbps
+            }
             _ => 0.0,
         }
     }
@@ -182,8 +184,10 @@ impl NodeEntry {
         self.last_report_ms = Some(now_ms);
         self.route_version_in_use = r.route_version;
         if let Some(l) = r.load {
-            self.smoother
-                .observe_load(l.egress_mbps, self.info.capacity_mbps);
+            self.smoother.observe_load(
+                load_mbps(&l, self.info.capacity_mbps),
+                self.info.capacity_mbps,
+            );
             self.load = Some(l);
         }
         self.smoother.observe_paths(
@@ -335,7 +339,10 @@ impl NodeEntry {
                     .iter()
                     .map(|(k, p)| (k.clone(), PathReport::from(p).stat_now()))
                     .collect(),
-                self.load.as_ref().map(|l| l.egress_mbps).unwrap_or(0.0),
+                self.load
+                    .as_ref()
+                    .map(|l| load_mbps(l, self.info.capacity_mbps))
+                    .unwrap_or(0.0),
             )
         };
         Planned {
