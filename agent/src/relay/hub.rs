@@ -163,6 +163,9 @@ pub struct Ring {
     configs: Arc<Configs>,
     prefix: Option<(u64, bool, Vec<Bytes>)>,
     head_ts: Option<i64>,
+    /// Length of the last complete GOP (ms): kept when its first tag has
+    /// left the ring (a GOP as long as `retain_ms` leaves at once).
+    last_gop_ms: i64,
     ended: bool,
     /// Generation of the source allowed to write.
     pub(crate) generation: u64,
@@ -182,6 +185,7 @@ impl Ring {
             configs: Arc::new(Configs::default()),
             prefix: None,
             head_ts: None,
+            last_gop_ms: 0,
             ended: false,
             generation: 0,
             waiters: Vec::new(),
@@ -210,6 +214,9 @@ impl Ring {
         }
         let seq = self.next_seq();
         if o.start {
+            if let Some(prev) = self.starts.back().and_then(|s| self.ts_of(s.seq)) {
+                self.last_gop_ms = (o.ts - prev).max(0);
+            }
             self.starts.push_back(Start {
                 seq,
                 configs: self.configs.clone(),
@@ -329,16 +336,10 @@ impl Ring {
             (Some(s), Some(h)) => (h - s).max(0),
             _ => 0,
         };
-        let previous = self
-            .starts
-            .len()
-            .checked_sub(2)
-            .and_then(|i| self.starts.get(i));
-        let complete = match (previous.and_then(ts), newest) {
-            (Some(p), Some(n)) => (n - p).max(0),
-            _ => 0,
-        };
-        partial.max(complete)
+        if newest.is_none() {
+            return 0;
+        }
+        partial.max(self.last_gop_ms)
     }
 
     pub fn len(&self) -> usize {
@@ -438,7 +439,7 @@ pub(crate) mod tests {
         assert_eq!(r.newest_start(), Some(51));
         assert_eq!(r.head_ts(), Some(3960));
         assert!(r.ts_of(r.first_seq()).unwrap() >= 1960);
-        assert_eq!(r.gop_ms(), 1960);
+        assert_eq!(r.gop_ms(), 2000, "the last complete GOP (longer than the partial 1960)");
         let p = r.prefix(51, true);
         assert_eq!(p.len(), 1, "the AVC sequence header");
         assert_eq!(&p[0][4..7], &[0, 0x07, 0xD0], "restamped to 2000 ms");
@@ -461,6 +462,22 @@ pub(crate) mod tests {
             r.push(video(i * 40, false));
         }
         assert_eq!(r.gop_ms(), 1760, "a GOP growing past the last one");
+    }
+
+    #[test]
+    fn a_gop_as_long_as_the_retain_window_still_reads_whole_after_a_keyframe() {
+        // retain_ms 2000 and 2 s GOPs: the previous GOP's first tag leaves
+        // the ring with the next tag after a keyframe; the report must not
+        // read 0 then (seen in the sim-to-real test: an edge that just got
+        // a keyframe looked starved to the buffer term).
+        let mut r = Ring::new(limits());
+        r.push(avc_config(0));
+        for i in 0..=51 {
+            r.push(video(i * 40, i % 50 == 0));
+        }
+        assert_eq!(r.newest_start(), Some(51));
+        assert!(r.ts_of(r.first_seq()).unwrap() > 0, "the first GOP's start left");
+        assert_eq!(r.gop_ms(), 2000, "the last complete GOP, not the 40 ms partial one");
     }
 
     #[test]
