@@ -481,8 +481,12 @@ async fn session(ctx: Arc<Ctx>, a: Arrival) -> Outcome {
 /// `[qoe.resolve]` routing tunables as its `[resolve]` keys (the same
 /// names) and the scenario's weights as `[weights]`, so both runs route
 /// with the same settings.
-fn scheduler_config(s: &Scenario) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("vantage-s2r-{}.toml", std::process::id()));
+fn scheduler_config(s: &Scenario) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new()
+        .prefix("vantage-s2r-")
+        .suffix(".toml")
+        .tempfile()
+        .unwrap();
     let mut text = String::from(
         "[limits]\nrate_per_s = 1000000.0\nburst = 1000000.0\nreserve_per_s = 1000000.0\nreserve_burst = 1000000.0\n\n[resolve]\n",
     );
@@ -497,14 +501,16 @@ fn scheduler_config(s: &Scenario) -> PathBuf {
     );
     text.push_str("\n[weights]\n");
     table(&mut text, serde_json::to_value(s.weights()).unwrap());
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(file.path(), text).unwrap();
+    file
 }
 
 async fn real_run(s: &Scenario, w: &World) -> RunFigures {
+    // Removed when the run ends (dropped at the end of this function).
+    let config = scheduler_config(s);
     let sched = Scheduler::builder()
         .arg("--config")
-        .arg(scheduler_config(s).display().to_string())
+        .arg(config.path().display().to_string())
         .report_interval_ms(u64::from(s.telemetry.report_interval_ms))
         .start()
         .await;
