@@ -44,6 +44,25 @@ pub struct Arrival {
     pub patience_ms: u32,
 }
 
+/// A viewer's last-mile capacity at `now_ms` (scenario time), Mbps: a
+/// constrained line plays its trace as measured; fixed and mobile lines
+/// scale the line's capacity by the trace's shape (mobile amplified by
+/// `access.mobile_variability`); all times `network.throughput_scale`.
+/// Public so that a real-run replay of the same arrivals (the sim-to-real
+/// test) shapes each viewer's line exactly as the simulator does.
+pub fn last_mile_mbps(s: &Scenario, w: &World, a: &Arrival, now_ms: u64) -> f64 {
+    let t_s = (now_ms.saturating_sub(a.at_ms)) as f64 / 1000.0 + a.trace_offset_s;
+    let trace = &w.traces[usize::from(a.trace)];
+    let scale = s.network.throughput_scale;
+    match a.access {
+        Access::Constrained => trace.at(t_s) * scale,
+        Access::Fixed => f64::from(a.capacity_mbps) * trace.shape(t_s) * scale,
+        Access::Mobile => {
+            f64::from(a.capacity_mbps) * trace.shape(t_s).powf(s.access.mobile_variability) * scale
+        }
+    }
+}
+
 struct Flash {
     from_ms: u64,
     until_ms: u64,

@@ -58,6 +58,9 @@ pub struct Series {
     pub t_s: Vec<f64>,
     /// `util[node][sample]`.
     pub util: Vec<Vec<f64>>,
+    /// `viewers[node][sample]`: viewers attached (connecting or playing)
+    /// at the sample time.
+    pub viewers: Vec<Vec<u32>>,
 }
 
 /// Everything a run produced.
@@ -115,6 +118,7 @@ impl Collector {
                 nodes: w.nodes.iter().map(|n| n.id.clone()).collect(),
                 t_s: Vec::new(),
                 util: vec![Vec::new(); w.n()],
+                viewers: vec![Vec::new(); w.n()],
             }),
             series_step_ms: step,
             next_sample: step,
@@ -122,7 +126,15 @@ impl Collector {
         }
     }
 
-    pub fn tick(&mut self, now: u64, dt: u64, cong: &[Congestion], up: &[bool], origin_mbps: f64) {
+    pub fn tick(
+        &mut self,
+        now: u64,
+        dt: u64,
+        cong: &[Congestion],
+        up: &[bool],
+        viewers: &[u32],
+        origin_mbps: f64,
+    ) {
         let dts = dt as f64 / 1000.0;
         for (i, c) in cong.iter().enumerate() {
             if up[i] && c.utilisation > self.hard {
@@ -140,6 +152,9 @@ impl Collector {
                 for (i, p) in self.peak.iter_mut().enumerate() {
                     series.util[i].push((*p * 1000.0).round() / 1000.0);
                     *p = 0.0;
+                }
+                for (i, v) in viewers.iter().enumerate() {
+                    series.viewers[i].push(*v);
                 }
                 self.next_sample += self.series_step_ms;
             }

@@ -37,6 +37,7 @@ pub mod http;
 pub mod impair;
 pub mod media;
 pub mod pgserver;
+pub mod player;
 pub mod ports;
 pub mod process;
 pub mod pyclient;

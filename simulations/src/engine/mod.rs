@@ -216,6 +216,7 @@ impl<'a> Engine<'a> {
                 weights,
                 s.qoe.ranges.unwrap_or_default(),
                 s.qoe.stability.unwrap_or_default(),
+                s.qoe.resolve.unwrap_or_default(),
                 w,
                 &keys,
                 seed ^ 0x005e_ed0f_9e50_17e5,
@@ -328,6 +329,7 @@ impl<'a> Engine<'a> {
                 dt,
                 &self.cong,
                 &self.up,
+                &self.viewers_at,
                 self.origin_egress_mbps(),
             );
             self.failover_feeds();

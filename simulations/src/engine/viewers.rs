@@ -2,7 +2,6 @@
 //! what a viewer's path and its edge's feed deliver.
 
 use super::*;
-use crate::arrivals::Access;
 
 /// What a session's connection gets now.
 #[derive(Debug, Clone, Copy)]
@@ -108,20 +107,23 @@ impl Engine<'_> {
         let d = self.delivery(s, node);
         let b = self.w.ladder_mbps[k];
         let r = (d.path_mbps / b).min(d.feed_ratio(b));
+        // What the edge already holds (GOP cache, LL-HLS parts) goes out at
+        // the viewer path's rate; only live media waits for the feed.
+        let burst = (d.path_mbps / b).max(0.05);
         let u = self.rng.as_mut().map_or(0.5, |r| r.random::<f64>());
         let (setup, player) = if s.a.hls {
             // hls.js: the multivariant and media playlists (one request
             // each), then parts from PART-HOLD-BACK (3 parts) behind the
             // live edge; playback starts with one part buffered.
             let hold_back = 3.0 * p.part_ms;
-            let (t_dl, mut pl) = player::join(hold_back, p.part_ms, r.max(0.05));
+            let (t_dl, mut pl) = player::join(hold_back, p.part_ms, burst, r.max(0.05));
             pl.lag_ms = hold_back.max(pl.lag_ms - t_dl);
             (p.redirect_rtt_ms + 3.0 * d.rtt_ms + cold_ms + t_dl, pl)
         } else {
             // HTTP-FLV: the GOP cache's burst (uniform 0..GOP of media),
             // then live media; playback starts at `startup_buffer_ms`.
             let cached = u * self.w.gop_ms;
-            let (t_dl, pl) = player::join(cached, p.startup_buffer_ms, r.max(0.05));
+            let (t_dl, pl) = player::join(cached, p.startup_buffer_ms, burst, r.max(0.05));
             (p.redirect_rtt_ms + 2.0 * d.rtt_ms + cold_ms + t_dl, pl)
         };
         s.player = player;
@@ -239,18 +241,7 @@ impl Engine<'_> {
 
     /// A viewer's last-mile capacity at `now_ms`, Mbps.
     pub(super) fn last_mile_now(&self, a: &Arrival, now_ms: u64) -> f64 {
-        let t_s = (now_ms.saturating_sub(a.at_ms)) as f64 / 1000.0 + a.trace_offset_s;
-        let trace = &self.w.traces[usize::from(a.trace)];
-        let scale = self.s.network.throughput_scale;
-        match a.access {
-            Access::Constrained => trace.at(t_s) * scale,
-            Access::Fixed => f64::from(a.capacity_mbps) * trace.shape(t_s) * scale,
-            Access::Mobile => {
-                f64::from(a.capacity_mbps)
-                    * trace.shape(t_s).powf(self.s.access.mobile_variability)
-                    * scale
-            }
-        }
+        crate::arrivals::last_mile_mbps(self.s, self.w, a, now_ms)
     }
 
     /// What a session's connection gets now (see [`Delivery`]).

@@ -80,11 +80,11 @@ impl Qoe {
         weights: Weights,
         ranges: Ranges,
         stability: Stability,
+        params: RankParams,
         w: &World,
         keys: &[StreamKey],
         seed: u64,
     ) -> Self {
-        let params = RankParams::default();
         let n = w.n();
         let mut published = vec![Vec::new(); n];
         for (key, &o) in keys.iter().zip(&w.stream_origin) {

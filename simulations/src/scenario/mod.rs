@@ -301,6 +301,9 @@ pub struct QoeSpec {
     /// How far a node's inputs must move before the planner sees them
     /// (the scheduler's `[deadband]`).
     pub deadband: Option<vantage_plan::inputs::Deadband>,
+    /// Viewer routing tunables (the scheduler's `[resolve]` keys of the
+    /// same names: `min_group_samples`, `exploration_share`, ...).
+    pub resolve: Option<vantage_plan::resolve::rank::RankParams>,
 }
 
 /// A PoP (edge) or an origin: at a measured city or at coordinates.

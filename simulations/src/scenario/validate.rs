@@ -244,6 +244,11 @@ impl Scenario {
         {
             return Err(self.err_key("deadband", "qoe.deadband", e));
         }
+        if let Some(r) = &self.qoe.resolve
+            && let Err(e) = r.validate()
+        {
+            return Err(self.err_key("resolve", "qoe.resolve", e.to_string()));
+        }
         if self.pops.is_empty() {
             return Err(self.err(None, "pops", "needs at least one [[pops]] entry"));
         }

@@ -98,6 +98,12 @@ pub struct Options {
     pub max_queued_bytes: usize,
     /// TCP: how long connecting upstream may take.
     pub connect_timeout: Duration,
+    /// TCP: release chunks within tens of microseconds (a short busy wait
+    /// before each release, see [`SPIN`]). Off: tokio's timer, up to ~1 ms
+    /// late, and no busy waiting — for many proxies at once (one per viewer
+    /// in the sim-to-real test), where the spinning would eat the CPU the
+    /// processes under test need.
+    pub precise: bool,
 }
 
 impl Default for Options {
@@ -109,6 +115,7 @@ impl Default for Options {
             max_queued_packets: 16_384,
             max_queued_bytes: 32 << 20,
             connect_timeout: Duration::from_secs(5),
+            precise: true,
         }
     }
 }
@@ -136,6 +143,11 @@ impl Options {
 
     pub fn max_queued_bytes(mut self, n: usize) -> Self {
         self.max_queued_bytes = n;
+        self
+    }
+
+    pub fn precise(mut self, precise: bool) -> Self {
+        self.precise = precise;
         self
     }
 }

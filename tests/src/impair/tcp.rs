@@ -136,8 +136,15 @@ async fn connection(
     let (cr, cw) = client.into_split();
     let (ur, uw) = up.into_split();
     tokio::join!(
-        pump(cr, uw, Direction::Upstream, peer, links.clone()),
-        pump(ur, cw, Direction::Downstream, peer, links),
+        pump(
+            cr,
+            uw,
+            Direction::Upstream,
+            peer,
+            links.clone(),
+            opts.precise
+        ),
+        pump(ur, cw, Direction::Downstream, peer, links, opts.precise),
     );
 }
 
@@ -158,6 +165,7 @@ async fn pump(
     dir: Direction,
     peer: SocketAddr,
     links: Links,
+    precise: bool,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Instant, Vec<u8>)>(CHUNK_QUEUE);
     let counters = links.counters.clone();
@@ -207,7 +215,11 @@ async fn pump(
     let writer = async move {
         let c = counters.dir(dir);
         while let Some((arrived, release, data)) = rx.recv().await {
-            super::sleep_precisely_until(release).await;
+            if precise {
+                super::sleep_precisely_until(release).await;
+            } else {
+                tokio::time::sleep_until(release).await;
+            }
             let sent = Instant::now();
             if w.write_all(&data).await.is_err() {
                 return; // dropping `rx` stops the reader
