@@ -439,7 +439,11 @@ pub(crate) mod tests {
         assert_eq!(r.newest_start(), Some(51));
         assert_eq!(r.head_ts(), Some(3960));
         assert!(r.ts_of(r.first_seq()).unwrap() >= 1960);
-        assert_eq!(r.gop_ms(), 2000, "the last complete GOP (longer than the partial 1960)");
+        assert_eq!(
+            r.gop_ms(),
+            2000,
+            "the last complete GOP (longer than the partial 1960)"
+        );
         let p = r.prefix(51, true);
         assert_eq!(p.len(), 1, "the AVC sequence header");
         assert_eq!(&p[0][4..7], &[0, 0x07, 0xD0], "restamped to 2000 ms");
@@ -476,8 +480,15 @@ pub(crate) mod tests {
             r.push(video(i * 40, i % 50 == 0));
         }
         assert_eq!(r.newest_start(), Some(51));
-        assert!(r.ts_of(r.first_seq()).unwrap() > 0, "the first GOP's start left");
-        assert_eq!(r.gop_ms(), 2000, "the last complete GOP, not the 40 ms partial one");
+        assert!(
+            r.ts_of(r.first_seq()).unwrap() > 0,
+            "the first GOP's start left"
+        );
+        assert_eq!(
+            r.gop_ms(),
+            2000,
+            "the last complete GOP, not the 40 ms partial one"
+        );
     }
 
     #[test]
