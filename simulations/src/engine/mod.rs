@@ -377,7 +377,13 @@ impl<'a> Engine<'a> {
         let steering = self.kind.steers() && p.steering_ttl_ms > 0.0;
         for mut s in sessions.drain(..) {
             let end = s.a.end_ms;
-            if !s.joined && self.now.saturating_sub(s.a.at_ms) >= u64::from(s.a.patience_ms) {
+            // The viewer gives up at `at + patience`, not at the end of the
+            // step that contains it: a join whose first frame came before
+            // that counts, even when both fall within this step.
+            let gives_up_ms = s.a.at_ms + u64::from(s.a.patience_ms);
+            let ready_in_time =
+                matches!(s.phase, Phase::Connecting { ready_ms } if ready_ms <= gives_up_ms);
+            if !s.joined && self.now >= gives_up_ms && !ready_in_time {
                 // Never saw a frame and gave up.
                 self.finish(s, true);
                 continue;
