@@ -318,6 +318,23 @@ impl Sessions {
         num
     }
 
+    /// A new session of `client` named `id` (else a fresh id), not yet
+    /// served; `None` when the client or the table has no room.
+    fn create(
+        &mut self,
+        id: Option<&str>,
+        client: ClientKey,
+        group: Arc<str>,
+        now_ms: u64,
+    ) -> Option<Arc<str>> {
+        if !self.room(client, now_ms) {
+            return None;
+        }
+        let id = id.map_or_else(fresh_id, Arc::from);
+        self.insert(id.clone(), client, group, now_ms);
+        Some(id)
+    }
+
     /// A pending session for a watch page (counts once its player is
     /// served); `None` when the client or the table has no room.
     pub fn issue_pending(
@@ -326,12 +343,7 @@ impl Sessions {
         group: Arc<str>,
         now_ms: u64,
     ) -> Option<Arc<str>> {
-        if !self.room(client, now_ms) {
-            return None;
-        }
-        let id = fresh_id();
-        self.insert(id.clone(), client, group, now_ms);
-        Some(id)
+        self.create(None, client, group, now_ms)
     }
 
     /// A served play (FLV) or playlist (HLS) request of `client`, offering
@@ -352,23 +364,10 @@ impl Sessions {
         });
         let id: Arc<str> = match reuse {
             Some(o) if self.by_id.contains_key(o) => Arc::from(o),
-            Some(o) => {
-                if !self.room(client, now_ms) {
-                    return Err(Reject::SessionLimit);
-                }
-                let id: Arc<str> = Arc::from(o);
+            _ => {
                 let group = located.clone().unwrap_or_else(unknown);
-                self.insert(id.clone(), client, group, now_ms);
-                id
-            }
-            None => {
-                if !self.room(client, now_ms) {
-                    return Err(Reject::SessionLimit);
-                }
-                let id = fresh_id();
-                let group = located.clone().unwrap_or_else(unknown);
-                self.insert(id.clone(), client, group, now_ms);
-                id
+                self.create(reuse, client, group, now_ms)
+                    .ok_or(Reject::SessionLimit)?
             }
         };
         let Some(s) = self.by_id.get_mut(&id) else {

@@ -138,25 +138,14 @@ impl Relay {
             self.metrics().cmcd_sessions.set(s.len() as i64);
             r
         };
-        match opened {
-            Ok(o) => {
-                if let Some(c) = c {
-                    self.count_request(c, Ok(&o));
-                }
-                Some(o)
-            }
-            Err(r) => {
-                if let Some(c) = c {
-                    self.count_request(c, Err(r));
-                }
-                None
-            }
+        if let Some(c) = c {
+            self.count_request(c, opened.as_ref().map_err(|r| *r));
         }
+        opened.ok()
     }
 
     /// A served HLS request that opens nothing (init, part, segment): its
     /// CMCD counts for the session its `sid` names, which it renews.
-    /// Returns the session's group.
     pub(super) fn session_request(&self, peer: IpAddr, c: Option<&RequestCmcd>) {
         let Some(c) = c else { return };
         let now = self.clock_ms();
